@@ -1,0 +1,202 @@
+#include "core/ledger.hpp"
+
+#include <algorithm>
+
+#include "core/error.hpp"
+
+namespace kvlab {
+namespace {
+
+// Word-level set operations on masks of equal size.
+template <class Fn>
+void for_each_bit(uint64_t bits, size_t word, Fn&& fn) {
+  while (bits != 0) {
+    fn(static_cast<int64_t>(word * 64 + std::countr_zero(bits)));
+    bits &= bits - 1;
+  }
+}
+
+}  // namespace
+
+Ledger::Ledger(const Geometry& geometry, RowLayout rows, int64_t prompt_tokens, FetchTiming timing)
+    : geometry_(geometry), rows_(rows), timing_(timing) {
+  row_token_bytes_ = geometry_.bytes_per_token() / rows_.rows();
+  const int64_t chunks = geometry_.chunks_for(prompt_tokens);
+  for (Residency* r : {&hbm_, &host_, &in_flight_, &dropped_, &target_}) *r = Residency(rows_, chunks);
+  dropped_any_.resize(chunks);
+  n_tokens_ = prompt_tokens;
+  n_chunks_ = chunks;
+  hbm_.set_all();  // prefill computed and wrote every prompt token's K and V
+  target_.set_all();
+  recount();
+}
+
+void Ledger::grow_to(int64_t n_tokens) {
+  const int64_t chunks = geometry_.chunks_for(n_tokens);
+  n_tokens_ = n_tokens;
+  if (chunks == n_chunks_) return;
+  for (Residency* r : {&hbm_, &host_, &in_flight_, &dropped_, &target_}) r->resize_chunks(chunks);
+  dropped_any_.resize(chunks);
+  // The new token's K and V are written into HBM; the chunk that holds it starts resident.
+  for (int64_t c = n_chunks_; c < chunks; ++c) {
+    if (hbm_.uniform()) {
+      hbm_.make_uniform().set(c);
+      target_.make_uniform().set(c);
+    } else {
+      for (int r = 0; r < rows_.rows(); ++r) {
+        hbm_.mutable_row(r).set(c);
+        target_.mutable_row(r).set(c);
+      }
+    }
+  }
+  n_chunks_ = chunks;
+}
+
+void Ledger::begin_step(int64_t step, int64_t n_tokens) {
+  (void)step;
+  // The step's duration is set by the bytes it carries in: reading them is the attention cost.
+  step_time_s_ = static_cast<double>(bytes_.footprint()) / timing_.hbm_bytes_per_s + timing_.step_overhead_s;
+  step_fetch_bytes_ = 0;
+  grow_to(n_tokens);
+  land_arrivals(clock_s_);
+  recount();
+}
+
+int64_t Ledger::row_chunk_bytes(int64_t chunk) const {
+  return geometry_.tokens_in_chunk(chunk, n_tokens_) * row_token_bytes_;
+}
+
+void Ledger::fetch(int row, int64_t chunk) {
+  int64_t bytes = row_chunk_bytes(chunk);
+  if (row < 0) bytes *= rows_.rows();
+  const double start = std::max(clock_s_, link_free_s_);
+  const double arrival = start + static_cast<double>(bytes) / timing_.link_bytes_per_s;
+  link_free_s_ = arrival;
+  pending_.push_back({row, chunk, arrival});
+  step_fetch_bytes_ += bytes;
+  total_fetch_bytes_ += bytes;
+}
+
+void Ledger::land_arrivals(double by_time_s) {
+  auto landed = [&](const PendingFetch& f) {
+    if (f.arrival_s > by_time_s) return false;
+    if (f.row < 0) {
+      in_flight_.make_uniform().reset(f.chunk);
+      hbm_.make_uniform().set(f.chunk);
+    } else {
+      in_flight_.mutable_row(f.row).reset(f.chunk);
+      hbm_.mutable_row(f.row).set(f.chunk);
+    }
+    return true;
+  };
+  pending_.erase(std::remove_if(pending_.begin(), pending_.end(), landed), pending_.end());
+}
+
+// Applies one row's target (or every row's, when row < 0 and all state is uniform).
+void Ledger::evict_row_chunks(int row, const ChunkMask& keep, EvictTo where) {
+  auto state = [&](Residency& r) -> ChunkMask& { return row < 0 ? r.make_uniform() : r.mutable_row(row); };
+  ChunkMask& hbm = state(hbm_);
+  ChunkMask& host = state(host_);
+  ChunkMask& flight = state(in_flight_);
+  ChunkMask& dropped = state(dropped_);
+  ChunkMask& target = state(target_);
+  target = keep;
+  const auto& keep_w = keep.words();
+  // Copies: the masks are edited while their old words are read.
+  const std::vector<uint64_t> hbm_w = hbm.words();
+  const std::vector<uint64_t> flight_w = flight.words();
+  const std::vector<uint64_t> dropped_w = dropped.words();
+  std::vector<int64_t> cancelled;
+  for (size_t w = 0; w < keep_w.size(); ++w) {
+    const uint64_t evict = hbm_w[w] & ~keep_w[w];
+    for_each_bit(evict, w, [&](int64_t c) {
+      hbm.reset(c);
+      if (where == EvictTo::Host) {
+        host.set(c);
+      } else {
+        dropped.set(c);
+        dropped_any_.set(c);
+      }
+    });
+    const uint64_t cancel = flight_w[w] & ~keep_w[w];
+    for_each_bit(cancel, w, [&](int64_t c) {
+      flight.reset(c);
+      host.set(c);  // the copy on host was never released
+      cancelled.push_back(c);
+    });
+    const uint64_t want = keep_w[w] & ~hbm_w[w] & ~flight_w[w];
+    if ((want & dropped_w[w]) != 0) {
+      const int64_t c = static_cast<int64_t>(w * 64 + std::countr_zero(want & dropped_w[w]));
+      throw PolicyContractError("plan keeps chunk " + std::to_string(c) + " (row " + std::to_string(row) +
+                                "), which the policy dropped earlier; dropped chunks cannot be fetched");
+    }
+    for_each_bit(want, w, [&](int64_t c) {
+      host.reset(c);
+      flight.set(c);
+      fetch(row, c);
+    });
+  }
+  if (!cancelled.empty()) {
+    std::sort(cancelled.begin(), cancelled.end());
+    std::erase_if(pending_, [&](const PendingFetch& f) {
+      return (f.row == row || row < 0) && std::binary_search(cancelled.begin(), cancelled.end(), f.chunk);
+    });
+  }
+}
+
+void Ledger::apply(const Plan& plan) {
+  if (plan.keep.n_chunks() != n_chunks_ || plan.keep.rows() != rows_.rows()) {
+    throw PolicyContractError("plan covers " + std::to_string(plan.keep.n_chunks()) + " chunks x " +
+                              std::to_string(plan.keep.rows()) + " rows, but the context has " +
+                              std::to_string(n_chunks_) + " chunks x " + std::to_string(rows_.rows()) + " rows");
+  }
+  tiers_ = plan.tiers;
+  const bool all_uniform = plan.keep.uniform() && hbm_.uniform() && in_flight_.uniform() && host_.uniform() &&
+                           dropped_.uniform();
+  if (all_uniform) {
+    evict_row_chunks(-1, plan.keep.row(0), plan.evict_to);
+  } else {
+    // Leaving the uniform form: a fetch issued for every row becomes one fetch per row.
+    std::vector<PendingFetch> expanded;
+    for (const auto& f : pending_) {
+      if (f.row >= 0) {
+        expanded.push_back(f);
+      } else {
+        for (int r = 0; r < rows_.rows(); ++r) expanded.push_back({r, f.chunk, f.arrival_s});
+      }
+    }
+    pending_ = std::move(expanded);
+    for (int r = 0; r < rows_.rows(); ++r) evict_row_chunks(r, plan.keep.row(r), plan.evict_to);
+  }
+  // Fetches that arrive before this step's attention are usable in it.
+  land_arrivals(clock_s_ + step_time_s_);
+  recount();
+}
+
+void Ledger::end_step() { clock_s_ += step_time_s_; }
+
+int64_t Ledger::tokens_in(const ChunkMask& mask) const {
+  if (n_chunks_ == 0) return 0;
+  int64_t tokens = mask.count() * geometry_.chunk_tokens;
+  const int64_t last = n_chunks_ - 1;
+  if (mask.test(last)) tokens -= geometry_.chunk_tokens - geometry_.tokens_in_chunk(last, n_tokens_);
+  return tokens;
+}
+
+int64_t Ledger::resident_count(int r) const { return hbm_.row(r).count(); }
+
+void Ledger::recount() {
+  auto tier_bytes = [&](const Residency& res) -> int64_t {
+    if (res.uniform()) return tokens_in(res.row(0)) * geometry_.bytes_per_token();
+    int64_t total = 0;
+    for (int r = 0; r < rows_.rows(); ++r) total += tokens_in(res.row(r)) * row_token_bytes_;
+    return total;
+  };
+  bytes_.hbm_kv = tier_bytes(hbm_);
+  bytes_.host = tier_bytes(host_) + tier_bytes(in_flight_);  // in-flight chunks still hold host copies
+  bytes_.dropped = tier_bytes(dropped_);
+  bytes_.hbm_summary = tiers_.summary_ratio > 0 ? (n_tokens_ / tiers_.summary_ratio) * geometry_.bytes_per_token() : 0;
+  bytes_.hbm_index = geometry_.complete_chunks_for(n_tokens_) * tiers_.index_bytes_per_chunk;
+}
+
+}  // namespace kvlab

@@ -1,0 +1,126 @@
+#include "core/metrics.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace kvlab {
+namespace {
+
+// Dense rows are not sorted: order the non-zero entries by decreasing mass, then take the
+// prefix that reaches p. Ties break by chunk index so the set is deterministic.
+void dense_critical(std::span<const float> values, double p, std::vector<uint32_t>& out,
+                    std::vector<uint32_t>& scratch) {
+  scratch.clear();
+  for (size_t c = 0; c < values.size(); ++c) {
+    if (values[c] > 0) scratch.push_back(static_cast<uint32_t>(c));
+  }
+  std::sort(scratch.begin(), scratch.end(), [&](uint32_t a, uint32_t b) {
+    return values[a] != values[b] ? values[a] > values[b] : a < b;
+  });
+  double sum = 0;
+  for (uint32_t c : scratch) {
+    if (sum >= p) break;
+    out.push_back(c);
+    sum += values[c];
+  }
+}
+
+void sparse_critical(const MassRow& row, double p, std::vector<uint32_t>& out) {
+  double sum = 0;
+  for (size_t i = 0; i < row.value.size() && sum < p; ++i) {
+    out.push_back(row.index[i]);
+    sum += row.value[i];
+  }
+}
+
+}  // namespace
+
+void compute_critical_sets(const StepMass& mass, double p, CriticalSets& out) {
+  out.offsets.assign(1, 0);
+  out.chunks.clear();
+  thread_local std::vector<uint32_t> scratch;
+  for (int r = 0; r < mass.rows(); ++r) {
+    const MassRow row = mass.row(r);
+    if (row.sparse()) {
+      sparse_critical(row, p, out.chunks);
+    } else {
+      dense_critical(row.value, p, out.chunks, scratch);
+    }
+    out.offsets.push_back(static_cast<int64_t>(out.chunks.size()));
+  }
+}
+
+RowRecall row_recall(const StepMass& mass, int r, std::span<const uint32_t> critical,
+                     const ChunkMask& resident, int64_t resident_count) {
+  RowRecall out;
+  int64_t hit = 0;
+  for (uint32_t c : critical) hit += resident.test(c) ? 1 : 0;
+  out.critical = critical.empty() ? 1.0 : static_cast<double>(hit) / static_cast<double>(critical.size());
+
+  const MassRow row = mass.row(r);
+  double listed = 0;
+  if (!row.sparse()) {
+    const int64_t n = std::min<int64_t>(static_cast<int64_t>(row.value.size()), resident.size());
+    for (int64_t c = 0; c < n; ++c) listed += resident.test(c) ? row.value[c] : 0.0F;
+    out.mass = listed;
+    return out;
+  }
+  int64_t listed_resident = 0;
+  for (size_t i = 0; i < row.value.size(); ++i) {
+    if (row.index[i] < resident.size() && resident.test(row.index[i])) {
+      listed += row.value[i];
+      ++listed_resident;
+    }
+  }
+  const int64_t unlisted = mass.n_chunks() - static_cast<int64_t>(row.value.size());
+  if (unlisted > 0 && row.remainder > 0) {
+    listed += row.remainder * static_cast<double>(resident_count - listed_resident) / static_cast<double>(unlisted);
+  }
+  out.mass = listed;
+  return out;
+}
+
+void MetricSums::merge(const MetricSums& o) {
+  requests += o.requests;
+  steps += o.steps;
+  recall_rows += o.recall_rows;
+  critical_recall += o.critical_recall;
+  mass_recall += o.mass_recall;
+  footprint_ratio += o.footprint_ratio;
+  footprint_bytes += o.footprint_bytes;
+  hbm_kv_bytes += o.hbm_kv_bytes;
+  hbm_summary_bytes += o.hbm_summary_bytes;
+  hbm_index_bytes += o.hbm_index_bytes;
+  host_bytes += o.host_bytes;
+  footprint_peak_bytes = std::max(footprint_peak_bytes, o.footprint_peak_bytes);
+  full_peak_bytes = std::max(full_peak_bytes, o.full_peak_bytes);
+  fetch_bytes += o.fetch_bytes;
+  late_fetches += o.late_fetches;
+  critical_rows_total += o.critical_rows_total;
+}
+
+PolicyResult PolicyResult::from_sums(const MetricSums& s) {
+  PolicyResult r;
+  const double steps = s.steps > 0 ? static_cast<double>(s.steps) : std::numeric_limits<double>::quiet_NaN();
+  const double rows = s.recall_rows > 0 ? static_cast<double>(s.recall_rows) : std::numeric_limits<double>::quiet_NaN();
+  r.requests = s.requests;
+  r.steps = s.steps;
+  r.footprint_mean_ratio = s.footprint_ratio / steps;
+  r.footprint_mean_bytes = s.footprint_bytes / steps;
+  r.footprint_peak_bytes = s.footprint_peak_bytes;
+  r.full_peak_bytes = s.full_peak_bytes;
+  r.hbm_kv_mean_bytes = s.hbm_kv_bytes / steps;
+  r.hbm_summary_mean_bytes = s.hbm_summary_bytes / steps;
+  r.hbm_index_mean_bytes = s.hbm_index_bytes / steps;
+  r.host_mean_bytes = s.host_bytes / steps;
+  r.critical_recall = s.critical_recall / rows;
+  r.mass_recall = s.mass_recall / rows;
+  r.critical_set_mean_size = static_cast<double>(s.critical_rows_total) / rows;
+  r.fetch_bytes = s.fetch_bytes;
+  r.late_fetches = s.late_fetches;
+  return r;
+}
+
+}  // namespace kvlab

@@ -1,0 +1,120 @@
+// The policy interface: how a KV-cache policy plugs into the engine.
+//
+// Lifecycle (one Policy object per request; the engine creates it from the registry):
+//   1. on_request(RequestContext, Plan&)   once, after prefill. The prompt's chunks are all in
+//      HBM. Set plan.tiers here if the policy keeps a summary or index tier.
+//   2. for each decode step t = 0, 1, ...:
+//      a. on_refresh(StepContext, Plan&)   only when refresh_interval() > 0 and
+//         t % refresh_interval() == 0, before on_step (LSA's every-τ hook).
+//      b. on_step(StepContext, Plan&)      decide the resident set for step t.
+//         The engine then applies the plan, enforces budget_bytes() and accounts the bytes.
+//      c. on_attention(FeedbackContext)    the attention step t computed over the chunks that
+//         were actually resident (renormalised over them), when wants_attention() is true.
+//
+// Causality: a step context carries only what a real system has at step t: the current query
+// features, the features of complete chunks, the policy's own residency, and (through
+// on_attention) attention over chunks that were resident. Oracle policies, and only they, get
+// `oracle` with the true attention of step t (and of later steps up to oracle_lookahead()).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "core/attention.hpp"
+#include "core/geometry.hpp"
+#include "core/plan.hpp"
+#include "core/residency.hpp"
+
+namespace kvlab {
+
+/// Row-major float matrix view: rows() × cols().
+struct FeatureRows {
+  const float* data = nullptr;
+  int64_t n_rows = 0;
+  int64_t n_cols = 0;
+  [[nodiscard]] std::span<const float> row(int64_t r) const {
+    return {data + r * n_cols, static_cast<size_t>(n_cols)};
+  }
+};
+
+/// Per-request facts, fixed for the whole request.
+struct RequestContext {
+  const Geometry* geometry = nullptr;
+  RowLayout rows;
+  int64_t request_index = 0;
+  std::string request_id;
+  std::string workload;
+  int64_t prompt_tokens = 0;
+  int64_t decode_steps = 0;  // planned steps (a live backend may stop earlier)
+  uint64_t seed = 0;         // per-request seed for policies that draw random numbers
+  int64_t d_query = 0;       // 0 when the source has no query features
+  int64_t d_key = 0;         // 0 when the source has no chunk features
+};
+
+/// The true attention, for oracle policies only.
+class OracleView {
+ public:
+  virtual ~OracleView() = default;
+  /// True mass of step `step`, for current_step <= step < current_step + lookahead.
+  [[nodiscard]] virtual const StepMass& mass_at(int64_t step) const = 0;
+  /// Last step that exists (the request may end before the lookahead does).
+  [[nodiscard]] virtual int64_t last_step() const = 0;
+};
+
+struct StepContext {
+  const RequestContext* request = nullptr;
+  int64_t step = 0;
+  int64_t n_tokens = 0;         // n(t) = prompt_tokens + t + 1
+  int64_t n_chunks = 0;         // chunks that exist: ceil(n(t) / chunk_tokens)
+  int64_t n_complete_chunks = 0;
+  std::span<const float> query;  // d_query values, or empty
+  FeatureRows chunk_features;    // rows for complete chunks only
+  /// Chunks in HBM before this step's plan (arrived fetches included; in-flight ones not).
+  const Residency* resident = nullptr;
+  /// Chunks this policy has requested that are still on the link.
+  const Residency* in_flight = nullptr;
+  /// Chunks that no longer exist anywhere (dropped): they cannot be fetched.
+  const ChunkMask* dropped = nullptr;
+  const OracleView* oracle = nullptr;  // non-null only for oracle policies
+};
+
+/// What the model computed at step t over the resident chunks: per row, mass renormalised
+/// over the chunks that were resident (softmax restricted to them).
+class ObservedAttention {
+ public:
+  virtual ~ObservedAttention() = default;
+  [[nodiscard]] virtual int rows() const = 0;
+  /// Calls fn(chunk, mass) for every resident chunk of row r with non-zero mass.
+  virtual void for_each(int r, const std::function<void(int64_t, float)>& fn) const = 0;
+};
+
+struct FeedbackContext {
+  const RequestContext* request = nullptr;
+  int64_t step = 0;
+  const Residency* resident = nullptr;  // the set step t's attention used
+  const ObservedAttention* attention = nullptr;
+};
+
+class Policy {
+ public:
+  virtual ~Policy() = default;
+
+  virtual void on_request(const RequestContext& request, Plan& plan) {}
+  /// Steps between on_refresh calls; 0 = never.
+  [[nodiscard]] virtual int64_t refresh_interval() const { return 0; }
+  virtual void on_refresh(const StepContext& step, Plan& plan) {}
+  virtual void on_step(const StepContext& step, Plan& plan) = 0;
+  [[nodiscard]] virtual bool wants_attention() const { return false; }
+  virtual void on_attention(const FeedbackContext& feedback) {}
+
+  /// The most footprint bytes (all HBM tiers) this policy may hold at this step; the engine
+  /// stops the run with PolicyContractError if a plan exceeds it. -1 = unbounded.
+  [[nodiscard]] virtual int64_t budget_bytes(const StepContext& step) const { return -1; }
+  /// Future steps an oracle reads beyond the current one (0 = current step only).
+  [[nodiscard]] virtual int64_t oracle_lookahead() const { return 0; }
+};
+
+}  // namespace kvlab

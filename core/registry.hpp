@@ -1,0 +1,72 @@
+// The policy registry: every policy registers itself by name with KVLAB_REGISTER_POLICY.
+//
+// In-tree policies are compiled into an OBJECT library, so their registrations survive
+// linking; out-of-tree plugins are shared libraries whose registrations run when loaded
+// (see load_plugin). The registry lives in libkvlab_core, shared by the executable and plugins.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/params.hpp"
+#include "core/policy.hpp"
+
+namespace kvlab {
+
+struct PolicyDescriptor {
+  std::string name;
+  std::string description;
+  bool oracle = false;  // reads true attention; marked `oracle` in every output
+  std::vector<ParamSpec> params;
+  std::function<std::unique_ptr<Policy>(const Params&)> create;
+};
+
+/// A policy ready to instantiate: descriptor plus validated parameters.
+struct ResolvedPolicy {
+  const PolicyDescriptor* descriptor = nullptr;
+  Params params;
+  std::string label;  // the canonical spec, e.g. "sliding_window:sinks=64,window=8192"
+
+  [[nodiscard]] std::unique_ptr<Policy> instantiate() const { return descriptor->create(params); }
+};
+
+class PolicyRegistry {
+ public:
+  static PolicyRegistry& instance();
+
+  /// Registers a policy; a second policy with the same name is an error at startup.
+  void add(PolicyDescriptor descriptor);
+  [[nodiscard]] const PolicyDescriptor* find(const std::string& name) const;
+  /// Every registered policy, sorted by name.
+  [[nodiscard]] std::vector<const PolicyDescriptor*> all() const;
+  /// Parses "name:key=value,…" and validates it. Unknown names or keys throw UsageError that
+  /// lists the valid ones.
+  [[nodiscard]] ResolvedPolicy resolve(const std::string& spec_text) const;
+
+ private:
+  std::vector<std::unique_ptr<PolicyDescriptor>> policies_;
+};
+
+/// Loads a shared library that registers policies. Throws InputError naming the file.
+void load_plugin(const std::string& path);
+
+namespace detail {
+struct PolicyRegistration {
+  explicit PolicyRegistration(PolicyDescriptor d) { PolicyRegistry::instance().add(std::move(d)); }
+};
+}  // namespace detail
+
+}  // namespace kvlab
+
+/// Registers `Class` under `name`. The class declares:
+///   static constexpr const char* kDescription; static constexpr bool kOracle;
+///   static std::vector<kvlab::ParamSpec> param_specs();
+///   explicit Class(const kvlab::Params&);
+#define KVLAB_REGISTER_POLICY(Class, name)                                                       \
+  static const ::kvlab::detail::PolicyRegistration kvlab_registration_##Class{                  \
+      ::kvlab::PolicyDescriptor{name, Class::kDescription, Class::kOracle, Class::param_specs(), \
+                                [](const ::kvlab::Params& p) -> std::unique_ptr<::kvlab::Policy> { \
+                                  return std::make_unique<Class>(p);                            \
+                                }}}

@@ -1,0 +1,120 @@
+// Geometry, chunk masks, parameters and critical sets: the arithmetic everything else uses.
+#include <gtest/gtest.h>
+
+#include "core/error.hpp"
+#include "core/geometry.hpp"
+#include "core/metrics.hpp"
+#include "core/params.hpp"
+
+using namespace kvlab;
+
+TEST(Geometry, BytesPerTokenOfThePresets) {
+  // 30 layers × 3 KV heads × 64 dims × 2 (K and V) × 2 bytes.
+  EXPECT_EQ(Geometry::preset("smollm2-135m").bytes_per_token(), 30 * 3 * 64 * 2 * 2);
+  // 32 × 8 × 128 × 2 × 2 = 131072 bytes: Llama-3-8B's well-known 128 KiB per token.
+  EXPECT_EQ(Geometry::preset("llama3-8b").bytes_per_token(), 131072);
+  EXPECT_THROW(Geometry::preset("gpt5"), UsageError);
+}
+
+TEST(Geometry, ChunkArithmeticHandlesThePartialNewestChunk) {
+  Geometry g;
+  g.chunk_tokens = 64;
+  EXPECT_EQ(g.chunks_for(1), 1);
+  EXPECT_EQ(g.chunks_for(64), 1);
+  EXPECT_EQ(g.chunks_for(65), 2);
+  EXPECT_EQ(g.complete_chunks_for(65), 1);
+  EXPECT_EQ(g.tokens_in_chunk(1, 65), 1);
+  EXPECT_EQ(g.tokens_in_chunk(0, 65), 64);
+  EXPECT_EQ(g.tokens_in_chunk(2, 65), 0);
+  g.chunk_tokens = 0;
+  EXPECT_THROW(g.validate("x.h5"), InputError);
+}
+
+TEST(ChunkMask, SetRangeCountAndIteration) {
+  ChunkMask m(200);
+  m.set_range(60, 130);
+  m.set(199);
+  EXPECT_EQ(m.count(), 71);
+  EXPECT_TRUE(m.test(64) && m.test(129) && !m.test(130) && !m.test(59));
+  std::vector<int64_t> seen;
+  m.for_each([&](int64_t c) { seen.push_back(c); });
+  EXPECT_EQ(seen.front(), 60);
+  EXPECT_EQ(seen.back(), 199);
+  EXPECT_EQ(static_cast<int64_t>(seen.size()), 71);
+  m.resize(100);
+  m.resize(200);
+  EXPECT_FALSE(m.test(199));  // shrinking forgets members past the new end
+}
+
+TEST(Params, ParsesTypesDefaultsAndRejectsUnknownKeys) {
+  const std::vector<ParamSpec> specs{{"window", ParamType::Int, "8192", "w"},
+                                     {"budget", ParamType::Tokens, "0.1", "b"},
+                                     {"flag", ParamType::Bool, "false", "f"}};
+  const auto spec = PolicySpec::parse("sliding_window:window=100,budget=4096");
+  const Params p = Params::resolve(spec.name, specs, spec.args);
+  EXPECT_EQ(p.get_int("window"), 100);
+  EXPECT_FALSE(p.get_tokens("budget").fraction);
+  EXPECT_EQ(p.get_tokens("budget").resolve(1000000), 4096);
+  EXPECT_FALSE(p.get_bool("flag"));
+  EXPECT_EQ(p.canonical("sw"), "sw:budget=4096,flag=false,window=100");
+
+  const auto frac = Params::resolve("x", specs, {{"budget", "0.25"}});
+  EXPECT_EQ(frac.get_tokens("budget").resolve(1000), 250);
+
+  try {
+    (void)Params::resolve("sliding_window", specs, {{"windw", "1"}});
+    FAIL() << "unknown key accepted";
+  } catch (const UsageError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("windw"), std::string::npos);
+    EXPECT_NE(msg.find("valid: window, budget, flag"), std::string::npos);
+  }
+  EXPECT_THROW((void)Params::resolve("x", specs, {{"window", "ten"}}), UsageError);
+  EXPECT_THROW((void)PolicySpec::parse("x:window"), UsageError);
+  EXPECT_THROW((void)PolicySpec::parse(":a=1"), UsageError);
+  EXPECT_THROW((void)PolicySpec::parse("x:a=1,a=2"), UsageError);
+}
+
+TEST(CriticalSet, SmallestPrefixReachingP) {
+  // One dense row: 0.5, 0.05, 0.3, 0.15. At p = 0.9: 0.5 + 0.3 = 0.8 < 0.9, + 0.15 → {0, 2, 3}.
+  StepMass m;
+  m.reset_dense(RowLayout{1, 1}, 4);
+  auto row = m.dense_row(0);
+  row[0] = 0.5F;
+  row[1] = 0.05F;
+  row[2] = 0.3F;
+  row[3] = 0.15F;
+  CriticalSets sets;
+  compute_critical_sets(m, 0.9, sets);
+  ASSERT_EQ(sets.row(0).size(), 3U);
+  EXPECT_EQ(sets.row(0)[0], 0U);
+  EXPECT_EQ(sets.row(0)[1], 2U);
+  EXPECT_EQ(sets.row(0)[2], 3U);
+
+  ChunkMask resident(4);
+  resident.set(0);
+  resident.set(1);
+  const RowRecall r = row_recall(m, 0, sets.row(0), resident, 2);
+  EXPECT_NEAR(r.critical, 1.0 / 3.0, 1e-12);
+  EXPECT_NEAR(r.mass, 0.55, 1e-6);
+}
+
+TEST(CriticalSet, SparseRowsAreSortedAndRemainderIsSpreadOverUnlistedChunks) {
+  StepMass m;
+  m.reset_sparse(RowLayout{1, 1}, 10);
+  const std::vector<uint32_t> idx{7, 2, 9};
+  const std::vector<float> val{0.2F, 0.6F, 0.1F};
+  m.add_sparse_row(idx, val, 0.1F);  // 7 unlisted chunks share 0.1
+  m.finish_sparse();
+  CriticalSets sets;
+  compute_critical_sets(m, 0.75, sets);
+  ASSERT_EQ(sets.row(0).size(), 2U);  // 0.6 (chunk 2) + 0.2 (chunk 7)
+  EXPECT_EQ(sets.row(0)[0], 2U);
+  EXPECT_EQ(sets.row(0)[1], 7U);
+  ChunkMask resident(10);
+  resident.set(2);
+  resident.set(0);  // unlisted
+  const RowRecall r = row_recall(m, 0, sets.row(0), resident, 2);
+  EXPECT_NEAR(r.critical, 0.5, 1e-12);
+  EXPECT_NEAR(r.mass, 0.6 + 0.1 / 7.0, 1e-6);
+}
