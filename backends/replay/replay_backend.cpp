@@ -1,0 +1,107 @@
+#include "backends/replay/replay_backend.hpp"
+
+#include <stdexcept>
+
+#include "core/error.hpp"
+
+namespace kvlab {
+
+namespace {
+
+/// One request of a trace. Steps [current, current + horizon] are kept read in a ring buffer,
+/// so lookahead(s) costs no I/O and every step is read from the file exactly once.
+class ReplaySession final : public RequestSession {
+ public:
+  ReplaySession(std::unique_ptr<RequestReader> reader, const Geometry& geometry)
+      : reader_(std::move(reader)), geometry_(geometry) {
+    const RequestHeader& h = reader_->header();
+    info_ = RequestInfo{h.id, h.workload, h.prompt_tokens, h.decode_steps, h.seed};
+    ring_.resize(1);
+    if (h.d_key > 0) reader_->read_chunk_features(features_);
+  }
+
+  [[nodiscard]] const RequestInfo& info() const override { return info_; }
+  [[nodiscard]] int64_t d_query() const override { return reader_->header().d_query; }
+  [[nodiscard]] int64_t d_key() const override { return reader_->header().d_key; }
+
+  bool begin_step(int64_t t) override {
+    if (t < 0 || (current_ >= 0 && t <= current_)) {
+      throw std::logic_error("replay: begin_step(" + std::to_string(t) + ") after step " + std::to_string(current_));
+    }
+    if (t >= info_.decode_steps) return false;
+    current_ = t;
+    fill_ring();
+    if (d_query() > 0) reader_->read_query(t, query_);
+    return true;
+  }
+
+  [[nodiscard]] const StepMass* reference() const override { return current_ < 0 ? nullptr : &slot(current_); }
+  [[nodiscard]] std::span<const float> query() const override { return query_; }
+
+  [[nodiscard]] FeatureRows chunk_features() const override {
+    if (features_.empty() || current_ < 0) return {};
+    const int64_t known = geometry_.chunks_for(info_.prompt_tokens + current_ + 1);
+    return {features_.data(), known, d_key()};
+  }
+
+  void set_lookahead(int64_t steps) override {
+    if (steps < 0) throw std::logic_error("replay: negative lookahead");
+    if (steps == horizon_) return;
+    horizon_ = steps;
+    // Rebuild the ring; steps already read are read again (this happens once per session).
+    ring_.assign(static_cast<size_t>(horizon_ + 1), StepMass{});
+    read_until_ = current_;
+    if (current_ >= 0) {
+      read_until_ = current_ - 1;
+      fill_ring();
+    }
+  }
+
+  /// Mass of step s for current <= s <= current + horizon (and s < decode_steps); else null.
+  [[nodiscard]] const StepMass* lookahead(int64_t step) const override {
+    if (current_ < 0 || step < current_ || step > current_ + horizon_ || step > read_until_) return nullptr;
+    return &slot(step);
+  }
+
+ private:
+  [[nodiscard]] const StepMass& slot(int64_t s) const { return ring_[static_cast<size_t>(s % (horizon_ + 1))]; }
+  StepMass& slot(int64_t s) { return ring_[static_cast<size_t>(s % (horizon_ + 1))]; }
+
+  // Reads the steps in (read_until_, min(current + horizon, last)] into their ring slots.
+  void fill_ring() {
+    const int64_t last = std::min(current_ + horizon_, info_.decode_steps - 1);
+    int64_t s = std::max(read_until_ + 1, current_);
+    for (; s <= last; ++s) reader_->read_step(s, slot(s));
+    read_until_ = std::max(read_until_, last);
+  }
+
+  std::unique_ptr<RequestReader> reader_;
+  Geometry geometry_;
+  RequestInfo info_;
+  std::vector<StepMass> ring_;
+  int64_t horizon_ = 0;
+  int64_t current_ = -1;
+  int64_t read_until_ = -1;  // last step read into the ring
+  std::vector<float> query_;
+  std::vector<float> features_;
+};
+
+}  // namespace
+
+ReplayBackend::ReplayBackend(const std::string& trace_path) : reader_(TraceReader::open(trace_path)) {
+  for (int64_t i = 0; i < reader_->request_count(); ++i) headers_.push_back(reader_->request(i)->header());
+  layout_ = RowLayout{reader_->geometry().n_layers, headers_.empty() ? 1 : headers_.front().heads_stored};
+  for (const RequestHeader& h : headers_) {
+    if (h.heads_stored != layout_.heads_stored) {
+      throw InputError(trace_path + ": request " + h.id + " stores " + std::to_string(h.heads_stored) +
+                       " heads but request " + headers_.front().id + " stores " +
+                       std::to_string(layout_.heads_stored) + "; replay needs one row layout per trace");
+    }
+  }
+}
+
+std::unique_ptr<RequestSession> ReplayBackend::open(int64_t index) {
+  return std::make_unique<ReplaySession>(reader_->request(index), reader_->geometry());
+}
+
+}  // namespace kvlab

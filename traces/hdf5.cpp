@@ -1,0 +1,461 @@
+#include "traces/hdf5.hpp"
+
+#include <hdf5.h>
+
+#include <filesystem>
+#include <type_traits>
+
+#include "core/error.hpp"
+
+namespace kvlab::h5 {
+
+static_assert(std::is_same_v<hid_t, int64_t>, "kvlab needs HDF5 >= 1.10 (64-bit hid_t)");
+
+namespace {
+
+using Lock = std::lock_guard<std::recursive_mutex>;
+
+// Turns off HDF5's printing of its error stack to stderr (once, before the first call): we
+// report failures ourselves as one-line InputErrors.
+void init_library() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    H5open();
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  });
+}
+
+herr_t innermost_cb(unsigned n, const H5E_error2_t* err, void* data) {
+  auto* out = static_cast<std::string*>(data);
+  if (n == 0 && err->desc != nullptr) *out = err->desc;
+  return 0;
+}
+
+// HDF5's most specific reason for the last failure, then clears the stack.
+std::string last_reason() {
+  std::string reason;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_cb, &reason);
+  H5Eclear2(H5E_DEFAULT);
+  return reason;
+}
+
+[[noreturn]] void fail(const std::string& where, const std::string& what) {
+  std::string reason = last_reason();
+  throw InputError(where + ": " + what + (reason.empty() ? "" : " (" + reason + ")"));
+}
+
+template <typename T>
+T check(T result, const std::string& where, const std::string& what) {
+  if (result < 0) fail(where, what);
+  return result;
+}
+
+// IEEE binary16, little-endian: the layout numpy/h5py call float16.
+hid_t half_type() {
+  static hid_t type = [] {
+    hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+    H5Tset_fields(t, 15, 10, 5, 0, 10);
+    H5Tset_size(t, 2);
+    H5Tset_ebias(t, 15);
+    H5Tlock(t);
+    return t;
+  }();
+  return type;
+}
+
+hid_t native_type(Type type) {
+  switch (type) {
+    case Type::F16: return half_type();
+    case Type::F32: return H5T_NATIVE_FLOAT;
+    case Type::F64: return H5T_NATIVE_DOUBLE;
+    case Type::I32: return H5T_NATIVE_INT32;
+    case Type::I64: return H5T_NATIVE_INT64;
+    case Type::U32: return H5T_NATIVE_UINT32;
+    case Type::U64: return H5T_NATIVE_UINT64;
+    default: throw std::logic_error("h5: no native type");
+  }
+}
+
+// The little-endian file type we write for `type` (fixed, so files do not depend on the host).
+hid_t file_type(Type type) {
+  switch (type) {
+    case Type::F16: return half_type();
+    case Type::F32: return H5T_IEEE_F32LE;
+    case Type::F64: return H5T_IEEE_F64LE;
+    case Type::I32: return H5T_STD_I32LE;
+    case Type::I64: return H5T_STD_I64LE;
+    case Type::U32: return H5T_STD_U32LE;
+    case Type::U64: return H5T_STD_U64LE;
+    default: throw std::logic_error("h5: no file type");
+  }
+}
+
+Type classify(hid_t type) {
+  const H5T_class_t cls = H5Tget_class(type);
+  const size_t size = H5Tget_size(type);
+  if (cls == H5T_FLOAT) {
+    if (size == 4) return Type::F32;
+    if (size == 8) return Type::F64;
+    if (size == 2) {
+      size_t spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0;
+      H5Tget_fields(type, &spos, &epos, &esize, &mpos, &msize);
+      if (spos == 15 && epos == 10 && esize == 5 && mpos == 0 && msize == 10 && H5Tget_ebias(type) == 15) {
+        return Type::F16;
+      }
+    }
+    return Type::Other;
+  }
+  if (cls == H5T_INTEGER) {
+    const bool is_signed = H5Tget_sign(type) == H5T_SGN_2;
+    if (size <= 4) return is_signed ? Type::I32 : Type::U32;
+    if (size == 8) return is_signed ? Type::I64 : Type::U64;
+    return Type::Other;
+  }
+  if (cls == H5T_STRING) return Type::String;
+  return Type::Other;
+}
+
+std::vector<hsize_t> to_hsize(std::span<const int64_t> v) { return {v.begin(), v.end()}; }
+
+// An object-creation property list with time tracking off, so identical input gives
+// byte-identical files.
+Id untimed_plist(hid_t cls, const std::string& where) {
+  Id plist(check(H5Pcreate(cls), where, "cannot create property list"));
+  check(H5Pset_obj_track_times(plist.get(), 0), where, "cannot disable time tracking");
+  return plist;
+}
+
+}  // namespace
+
+std::recursive_mutex& library_mutex() {
+  static std::recursive_mutex mutex;
+  return mutex;
+}
+
+const char* type_name(Type type) {
+  switch (type) {
+    case Type::F16: return "float16";
+    case Type::F32: return "float32";
+    case Type::F64: return "float64";
+    case Type::I32: return "int32";
+    case Type::I64: return "int64";
+    case Type::U32: return "uint32";
+    case Type::U64: return "uint64";
+    case Type::String: return "string";
+    default: return "unsupported type";
+  }
+}
+
+int type_bytes(Type type) {
+  switch (type) {
+    case Type::F16: return 2;
+    case Type::F32: case Type::I32: case Type::U32: return 4;
+    case Type::F64: case Type::I64: case Type::U64: return 8;
+    default: return 0;
+  }
+}
+
+// ---- Id ----------------------------------------------------------------------------------
+
+Id::~Id() { reset(); }
+
+Id& Id::operator=(Id&& other) noexcept {
+  if (this != &other) {
+    reset();
+    id_ = other.id_;
+    other.id_ = -1;
+  }
+  return *this;
+}
+
+void Id::reset() {
+  if (id_ < 0) return;
+  Lock lock(library_mutex());
+  // A file closed with H5F_CLOSE_STRONG has already invalidated its objects' ids.
+  if (H5Iis_valid(id_) > 0) H5Idec_ref(id_);
+  H5Eclear2(H5E_DEFAULT);
+  id_ = -1;
+}
+
+// ---- Node: attributes --------------------------------------------------------------------
+
+std::string Node::where() const { return file_ + ":" + path_; }
+
+bool Node::has_attribute(const std::string& name) const {
+  Lock lock(library_mutex());
+  return check(H5Aexists(id_.get(), name.c_str()), where(), "cannot query attribute '" + name + "'") > 0;
+}
+
+namespace {
+
+Id open_attribute(const Node& node, const std::string& name) {
+  if (!node.has_attribute(name)) throw InputError(node.where() + ": missing attribute '" + name + "'");
+  Id attr(check(H5Aopen(node.id(), name.c_str(), H5P_DEFAULT), node.where(), "cannot open attribute '" + name + "'"));
+  Id space(check(H5Aget_space(attr.get()), node.where(), "cannot read attribute '" + name + "'"));
+  if (H5Sget_simple_extent_npoints(space.get()) != 1) {
+    throw InputError(node.where() + ": attribute '" + name + "' is not a single value");
+  }
+  return attr;
+}
+
+template <typename T>
+T read_integer_attribute(const Node& node, const std::string& name, hid_t mem) {
+  Lock lock(library_mutex());
+  Id attr = open_attribute(node, name);
+  Id type(check(H5Aget_type(attr.get()), node.where(), "cannot read attribute '" + name + "'"));
+  if (H5Tget_class(type.get()) != H5T_INTEGER) {
+    throw InputError(node.where() + ": attribute '" + name + "' is not an integer");
+  }
+  T value{};
+  check(H5Aread(attr.get(), mem, &value), node.where(), "cannot read attribute '" + name + "'");
+  return value;
+}
+
+void replace_attribute(Node& node, const std::string& name, hid_t file_t, hid_t mem_t, const void* buf) {
+  Lock lock(library_mutex());
+  if (node.has_attribute(name)) check(H5Adelete(node.id(), name.c_str()), node.where(), "cannot replace attribute " + name);
+  Id space(check(H5Screate(H5S_SCALAR), node.where(), "cannot create dataspace"));
+  Id attr(check(H5Acreate2(node.id(), name.c_str(), file_t, space.get(), H5P_DEFAULT, H5P_DEFAULT), node.where(),
+                "cannot create attribute '" + name + "'"));
+  check(H5Awrite(attr.get(), mem_t, buf), node.where(), "cannot write attribute '" + name + "'");
+}
+
+}  // namespace
+
+int64_t Node::read_int(const std::string& name) const {
+  return read_integer_attribute<int64_t>(*this, name, H5T_NATIVE_INT64);
+}
+
+uint64_t Node::read_uint(const std::string& name) const {
+  return read_integer_attribute<uint64_t>(*this, name, H5T_NATIVE_UINT64);
+}
+
+std::string Node::read_string(const std::string& name) const {
+  Lock lock(library_mutex());
+  Id attr = open_attribute(*this, name);
+  Id type(check(H5Aget_type(attr.get()), where(), "cannot read attribute '" + name + "'"));
+  if (H5Tget_class(type.get()) != H5T_STRING) throw InputError(where() + ": attribute '" + name + "' is not a string");
+  if (H5Tis_variable_str(type.get()) > 0) {
+    Id mem(check(H5Tcopy(H5T_C_S1), where(), "cannot read attribute '" + name + "'"));
+    H5Tset_size(mem.get(), H5T_VARIABLE);
+    H5Tset_cset(mem.get(), H5Tget_cset(type.get()));
+    char* text = nullptr;
+    check(H5Aread(attr.get(), mem.get(), &text), where(), "cannot read attribute '" + name + "'");
+    std::string out = text != nullptr ? text : "";
+    H5free_memory(text);
+    return out;
+  }
+  const size_t size = H5Tget_size(type.get());
+  std::string out(size, '\0');
+  check(H5Aread(attr.get(), type.get(), out.data()), where(), "cannot read attribute '" + name + "'");
+  out.resize(out.find('\0') == std::string::npos ? size : out.find('\0'));
+  return out;
+}
+
+void Node::write_int(const std::string& name, int64_t value) {
+  replace_attribute(*this, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+
+void Node::write_uint(const std::string& name, uint64_t value) {
+  replace_attribute(*this, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value);
+}
+
+void Node::write_float(const std::string& name, double value) {
+  replace_attribute(*this, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
+}
+
+void Node::write_string(const std::string& name, const std::string& value) {
+  Lock lock(library_mutex());
+  Id type(check(H5Tcopy(H5T_C_S1), where(), "cannot create string type"));
+  H5Tset_size(type.get(), H5T_VARIABLE);
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  const char* text = value.c_str();
+  replace_attribute(*this, name, type.get(), type.get(), static_cast<const void*>(&text));
+}
+
+// ---- Dataset -----------------------------------------------------------------------------
+
+Dataset::Dataset(Id id, std::string file, std::string path) : Node(std::move(id), std::move(file), std::move(path)) {
+  Lock lock(library_mutex());
+  Id type(check(H5Dget_type(id_.get()), where(), "cannot read datatype"));
+  type_ = classify(type.get());
+  Id space(check(H5Dget_space(id_.get()), where(), "cannot read dataspace"));
+  const int rank = check(H5Sget_simple_extent_ndims(space.get()), where(), "cannot read dataspace");
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  dims_.assign(dims.begin(), dims.end());
+}
+
+void Dataset::set_extent(const std::vector<int64_t>& dims) {
+  Lock lock(library_mutex());
+  auto h = to_hsize(dims);
+  check(H5Dset_extent(id_.get(), h.data()), where(), "cannot extend dataset");
+  dims_ = dims;
+}
+
+namespace {
+
+// The file dataspace with the box selected, and a matching memory dataspace.
+std::pair<Id, Id> select_box(const Dataset& d, std::span<const int64_t> start, std::span<const int64_t> count) {
+  if (start.size() != d.dims().size() || count.size() != d.dims().size()) {
+    throw std::logic_error("h5: selection rank differs from dataset rank at " + d.where());
+  }
+  for (size_t i = 0; i < start.size(); ++i) {
+    if (start[i] < 0 || count[i] < 0 || start[i] + count[i] > d.dims()[i]) {
+      throw InputError(d.where() + ": read/write past the dataset's extent in dimension " + std::to_string(i));
+    }
+  }
+  Id space(check(H5Dget_space(d.id()), d.where(), "cannot read dataspace"));
+  auto s = to_hsize(start);
+  auto c = to_hsize(count);
+  check(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, s.data(), nullptr, c.data(), nullptr), d.where(),
+        "cannot select hyperslab");
+  Id mem(check(H5Screate_simple(static_cast<int>(c.size()), c.data(), nullptr), d.where(), "cannot create dataspace"));
+  return {std::move(space), std::move(mem)};
+}
+
+}  // namespace
+
+void Dataset::read(std::span<const int64_t> start, std::span<const int64_t> count, Type mem, void* buf) const {
+  Lock lock(library_mutex());
+  auto [space, mspace] = select_box(*this, start, count);
+  check(H5Dread(id_.get(), native_type(mem), mspace.get(), space.get(), H5P_DEFAULT, buf), where(),
+        "cannot read data (file damaged?)");
+}
+
+void Dataset::write(std::span<const int64_t> start, std::span<const int64_t> count, Type mem, const void* buf) {
+  Lock lock(library_mutex());
+  auto [space, mspace] = select_box(*this, start, count);
+  check(H5Dwrite(id_.get(), native_type(mem), mspace.get(), space.get(), H5P_DEFAULT, buf), where(),
+        "cannot write data");
+}
+
+// ---- Group -------------------------------------------------------------------------------
+
+namespace {
+std::string join(const std::string& parent, const std::string& name) {
+  return parent == "/" ? "/" + name : parent + "/" + name;
+}
+
+herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* data) {
+  static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+  return 0;
+}
+}  // namespace
+
+bool Group::has_child(const std::string& name) const {
+  Lock lock(library_mutex());
+  return check(H5Lexists(id_.get(), name.c_str(), H5P_DEFAULT), where(), "cannot query link '" + name + "'") > 0;
+}
+
+std::vector<std::string> Group::children() const {
+  Lock lock(library_mutex());
+  std::vector<std::string> names;
+  hsize_t idx = 0;
+  check(H5Literate(id_.get(), H5_INDEX_NAME, H5_ITER_INC, &idx, collect_name, &names), where(),
+        "cannot list group");
+  return names;
+}
+
+Group Group::create_group(const std::string& name) {
+  Lock lock(library_mutex());
+  Id gcpl = untimed_plist(H5P_GROUP_CREATE, where());
+  Id id(check(H5Gcreate2(id_.get(), name.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), where(),
+              "cannot create group '" + name + "'"));
+  return Group(std::move(id), file_, join(path_, name));
+}
+
+Group Group::open_group(const std::string& name) const {
+  Lock lock(library_mutex());
+  if (!has_child(name)) throw InputError(where() + ": missing group '" + name + "'");
+  H5O_info_t info;
+  check(H5Oget_info_by_name(id_.get(), name.c_str(), &info, H5P_DEFAULT), where(), "cannot open '" + name + "'");
+  if (info.type != H5O_TYPE_GROUP) throw InputError(file_ + ":" + join(path_, name) + ": is not a group");
+  Id id(check(H5Gopen2(id_.get(), name.c_str(), H5P_DEFAULT), where(), "cannot open group '" + name + "'"));
+  return Group(std::move(id), file_, join(path_, name));
+}
+
+Dataset Group::create_dataset(const std::string& name, const DatasetSpec& spec) {
+  Lock lock(library_mutex());
+  const std::string what = file_ + ":" + join(path_, name);
+  auto dims = to_hsize(spec.dims);
+  std::vector<hsize_t> maxdims = dims;
+  if (spec.extendible_dim0) maxdims[0] = H5S_UNLIMITED;
+  Id space(check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), maxdims.data()), what,
+                 "cannot create dataspace"));
+  Id dcpl = untimed_plist(H5P_DATASET_CREATE, what);
+  if (!spec.chunk.empty()) {
+    auto chunk = to_hsize(spec.chunk);
+    check(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), what, "cannot set chunking");
+    if (spec.compression == Compression::ShuffleGzip1) check(H5Pset_shuffle(dcpl.get()), what, "cannot set shuffle");
+    if (spec.compression != Compression::None) check(H5Pset_deflate(dcpl.get(), 1), what, "cannot set gzip");
+  }
+  Id id(check(H5Dcreate2(id_.get(), name.c_str(), file_type(spec.type), space.get(), H5P_DEFAULT, dcpl.get(),
+                         H5P_DEFAULT),
+              what, "cannot create dataset"));
+  return Dataset(std::move(id), file_, join(path_, name));
+}
+
+Dataset Group::open_dataset(const std::string& name, int64_t cache_bytes) const {
+  Lock lock(library_mutex());
+  const std::string what = file_ + ":" + join(path_, name);
+  if (!has_child(name)) throw InputError(where() + ": missing dataset '" + name + "'");
+  H5O_info_t info;
+  check(H5Oget_info_by_name(id_.get(), name.c_str(), &info, H5P_DEFAULT), what, "cannot open");
+  if (info.type != H5O_TYPE_DATASET) throw InputError(what + ": is not a dataset");
+  Id dapl(check(H5Pcreate(H5P_DATASET_ACCESS), what, "cannot create property list"));
+  if (cache_bytes > 0) {
+    // A prime slot count well above the chunks that fit, as the HDF5 guide recommends.
+    check(H5Pset_chunk_cache(dapl.get(), 12421, static_cast<size_t>(cache_bytes), 1.0), what, "cannot set chunk cache");
+  }
+  Id id(check(H5Dopen2(id_.get(), name.c_str(), dapl.get()), what, "cannot open dataset"));
+  return Dataset(std::move(id), file_, join(path_, name));
+}
+
+// ---- File --------------------------------------------------------------------------------
+
+File File::create(const std::string& path) {
+  Lock lock(library_mutex());
+  init_library();
+  Id fcpl = untimed_plist(H5P_FILE_CREATE, path);
+  Id fapl(check(H5Pcreate(H5P_FILE_ACCESS), path, "cannot create property list"));
+  // Strong close: closing the file closes every object still open in it, so a writer can
+  // always finish the file before renaming it.
+  check(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG), path, "cannot set close degree");
+  Id id(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), path, "cannot create file"));
+  return File(std::move(id), path, "/");
+}
+
+File File::open(const std::string& path, bool writable) {
+  Lock lock(library_mutex());
+  init_library();
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) throw InputError(path + ": no such file");
+  if (!std::filesystem::is_regular_file(path, ec)) throw InputError(path + ": not a regular file");
+  const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
+  H5Eclear2(H5E_DEFAULT);
+  if (is_hdf5 <= 0) throw InputError(path + ": not an HDF5 file (corrupt or not a kvlab trace)");
+  Id id(check(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT), path,
+              "cannot open HDF5 file (truncated or corrupt?)"));
+  return File(std::move(id), path, "/");
+}
+
+void File::flush() {
+  Lock lock(library_mutex());
+  check(H5Fflush(id_.get(), H5F_SCOPE_LOCAL), file_, "cannot flush file");
+}
+
+void File::close() {
+  Lock lock(library_mutex());
+  if (!id_.valid()) return;
+  const herr_t rc = H5Fclose(id_.get());
+  // The id is gone either way; do not let ~Id close it again.
+  Id released(std::move(id_));
+  static_cast<void>(released.get());
+  if (rc < 0) {
+    std::string reason = last_reason();
+    throw InputError(file_ + ": cannot close file" + (reason.empty() ? "" : " (" + reason + ")"));
+  }
+}
+
+}  // namespace kvlab::h5

@@ -1,0 +1,95 @@
+// Reading and writing kvlab trace files (format v1, HDF5; see traces/FORMAT.md).
+// No HDF5 type appears here: the HDF5 calls live in traces/*.cpp behind RAII wrappers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/attention.hpp"
+#include "core/geometry.hpp"
+
+namespace kvlab {
+
+inline constexpr int kTraceVersion = 1;
+
+/// Width of the stored mass values (float16 halves the file; rows then sum to 1 within 1e-2).
+enum class MassDtype { Float16, Float32 };
+
+/// Attributes of one /requests/<id> group plus the shapes of its datasets.
+struct RequestHeader {
+  std::string id;
+  int64_t prompt_tokens = 0;
+  int64_t decode_steps = 0;
+  std::string workload;
+  uint64_t seed = 0;
+  int heads_stored = 1;      // 1 = heads aggregated, else n_kv_heads
+  int64_t n_chunks_max = 0;  // chunks that exist at the last step
+  int64_t d_query = 0;       // 0 = no `query` dataset
+  int64_t d_key = 0;         // 0 = no `chunk_features` dataset
+  bool sparse = false;       // mass stored as CSR (mass_indptr/mass_index/mass_value/mass_remainder)
+  MassDtype mass_dtype = MassDtype::Float16;  // writer: what to store; reader: what is stored
+};
+
+/// Streams one request step by step. Memory stays bounded by one step (plus HDF5's chunk cache).
+class RequestReader {
+ public:
+  virtual ~RequestReader() = default;
+  [[nodiscard]] virtual const RequestHeader& header() const = 0;
+  /// Reads step t's mass into `out` and validates it (finite, non-negative, each row sums to 1
+  /// within tolerance over the chunks that exist, zero past them). Throws InputError naming the
+  /// file, request, dataset and step.
+  virtual void read_step(int64_t t, StepMass& out) = 0;
+  /// Reads step t's query features (d_query values).
+  virtual void read_query(int64_t t, std::vector<float>& out) = 0;
+  /// Reads the whole chunk_features matrix, row-major [n_chunks_max × d_key].
+  virtual void read_chunk_features(std::vector<float>& out) = 0;
+};
+
+class TraceReader {
+ public:
+  /// Opens and validates the root attributes. Throws InputError naming the file and attribute.
+  static std::unique_ptr<TraceReader> open(const std::string& path);
+  virtual ~TraceReader() = default;
+
+  [[nodiscard]] virtual const std::string& path() const = 0;
+  [[nodiscard]] virtual const Geometry& geometry() const = 0;
+  [[nodiscard]] virtual int64_t request_count() const = 0;
+  /// Opens request i (in the file's sorted id order). Each reader may be used from its own
+  /// thread; the HDF5 calls are serialised inside traces/.
+  [[nodiscard]] virtual std::unique_ptr<RequestReader> request(int64_t i) const = 0;
+};
+
+/// How a request's mass is stored.
+enum class MassStorage { Auto, Dense, Sparse };
+
+/// Writes one request, step by step, in order.
+class RequestWriter {
+ public:
+  virtual ~RequestWriter() = default;
+  virtual void write_step(int64_t t, const StepMass& mass) = 0;
+  virtual void write_query(int64_t t, std::span<const float> features) = 0;
+  /// Row-major [n_chunks_max × d_key].
+  virtual void write_chunk_features(std::span<const float> features) = 0;
+  /// Flushes the request's datasets; called before the next request is added.
+  virtual void finish() = 0;
+};
+
+/// Writes a trace under a temporary name; commit() renames it into place, so a killed run
+/// leaves no half-written file under the final name. Destroying without commit() removes it.
+class TraceWriter {
+ public:
+  static std::unique_ptr<TraceWriter> create(const std::string& path, const Geometry& geometry);
+  virtual ~TraceWriter() = default;
+  /// Adds /requests/<id>. Auto chooses sparse when the dense mass would be large.
+  virtual std::unique_ptr<RequestWriter> add_request(const RequestHeader& header,
+                                                     MassStorage storage = MassStorage::Auto) = 0;
+  virtual void commit() = 0;
+};
+
+/// Sparse storage keeps, per row, the largest entries until the remainder is at most this.
+inline constexpr float kSparseRemainderTarget = 0.002F;
+
+}  // namespace kvlab

@@ -1,0 +1,59 @@
+// Names and layout rules of trace format v1, shared by the reader, the writer and validation.
+// Internal to traces/; the user-facing description is traces/FORMAT.md.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace kvlab::trace_format {
+
+// Root attributes.
+inline constexpr const char* kVersion = "kvlab_trace_version";
+inline constexpr const char* kModel = "model";
+inline constexpr const char* kLayers = "n_layers";
+inline constexpr const char* kKvHeads = "n_kv_heads";
+inline constexpr const char* kHeadDim = "head_dim";
+inline constexpr const char* kKvDtypeBytes = "kv_dtype_bytes";
+inline constexpr const char* kChunkTokens = "chunk_tokens";
+
+inline constexpr const char* kRequests = "requests";
+
+// Request attributes.
+inline constexpr const char* kPromptTokens = "prompt_tokens";
+inline constexpr const char* kDecodeSteps = "decode_steps";
+inline constexpr const char* kWorkload = "workload";
+inline constexpr const char* kSeed = "seed";
+inline constexpr const char* kMassStorage = "mass_storage";
+inline constexpr const char* kHeadsStored = "n_heads_stored";
+
+// Request datasets.
+inline constexpr const char* kMass = "mass";
+inline constexpr const char* kIndptr = "mass_indptr";
+inline constexpr const char* kIndex = "mass_index";
+inline constexpr const char* kValue = "mass_value";
+inline constexpr const char* kRemainder = "mass_remainder";
+inline constexpr const char* kQuery = "query";
+inline constexpr const char* kChunkFeatures = "chunk_features";
+
+/// Row-sum tolerance by stored value width.
+inline double sum_tolerance(int value_bytes) { return value_bytes == 2 ? 1e-2 : 1e-3; }
+
+/// Auto storage switches to sparse above this much dense mass.
+inline constexpr int64_t kDenseLimitBytes = int64_t{64} << 20;
+
+/// HDF5 chunk sizing: aim for chunks of about this many bytes before compression.
+inline constexpr int64_t kTargetChunkBytes = int64_t{256} << 10;
+/// CSR arrays are chunked in pieces of this many entries.
+inline constexpr int64_t kCsrChunkEntries = int64_t{64} << 10;
+/// Chunk cache per open dataset: a few chunks, so reading step t + 1 does not decompress a
+/// chunk again, while memory stays independent of decode_steps.
+inline constexpr int64_t kChunkCacheBytes = int64_t{4} << 20;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/// Leading-dimension extent of a chunk holding rows of `row_bytes`, at most `rows`.
+inline int64_t rows_per_chunk(int64_t row_bytes, int64_t rows) {
+  return std::clamp<int64_t>(kTargetChunkBytes / std::max<int64_t>(row_bytes, 1), 1, std::max<int64_t>(rows, 1));
+}
+
+}  // namespace kvlab::trace_format

@@ -1,0 +1,417 @@
+// TraceReader: opens format v1 files (traces/FORMAT.md), checks their structure up front and
+// every step's mass as it is read.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "core/error.hpp"
+#include "traces/half.hpp"
+#include "traces/hdf5.hpp"
+#include "traces/trace.hpp"
+#include "traces/trace_format.hpp"
+
+namespace kvlab {
+
+namespace fmt = trace_format;
+
+namespace {
+
+std::string format_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+bool is_float(h5::Type t) { return t == h5::Type::F16 || t == h5::Type::F32; }
+bool is_integer(h5::Type t) {
+  return t == h5::Type::I32 || t == h5::Type::I64 || t == h5::Type::U32 || t == h5::Type::U64;
+}
+
+class H5RequestReader final : public RequestReader {
+ public:
+  H5RequestReader(std::shared_ptr<const h5::File> file, const Geometry& geometry, const std::string& id);
+  [[nodiscard]] const RequestHeader& header() const override { return header_; }
+  void read_step(int64_t t, StepMass& out) override;
+  void read_query(int64_t t, std::vector<float>& out) override;
+  void read_chunk_features(std::vector<float>& out) override;
+
+ private:
+  [[nodiscard]] std::string where(const std::string& dataset) const {
+    return file_->file() + ": request " + header_.id + ": " + dataset;
+  }
+  [[nodiscard]] std::string where_step(const std::string& dataset, int64_t t) const {
+    return where(dataset) + " step " + std::to_string(t);
+  }
+  [[nodiscard]] std::string row_name(int r) const {
+    return "row " + std::to_string(r) + " (layer " + std::to_string(layout_.layer_of(r)) + ", head " +
+           std::to_string(r % layout_.heads_stored) + ")";
+  }
+  void expect_dims(const h5::Dataset& d, const std::string& name, const std::vector<int64_t>& dims,
+                   const std::vector<std::string>& meaning) const;
+  void open_dense();
+  void open_sparse();
+  void read_dense(int64_t t, int64_t exist, StepMass& out);
+  void read_sparse(int64_t t, int64_t exist, StepMass& out);
+  void check_sum(int64_t t, const std::string& dataset, int r, double sum) const;
+  // Decodes n stored values starting at `raw` element offset into floats.
+  void decode(int64_t n, std::vector<float>& out);
+
+  std::shared_ptr<const h5::File> file_;
+  Geometry geometry_;
+  RequestHeader header_;
+  RowLayout layout_;
+  double tolerance_ = 1e-2;
+
+  h5::Group group_;
+  h5::Dataset mass_, indptr_, index_, value_, remainder_, query_, features_;
+  int64_t nnz_ = 0;
+
+  std::vector<uint16_t> raw_h_;
+  std::vector<float> raw_f_;
+  std::vector<int64_t> ptr_;
+  std::vector<uint32_t> idx_;
+  std::vector<float> vals_;
+  std::vector<float> rem_;
+  std::vector<uint32_t> seen_;  // per chunk: last (row stamp) that listed it, for duplicate checks
+  uint32_t stamp_ = 0;
+};
+
+H5RequestReader::H5RequestReader(std::shared_ptr<const h5::File> file, const Geometry& geometry, const std::string& id)
+    : file_(std::move(file)), geometry_(geometry) {
+  header_.id = id;
+  group_ = file_->open_group(fmt::kRequests).open_group(id);
+  const std::string at = file_->file() + ": request " + id;
+  header_.prompt_tokens = group_.read_int(fmt::kPromptTokens);
+  header_.decode_steps = group_.read_int(fmt::kDecodeSteps);
+  header_.workload = group_.read_string(fmt::kWorkload);
+  header_.seed = group_.read_uint(fmt::kSeed);
+  const std::string storage = group_.read_string(fmt::kMassStorage);
+  const int64_t heads = group_.read_int(fmt::kHeadsStored);
+  if (header_.prompt_tokens < 0) throw InputError(at + ": attribute prompt_tokens is negative");
+  if (header_.decode_steps < 1) throw InputError(at + ": attribute decode_steps must be >= 1");
+  if (heads != 1 && heads != geometry.n_kv_heads) {
+    throw InputError(at + ": attribute n_heads_stored = " + std::to_string(heads) + ", expected 1 or n_kv_heads = " +
+                     std::to_string(geometry.n_kv_heads));
+  }
+  if (storage != "dense" && storage != "sparse") {
+    throw InputError(at + ": attribute mass_storage = '" + storage + "', expected 'dense' or 'sparse'");
+  }
+  header_.heads_stored = static_cast<int>(heads);
+  header_.sparse = storage == "sparse";
+  header_.n_chunks_max = geometry.chunks_for(header_.prompt_tokens + header_.decode_steps);
+  layout_ = RowLayout{geometry.n_layers, header_.heads_stored};
+  if (header_.sparse) open_sparse();
+  else open_dense();
+  tolerance_ = fmt::sum_tolerance(header_.mass_dtype == MassDtype::Float16 ? 2 : 4);
+
+  if (group_.has_child(fmt::kQuery)) {
+    query_ = group_.open_dataset(fmt::kQuery, fmt::kChunkCacheBytes);
+    if (query_.dims().size() != 2 || query_.dims()[0] != header_.decode_steps) {
+      throw InputError(where(fmt::kQuery) + ": expected shape [decode_steps = " + std::to_string(header_.decode_steps) +
+                       ", d_query]");
+    }
+    if (!is_float(query_.type()) && query_.type() != h5::Type::F64) throw InputError(where(fmt::kQuery) + ": not floating point");
+    header_.d_query = query_.dims()[1];
+  }
+  if (group_.has_child(fmt::kChunkFeatures)) {
+    features_ = group_.open_dataset(fmt::kChunkFeatures);
+    if (features_.dims().size() != 2 || features_.dims()[0] != header_.n_chunks_max) {
+      throw InputError(where(fmt::kChunkFeatures) + ": expected shape [n_chunks_max = " +
+                       std::to_string(header_.n_chunks_max) + ", d_key]");
+    }
+    if (!is_float(features_.type()) && features_.type() != h5::Type::F64) {
+      throw InputError(where(fmt::kChunkFeatures) + ": not floating point");
+    }
+    header_.d_key = features_.dims()[1];
+  }
+}
+
+void H5RequestReader::expect_dims(const h5::Dataset& d, const std::string& name, const std::vector<int64_t>& dims,
+                                  const std::vector<std::string>& meaning) const {
+  if (d.dims().size() != dims.size()) {
+    throw InputError(where(name) + ": has " + std::to_string(d.dims().size()) + " dimensions, expected " +
+                     std::to_string(dims.size()));
+  }
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (d.dims()[i] != dims[i]) {
+      throw InputError(where(name) + ": dimension " + std::to_string(i) + " is " + std::to_string(d.dims()[i]) +
+                       ", expected " + meaning[i] + " = " + std::to_string(dims[i]));
+    }
+  }
+}
+
+void H5RequestReader::open_dense() {
+  mass_ = group_.open_dataset(fmt::kMass, fmt::kChunkCacheBytes);
+  expect_dims(mass_, fmt::kMass, {header_.decode_steps, layout_.n_layers, layout_.heads_stored, header_.n_chunks_max},
+              {"decode_steps", "n_layers", "n_heads_stored", "n_chunks_max"});
+  if (!is_float(mass_.type())) {
+    throw InputError(where(fmt::kMass) + ": dtype " + h5::type_name(mass_.type()) + ", expected float16 or float32");
+  }
+  header_.mass_dtype = mass_.type() == h5::Type::F16 ? MassDtype::Float16 : MassDtype::Float32;
+}
+
+void H5RequestReader::open_sparse() {
+  const int64_t total_rows = header_.decode_steps * layout_.rows();
+  indptr_ = group_.open_dataset(fmt::kIndptr, fmt::kChunkCacheBytes);
+  remainder_ = group_.open_dataset(fmt::kRemainder, fmt::kChunkCacheBytes);
+  index_ = group_.open_dataset(fmt::kIndex, fmt::kChunkCacheBytes);
+  value_ = group_.open_dataset(fmt::kValue, fmt::kChunkCacheBytes);
+  expect_dims(indptr_, fmt::kIndptr, {total_rows + 1}, {"decode_steps*n_layers*n_heads_stored+1"});
+  expect_dims(remainder_, fmt::kRemainder, {total_rows}, {"decode_steps*n_layers*n_heads_stored"});
+  if (!is_integer(indptr_.type())) throw InputError(where(fmt::kIndptr) + ": not an integer dataset");
+  if (!is_integer(index_.type())) throw InputError(where(fmt::kIndex) + ": not an integer dataset");
+  if (!is_float(remainder_.type())) throw InputError(where(fmt::kRemainder) + ": not float32");
+  if (!is_float(value_.type())) {
+    throw InputError(where(fmt::kValue) + ": dtype " + h5::type_name(value_.type()) + ", expected float16 or float32");
+  }
+  if (index_.dims().size() != 1 || value_.dims().size() != 1 || index_.dims()[0] != value_.dims()[0]) {
+    throw InputError(where(fmt::kValue) + ": mass_index and mass_value must be 1-D of the same length");
+  }
+  nnz_ = index_.dims()[0];
+  int64_t last = 0;
+  const std::vector<int64_t> start{total_rows};
+  const std::vector<int64_t> count{1};
+  indptr_.read(start, count, h5::Type::I64, &last);
+  if (last != nnz_) {
+    throw InputError(where(fmt::kIndptr) + ": last entry is " + std::to_string(last) + ", expected nnz = " +
+                     std::to_string(nnz_));
+  }
+  header_.mass_dtype = value_.type() == h5::Type::F16 ? MassDtype::Float16 : MassDtype::Float32;
+  seen_.assign(static_cast<size_t>(header_.n_chunks_max), 0);
+}
+
+void H5RequestReader::check_sum(int64_t t, const std::string& dataset, int r, double sum) const {
+  if (std::abs(sum - 1.0) > tolerance_) {
+    throw InputError(where_step(dataset, t) + ": " + row_name(r) + " sums to " + format_number(sum) +
+                     ", expected 1 (tolerance " + format_number(tolerance_) + ")");
+  }
+}
+
+void H5RequestReader::decode(int64_t n, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(n));
+  if (header_.mass_dtype == MassDtype::Float16) {
+    half::to_float(raw_h_.data(), out.data(), n);
+  } else {
+    std::copy_n(raw_f_.begin(), n, out.begin());
+  }
+}
+
+void H5RequestReader::read_step(int64_t t, StepMass& out) {
+  if (t < 0 || t >= header_.decode_steps) {
+    throw InputError(where("mass") + ": step " + std::to_string(t) + " is past decode_steps = " +
+                     std::to_string(header_.decode_steps));
+  }
+  const int64_t exist = geometry_.chunks_for(header_.prompt_tokens + t + 1);
+  if (header_.sparse) read_sparse(t, exist, out);
+  else read_dense(t, exist, out);
+}
+
+void H5RequestReader::read_dense(int64_t t, int64_t exist, StepMass& out) {
+  const int64_t cmax = header_.n_chunks_max;
+  const int64_t n = layout_.rows() * cmax;
+  const std::vector<int64_t> start{t, 0, 0, 0};
+  const std::vector<int64_t> count{1, layout_.n_layers, layout_.heads_stored, cmax};
+  const bool f16 = header_.mass_dtype == MassDtype::Float16;
+  if (f16) {
+    raw_h_.resize(static_cast<size_t>(n));
+    mass_.read(start, count, h5::Type::F16, raw_h_.data());
+  } else {
+    raw_f_.resize(static_cast<size_t>(n));
+    mass_.read(start, count, h5::Type::F32, raw_f_.data());
+  }
+  out.reset_dense(layout_, exist);
+  for (int r = 0; r < layout_.rows(); ++r) {
+    std::span<float> dst = out.dense_row(r);
+    const int64_t base = r * cmax;
+    if (f16) half::to_float(raw_h_.data() + base, dst.data(), exist);
+    else std::copy_n(raw_f_.data() + base, exist, dst.data());
+    // Eight float partial sums and a branch-free range test, so the compiler vectorises this
+    // loop; float sums of <= 1 are far more precise than the 1e-3 tolerance.
+    float part[8] = {};
+    bool in_range = true;
+    int64_t c = 0;
+    for (; c + 8 <= exist; c += 8) {
+      for (int k = 0; k < 8; ++k) {
+        const float v = dst[c + k];
+        part[k] += v;
+        in_range &= (v >= 0.0F) & (v <= 1.5F);  // false for NaN, inf and negatives
+      }
+    }
+    for (; c < exist; ++c) {
+      part[0] += dst[c];
+      in_range &= (dst[c] >= 0.0F) & (dst[c] <= 1.5F);
+    }
+    if (!in_range) {
+      for (int64_t k = 0; k < exist; ++k) {
+        if (!std::isfinite(dst[k]) || dst[k] < 0) {
+          throw InputError(where_step(fmt::kMass, t) + ": " + row_name(r) + " chunk " + std::to_string(k) + " has mass " +
+                           format_number(dst[k]) + " (must be finite and >= 0)");
+        }
+      }
+    }
+    bool tail_zero = true;
+    if (f16) {
+      for (int64_t k = exist; k < cmax; ++k) tail_zero &= (raw_h_[base + k] & 0x7FFFU) == 0;
+    } else {
+      for (int64_t k = exist; k < cmax; ++k) tail_zero &= raw_f_[base + k] == 0.0F;
+    }
+    if (!tail_zero) {
+      int64_t k = exist;
+      while (f16 ? (raw_h_[base + k] & 0x7FFFU) == 0 : raw_f_[base + k] == 0.0F) ++k;
+      throw InputError(where_step(fmt::kMass, t) + ": " + row_name(r) + " has mass at chunk " + std::to_string(k) +
+                       ", which does not exist yet (" + std::to_string(exist) + " chunks exist)");
+    }
+    double sum = 0;
+    for (float p : part) sum += p;
+    check_sum(t, fmt::kMass, r, sum);
+  }
+}
+
+void H5RequestReader::read_sparse(int64_t t, int64_t exist, StepMass& out) {
+  const int rows = layout_.rows();
+  ptr_.resize(static_cast<size_t>(rows) + 1);
+  {
+    const std::vector<int64_t> start{t * rows};
+    const std::vector<int64_t> count{rows + 1};
+    indptr_.read(start, count, h5::Type::I64, ptr_.data());
+  }
+  if (t == 0 && ptr_[0] != 0) throw InputError(where_step(fmt::kIndptr, t) + ": first entry must be 0");
+  for (int r = 0; r < rows; ++r) {
+    if (ptr_[r] > ptr_[r + 1] || ptr_[r] < 0 || ptr_[r + 1] > nnz_) {
+      throw InputError(where_step(fmt::kIndptr, t) + ": " + row_name(r) + " has bounds [" + std::to_string(ptr_[r]) +
+                       ", " + std::to_string(ptr_[r + 1]) + ") outside [0, nnz = " + std::to_string(nnz_) + "]");
+    }
+  }
+  const int64_t begin = ptr_[0];
+  const int64_t len = ptr_[rows] - begin;
+  const std::vector<int64_t> start{begin};
+  const std::vector<int64_t> count{len};
+  idx_.resize(static_cast<size_t>(len));
+  index_.read(start, count, h5::Type::U32, idx_.data());
+  if (header_.mass_dtype == MassDtype::Float16) {
+    raw_h_.resize(static_cast<size_t>(len));
+    value_.read(start, count, h5::Type::F16, raw_h_.data());
+  } else {
+    raw_f_.resize(static_cast<size_t>(len));
+    value_.read(start, count, h5::Type::F32, raw_f_.data());
+  }
+  decode(len, vals_);
+  rem_.resize(static_cast<size_t>(rows));
+  {
+    const std::vector<int64_t> rstart{t * rows};
+    const std::vector<int64_t> rcount{rows};
+    remainder_.read(rstart, rcount, h5::Type::F32, rem_.data());
+  }
+
+  out.reset_sparse(layout_, exist);
+  for (int r = 0; r < rows; ++r) {
+    const auto b = static_cast<size_t>(ptr_[r] - begin);
+    const auto n = static_cast<size_t>(ptr_[r + 1] - ptr_[r]);
+    if (++stamp_ == 0) {  // wrapped: restart the duplicate stamps
+      std::fill(seen_.begin(), seen_.end(), 0);
+      stamp_ = 1;
+    }
+    double sum = rem_[r];
+    if (!std::isfinite(rem_[r]) || rem_[r] < 0) {
+      throw InputError(where_step(fmt::kRemainder, t) + ": " + row_name(r) + " remainder " + format_number(rem_[r]) +
+                       " (must be finite and >= 0)");
+    }
+    for (size_t i = b; i < b + n; ++i) {
+      const uint32_t c = idx_[i];
+      if (c >= exist) {
+        throw InputError(where_step(fmt::kIndex, t) + ": " + row_name(r) + " lists chunk " + std::to_string(c) +
+                         ", but only " + std::to_string(exist) + " chunks exist");
+      }
+      if (seen_[c] == stamp_) {
+        throw InputError(where_step(fmt::kIndex, t) + ": " + row_name(r) + " lists chunk " + std::to_string(c) + " twice");
+      }
+      seen_[c] = stamp_;
+      const float v = vals_[i];
+      if (!std::isfinite(v) || v < 0) {
+        throw InputError(where_step(fmt::kValue, t) + ": " + row_name(r) + " chunk " + std::to_string(c) + " has mass " +
+                         format_number(v) + " (must be finite and >= 0)");
+      }
+      sum += v;
+    }
+    check_sum(t, fmt::kValue, r, sum);
+    out.add_sparse_row(std::span<const uint32_t>(idx_).subspan(b, n), std::span<const float>(vals_).subspan(b, n),
+                       rem_[r]);
+  }
+  out.finish_sparse();
+}
+
+void H5RequestReader::read_query(int64_t t, std::vector<float>& out) {
+  if (query_.id() < 0) throw std::logic_error(where(fmt::kQuery) + ": the request has no query dataset");
+  if (t < 0 || t >= header_.decode_steps) throw InputError(where_step(fmt::kQuery, t) + ": past decode_steps");
+  out.resize(static_cast<size_t>(header_.d_query));
+  const std::vector<int64_t> start{t, 0};
+  const std::vector<int64_t> count{1, header_.d_query};
+  query_.read(start, count, h5::Type::F32, out.data());
+}
+
+void H5RequestReader::read_chunk_features(std::vector<float>& out) {
+  if (header_.d_key == 0) throw std::logic_error(where(fmt::kChunkFeatures) + ": the request has no chunk features");
+  out.resize(static_cast<size_t>(header_.n_chunks_max * header_.d_key));
+  const std::vector<int64_t> start{0, 0};
+  const std::vector<int64_t> count{header_.n_chunks_max, header_.d_key};
+  features_.read(start, count, h5::Type::F32, out.data());
+}
+
+class H5TraceReader final : public TraceReader {
+ public:
+  explicit H5TraceReader(const std::string& path);
+  [[nodiscard]] const std::string& path() const override { return path_; }
+  [[nodiscard]] const Geometry& geometry() const override { return geometry_; }
+  [[nodiscard]] int64_t request_count() const override { return static_cast<int64_t>(ids_.size()); }
+  [[nodiscard]] std::unique_ptr<RequestReader> request(int64_t i) const override;
+
+ private:
+  std::string path_;
+  std::shared_ptr<const h5::File> file_;
+  Geometry geometry_;
+  std::vector<std::string> ids_;
+};
+
+int read_positive(const h5::File& file, const char* name) {
+  const int64_t v = file.read_int(name);
+  if (v < 1 || v > (int64_t{1} << 30)) {
+    throw InputError(file.file() + ": root attribute " + name + " = " + std::to_string(v) + " (must be positive)");
+  }
+  return static_cast<int>(v);
+}
+
+H5TraceReader::H5TraceReader(const std::string& path) : path_(path) {
+  auto file = std::make_shared<h5::File>(h5::File::open(path));
+  if (!file->has_attribute(fmt::kVersion)) {
+    throw InputError(path + ": missing root attribute " + std::string(fmt::kVersion) + " (not a kvlab trace?)");
+  }
+  const int64_t version = file->read_int(fmt::kVersion);
+  if (version != kTraceVersion) {
+    throw InputError(path + ": kvlab_trace_version = " + std::to_string(version) + ", this build reads version " +
+                     std::to_string(kTraceVersion));
+  }
+  geometry_.model = file->read_string(fmt::kModel);
+  geometry_.n_layers = read_positive(*file, fmt::kLayers);
+  geometry_.n_kv_heads = read_positive(*file, fmt::kKvHeads);
+  geometry_.head_dim = read_positive(*file, fmt::kHeadDim);
+  geometry_.kv_dtype_bytes = read_positive(*file, fmt::kKvDtypeBytes);
+  geometry_.chunk_tokens = read_positive(*file, fmt::kChunkTokens);
+  geometry_.validate(path);
+  if (!file->has_child(fmt::kRequests)) throw InputError(path + ": missing group /requests");
+  ids_ = file->open_group(fmt::kRequests).children();
+  file_ = std::move(file);
+}
+
+std::unique_ptr<RequestReader> H5TraceReader::request(int64_t i) const {
+  if (i < 0 || i >= request_count()) {
+    throw InputError(path_ + ": request index " + std::to_string(i) + " out of range (" +
+                     std::to_string(request_count()) + " requests)");
+  }
+  return std::make_unique<H5RequestReader>(file_, geometry_, ids_[static_cast<size_t>(i)]);
+}
+
+}  // namespace
+
+std::unique_ptr<TraceReader> TraceReader::open(const std::string& path) { return std::make_unique<H5TraceReader>(path); }
+
+}  // namespace kvlab
