@@ -119,7 +119,8 @@ bool ConformanceReport::passed() const {
 ConformanceData make_conformance_data(uint64_t seed, int64_t d_query, int64_t d_key) {
   ConformanceData data;
   data.geometry = Geometry::preset("smollm2-135m");
-  data.geometry.chunk_tokens = 16;
+  // Long enough that every policy's defaults (e.g. an 8K window, a 10% budget) make sense.
+  data.geometry.chunk_tokens = 64;
   data.rows = RowLayout{data.geometry.n_layers, 1};
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal;
@@ -127,11 +128,11 @@ ConformanceData make_conformance_data(uint64_t seed, int64_t d_query, int64_t d_
   const int64_t steps = 48;
   for (int i = 0; i < 2; ++i) {
     auto req = std::make_shared<MemoryRequest>();
-    req->info = {"r" + std::to_string(i), "conformance", 600 + 37 * i, steps, seed + i};
+    req->info = {"r" + std::to_string(i), "conformance", 40000 + 37 * i, steps, seed + i};
     req->d_query = d_query;
     req->d_key = d_key;
     const int64_t max_chunks = data.geometry.chunks_for(req->info.prompt_tokens + steps);
-    const int64_t needle = 3 + static_cast<int64_t>(unit(rng) * 10);
+    const int64_t needle = 3 + static_cast<int64_t>(unit(rng) * 300);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = req->info.prompt_tokens + t + 1;
       const int64_t chunks = data.geometry.chunks_for(n);
@@ -144,7 +145,7 @@ ConformanceData make_conformance_data(uint64_t seed, int64_t d_query, int64_t d_
           // A sink, decay with distance, occasional spikes, and a needle in the middle steps.
           float v = 0.02F / static_cast<float>(1 + chunks - 1 - c);
           if (c == 0) v += 0.3F;
-          if (unit(rng) < 0.02F) v += unit(rng) * 0.2F;
+          if (unit(rng) < 0.003F) v += unit(rng) * 0.2F;
           if (c == needle && t > steps / 3 && t < 2 * steps / 3 && r % 3 != 0) v += 0.5F;
           sum += row[c] = v;
         }

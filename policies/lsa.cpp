@@ -1,0 +1,90 @@
+// lsa: Lookahead Sparse Attention with the learned Neural Memory Indexer.
+// Paper: "FlashMemory-DeepSeek-V4: Lightning Index for Ultra-Long Context via Lookahead Sparse
+// Attention" (technical report; summary in shared/seeds/). The shared mechanics are in
+// policies/lsa.hpp; this file adds the dual-encoder scoring.
+//
+// Each chunk's key embedding is computed once, when the chunk completes (at the first refresh
+// after), and cached on the GPU: that cache is the policy's hbm_index tier. A refresh embeds
+// the query once and scores every candidate with a dot product: O(chunks × dim).
+#include <Eigen/Core>
+#include <memory>
+
+#include "learn/indexer_io.hpp"
+#include "policies/lsa.hpp"
+
+namespace kvlab {
+
+class LsaPolicy final : public LsaPolicyBase {
+ public:
+  static constexpr const char* kDescription =
+      "Lookahead Sparse Attention: sinks + window + 128:1 summary + chunks a learned indexer predicts for the next tau steps";
+  static constexpr bool kOracle = false;
+  static std::vector<ParamSpec> param_specs() {
+    auto specs = common_params();
+    specs.insert(specs.begin(), {"indexer", ParamType::String, "", "indexer checkpoint (kvlab indexer train --out)", true});
+    specs.push_back({"index_dtype_bytes", ParamType::Int, "2", "bytes per cached key-embedding element on the GPU"});
+    return specs;
+  }
+
+  explicit LsaPolicy(const Params& p)
+      : LsaPolicyBase(p, "lsa"), path_(p.get_string("indexer")), element_bytes_(p.get_int("index_dtype_bytes")) {
+    if (element_bytes_ <= 0) throw UsageError("policy lsa: parameter 'index_dtype_bytes' must be positive");
+    try {
+      indexer_ = load_indexer_shared(path_);
+    } catch (const InputError& e) {
+      throw InputError(std::string("policy lsa: parameter 'indexer': ") + e.what());
+    }
+  }
+
+  void on_request(const RequestContext& request, Plan& plan) override {
+    const DualEncoderConfig& c = indexer_->model.config();
+    if (request.d_query == 0 || request.d_key == 0) {
+      throw InputError("policy lsa: request " + request.request_id + " has no " +
+                       (request.d_query == 0 ? "'query'" : "'chunk_features'") +
+                       " features; the indexer needs both (record or generate them)");
+    }
+    if (request.d_query != c.d_query || request.d_key != c.d_key) {
+      throw InputError("policy lsa: parameter 'indexer': " + path_ + " was trained for d_query=" +
+                       std::to_string(c.d_query) + ", d_key=" + std::to_string(c.d_key) + " but request " +
+                       request.request_id + " has d_query=" + std::to_string(request.d_query) +
+                       ", d_key=" + std::to_string(request.d_key));
+    }
+    LsaPolicyBase::on_request(request, plan);
+  }
+
+ protected:
+  [[nodiscard]] int64_t index_bytes_per_chunk() const override {
+    return static_cast<int64_t>(indexer_->model.config().dim) * element_bytes_;
+  }
+
+  void score(const StepContext& step, const std::vector<int64_t>& candidates, std::vector<double>& out) override {
+    embed_new_chunks(step.chunk_features);
+    const DualEncoder& model = indexer_->model;
+    const Eigen::Map<const Eigen::VectorXf> query(step.query.data(), static_cast<Eigen::Index>(step.query.size()));
+    const Eigen::VectorXf q = model.embed_query(query);
+    const Eigen::Map<const DualEncoder::Matrix> keys(key_embeddings_.data(), embedded_, model.config().dim);
+    const Eigen::VectorXf all = model.score_embeddings(q, keys);
+    out.resize(candidates.size());
+    for (size_t i = 0; i < candidates.size(); ++i) out[i] = all[candidates[i]];
+  }
+
+ private:
+  void embed_new_chunks(const FeatureRows& features) {
+    if (features.n_rows <= embedded_) return;
+    const Eigen::Map<const DualEncoder::Matrix> rows(features.data + embedded_ * features.n_cols,
+                                                     features.n_rows - embedded_, features.n_cols);
+    const DualEncoder::Matrix emb = indexer_->model.embed_keys(rows);
+    key_embeddings_.insert(key_embeddings_.end(), emb.data(), emb.data() + emb.size());
+    embedded_ = features.n_rows;
+  }
+
+  std::string path_;
+  int64_t element_bytes_;
+  std::shared_ptr<const LoadedIndexer> indexer_;
+  std::vector<float> key_embeddings_;  // row-major [embedded_ × dim]
+  int64_t embedded_ = 0;
+};
+
+KVLAB_REGISTER_POLICY(LsaPolicy, "lsa");
+
+}  // namespace kvlab

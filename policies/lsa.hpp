@@ -1,0 +1,63 @@
+// Lookahead Sparse Attention (LSA), shared by `lsa` (learned indexer) and `lsa_oracle` (true
+// lookahead labels). Paper: "FlashMemory-DeepSeek-V4: Lightning Index for Ultra-Long Context via
+// Lookahead Sparse Attention" (technical report; see shared/seeds/).
+//
+// Resident at every step: the attention sinks, a recent window, a compressed summary tier (one
+// entry per `summary_ratio` tokens, always resident) and the chunks chosen at the last refresh.
+// Every τ steps the policy scores every complete chunk outside sinks and window and fetches the
+// best ones that fit the budget; the rest wait on the host. The selection stays fixed between
+// refreshes. Fetches go through the ledger's link model, so a chunk chosen at step t is usable
+// only once it has arrived.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/policy_support.hpp"
+#include "core/registry.hpp"
+
+namespace kvlab {
+
+class LsaPolicyBase : public Policy {
+ public:
+  /// Parameters both variants take.
+  static std::vector<ParamSpec> common_params();
+
+  void on_request(const RequestContext& request, Plan& plan) override;
+  [[nodiscard]] int64_t refresh_interval() const override { return tau_; }
+  void on_refresh(const StepContext& step, Plan& plan) override;
+  void on_step(const StepContext& step, Plan& plan) override;
+  [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override;
+
+ protected:
+  LsaPolicyBase(const Params& params, std::string name);
+
+  /// One score per candidate chunk (higher = more likely needed in the next τ steps).
+  virtual void score(const StepContext& step, const std::vector<int64_t>& candidates, std::vector<double>& out) = 0;
+  /// Bytes of GPU index state per complete chunk (the cached key embedding); 0 for the oracle.
+  [[nodiscard]] virtual int64_t index_bytes_per_chunk() const = 0;
+
+  [[nodiscard]] const std::string& name() const { return name_; }
+  [[nodiscard]] int64_t tau() const { return tau_; }
+  [[nodiscard]] int64_t window() const { return window_; }
+  [[nodiscard]] int64_t sinks() const { return sinks_; }
+
+ private:
+  /// Tokens left for selected chunks over the next τ steps, after the always-resident parts.
+  [[nodiscard]] int64_t selection_allowance(const StepContext& step) const;
+  [[nodiscard]] int64_t fixed_tokens(int64_t n_tokens, int64_t chunk_tokens) const;
+
+  std::string name_;
+  int64_t tau_;
+  int64_t window_;
+  int64_t sinks_;
+  TokenAmount budget_;
+  int summary_ratio_;
+  const Geometry* geometry_ = nullptr;
+  ChunkMask selected_;
+  std::vector<int64_t> ranked_;
+  std::vector<double> scores_;
+};
+
+}  // namespace kvlab

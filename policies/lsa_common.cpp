@@ -1,0 +1,95 @@
+// The part of LSA shared by `lsa` and `lsa_oracle` (see policies/lsa.hpp). Registers nothing.
+#include <algorithm>
+#include <numeric>
+
+#include "core/lookahead.hpp"
+#include "policies/lsa.hpp"
+
+namespace kvlab {
+
+std::vector<ParamSpec> LsaPolicyBase::common_params() {
+  return {{"tau", ParamType::Int, "64", "decode steps between refreshes (the lookahead horizon)"},
+          {"window", ParamType::Int, "2048", "recent tokens always resident"},
+          {"sinks", ParamType::Int, "64", "initial tokens always resident (attention sinks)"},
+          budget_param("0.1"),
+          {"summary_ratio", ParamType::Int, "128", "context tokens per always-resident summary entry; 0 = no summary tier"}};
+}
+
+LsaPolicyBase::LsaPolicyBase(const Params& p, std::string name)
+    : name_(std::move(name)),
+      tau_(p.get_int("tau")),
+      window_(p.get_int("window")),
+      sinks_(p.get_int("sinks")),
+      budget_(p.get_tokens("budget")),
+      summary_ratio_(static_cast<int>(p.get_int("summary_ratio"))) {
+  auto bad = [&](const std::string& key, const std::string& why) {
+    throw UsageError("policy " + name_ + ": parameter '" + key + "' " + why);
+  };
+  if (tau_ <= 0) bad("tau", "must be positive, got " + std::to_string(tau_));
+  if (window_ < 0) bad("window", "must not be negative");
+  if (sinks_ < 0) bad("sinks", "must not be negative");
+  if (budget_.value < 0) bad("budget", "must not be negative, got " + budget_.str());
+  if (budget_.fraction && budget_.value > 1) bad("budget", "is a fraction larger than the whole context (" + budget_.str() + ")");
+  if (summary_ratio_ < 0) bad("summary_ratio", "must not be negative");
+}
+
+void LsaPolicyBase::on_request(const RequestContext& request, Plan& plan) {
+  geometry_ = request.geometry;
+  const int64_t context = request.prompt_tokens + request.decode_steps;
+  if (!budget_.fraction && budget_.value > static_cast<double>(context)) {
+    throw UsageError("policy " + name_ + ": parameter 'budget' (" + budget_.str() +
+                     " tokens) is larger than the context (" + std::to_string(context) + " tokens)");
+  }
+  plan.tiers.summary_ratio = summary_ratio_;
+  plan.tiers.index_bytes_per_chunk = index_bytes_per_chunk();
+}
+
+int64_t LsaPolicyBase::fixed_tokens(int64_t n_tokens, int64_t c) const {
+  // Sink chunks are whole; the window's chunks can hold up to one extra chunk at each edge.
+  const int64_t sink_tokens = ((std::min(sinks_, n_tokens) + c - 1) / c) * c;
+  return sink_tokens + std::min(window_ + 2 * c, n_tokens);
+}
+
+int64_t LsaPolicyBase::selection_allowance(const StepContext& step) const {
+  const Geometry& g = *geometry_;
+  const int64_t bpt = g.bytes_per_token();
+  const int64_t horizon = step.n_tokens + tau_;  // the tiers grow until the next refresh
+  const int64_t summary_bytes = summary_ratio_ > 0 ? (horizon / summary_ratio_) * bpt : 0;
+  const int64_t index_bytes = g.complete_chunks_for(horizon) * index_bytes_per_chunk();
+  const int64_t tier_tokens = (summary_bytes + index_bytes + bpt - 1) / bpt;
+  const int64_t budget = budget_tokens(budget_, step, name_);
+  const int64_t fixed = fixed_tokens(step.n_tokens, g.chunk_tokens) + tier_tokens;
+  if (fixed > budget) {
+    throw UsageError("policy " + name_ + ": parameter 'budget' (" + std::to_string(budget) +
+                     " tokens at step " + std::to_string(step.step) + ") is smaller than sinks + window + summary and index tiers (" +
+                     std::to_string(fixed) + " tokens); raise budget or lower window");
+  }
+  return budget - fixed;
+}
+
+void LsaPolicyBase::on_refresh(const StepContext& step, Plan&) {
+  const std::vector<int64_t> candidates = refresh_candidates(*geometry_, step.n_tokens, sinks_, window_);
+  selected_ = ChunkMask(step.n_chunks);
+  if (candidates.empty()) return;
+  score(step, candidates, scores_);
+  std::vector<size_t> order(candidates.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores_[a] > scores_[b]; });
+  ranked_.clear();
+  for (size_t i : order) ranked_.push_back(candidates[i]);
+  add_within_budget(step, ranked_, selection_allowance(step), selected_);
+}
+
+void LsaPolicyBase::on_step(const StepContext& step, Plan& plan) {
+  ChunkMask& keep = plan.keep.make_uniform();
+  keep.clear();
+  add_sinks_and_window(step, sinks_, window_, keep);
+  selected_.resize(step.n_chunks);
+  selected_.for_each([&](int64_t c) { keep.set(c); });
+}
+
+int64_t LsaPolicyBase::budget_bytes(const StepContext& step) const {
+  return tokens_to_bytes(budget_tokens(budget_, step, name_), step);
+}
+
+}  // namespace kvlab

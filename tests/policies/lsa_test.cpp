@@ -1,0 +1,134 @@
+// LSA and lsa_oracle: the refresh mechanics, the tiers they pay for, conformance with a real
+// indexer checkpoint, and the bad inputs the issue names.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.hpp"
+#include "learn/indexer_io.hpp"
+#include "policy_test_support.hpp"
+
+using namespace kvlab;
+using namespace kvlab::testing;
+
+namespace {
+
+std::string temp_path(const std::string& name) {
+  return (std::filesystem::path(::testing::TempDir()) / name).string();
+}
+
+/// An untrained (seeded) indexer for d_query = d_key = 16, as the conformance data has.
+std::string write_indexer(const std::string& name, int d_query = 16, int d_key = 16) {
+  DualEncoderConfig c;
+  c.d_query = d_query;
+  c.d_key = d_key;
+  c.dim = 8;
+  c.depth = 1;
+  c.width = 16;
+  const std::string path = temp_path(name);
+  save_indexer(path, DualEncoder(c, 7), LabelOptions{}, "{}", "{}", "{}");
+  return path;
+}
+
+}  // namespace
+
+TEST(Lsa, KeepsTheContractWithARealCheckpoint) {
+  const std::string idx = write_indexer("conf_idx.h5");
+  const auto policy = PolicyRegistry::instance().resolve("lsa:indexer=" + idx + ",tau=8,window=1024,budget=0.1");
+  const ConformanceReport report = check_conformance(policy, make_conformance_data(21));
+  for (const auto& c : report.checks) EXPECT_TRUE(c.passed) << c.name << ": " << c.detail;
+}
+
+TEST(Lsa, FootprintIncludesSummaryAndIndexTiersAndStaysInBudget) {
+  const std::string idx = write_indexer("tiers_idx.h5");
+  const auto data = make_conformance_data(22);
+  const auto run = record("lsa:indexer=" + idx + ",tau=8,window=1024,budget=0.1", data);
+  const auto& req = *data.requests[0];
+  const int64_t bpt = data.geometry.bytes_per_token();
+  for (int64_t t = 0; t < req.info.decode_steps; ++t) {
+    const int64_t n = req.info.prompt_tokens + t + 1;
+    const TierBytes& b = run.bytes.at({0, t});
+    EXPECT_EQ(b.hbm_summary, (n / 128) * bpt) << "128:1 summary tier at step " << t;
+    EXPECT_EQ(b.hbm_index, (n / 64) * 8 * 2) << "dim 8 × 2 bytes per complete chunk";
+    EXPECT_LE(b.footprint(), static_cast<int64_t>(0.1 * static_cast<double>(n)) * bpt);
+  }
+  EXPECT_LT(run.results[0].footprint_mean_ratio, 0.1);
+  EXPECT_GT(run.results[0].fetch_bytes, 0);  // the selection is fetched from host
+}
+
+TEST(Lsa, SelectionChangesOnlyAtRefreshes) {
+  const auto data = make_conformance_data(23);
+  const auto run = record("lsa_oracle:tau=8,window=1024,budget=0.1", data);
+  const int64_t steps = data.requests[0]->info.decode_steps;
+  const int64_t c = data.geometry.chunk_tokens;
+  for (int64_t t = 1; t < steps; ++t) {
+    if (t % 8 == 0) continue;
+    // Outside the window's moving edge, the kept chunks at t equal those at t − 1.
+    const int64_t n = data.requests[0]->info.prompt_tokens + t + 1;
+    const int64_t window_first = (n - 1024 - c) / c;
+    auto before = members(run.resident.at({0, t - 1}));
+    auto now = members(run.resident.at({0, t}));
+    std::erase_if(before, [&](int64_t x) { return x >= window_first; });
+    std::erase_if(now, [&](int64_t x) { return x >= window_first; });
+    EXPECT_EQ(before, now) << "step " << t;
+  }
+}
+
+TEST(Lsa, OracleRanksByTheTrueLookaheadLabel) {
+  // The conformance data's needle is critical from steps/3 to 2·steps/3 in two of three rows:
+  // lsa_oracle refreshing before the stretch must hold the needle chunk during it.
+  const auto data = make_conformance_data(24);
+  const auto oracle = record("lsa_oracle:tau=8,window=1024,budget=0.05", data);
+  const auto window = record("sliding_window:window=1024,sinks=64", data);
+  EXPECT_GT(oracle.results[0].critical_recall, window.results[0].critical_recall);
+  EXPECT_TRUE(oracle.results[0].oracle);
+}
+
+TEST(Lsa, BadInputsGiveOneLineErrorsNamingTheParameter) {
+  auto expect_error = [](const std::string& spec, const std::string& needle, bool usage) {
+    try {
+      const auto p = PolicyRegistry::instance().resolve(spec);
+      const auto data = make_conformance_data(25);
+      MemoryBackend backend(data.geometry, data.rows, data.requests);
+      (void)run_engine(backend, {p}, {});
+      FAIL() << spec << " was accepted";
+    } catch (const UsageError& e) {
+      EXPECT_TRUE(usage) << spec << ": " << e.what();
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    } catch (const InputError& e) {
+      EXPECT_FALSE(usage) << spec << ": " << e.what();
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error("lsa", "'indexer' is required", true);
+  expect_error("lsa:indexer=" + temp_path("missing.h5"), "parameter 'indexer'", false);
+  const std::string corrupt = temp_path("corrupt.h5");
+  std::ofstream(corrupt) << "not an hdf5 file";
+  expect_error("lsa:indexer=" + corrupt, "parameter 'indexer'", false);
+  expect_error("lsa:indexer=" + write_indexer("wrong_dims.h5", 32, 16), "d_query=32", false);
+  expect_error("lsa_oracle:tau=0", "'tau' must be positive", true);
+  expect_error("lsa_oracle:tau=-3", "'tau' must be positive", true);
+  expect_error("lsa_oracle:budget=-5", "'budget' must not be negative", true);
+  expect_error("lsa_oracle:budget=99999999", "larger than the context", true);
+  expect_error("lsa_oracle:budget=1.5", "larger than the whole context", true);
+  expect_error("lsa_oracle:budget=512,window=1024", "smaller than sinks + window", true);
+}
+
+TEST(Lsa, TraceWithoutFeaturesIsRejected) {
+  const std::string idx = write_indexer("nofeat_idx.h5");
+  auto data = make_conformance_data(26);
+  for (auto& r : data.requests) {
+    auto copy = std::make_shared<MemoryRequest>(*r);
+    copy->d_query = 0;
+    copy->query.assign(copy->query.size(), {});
+    r = copy;
+  }
+  MemoryBackend backend(data.geometry, data.rows, data.requests);
+  try {
+    (void)run_engine(backend, {PolicyRegistry::instance().resolve("lsa:indexer=" + idx + ",window=1024")}, {});
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'query'"), std::string::npos) << e.what();
+  }
+}
