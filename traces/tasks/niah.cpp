@@ -71,8 +71,7 @@ TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth) {
   // needles[0] is the primary one, placed at `depth`; the others at random fractions.
   std::vector<std::string> texts;
   for (int i = 0; i < needles; ++i) {
-    texts.push_back(needle_text(keys[static_cast<size_t>(std::min(i, key_count - 1))],
-                                values[static_cast<size_t>(i)]));
+    texts.push_back(needle_text(keys[static_cast<size_t>(std::min(i, key_count - 1))], values[static_cast<size_t>(i)]));
   }
   std::vector<double> fractions;
   for (int i = 1; i < needles; ++i) {
@@ -86,24 +85,19 @@ TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth) {
   switch (kind) {
     case NiahKind::Single:
     case NiahKind::MultiKey:
-      base.question = "What is the special magic number for " + keys[0] +
-                      " mentioned in the provided text?";
-      base.answer_prefix =
-          "The special magic number for " + keys[0] + " mentioned in the provided text is";
+      base.question = "What is the special magic number for " + keys[0] + " mentioned in the provided text?";
+      base.answer_prefix = "The special magic number for " + keys[0] + " mentioned in the provided text is";
       base.expected = {values[0]};
       break;
     case NiahKind::MultiValue:
-      base.question = "What are all the special magic numbers for " + keys[0] +
-                      " mentioned in the provided text?";
-      base.answer_prefix =
-          "The special magic numbers for " + keys[0] + " mentioned in the provided text are";
+      base.question = "What are all the special magic numbers for " + keys[0] + " mentioned in the provided text?";
+      base.answer_prefix = "The special magic numbers for " + keys[0] + " mentioned in the provided text are";
       base.expected = values;
       break;
     case NiahKind::MultiQuery:
-      base.question = "What are all the special magic numbers for " + join_keys(keys) +
-                      " mentioned in the provided text?";
-      base.answer_prefix = "The special magic numbers for " + join_keys(keys) +
-                           " mentioned in the provided text are";
+      base.question =
+          "What are all the special magic numbers for " + join_keys(keys) + " mentioned in the provided text?";
+      base.answer_prefix = "The special magic numbers for " + join_keys(keys) + " mentioned in the provided text are";
       base.expected = values;
       break;
   }
@@ -119,9 +113,9 @@ TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth) {
     for (size_t i = 1; i < texts.size(); ++i) {
       at.emplace_back(p.boundary_at_fraction(fractions[i - 1]), i);
     }
-    std::sort(at.begin(), at.end());
-    for (auto it = at.rbegin(); it != at.rend(); ++it) {
-      p.insert(it->first, texts[it->second]);
+    std::sort(at.rbegin(), at.rend());
+    for (const auto& [boundary, index] : at) {
+      p.insert(boundary, texts[index]);
     }
     // The primary needle last, so that its depth counts the distractors before it.
     p.insert(p.boundary_at_depth(depth, texts[0].size(), 0), texts[0]);

@@ -11,8 +11,7 @@ namespace {
 
 // The RULER noise haystack: content-free sentences that a model must read past.
 constexpr std::array<std::string_view, 5> kNoiseSentences = {
-    "The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
-    "There and back again."};
+    "The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again."};
 
 }  // namespace
 
@@ -26,8 +25,7 @@ Passage Passage::noise(int64_t sentences) {
 }
 
 void Passage::insert(size_t boundary, std::string text) {
-  segments_.insert(segments_.begin() + static_cast<std::ptrdiff_t>(std::min(boundary, size())),
-                   std::move(text));
+  segments_.insert(segments_.begin() + static_cast<std::ptrdiff_t>(std::min(boundary, size())), std::move(text));
 }
 
 size_t Passage::boundary_at_depth(double depth, size_t length, size_t later_chars) const {
@@ -37,7 +35,7 @@ size_t Passage::boundary_at_depth(double depth, size_t length, size_t later_char
   }
   // The final text: the current one, the new segment and whatever comes later, each with a
   // separating space (the count is off by one space at most, which is immaterial).
-  const double final_size = static_cast<double>(total + length + later_chars);
+  const auto final_size = static_cast<double>(total + length + later_chars);
   const double want = depth * final_size;
   size_t best = 0;
   double best_err = want;  // offset of boundary 0 is 0

@@ -50,15 +50,13 @@ TaskPlan plan_for(const std::string& task, uint64_t seed, double depth, int64_t 
   throw UsageError("unknown task '" + task + "' (--task); valid tasks: " + valid_list());
 }
 
-std::string user_text(const TaskDraft& d) {
-  return d.instruction + "\n\n" + d.context + "\n\n" + d.question;
-}
+std::string user_text(const TaskDraft& d) { return d.instruction + "\n\n" + d.context + "\n\n" + d.question; }
 
 int64_t count_checked(const TokenCounter& count, const std::string& text) {
   const int64_t n = count(text);
   if (n < 0) {
-    throw InputError("task generator: the token counter returned " + std::to_string(n) +
-                     " for a text of " + std::to_string(text.size()) + " characters");
+    throw InputError("task generator: the token counter returned " + std::to_string(n) + " for a text of " +
+                     std::to_string(text.size()) + " characters");
   }
   return n;
 }
@@ -71,8 +69,7 @@ struct Measured {
 };
 
 // `fixed_tokens`: the answer prefix (the same for every unit count) plus the template allowance.
-Measured measure(const TaskPlan& plan, int64_t units, const TokenCounter& count,
-                 int64_t fixed_tokens) {
+Measured measure(const TaskPlan& plan, int64_t units, const TokenCounter& count, int64_t fixed_tokens) {
   Measured m;
   m.units = units;
   m.draft = plan.draft(units);
@@ -85,16 +82,15 @@ Measured measure(const TaskPlan& plan, int64_t units, const TokenCounter& count,
 // units, so the search extrapolates from what it has measured and falls back to bisection
 // when that stops halving the bracket: a handful of counter calls instead of ~20, which
 // matters once the counter is a real tokenizer run over 8K-token prompts.
-Measured fit(const std::string& task, const TaskPlan& plan, int64_t target,
-             const TokenCounter& count, const TaskOptions& options) {
-  const int64_t fixed_tokens =
-      count_checked(count, plan.draft(plan.min_units).answer_prefix) + options.template_tokens;
+Measured fit(const std::string& task, const TaskPlan& plan, int64_t target, const TokenCounter& count,
+             const TaskOptions& options) {
+  const int64_t fixed_tokens = count_checked(count, plan.draft(plan.min_units).answer_prefix) + options.template_tokens;
   Measured lo = measure(plan, plan.min_units, count, fixed_tokens);
   if (lo.tokens > target) {
-    throw UsageError("--context-tokens " + std::to_string(target) + " is too small for task " +
-                     task + ": its smallest prompt (with the chat-template allowance of " +
-                     std::to_string(options.template_tokens) + ") already takes " +
-                     std::to_string(lo.tokens) + " tokens");
+    throw UsageError("--context-tokens " + std::to_string(target) + " is too small for task " + task +
+                     ": its smallest prompt (with the chat-template allowance of " +
+                     std::to_string(options.template_tokens) + ") already takes " + std::to_string(lo.tokens) +
+                     " tokens");
   }
   // Phase 1: find a unit count that overflows the target.
   int64_t hi = -1;
@@ -110,24 +106,22 @@ Measured fit(const std::string& task, const TaskPlan& plan, int64_t target,
       break;
     }
     if (probe >= kMaxUnits) {
-      throw InputError("task generator: the token counter never reaches " +
-                       std::to_string(target) + " tokens for task " + task +
-                       " (does it count the text?)");
+      throw InputError("task generator: the token counter never reaches " + std::to_string(target) +
+                       " tokens for task " + task + " (does it count the text?)");
     }
     lo = std::move(m);
-    const double rate = static_cast<double>(lo.tokens - probe_lo.tokens) /
-                        static_cast<double>(lo.units - probe_lo.units);
+    const double rate =
+        static_cast<double>(lo.tokens - probe_lo.tokens) / static_cast<double>(lo.units - probe_lo.units);
     if (rate <= 0.0 && lo.units - probe_lo.units >= 32) {
       // 32 more sentences or words always add tokens; a counter that says otherwise would
       // send the search to absurd haystack sizes.
-      throw InputError("task generator: the token count did not grow when the " + task +
-                       " haystack grew from " + std::to_string(probe_lo.units) + " to " +
-                       std::to_string(lo.units) + " units (does the token counter count the text?)");
+      throw InputError("task generator: the token count did not grow when the " + task + " haystack grew from " +
+                       std::to_string(probe_lo.units) + " to " + std::to_string(lo.units) +
+                       " units (does the token counter count the text?)");
     }
     // Aim just past the extrapolated fit so that the next probe most likely brackets it.
-    step = rate > 0.0
-               ? std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(target - lo.tokens) / rate) + 2)
-               : step * 2;
+    step = rate > 0.0 ? std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(target - lo.tokens) / rate) + 2)
+                      : step * 2;
     step = std::min(step, 4 * lo.units + 64);
   }
   // Phase 2: lo fits, hi does not; close the bracket.
@@ -138,8 +132,7 @@ Measured fit(const std::string& task, const TaskPlan& plan, int64_t target,
     if (bisect || hi_tokens <= lo.tokens) {
       guess = lo.units + width / 2;
     } else {
-      const double frac = static_cast<double>(target - lo.tokens) /
-                          static_cast<double>(hi_tokens - lo.tokens);
+      const double frac = static_cast<double>(target - lo.tokens) / static_cast<double>(hi_tokens - lo.tokens);
       guess = lo.units + static_cast<int64_t>(std::floor(frac * static_cast<double>(width)));
     }
     guess = std::clamp(guess, lo.units + 1, hi - 1);
@@ -159,9 +152,7 @@ Measured fit(const std::string& task, const TaskPlan& plan, int64_t target,
 
 std::vector<std::string> task_names() { return valid_tasks(); }
 
-uint64_t derive_sample_seed(uint64_t seed, int index) {
-  return mix_seed(seed, static_cast<uint64_t>(index) + 1000);
-}
+uint64_t derive_sample_seed(uint64_t seed, int index) { return mix_seed(seed, static_cast<uint64_t>(index) + 1000); }
 
 TaskSample make_task(const std::string& task, int64_t target_tokens, uint64_t seed, double depth,
                      const TokenCounter& count_tokens, const TaskOptions& options) {
@@ -203,10 +194,8 @@ TaskSample make_task(const std::string& task, int64_t target_tokens, uint64_t se
   return s;
 }
 
-std::vector<TaskSample> make_task_set(const std::string& task, int64_t target_tokens,
-                                      int samples, uint64_t seed,
-                                      const TokenCounter& count_tokens,
-                                      const TaskOptions& options) {
+std::vector<TaskSample> make_task_set(const std::string& task, int64_t target_tokens, int samples, uint64_t seed,
+                                      const TokenCounter& count_tokens, const TaskOptions& options) {
   if (samples <= 0) {
     throw UsageError("--samples must be positive, got " + std::to_string(samples));
   }
@@ -214,8 +203,7 @@ std::vector<TaskSample> make_task_set(const std::string& task, int64_t target_to
   out.reserve(static_cast<size_t>(samples));
   for (int i = 0; i < samples; ++i) {
     const double depth = (static_cast<double>(i) + 0.5) / static_cast<double>(samples);
-    out.push_back(make_task(task, target_tokens, derive_sample_seed(seed, i), depth,
-                            count_tokens, options));
+    out.push_back(make_task(task, target_tokens, derive_sample_seed(seed, i), depth, count_tokens, options));
   }
   return out;
 }

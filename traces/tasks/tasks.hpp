@@ -51,21 +51,19 @@ struct TaskOptions {
 
 struct TaskSample {
   std::string task;
-  std::string context;           // the haystack with its needles (or the list / coded text)
+  std::string context;  // the haystack with its needles (or the list / coded text)
   std::string question;
   std::string answer_prefix;     // for the runner to put after the assistant tag
   std::string prompt_user_text;  // instruction + context + question, one user message
   std::vector<std::string> expected;
-  double needle_depth = -1.0;    // see the header comment; -1 when the task has no needle
+  double needle_depth = -1.0;  // see the header comment; -1 when the task has no needle
   uint64_t seed = 0;
   int64_t target_tokens = 0;
-  int64_t measured_tokens = 0;   // counter(prompt_user_text) + counter(answer_prefix) + template
+  int64_t measured_tokens = 0;  // counter(prompt_user_text) + counter(answer_prefix) + template
 
   /// measured / target, in (0, 1].
   [[nodiscard]] double fill_fraction() const {
-    return target_tokens > 0
-               ? static_cast<double>(measured_tokens) / static_cast<double>(target_tokens)
-               : 0.0;
+    return target_tokens > 0 ? static_cast<double>(measured_tokens) / static_cast<double>(target_tokens) : 0.0;
   }
 };
 
@@ -74,16 +72,13 @@ struct TaskSample {
 /// depth in [0, 1], or negative for a depth drawn from the seed. Throws UsageError for an
 /// unknown task (listing the valid ones), a depth above 1, or a target too small to hold the
 /// task (naming --context-tokens).
-[[nodiscard]] TaskSample make_task(const std::string& task, int64_t target_tokens, uint64_t seed,
-                                   double depth, const TokenCounter& count_tokens,
-                                   const TaskOptions& options = {});
+[[nodiscard]] TaskSample make_task(const std::string& task, int64_t target_tokens, uint64_t seed, double depth,
+                                   const TokenCounter& count_tokens, const TaskOptions& options = {});
 
 /// `samples` samples; sample i has seed derive_sample_seed(seed, i) and depth (i + 0.5) /
 /// samples, so the needles sweep the context evenly.
-[[nodiscard]] std::vector<TaskSample> make_task_set(const std::string& task,
-                                                    int64_t target_tokens, int samples,
-                                                    uint64_t seed,
-                                                    const TokenCounter& count_tokens,
+[[nodiscard]] std::vector<TaskSample> make_task_set(const std::string& task, int64_t target_tokens, int samples,
+                                                    uint64_t seed, const TokenCounter& count_tokens,
                                                     const TaskOptions& options = {});
 
 [[nodiscard]] uint64_t derive_sample_seed(uint64_t seed, int index);

@@ -42,8 +42,7 @@ TaskPlan vt_plan(uint64_t seed, double depth) {
   std::vector<std::string> statements = {"VAR " + names[0] + " = " + value + "."};
   size_t later_chars = 0;
   for (int i = 1; i <= kHops; ++i) {
-    statements.push_back("VAR " + names[static_cast<size_t>(i)] + " = VAR " +
-                         names[static_cast<size_t>(i - 1)] + ".");
+    statements.push_back("VAR " + names[static_cast<size_t>(i)] + " = VAR " + names[static_cast<size_t>(i - 1)] + ".");
     later_chars += statements.back().size() + 1;
   }
   // Sorted, so the assignments keep their order after the first one.
@@ -73,8 +72,7 @@ TaskPlan vt_plan(uint64_t seed, double depth) {
     // last hop goes in first so each earlier insertion lands before the later ones.
     const size_t room = p.size() - first;  // boundaries after the first assignment
     for (size_t i = statements.size() - 1; i >= 1; --i) {
-      const auto offset = std::min(
-          room - 1, static_cast<size_t>(fractions[i - 1] * static_cast<double>(room)));
+      const auto offset = std::min(room - 1, static_cast<size_t>(fractions[i - 1] * static_cast<double>(room)));
       p.insert(first + 1 + offset, statements[i]);
     }
     d.context = p.text();

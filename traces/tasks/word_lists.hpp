@@ -26,8 +26,7 @@ namespace kvlab::task_words {
 
 /// `count` distinct made-up words none of which is in `taken`; they are added to `taken`.
 /// Drawn in sequence from rng, so the first k words do not depend on count.
-[[nodiscard]] std::vector<std::string> distinct_pseudo_words(TaskRng& rng, size_t count,
-                                                             int syllables,
+[[nodiscard]] std::vector<std::string> distinct_pseudo_words(TaskRng& rng, size_t count, int syllables,
                                                              std::unordered_set<std::string>& taken);
 
 }  // namespace kvlab::task_words

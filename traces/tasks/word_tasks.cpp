@@ -42,8 +42,7 @@ CweFrequencies cwe_frequencies(int64_t target_tokens) {
 TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
   const CweFrequencies freq = cwe_frequencies(target_tokens);
   TaskRng word_rng(seed, kWords);
-  std::vector<std::string> words(task_words::common_words().begin(),
-                                 task_words::common_words().end());
+  std::vector<std::string> words(task_words::common_words().begin(), task_words::common_words().end());
   word_rng.shuffle(words);
   std::vector<std::string> common(words.begin(), words.begin() + kCommonWords);
   std::vector<std::string> others(words.begin() + kCommonWords, words.end());
@@ -55,8 +54,7 @@ TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
       "others; keep count as you read.";
   base.question = "What are the " + std::to_string(kCommonWords) +
                   " most common words in the list above? Answer with the words only.";
-  base.answer_prefix =
-      "The " + std::to_string(kCommonWords) + " most common words in the list are:";
+  base.answer_prefix = "The " + std::to_string(kCommonWords) + " most common words in the list are:";
   base.expected = common;
 
   TaskPlan plan;
@@ -70,8 +68,7 @@ TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
     if (units > static_cast<int64_t>(others.size())) {
       TaskRng extra_rng(seed, kExtraWords);
       auto taken = real;
-      auto extra = task_words::distinct_pseudo_words(
-          extra_rng, static_cast<size_t>(units) - others.size(), 3, taken);
+      auto extra = task_words::distinct_pseudo_words(extra_rng, static_cast<size_t>(units) - others.size(), 3, taken);
       rare.insert(rare.end(), extra.begin(), extra.end());
     }
     std::vector<const std::string*> entries;
@@ -97,8 +94,7 @@ TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
 TaskPlan fwe_plan(uint64_t seed) {
   TaskRng word_rng(seed, kWords);
   std::unordered_set<std::string> taken;
-  const auto vocab =
-      task_words::distinct_pseudo_words(word_rng, kCodedVocabulary, kCodedSyllables, taken);
+  const auto vocab = task_words::distinct_pseudo_words(word_rng, kCodedVocabulary, kCodedSyllables, taken);
   std::vector<double> weight;
   double total = 0.0;
   for (int k = 1; k <= kCodedVocabulary; ++k) {
@@ -107,13 +103,11 @@ TaskPlan fwe_plan(uint64_t seed) {
   }
 
   TaskDraft base;
-  base.instruction =
-      "Read the coded text below and keep track of how often each coded word appears.";
+  base.instruction = "Read the coded text below and keep track of how often each coded word appears.";
   base.question = "What are the " + std::to_string(kFrequentWords) +
                   " most frequently appearing coded words in the text above? Answer with the "
                   "words only.";
-  base.answer_prefix = "The " + std::to_string(kFrequentWords) +
-                       " most frequently appearing coded words are:";
+  base.answer_prefix = "The " + std::to_string(kFrequentWords) + " most frequently appearing coded words are:";
   base.expected.assign(vocab.begin(), vocab.begin() + kFrequentWords);
 
   TaskPlan plan;
@@ -126,8 +120,7 @@ TaskPlan fwe_plan(uint64_t seed) {
     // and the length grows steadily with units.
     std::vector<const std::string*> words;
     for (size_t k = 0; k < vocab.size(); ++k) {
-      const auto count =
-          static_cast<size_t>(std::floor(static_cast<double>(units) * weight[k] / total));
+      const auto count = static_cast<size_t>(std::floor(static_cast<double>(units) * weight[k] / total));
       words.insert(words.end(), count, &vocab[k]);
     }
     TaskRng arrange_rng(seed, kArrange);

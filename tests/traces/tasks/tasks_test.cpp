@@ -58,8 +58,7 @@ struct Needle {
 std::vector<Needle> needles_in(const std::string& context) {
   static const std::regex re("One of the special magic numbers for ([a-z]+-[a-z]+) is: ([0-9]+)\\.");
   std::vector<Needle> out;
-  for (auto it = std::sregex_iterator(context.begin(), context.end(), re);
-       it != std::sregex_iterator(); ++it) {
+  for (auto it = std::sregex_iterator(context.begin(), context.end(), re); it != std::sregex_iterator(); ++it) {
     out.push_back({(*it)[1].str(), (*it)[2].str(), static_cast<size_t>(it->position())});
   }
   return out;
@@ -81,9 +80,8 @@ std::map<std::string, int> word_counts(const std::string& context, bool numbered
 // ---- names, errors -----------------------------------------------------------------------
 
 TEST(TasksTest, ListsTheSevenTasks) {
-  EXPECT_EQ(task_names(), (std::vector<std::string>{"niah_single", "niah_multikey",
-                                                     "niah_multivalue", "niah_multiquery", "vt",
-                                                     "cwe", "fwe"}));
+  EXPECT_EQ(task_names(), (std::vector<std::string>{"niah_single", "niah_multikey", "niah_multivalue",
+                                                    "niah_multiquery", "vt", "cwe", "fwe"}));
 }
 
 TEST(TasksTest, UnknownTaskListsTheValidOnes) {
@@ -119,12 +117,10 @@ TEST(TasksTest, RejectsBadDepthSamplesAndCounters) {
   EXPECT_THROW((void)make_task("niah_single", 1000, 1, std::nan(""), kApprox), UsageError);
   EXPECT_THROW((void)make_task_set("niah_single", 1000, 0, 1, kApprox), UsageError);
   EXPECT_THROW((void)make_task("niah_single", 1000, 1, 0.5, TokenCounter{}), UsageError);
-  EXPECT_THROW((void)make_task("niah_single", 1000, 1, 0.5,
-                               [](const std::string&) { return int64_t{-1}; }),
+  EXPECT_THROW((void)make_task("niah_single", 1000, 1, 0.5, [](const std::string&) { return int64_t{-1}; }),
                InputError);
   // A counter that never grows would otherwise send the search to absurd sizes.
-  EXPECT_THROW((void)make_task("vt", 1000, 1, 0.5, [](const std::string&) { return int64_t{5}; }),
-               InputError);
+  EXPECT_THROW((void)make_task("vt", 1000, 1, 0.5, [](const std::string&) { return int64_t{5}; }), InputError);
 }
 
 // ---- determinism -------------------------------------------------------------------------
@@ -203,9 +199,7 @@ TEST(TasksTest, TaskSetSweepsDepthsWithDistinctSeeds) {
     EXPECT_NEAR(set[i].needle_depth, (static_cast<double>(i) + 0.5) / 4.0, 0.05);
     // Each sample is the single make_task for its seed and depth.
     EXPECT_EQ(set[i].context,
-              make_task("niah_multikey", 1200, set[i].seed, (static_cast<double>(i) + 0.5) / 4.0,
-                        kApprox)
-                  .context);
+              make_task("niah_multikey", 1200, set[i].seed, (static_cast<double>(i) + 0.5) / 4.0, kApprox).context);
   }
   EXPECT_EQ(seeds.size(), 4U);
   for (const auto& s : make_task_set("cwe", 800, 2, 11, kApprox)) {
@@ -221,8 +215,7 @@ TEST(TasksTest, FillsTheTargetToWithinTenPercent) {
       for (const int64_t target : {700, 3000, 8192}) {
         const auto s = make_task(task, target, 3, 0.5, counter);
         // Recount independently: user message + answer prefix + template allowance.
-        const int64_t recount = counter(s.prompt_user_text) + counter(s.answer_prefix) +
-                                kChatTemplateTokens;
+        const int64_t recount = counter(s.prompt_user_text) + counter(s.answer_prefix) + kChatTemplateTokens;
         EXPECT_EQ(s.measured_tokens, recount) << task;
         EXPECT_LE(s.measured_tokens, target) << task;
         EXPECT_GE(s.fill_fraction(), 0.9) << task << " at " << target;
@@ -239,8 +232,7 @@ TEST(TasksTest, TemplateAllowanceIsHonoured) {
   const auto b = make_task("niah_single", 1000, 1, 0.5, kApprox, big);
   EXPECT_LE(b.measured_tokens, 1000);
   EXPECT_EQ(b.measured_tokens,
-            approximate_token_count(b.prompt_user_text) +
-                approximate_token_count(b.answer_prefix) + 200);
+            approximate_token_count(b.prompt_user_text) + approximate_token_count(b.answer_prefix) + 200);
   EXPECT_LT(b.context.size(), a.context.size());
 }
 
@@ -343,8 +335,7 @@ TEST(TasksTest, VariableTrackingChainResolvesToTheAskedValue) {
     const auto s = make_task("vt", 2000, 8, depth, kApprox);
     static const std::regex re("VAR ([A-Z]+) = (VAR ([A-Z]+)|([0-9]+))\\.");
     std::map<std::string, std::string> holds;  // variable -> value, resolved in text order
-    for (auto it = std::sregex_iterator(s.context.begin(), s.context.end(), re);
-         it != std::sregex_iterator(); ++it) {
+    for (auto it = std::sregex_iterator(s.context.begin(), s.context.end(), re); it != std::sregex_iterator(); ++it) {
       const auto& m = *it;
       if (m[4].matched) {
         holds[m[1].str()] = m[4].str();
@@ -382,7 +373,7 @@ TEST(TasksTest, CommonWordsAreTheTenMostFrequent) {
       }
     }
     EXPECT_GT(min_common, max_other) << "target " << target;
-    EXPECT_GT(counts.size(), 20U);  // plenty of other words
+    EXPECT_GT(counts.size(), 20U);             // plenty of other words
     EXPECT_EQ(s.context.rfind("1. ", 0), 0U);  // a numbered list
   }
 }
@@ -407,8 +398,7 @@ TEST(TasksTest, CommonWordListIsDistinctLowercase) {
   const auto& words = task_words::common_words();
   EXPECT_EQ(std::set<std::string_view>(words.begin(), words.end()).size(), words.size());
   for (const auto w : words) {
-    EXPECT_TRUE(std::all_of(w.begin(), w.end(), [](char c) { return c >= 'a' && c <= 'z'; }))
-        << w;
+    EXPECT_TRUE(std::all_of(w.begin(), w.end(), [](char c) { return c >= 'a' && c <= 'z'; })) << w;
   }
 }
 
