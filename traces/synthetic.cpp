@@ -232,6 +232,25 @@ void project(const std::vector<double>& w, int rows, const Latent& z, double noi
   }
 }
 
+// Real keys and hidden states carry position (RoPE rotates keys by position; hidden states pick
+// it up), which lets an indexer learn a recency prior. The synthetic features get the same kind
+// of signal: sinusoids of the position at geometric frequencies, added to the last
+// 2 * kPositionPairs feature dimensions, so that a query at n and a chunk at p give
+// cos(ω (n − p)) terms, a function of distance only. Half-periods run from 2K to 2M tokens.
+constexpr int kPositionPairs = kSyntheticPositionDims / 2;
+constexpr double kPositionAmplitude = 0.5;
+
+void add_position(double position, int dims, float* out) {
+  if (dims < 4 * kPositionPairs) return;  // too narrow to spare the dimensions
+  const double pi = 3.14159265358979323846;
+  for (int k = 0; k < kPositionPairs; ++k) {
+    const double omega = pi / std::ldexp(1.0, 11 + 2 * k);
+    float* pair = out + dims - 2 * kPositionPairs + 2 * k;
+    pair[0] += static_cast<float>(kPositionAmplitude * std::cos(omega * position));
+    pair[1] += static_cast<float>(kPositionAmplitude * std::sin(omega * position));
+  }
+}
+
 int64_t count_or(double x, int64_t lo) { return std::max(lo, static_cast<int64_t>(std::llround(x))); }
 
 }  // namespace
@@ -486,8 +505,9 @@ void SyntheticRequestGenerator::Impl::build_features() {
   }
   features.resize(static_cast<size_t>(n) * d);
   for (int64_t c = 0; c < n; ++c) {
-    project(model.w_key, d, latent[static_cast<size_t>(c)], config.feature_noise, rng,
-            features.data() + static_cast<size_t>(c) * d);
+    float* row = features.data() + static_cast<size_t>(c) * d;
+    project(model.w_key, d, latent[static_cast<size_t>(c)], config.feature_noise, rng, row);
+    add_position((static_cast<double>(c) + 0.5) * geometry.chunk_tokens, d, row);
   }
 }
 
@@ -763,6 +783,7 @@ void SyntheticRequestGenerator::query(int64_t t, std::vector<float>& out) const 
   Rng rng(derive(m.request_seed, 5, static_cast<uint64_t>(t)));
   out.resize(static_cast<size_t>(m.config.d_query));
   project(m.model.w_query, m.config.d_query, z, m.config.feature_noise, rng, out.data());
+  add_position(static_cast<double>(m.config.context_tokens + t), m.config.d_query, out.data());
 }
 
 SyntheticRequest generate_request(const SyntheticConfig& config, int request_index) {

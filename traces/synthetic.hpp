@@ -41,6 +41,12 @@ enum class Workload { Local, Needle, MultiNeedle, MultiHop, Diffuse, Mix };
 
 inline constexpr uint64_t kDefaultModelSeed = 1234;
 
+/// The last this-many dimensions of `query` and `chunk_features` also carry sinusoids of the
+/// position (of the decoding token; of the chunk's centre), as RoPE'd keys and hidden states do
+/// in a real model, so an indexer can learn a recency prior. Features narrower than
+/// 2 × this carry no position.
+inline constexpr int kSyntheticPositionDims = 12;
+
 struct SyntheticConfig {
   Workload workload = Workload::Mix;
   int64_t context_tokens = 32768;  // prompt tokens; n(t) = context_tokens + t + 1

@@ -239,13 +239,16 @@ TEST(SyntheticTest, QueriesCarryANoisyLookaheadSignal) {
     const SyntheticRequestGenerator gen(config, i);
     const auto& f = gen.chunk_features();
     const auto d = static_cast<size_t>(config.d_key);
+    // Content only: the last dimensions carry position, which says nothing about topics.
+    const auto content = d - static_cast<size_t>(kSyntheticPositionDims);
     const int64_t n = gen.header().n_chunks_max;
     const RemoteSet& set = gen.remote_sets()[0];
     std::vector<float> q;
     for (int64_t t = set.signal_begin; t < set.end; ++t) {
       gen.query(t, q);
+      q.resize(content);
       std::vector<double> cos(static_cast<size_t>(n));
-      for (int64_t c = 0; c < n; ++c) cos[static_cast<size_t>(c)] = cosine(q, std::span(f).subspan(c * d, d));
+      for (int64_t c = 0; c < n; ++c) cos[static_cast<size_t>(c)] = cosine(q, std::span(f).subspan(c * d, content));
       for (int64_t c : set.chunks) {
         needle_cos += cos[static_cast<size_t>(c)];
         ++needle_n;
@@ -348,6 +351,26 @@ TEST(SyntheticTest, TraceFileRoundTripMatchesMemory) {
   EXPECT_EQ(stats.requests.size(), 3U);
   EXPECT_EQ(stats.steps(), 36);
   std::filesystem::remove(path);
+}
+
+TEST(SyntheticTest, PositionDimensionsEncodeDistance) {
+  // The positional part of query · chunk features is cos(ω(n − p)) summed over frequencies:
+  // largest for the newest chunks and falling with distance.
+  const auto config = small_config(Workload::Local, 32768, 4);
+  const SyntheticRequestGenerator gen(config, 0);
+  std::vector<float> q;
+  gen.query(0, q);
+  const auto d = static_cast<size_t>(config.d_key);
+  const auto pos = static_cast<size_t>(kSyntheticPositionDims);
+  auto positional_dot = [&](int64_t chunk) {
+    const auto& f = gen.chunk_features();
+    double dot = 0;
+    for (size_t j = d - pos; j < d; ++j) dot += static_cast<double>(q[j]) * f[static_cast<size_t>(chunk) * d + j];
+    return dot;
+  };
+  const int64_t newest = config.context_tokens / 64 - 1;
+  EXPECT_GT(positional_dot(newest), positional_dot(newest - 64));  // 4K tokens back
+  EXPECT_GT(positional_dot(newest - 64), positional_dot(newest - 256));  // 16K tokens back
 }
 
 }  // namespace

@@ -1,0 +1,244 @@
+// kvlab indexer train | eval: LSA's Neural Memory Indexer, trained backbone-free on traces.
+#include <chrono>
+#include <cmath>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/args.hpp"
+#include "cli/commands.hpp"
+#include "cli/output.hpp"
+#include "cli/progress.hpp"
+#include "cli/version.hpp"
+#include "core/error.hpp"
+#include "learn/indexer_io.hpp"
+#include "learn/trace_dataset.hpp"
+#include "learn/trainer.hpp"
+
+namespace kvlab::cli {
+namespace {
+
+using nlohmann::json;
+
+const CommandSpec kTrainSpec{
+    "kvlab indexer train --traces FILE [FILE ...] --out FILE [options]",
+    "Trains LSA's Neural Memory Indexer (a dual encoder over `query` and `chunk_features`) on lookahead labels "
+    "computed from traces: at each refresh point t, a complete chunk outside the sinks and window is positive if it "
+    "is critical at any step in [t, t+tau). Reads only traces, never a model. The checkpoint is written atomically.",
+    {{"traces", "FILE", "training traces (repeat the flag or list several files)", "", true, true},
+     {"out", "FILE", "checkpoint to write", "", false, true},
+     {"epochs", "N", "training epochs", "10"},
+     {"lr", "X", "Adam learning rate", "0.001"},
+     {"batch", "N", "groups (refresh points) per optimiser step", "32"},
+     {"dim", "N", "embedding size", "64"},
+     {"depth", "N", "hidden layers per tower", "2"},
+     {"width", "N", "hidden width per tower", "256"},
+     {"loss", "NAME", "binary or listwise", "listwise"},
+     {"tau", "N", "lookahead horizon in decode steps", "64"},
+     {"window", "N", "recent tokens that are never candidates", "2048"},
+     {"sinks", "N", "initial tokens that are never candidates", "64"},
+     {"stride", "N", "steps between training refresh points", "16"},
+     {"critical-mass", "P", "p of the critical sets that define positives", "0.9"},
+     {"val-fraction", "X", "share of requests held out for validation", "0.1"},
+     {"patience", "N", "epochs without better validation recall before stopping (0 = off)", "3"},
+     {"seed", "N", "training seed (same seed, same weights)", "0"},
+     {"threads", "N", "threads (0 = all cores)", "0"}},
+    {},
+    "example: kvlab indexer train --traces train.h5 --out idx.h5 --epochs 8"};
+
+const CommandSpec kEvalSpec{
+    "kvlab indexer eval --indexer FILE --trace FILE [options]",
+    "Ranking quality of an indexer alone: at every refresh point of the trace, the fraction of lookahead-critical "
+    "chunks that fall in its top k, for several k. The labels use the options the indexer was trained with unless "
+    "given here.",
+    {{"indexer", "FILE", "indexer checkpoint", "", false, true},
+     {"trace", "FILE", "trace to evaluate on (held out from training)", "", false, true},
+     {"k", "LIST", "comma-separated k values", "8,16,32,64,128,256"},
+     {"tau", "N", "lookahead horizon (default: the indexer's)", ""},
+     {"window", "N", "recent tokens never candidates (default: the indexer's)", ""},
+     {"sinks", "N", "initial tokens never candidates (default: the indexer's)", ""},
+     {"json", "", "print JSON instead of a table"},
+     {"threads", "N", "threads (0 = all cores)", "0"}},
+    {},
+    ""};
+
+std::vector<int> parse_ks(const std::string& text) {
+  std::vector<int> ks;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const int64_t k = parse_int(item, "--k");
+    if (k <= 0) throw UsageError("--k: every k must be positive, got " + item);
+    ks.push_back(static_cast<int>(k));
+  }
+  if (ks.empty()) throw UsageError("--k: give at least one k");
+  return ks;
+}
+
+json recall_json(const RecallCounts& counts) {
+  json out = json::object();
+  for (size_t i = 0; i < counts.ks.size(); ++i) out["recall@" + std::to_string(counts.ks[i])] = counts.recall(i);
+  out["positives"] = counts.positives;
+  out["groups"] = counts.groups;
+  return out;
+}
+
+// "--traces A.h5 B.h5 C.h5" means three --traces flags.
+Argv expand_multi_value(const Argv& argv, const std::string& flag) {
+  Argv out;
+  bool in_list = false;
+  for (const auto& a : argv) {
+    if (a.rfind("--", 0) == 0) {
+      in_list = a == flag;
+      if (in_list) continue;
+    } else if (in_list) {
+      out.push_back(flag);
+    }
+    out.push_back(a);
+  }
+  return out;
+}
+
+int train(const Argv& argv) {
+  const Args args = Args::parse(kTrainSpec, expand_multi_value(argv, "--traces"));
+  if (args.help()) {
+    std::cout << kTrainSpec.help_text();
+    return 0;
+  }
+  LabelOptions labels;
+  labels.tau = args.get_int("tau");
+  labels.window = args.get_int("window");
+  labels.sinks = args.get_int("sinks");
+  labels.stride = args.get_int("stride");
+  labels.critical_mass = args.get_double("critical-mass");
+  labels.validate();
+
+  IndexerTrainOptions opt;
+  opt.epochs = static_cast<int>(args.get_int("epochs"));
+  opt.lr = args.get_double("lr");
+  opt.batch = static_cast<int>(args.get_int("batch"));
+  opt.dim = static_cast<int>(args.get_int("dim"));
+  opt.depth = static_cast<int>(args.get_int("depth"));
+  opt.width = static_cast<int>(args.get_int("width"));
+  opt.loss.kind = parse_loss(args.get("loss"));
+  opt.val_fraction = args.get_double("val-fraction");
+  opt.patience = static_cast<int>(args.get_int("patience"));
+  opt.seed = static_cast<uint64_t>(args.get_int("seed"));
+  opt.threads = static_cast<int>(args.get_int("threads"));
+  opt.validate();
+
+  const auto t0 = std::chrono::steady_clock::now();
+  TraceDatasetSummary summary;
+  const std::vector<std::string> traces = args.get_all("traces");
+  const std::vector<IndexerRequest> data = load_indexer_data(traces, labels, &summary);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::cerr << "indexer: " << summary.requests << " requests, " << summary.groups << " refresh points, "
+            << summary.candidates << " candidates (" << summary.positives << " positive), d_query=" << summary.d_query
+            << ", d_key=" << summary.d_key << "; labels in " << std::fixed << std::setprecision(1) << load_s << " s\n";
+
+  ProgressBar bar("train");
+  const IndexerTrainResult result = train_indexer(data, opt, [&](const IndexerProgress& p) {
+    const int64_t done = static_cast<int64_t>(p.epoch - 1) * p.steps_per_epoch + p.step;
+    bar.update(done, static_cast<int64_t>(p.epochs) * p.steps_per_epoch);
+    if (p.epoch_done) {
+      bar.finish();
+      std::cerr << "epoch " << p.epoch << "/" << p.epochs << "  loss " << std::setprecision(4) << p.train_loss
+                << "  val recall@" << opt.primary_k << " " << p.val_recall << "\n";
+    }
+  });
+  bar.finish();
+
+  json metrics = {{"best_epoch", result.best_epoch},
+                  {"samples_per_second", result.samples_per_second},
+                  {"candidates_per_second", result.candidates_per_second},
+                  {"train_groups", result.train_groups}};
+  const IndexerEpoch& best = result.history[static_cast<size_t>(result.best_epoch)];
+  for (size_t i = 0; i < best.val_recall.size(); ++i) {
+    metrics["val_recall@" + std::to_string(opt.recall_ks[i])] = best.val_recall[i];
+  }
+  const json training = {{"epochs", opt.epochs}, {"lr", opt.lr},       {"batch", opt.batch},
+                         {"loss", loss_name(opt.loss.kind)}, {"seed", opt.seed}, {"val_fraction", opt.val_fraction},
+                         {"patience", opt.patience}};
+  json provenance = {{"traces", traces}, {"fingerprints", summary.fingerprints},
+                     {"kvlab", std::string(kVersion) + " (" + kGitRevision + ")"}};
+  save_indexer(args.get("out"), result.model, labels, training.dump(), metrics.dump(), provenance.dump());
+
+  std::cout << "wrote " << args.get("out") << ": best epoch " << result.best_epoch;
+  for (size_t i = 0; i < best.val_recall.size(); ++i) {
+    std::cout << ", val recall@" << opt.recall_ks[i] << " " << std::setprecision(3) << best.val_recall[i];
+  }
+  std::cout << "; " << std::setprecision(1) << result.samples_per_second << " refresh points/s, "
+            << result.candidates_per_second << " candidates/s\n";
+  return 0;
+}
+
+int eval(const Argv& argv) {
+  const Args args = Args::parse(kEvalSpec, argv);
+  if (args.help()) {
+    std::cout << kEvalSpec.help_text();
+    return 0;
+  }
+  const LoadedIndexer indexer = [&] {
+    try {
+      return load_indexer(args.get("indexer"));
+    } catch (const InputError& e) {
+      throw InputError(std::string("--indexer: ") + e.what());
+    }
+  }();
+  LabelOptions labels = indexer.labels;
+  labels.stride = labels.tau;  // the refresh points a deployed policy would use
+  if (args.has("tau")) labels.tau = labels.stride = args.get_int("tau");
+  if (args.has("window")) labels.window = args.get_int("window");
+  if (args.has("sinks")) labels.sinks = args.get_int("sinks");
+  labels.validate();
+  TraceDatasetSummary summary;
+  const std::vector<IndexerRequest> data = load_indexer_data({args.get("trace")}, labels, &summary);
+  const auto& c = indexer.model.config();
+  if (summary.d_query != c.d_query || summary.d_key != c.d_key) {
+    throw InputError("--indexer: " + args.get("indexer") + " expects d_query=" + std::to_string(c.d_query) +
+                     ", d_key=" + std::to_string(c.d_key) + " but " + args.get("trace") + " has d_query=" +
+                     std::to_string(summary.d_query) + ", d_key=" + std::to_string(summary.d_key));
+  }
+  const std::vector<int> ks = parse_ks(args.get("k"));
+  const RecallCounts counts =
+      evaluate_indexer(indexer.model, data, {}, ks, static_cast<int>(args.get_int("threads")));
+  json out = recall_json(counts);
+  out["indexer"] = args.get("indexer");
+  out["trace"] = args.get("trace");
+  out["tau"] = labels.tau;
+  out["window"] = labels.window;
+  out["candidates_per_group"] =
+      summary.groups > 0 ? static_cast<double>(summary.candidates) / static_cast<double>(summary.groups) : 0.0;
+  if (args.has("json")) {
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  std::cout << "indexer " << args.get("indexer") << " on " << args.get("trace") << ": " << counts.groups
+            << " refresh points, " << counts.positives << " lookahead-critical chunks, "
+            << std::setprecision(0) << std::fixed << out["candidates_per_group"].get<double>()
+            << " candidates per refresh\n";
+  for (size_t i = 0; i < ks.size(); ++i) {
+    std::cout << "  recall@" << std::left << std::setw(5) << ks[i] << std::right << std::setprecision(3)
+              << counts.recall(i) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_indexer(const Argv& argv) {
+  const std::string usage = "usage: kvlab indexer train|eval [options] (see kvlab indexer train --help)";
+  if (argv.empty()) throw UsageError(usage);
+  const std::string& verb = argv[0];
+  const Argv rest(argv.begin() + 1, argv.end());
+  if (verb == "train") return train(rest);
+  if (verb == "eval") return eval(rest);
+  if (verb == "--help" || verb == "-h") {
+    std::cout << usage << "\n";
+    return 0;
+  }
+  throw UsageError("indexer: unknown verb '" + verb + "' (train, eval)");
+}
+
+}  // namespace kvlab::cli
