@@ -40,6 +40,7 @@ const CommandSpec kTrainSpec{
      {"sinks", "N", "initial tokens that are never candidates", "64"},
      {"stride", "N", "steps between training refresh points", "16"},
      {"critical-mass", "P", "p of the critical sets that define positives", "0.9"},
+     {"negatives", "N", "negatives kept per training refresh point, sampled (0 = all)", "512"},
      {"val-fraction", "X", "share of requests held out for validation", "0.1"},
      {"patience", "N", "epochs without better validation recall before stopping (0 = off)", "3"},
      {"seed", "N", "training seed (same seed, same weights)", "0"},
@@ -112,6 +113,7 @@ int train(const Argv& argv) {
   labels.sinks = args.get_int("sinks");
   labels.stride = args.get_int("stride");
   labels.critical_mass = args.get_double("critical-mass");
+  labels.max_negatives = args.get_int("negatives");
   labels.validate();
 
   IndexerTrainOptions opt;

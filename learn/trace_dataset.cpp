@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <random>
 
 #include "core/error.hpp"
 #include "core/lookahead.hpp"
@@ -20,7 +21,26 @@ struct OpenWindow {
   LookaheadLabels labels;
 };
 
-void close_window(OpenWindow& w, IndexerRequest& out, TraceDatasetSummary& summary) {
+// Keeps every positive and a deterministic sample of `max_negatives` negatives.
+void sample_negatives(OpenWindow& w, int64_t max_negatives, uint64_t seed) {
+  std::vector<int64_t> positives;
+  std::vector<int64_t> negatives;
+  for (int64_t c : w.candidates) (w.labels.critical(c) ? positives : negatives).push_back(c);
+  if (static_cast<int64_t>(negatives.size()) <= max_negatives) return;
+  std::mt19937_64 rng(seed);
+  for (int64_t i = 0; i < max_negatives; ++i) {  // partial Fisher-Yates
+    const auto j = static_cast<size_t>(i) + static_cast<size_t>(rng() % (negatives.size() - static_cast<size_t>(i)));
+    std::swap(negatives[static_cast<size_t>(i)], negatives[j]);
+  }
+  negatives.resize(static_cast<size_t>(max_negatives));
+  positives.insert(positives.end(), negatives.begin(), negatives.end());
+  std::sort(positives.begin(), positives.end());
+  w.candidates = std::move(positives);
+}
+
+void close_window(OpenWindow& w, IndexerRequest& out, TraceDatasetSummary& summary, const LabelOptions& opt,
+                  uint64_t seed) {
+  if (opt.max_negatives > 0) sample_negatives(w, opt.max_negatives, seed);
   w.group.candidate_rows.reserve(w.candidates.size());
   w.group.target.reserve(w.candidates.size());
   for (int64_t c : w.candidates) {
@@ -82,7 +102,7 @@ IndexerRequest load_request(const TraceReader& trace, int64_t index, const Label
     compute_critical_sets(mass, opt.critical_mass, critical);
     for (auto& w : open) w.labels.add_step(mass, critical);
     while (!open.empty() && open.front().labels.steps() == opt.tau) {
-      close_window(open.front(), out, summary);
+      close_window(open.front(), out, summary, opt, (static_cast<uint64_t>(index) << 32) ^ static_cast<uint64_t>(open.front().step));
       open.pop_front();
     }
   }
@@ -97,6 +117,7 @@ void LabelOptions::validate() const {
   if (window < 0) throw UsageError("--window must not be negative, got " + std::to_string(window));
   if (sinks < 0) throw UsageError("--sinks must not be negative, got " + std::to_string(sinks));
   if (stride <= 0) throw UsageError("--stride must be positive, got " + std::to_string(stride));
+  if (max_negatives < 0) throw UsageError("--negatives must not be negative, got " + std::to_string(max_negatives));
   if (!(critical_mass > 0 && critical_mass <= 1)) throw UsageError("--critical-mass must be in (0, 1]");
 }
 

@@ -17,6 +17,9 @@ struct LabelOptions {
   int64_t sinks = 64;           // initial tokens always resident (not candidates)
   double critical_mass = 0.9;   // p of the critical sets that define positives
   int64_t stride = 64;          // steps between refresh points (training may use more, e.g. 16)
+  /// Training only: keep every positive and at most this many negatives per refresh point,
+  /// drawn with a fixed seed (0 = keep all). Cuts training cost at long contexts.
+  int64_t max_negatives = 0;
 
   /// Throws UsageError naming the first bad option (--tau, --window, …).
   void validate() const;
