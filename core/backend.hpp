@@ -43,8 +43,10 @@ class RequestSession {
 
   /// Advances to step t (steps come in order). Returns false when the request has ended early.
   virtual bool begin_step(int64_t t) = 0;
-  /// True full attention of the current step (all chunks), for metrics and oracles. A live
-  /// backend that cannot afford it returns nullptr and recall metrics are left out.
+  /// True full attention of the current step (all chunks), for metrics and oracles. Open loop:
+  /// valid after begin_step. Closed loop: valid after attend (the step must run first), so
+  /// oracles cannot run live. A backend that cannot afford it returns nullptr and recall
+  /// metrics are left out.
   [[nodiscard]] virtual const StepMass* reference() const = 0;
   [[nodiscard]] virtual std::span<const float> query() const = 0;
   /// Chunk features of every chunk known so far; the engine passes policies complete ones only.

@@ -127,10 +127,19 @@ class RequestRunner {
     session->set_lookahead(lookahead);
     SessionOracle oracle(*session, info.decode_steps - 1);
 
+    if (session->closed_loop() && std::any_of(runs.begin(), runs.end(), [](const PolicyRun& r) {
+          return r.resolved->descriptor->oracle;
+        })) {
+      throw UsageError("policy " + runs.front().resolved->label +
+                       " is an oracle: it needs a step's attention before the step runs, which a live backend "
+                       "cannot give; replay a recorded trace instead (kvlab record, then kvlab replay)");
+    }
     CriticalSets critical;
     for (int64_t t = 0; t < info.decode_steps; ++t) {
       if (!session->begin_step(t)) break;
-      const StepMass* reference = session->reference();
+      // Open loop: the true attention is known before the step. Closed loop: the backend computes
+      // it while attending (step_policy picks it up after attend).
+      const StepMass* reference = session->closed_loop() ? nullptr : session->reference();
       if (reference != nullptr) compute_critical_sets(*reference, options_.critical_mass, critical);
       oracle.at(t);
       for (PolicyRun& run : runs) step_policy(run, *session, t, reference, critical, oracle);
@@ -144,7 +153,7 @@ class RequestRunner {
 
  private:
   void step_policy(PolicyRun& run, RequestSession& session, int64_t t, const StepMass* reference,
-                   const CriticalSets& critical, const SessionOracle& oracle) {
+                   CriticalSets& critical, const SessionOracle& oracle) {
     Ledger& ledger = *run.ledger;
     const int64_t n_tokens = run.request.prompt_tokens + t + 1;
     ledger.begin_step(t, n_tokens);
@@ -171,7 +180,12 @@ class RequestRunner {
     ledger.apply(run.plan);
     check_budget(run, ctx);
 
-    const StepMass* observed = session.closed_loop() ? session.attend(t, ledger.resident()) : nullptr;
+    const StepMass* observed = nullptr;
+    if (session.closed_loop()) {
+      observed = session.attend(t, ledger.resident());
+      reference = session.reference();  // full attention of the step just computed, if the backend gives it
+      if (reference != nullptr) compute_critical_sets(*reference, options_.critical_mass, critical);
+    }
     StepRecord record = measure(run, t, n_tokens, reference, critical);
     if (options_.on_step) options_.on_step(record);
 

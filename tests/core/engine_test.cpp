@@ -167,3 +167,81 @@ TEST(Engine, ResultsDoNotDependOnThreadCount) {
   EXPECT_EQ(a[0].mass_recall, b[0].mass_recall);
   EXPECT_EQ(a[0].footprint_mean_ratio, b[0].footprint_mean_ratio);
 }
+
+namespace {
+
+// A closed-loop stand-in: replays in-memory steps, but only reveals a step's attention once
+// `attend` has run, and records what it was asked to attend over.
+class FakeLiveSession final : public RequestSession {
+ public:
+  FakeLiveSession(std::shared_ptr<const MemoryRequest> r, std::vector<int64_t>* attended)
+      : r_(std::move(r)), attended_(attended) {}
+  [[nodiscard]] const RequestInfo& info() const override { return r_->info; }
+  [[nodiscard]] int64_t d_query() const override { return 0; }
+  [[nodiscard]] int64_t d_key() const override { return 0; }
+  bool begin_step(int64_t t) override {
+    t_ = t;
+    attended_now_ = false;
+    return t < static_cast<int64_t>(r_->steps.size());
+  }
+  [[nodiscard]] const StepMass* reference() const override { return attended_now_ ? &r_->steps[t_] : nullptr; }
+  [[nodiscard]] std::span<const float> query() const override { return {}; }
+  [[nodiscard]] FeatureRows chunk_features() const override { return {}; }
+  [[nodiscard]] bool closed_loop() const override { return true; }
+  const StepMass* attend(int64_t t, const Residency& resident) override {
+    attended_->push_back(resident.row(0).count());
+    attended_now_ = true;
+    observed_ = r_->steps[t];
+    return &observed_;
+  }
+
+ private:
+  std::shared_ptr<const MemoryRequest> r_;
+  std::vector<int64_t>* attended_;
+  int64_t t_ = 0;
+  bool attended_now_ = false;
+  StepMass observed_;
+};
+
+class FakeLiveBackend final : public Backend {
+ public:
+  explicit FakeLiveBackend(ConformanceData d) : d_(std::move(d)) {}
+  [[nodiscard]] const Geometry& geometry() const override { return d_.geometry; }
+  [[nodiscard]] RowLayout rows() const override { return d_.rows; }
+  [[nodiscard]] int64_t requests() const override { return static_cast<int64_t>(d_.requests.size()); }
+  [[nodiscard]] bool closed_loop() const override { return true; }
+  [[nodiscard]] std::unique_ptr<RequestSession> open(int64_t i) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++opened;
+    return std::make_unique<FakeLiveSession>(d_.requests[i], &attended);
+  }
+  [[nodiscard]] RequestInfo request_info(int64_t i) override { return d_.requests[i]->info; }
+  [[nodiscard]] std::string describe() const override { return "fake-live"; }
+  int opened = 0;
+  std::vector<int64_t> attended;
+
+ private:
+  ConformanceData d_;
+  std::mutex mutex_;
+};
+
+}  // namespace
+
+TEST(Engine, ClosedLoopGivesEachPolicyItsOwnSessionAndMeasuresAfterAttending) {
+  ConformanceData data = make_conformance_data(13);
+  data.requests.resize(1);
+  FakeLiveBackend backend(data);
+  EngineOptions options;
+  options.threads = 1;
+  const auto results = run_engine(
+      backend, {PolicyRegistry::instance().resolve("full"), PolicyRegistry::instance().resolve("sliding_window:window=1024")},
+      options);
+  EXPECT_EQ(backend.opened, 2);  // one session per policy: each changes what the model computes
+  const int64_t steps = data.requests[0]->info.decode_steps;
+  ASSERT_EQ(static_cast<int64_t>(backend.attended.size()), 2 * steps);
+  // The full run attends over every chunk; the window run over 1 sink chunk + the window's.
+  EXPECT_GT(backend.attended.front(), backend.attended.back());
+  EXPECT_DOUBLE_EQ(results[0].critical_recall, 1.0);  // reference read after attend
+  EXPECT_LT(results[1].critical_recall, 1.0);
+  EXPECT_THROW((void)run_engine(backend, {PolicyRegistry::instance().resolve("oracle_topk")}, options), UsageError);
+}
