@@ -15,9 +15,16 @@ PolicyRegistry& PolicyRegistry::instance() {
 
 void PolicyRegistry::add(PolicyDescriptor descriptor) {
   if (find(descriptor.name) != nullptr) {
-    throw PolicyContractError("policy '" + descriptor.name + "' is registered twice");
+    errors_.push_back("policy '" + descriptor.name + "' is registered twice");
+    return;
   }
   policies_.push_back(std::make_unique<PolicyDescriptor>(std::move(descriptor)));
+}
+
+std::vector<std::string> PolicyRegistry::take_errors_since(size_t first) {
+  std::vector<std::string> taken(errors_.begin() + static_cast<std::ptrdiff_t>(first), errors_.end());
+  errors_.resize(first);
+  return taken;
 }
 
 const PolicyDescriptor* PolicyRegistry::find(const std::string& name) const {
@@ -35,6 +42,7 @@ std::vector<const PolicyDescriptor*> PolicyRegistry::all() const {
 }
 
 ResolvedPolicy PolicyRegistry::resolve(const std::string& spec_text) const {
+  if (!errors_.empty()) throw PolicyContractError(errors_.front());
   const PolicySpec spec = PolicySpec::parse(spec_text);
   const PolicyDescriptor* d = find(spec.name);
   if (d == nullptr) {
@@ -48,6 +56,8 @@ ResolvedPolicy PolicyRegistry::resolve(const std::string& spec_text) const {
 }
 
 void load_plugin(const std::string& path) {
+  auto& registry = PolicyRegistry::instance();
+  const size_t errors_before = registry.errors().size();
   // RTLD_GLOBAL is not needed: plugins only call into libkvlab_core, which is already loaded.
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr) {
@@ -55,6 +65,11 @@ void load_plugin(const std::string& path) {
     throw InputError("--plugin " + path + ": cannot load (" + std::string(why ? why : "unknown error") + ")");
   }
   // The handle is kept open for the life of the process: registered factories point into it.
+  if (registry.errors().size() > errors_before) {
+    // The clash came from the plugin: take it out so the in-tree policies keep working.
+    const std::string clash = registry.take_errors_since(errors_before).front();
+    throw InputError("--plugin " + path + ": " + clash + " (a plugin may not reuse a registered name)");
+  }
 }
 
 }  // namespace kvlab

@@ -36,8 +36,15 @@ class PolicyRegistry {
  public:
   static PolicyRegistry& instance();
 
-  /// Registers a policy; a second policy with the same name is an error at startup.
+  /// Registers a policy. Registration runs in static initialisers (of the program or of a
+  /// plugin being loaded), where an exception would terminate the process, so a second policy
+  /// with a taken name is not thrown but recorded: load_plugin reports it as an InputError, and
+  /// resolve() refuses to run while an in-tree clash exists.
   void add(PolicyDescriptor descriptor);
+  /// Name clashes recorded so far ("policy 'x' is registered twice").
+  [[nodiscard]] const std::vector<std::string>& errors() const { return errors_; }
+  /// Removes and returns the clashes recorded after the first `first` (a plugin's own).
+  std::vector<std::string> take_errors_since(size_t first);
   [[nodiscard]] const PolicyDescriptor* find(const std::string& name) const;
   /// Every registered policy, sorted by name.
   [[nodiscard]] std::vector<const PolicyDescriptor*> all() const;
@@ -47,6 +54,7 @@ class PolicyRegistry {
 
  private:
   std::vector<std::unique_ptr<PolicyDescriptor>> policies_;
+  std::vector<std::string> errors_;
 };
 
 /// Loads a shared library that registers policies. Throws InputError naming the file.

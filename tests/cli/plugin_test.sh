@@ -62,4 +62,26 @@ set -e
 [[ ${rc} -eq 1 ]] || fail "expected exit 1 for a bad plugin, got ${rc}"
 grep -q "bogus.so" "${work}/err.txt" || fail "bad-plugin message does not name the file: $(cat "${work}/err.txt")"
 
+# A plugin that reuses a registered name is an input error, not a crash.
+cat >"${work}/clash.cpp" <<'CPP'
+#include "core/registry.hpp"
+class Clash final : public kvlab::Policy {
+ public:
+  static constexpr const char* kDescription = "reuses the name of an in-tree policy";
+  static constexpr bool kOracle = false;
+  static std::vector<kvlab::ParamSpec> param_specs() { return {}; }
+  explicit Clash(const kvlab::Params&) {}
+  void on_step(const kvlab::StepContext&, kvlab::Plan&) override {}
+};
+KVLAB_REGISTER_POLICY(Clash, "full");
+CPP
+c++ -std=c++20 -shared -fPIC -I"${work}/prefix/include/kvlab" "${work}/clash.cpp" -o "${work}/libclash.so" \
+  -L"${work}/prefix/lib" -lkvlab_core || fail "building the clashing plugin"
+set +e
+"${kvlab}" replay --plugin "${work}/libclash.so" --policy full --trace "${work}/small.h5" >/dev/null 2>"${work}/err.txt"
+rc=$?
+set -e
+[[ ${rc} -eq 1 ]] || fail "expected exit 1 for a plugin reusing a name, got ${rc}: $(cat "${work}/err.txt")"
+grep -q "registered twice" "${work}/err.txt" || fail "name-clash message: $(cat "${work}/err.txt")"
+
 echo "plugin_test: OK"
