@@ -26,16 +26,19 @@ void StepMass::reset_sparse(RowLayout layout, int64_t n_chunks) {
 
 void StepMass::add_sparse_row(std::span<const uint32_t> index, std::span<const float> value,
                               float remainder) {
-  // Sort entries by decreasing mass so a critical set is a prefix of the row.
-  std::vector<size_t> order(index.size());
-  std::iota(order.begin(), order.end(), size_t{0});
-  const bool sorted = std::is_sorted(value.begin(), value.end(), std::greater<>());
-  if (!sorted) {
+  // Rows are kept in decreasing mass so a critical set is a prefix of the row. Files store
+  // them that way already; only unsorted input pays for sorting.
+  if (std::is_sorted(value.begin(), value.end(), std::greater<>())) {
+    index_.insert(index_.end(), index.begin(), index.end());
+    value_.insert(value_.end(), value.begin(), value.end());
+  } else {
+    std::vector<size_t> order(index.size());
+    std::iota(order.begin(), order.end(), size_t{0});
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return value[a] > value[b]; });
-  }
-  for (size_t i : order) {
-    index_.push_back(index[i]);
-    value_.push_back(value[i]);
+    for (size_t i : order) {
+      index_.push_back(index[i]);
+      value_.push_back(value[i]);
+    }
   }
   indptr_.push_back(static_cast<int64_t>(index_.size()));
   remainder_.push_back(remainder);

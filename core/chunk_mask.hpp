@@ -44,6 +44,8 @@ class ChunkMask {
   }
 
   [[nodiscard]] const std::vector<uint64_t>& words() const { return words_; }
+  /// Word access for bulk set operations; bits at or past size() must stay clear.
+  [[nodiscard]] std::vector<uint64_t>& mutable_words() { return words_; }
 
  private:
   std::vector<uint64_t> words_;

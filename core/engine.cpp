@@ -165,9 +165,11 @@ class RequestRunner {
     ctx.n_chunks = ledger.n_chunks();
     ctx.n_complete_chunks = run.request.geometry->complete_chunks_for(n_tokens);
     ctx.query = session.query();
-    FeatureRows features = session.chunk_features();
-    features.n_rows = std::min(features.n_rows, ctx.n_complete_chunks);  // complete chunks only
-    ctx.chunk_features = features;
+    ctx.features_ = [&session, complete = ctx.n_complete_chunks] {
+      FeatureRows features = session.chunk_features();
+      features.n_rows = std::min(features.n_rows, complete);  // complete chunks only
+      return features;
+    };
     ctx.resident = &ledger.resident();
     ctx.in_flight = &ledger.in_flight();
     ctx.dropped = &ledger.dropped_any();

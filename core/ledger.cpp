@@ -59,7 +59,7 @@ void Ledger::begin_step(int64_t step, int64_t n_tokens) {
   step_fetch_bytes_ = 0;
   grow_to(n_tokens);
   land_arrivals(clock_s_);
-  recount();
+  // Bytes are recounted once the plan is applied; nothing reads them in between.
 }
 
 int64_t Ledger::row_chunk_bytes(int64_t chunk) const {
@@ -92,52 +92,43 @@ void Ledger::land_arrivals(double by_time_s) {
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), landed), pending_.end());
 }
 
-// Applies one row's target (or every row's, when row < 0 and all state is uniform).
+// Applies one row's target (or every row's, when row < 0 and all state is uniform), a word of
+// 64 chunks at a time: evictions, cancelled fetches and new fetches are bit operations; only
+// chunks that start a fetch are visited one by one (each takes its own slot on the link).
 void Ledger::evict_row_chunks(int row, const ChunkMask& keep, EvictTo where) {
   auto state = [&](Residency& r) -> ChunkMask& { return row < 0 ? r.make_uniform() : r.mutable_row(row); };
-  ChunkMask& hbm = state(hbm_);
-  ChunkMask& host = state(host_);
-  ChunkMask& flight = state(in_flight_);
-  ChunkMask& dropped = state(dropped_);
-  ChunkMask& target = state(target_);
-  target = keep;
-  const auto& keep_w = keep.words();
-  // Copies: the masks are edited while their old words are read.
-  const std::vector<uint64_t> hbm_w = hbm.words();
-  const std::vector<uint64_t> flight_w = flight.words();
-  const std::vector<uint64_t> dropped_w = dropped.words();
+  std::vector<uint64_t>& hbm = state(hbm_).mutable_words();
+  std::vector<uint64_t>& host = state(host_).mutable_words();
+  std::vector<uint64_t>& flight = state(in_flight_).mutable_words();
+  std::vector<uint64_t>& dropped = state(dropped_).mutable_words();
+  std::vector<uint64_t>& dropped_any = dropped_any_.mutable_words();
+  state(target_) = keep;
+  const std::vector<uint64_t>& k = keep.words();
   std::vector<int64_t> cancelled;
-  for (size_t w = 0; w < keep_w.size(); ++w) {
-    const uint64_t evict = hbm_w[w] & ~keep_w[w];
-    for_each_bit(evict, w, [&](int64_t c) {
-      hbm.reset(c);
-      if (where == EvictTo::Host) {
-        host.set(c);
-      } else {
-        dropped.set(c);
-        dropped_any_.set(c);
-      }
-    });
-    const uint64_t cancel = flight_w[w] & ~keep_w[w];
-    for_each_bit(cancel, w, [&](int64_t c) {
-      flight.reset(c);
-      host.set(c);  // the copy on host was never released
-      cancelled.push_back(c);
-    });
-    const uint64_t want = keep_w[w] & ~hbm_w[w] & ~flight_w[w];
-    if ((want & dropped_w[w]) != 0) {
-      const int64_t c = static_cast<int64_t>(w * 64 + std::countr_zero(want & dropped_w[w]));
+  for (size_t w = 0; w < k.size(); ++w) {
+    const uint64_t evict = hbm[w] & ~k[w];
+    const uint64_t cancel = flight[w] & ~k[w];
+    const uint64_t want = k[w] & ~hbm[w] & ~flight[w];
+    if ((evict | cancel | want) == 0) continue;
+    if ((want & dropped[w]) != 0) {
+      const int64_t c = static_cast<int64_t>(w * 64 + std::countr_zero(want & dropped[w]));
       throw PolicyContractError("plan keeps chunk " + std::to_string(c) + " (row " + std::to_string(row) +
                                 "), which the policy dropped earlier; dropped chunks cannot be fetched");
     }
-    for_each_bit(want, w, [&](int64_t c) {
-      host.reset(c);
-      flight.set(c);
-      fetch(row, c);
-    });
+    hbm[w] &= ~evict;
+    if (where == EvictTo::Host) {
+      host[w] |= evict;
+    } else {
+      dropped[w] |= evict;
+      dropped_any[w] |= evict;
+    }
+    host[w] |= cancel;  // a cancelled fetch's host copy was never released
+    flight[w] = (flight[w] & ~cancel) | want;
+    host[w] &= ~want;
+    for_each_bit(cancel, w, [&](int64_t c) { cancelled.push_back(c); });
+    for_each_bit(want, w, [&](int64_t c) { fetch(row, c); });
   }
   if (!cancelled.empty()) {
-    std::sort(cancelled.begin(), cancelled.end());
     std::erase_if(pending_, [&](const PendingFetch& f) {
       return (f.row == row || row < 0) && std::binary_search(cancelled.begin(), cancelled.end(), f.chunk);
     });

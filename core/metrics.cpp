@@ -8,22 +8,33 @@
 namespace kvlab {
 namespace {
 
-// Dense rows are not sorted: order the non-zero entries by decreasing mass, then take the
-// prefix that reaches p. Ties break by chunk index so the set is deterministic.
+// Dense rows are not sorted. The critical set is usually a few dozen chunks out of thousands,
+// so select instead of sorting: take the top k (nth_element, linear), and only if they do not
+// reach p, grow k. Ties break by chunk index so the set is deterministic.
 void dense_critical(std::span<const float> values, double p, std::vector<uint32_t>& out,
                     std::vector<uint32_t>& scratch) {
   scratch.clear();
+  double total = 0;
   for (size_t c = 0; c < values.size(); ++c) {
-    if (values[c] > 0) scratch.push_back(static_cast<uint32_t>(c));
+    if (values[c] > 0) {
+      scratch.push_back(static_cast<uint32_t>(c));
+      total += values[c];
+    }
   }
-  std::sort(scratch.begin(), scratch.end(), [&](uint32_t a, uint32_t b) {
-    return values[a] != values[b] ? values[a] > values[b] : a < b;
-  });
-  double sum = 0;
-  for (uint32_t c : scratch) {
-    if (sum >= p) break;
-    out.push_back(c);
-    sum += values[c];
+  const auto before = [&](uint32_t a, uint32_t b) { return values[a] != values[b] ? values[a] > values[b] : a < b; };
+  const double target = std::min(p, total);  // a row short of p (rounding) closes with all its chunks
+  size_t k = std::min<size_t>(64, scratch.size());
+  for (;;) {
+    std::nth_element(scratch.begin(), scratch.begin() + static_cast<std::ptrdiff_t>(k), scratch.end(), before);
+    std::sort(scratch.begin(), scratch.begin() + static_cast<std::ptrdiff_t>(k), before);
+    double sum = 0;
+    size_t taken = 0;
+    while (taken < k && sum < p) sum += values[scratch[taken++]];
+    if (sum >= target || k == scratch.size()) {
+      out.insert(out.end(), scratch.begin(), scratch.begin() + static_cast<std::ptrdiff_t>(taken));
+      return;
+    }
+    k = std::min(k * 4, scratch.size());
   }
 }
 

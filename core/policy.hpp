@@ -71,7 +71,10 @@ struct StepContext {
   int64_t n_chunks = 0;         // chunks that exist: ceil(n(t) / chunk_tokens)
   int64_t n_complete_chunks = 0;
   std::span<const float> query;  // d_query values, or empty
-  FeatureRows chunk_features;    // rows for complete chunks only
+  /// Features of the complete chunks (rows 0 .. n_complete_chunks − 1), read from the source
+  /// on first use, since most policies never look at them.
+  [[nodiscard]] FeatureRows chunk_features() const { return features_ ? features_() : FeatureRows{}; }
+  std::function<FeatureRows()> features_;  // set by the engine
   /// Chunks in HBM before this step's plan (arrived fetches included; in-flight ones not).
   const Residency* resident = nullptr;
   /// Chunks this policy has requested that are still on the link.

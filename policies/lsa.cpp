@@ -58,7 +58,7 @@ class LsaPolicy final : public LsaPolicyBase {
   }
 
   void score(const StepContext& step, const std::vector<int64_t>& candidates, std::vector<double>& out) override {
-    embed_new_chunks(step.chunk_features);
+    embed_new_chunks(step.chunk_features());
     const DualEncoder& model = indexer_->model;
     const Eigen::Map<const Eigen::VectorXf> query(step.query.data(), static_cast<Eigen::Index>(step.query.size()));
     const Eigen::VectorXf q = model.embed_query(query);

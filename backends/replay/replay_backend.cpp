@@ -17,7 +17,6 @@ class ReplaySession final : public RequestSession {
     const RequestHeader& h = reader_->header();
     info_ = RequestInfo{h.id, h.workload, h.prompt_tokens, h.decode_steps, h.seed};
     ring_.resize(1);
-    if (h.d_key > 0) reader_->read_chunk_features(features_);
   }
 
   [[nodiscard]] const RequestInfo& info() const override { return info_; }
@@ -39,7 +38,10 @@ class ReplaySession final : public RequestSession {
   [[nodiscard]] std::span<const float> query() const override { return query_; }
 
   [[nodiscard]] FeatureRows chunk_features() const override {
-    if (features_.empty() || current_ < 0) return {};
+    if (d_key() == 0 || current_ < 0) return {};
+    // Read on first use: most policies never look at features, and a 1M-token request's
+    // features are megabytes.
+    if (features_.empty()) reader_->read_chunk_features(features_);
     const int64_t known = geometry_.chunks_for(info_.prompt_tokens + current_ + 1);
     return {features_.data(), known, d_key()};
   }
@@ -83,7 +85,7 @@ class ReplaySession final : public RequestSession {
   int64_t current_ = -1;
   int64_t read_until_ = -1;  // last step read into the ring
   std::vector<float> query_;
-  std::vector<float> features_;
+  mutable std::vector<float> features_;  // filled on first chunk_features()
 };
 
 }  // namespace

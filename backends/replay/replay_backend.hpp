@@ -25,6 +25,10 @@ class ReplayBackend final : public Backend {
   [[nodiscard]] RowLayout rows() const override { return layout_; }
   [[nodiscard]] int64_t requests() const override { return reader_->request_count(); }
   [[nodiscard]] std::unique_ptr<RequestSession> open(int64_t index) override;
+  [[nodiscard]] RequestInfo request_info(int64_t index) override {
+    const RequestHeader& h = headers_.at(static_cast<size_t>(index));
+    return RequestInfo{h.id, h.workload, h.prompt_tokens, h.decode_steps, h.seed};
+  }
   [[nodiscard]] std::string describe() const override { return "replay:" + reader_->path(); }
 
   /// Request headers in request order (as TraceReader lists them).

@@ -38,7 +38,7 @@ class SpyPolicy final : public Policy {
   void on_step(const StepContext& s, Plan& plan) override {
     g_log->calls.push_back("step:" + std::to_string(s.step));
     g_log->steps.push_back(s);
-    g_log->feature_rows.push_back(s.chunk_features.n_rows);
+    g_log->feature_rows.push_back(s.chunk_features().n_rows);
     g_log->saw_oracle = g_log->saw_oracle || s.oracle != nullptr;
     ChunkMask& keep = plan.keep.make_uniform();
     keep.clear();
