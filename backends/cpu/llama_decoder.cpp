@@ -1,0 +1,685 @@
+#include "backends/cpu/llama_decoder.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <initializer_list>
+#include <limits>
+#include <string>
+
+#include <Eigen/Dense>
+
+#include "core/error.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace kvlab {
+
+namespace {
+
+using VecMap = Eigen::Map<Eigen::VectorXf>;
+using ConstVecMap = Eigen::Map<const Eigen::VectorXf>;
+using ConstRowMap = Eigen::Map<const RowMatrix>;
+using RowMap = Eigen::Map<RowMatrix>;
+
+int default_thread_count() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+/// One product of a fused matvec: y = W x.
+struct MatVec {
+  const RowMatrix* w;
+  float* y;
+};
+
+/// y_i = W_i x for several row-major W_i sharing x, split by output rows across threads in
+/// one parallel region. Eigen does not thread matrix-vector products, a decode step is
+/// nothing but those, and fusing Q/K/V (gate/up) halves the fork-join count.
+void matvec(std::initializer_list<MatVec> products, const float* x, int threads) {
+  constexpr int64_t kBlock = 64;
+  struct Block {
+    const RowMatrix* w;
+    float* y;
+    int64_t r0;
+  };
+  std::vector<Block> blocks;
+  int64_t work = 0;
+  for (const MatVec& p : products) {
+    work += p.w->size();
+    for (int64_t r0 = 0; r0 < p.w->rows(); r0 += kBlock) blocks.push_back({p.w, p.y, r0});
+  }
+  const auto n_blocks = static_cast<int64_t>(blocks.size());
+  // Below ~64K multiply-adds a fork-join costs more than it saves.
+#pragma omp parallel for schedule(static) num_threads(threads) if (work > (1 << 16))
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const Block& blk = blocks[static_cast<size_t>(b)];
+    const int64_t nr = std::min(kBlock, blk.w->rows() - blk.r0);
+    VecMap(blk.y + blk.r0, nr).noalias() =
+        blk.w->middleRows(blk.r0, nr) * ConstVecMap(x, blk.w->cols());
+  }
+}
+
+void matvec(const RowMatrix& w, const float* x, float* y, int threads) {
+  matvec({MatVec{&w, y}}, x, threads);
+}
+
+/// out = x / rms(x) ⊙ weight, row by row.
+void rms_norm_rows(const RowMatrix& x, const Eigen::VectorXf& weight, double eps, RowMatrix& out,
+                   int threads) {
+  out.resize(x.rows(), x.cols());
+#pragma omp parallel for schedule(static) num_threads(threads) if (x.rows() > 16)
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    const double ms = static_cast<double>(x.row(r).squaredNorm()) / static_cast<double>(x.cols());
+    const auto inv = static_cast<float>(1.0 / std::sqrt(ms + eps));
+    out.row(r) = (x.row(r).array() * inv) * weight.transpose().array();
+  }
+}
+
+void rms_norm(const float* x, const Eigen::VectorXf& weight, double eps, float* out) {
+  const Eigen::Index n = weight.size();
+  ConstVecMap xv(x, n);
+  const double ms = static_cast<double>(xv.squaredNorm()) / static_cast<double>(n);
+  const auto inv = static_cast<float>(1.0 / std::sqrt(ms + eps));
+  VecMap(out, n) = (xv.array() * inv) * weight.array();
+}
+
+/// In-place SwiGLU: gate ← silu(gate) ⊙ up.
+template <class A, class B>
+void swiglu(A& gate, const B& up) {
+  gate = (gate.array() / (1.0F + (-gate.array()).exp())) * up.array();
+}
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+[[noreturn]] void fail(const std::string& what) { throw InputError("cpu decoder: " + what); }
+
+void check_positive(const char* field, int64_t value) {
+  if (value <= 0) fail(std::string(field) + " must be positive, got " + std::to_string(value));
+}
+
+void check_shape(const std::string& name, Eigen::Index rows, Eigen::Index cols, int64_t want_rows,
+                 int64_t want_cols) {
+  if (rows != want_rows || cols != want_cols) {
+    fail("tensor " + name + " has shape [" + std::to_string(rows) + " x " + std::to_string(cols) +
+         "], expected [" + std::to_string(want_rows) + " x " + std::to_string(want_cols) + "]");
+  }
+}
+
+/// The loader checks the GGUF; this checks what the decoder relies on, for weights built by
+/// any other means (tests, future loaders).
+void check_weights(const LlamaWeights& w) {
+  const LlamaConfig& c = w.config;
+  check_positive("n_layers", c.n_layers);
+  check_positive("hidden", c.hidden);
+  check_positive("n_heads", c.n_heads);
+  check_positive("n_kv_heads", c.n_kv_heads);
+  check_positive("head_dim", c.head_dim);
+  check_positive("ffn", c.ffn);
+  check_positive("vocab", c.vocab);
+  if (c.n_heads % c.n_kv_heads != 0) {
+    fail("n_heads (" + std::to_string(c.n_heads) + ") must be a multiple of n_kv_heads (" +
+         std::to_string(c.n_kv_heads) + ")");
+  }
+  if (c.head_dim % 2 != 0) fail("head_dim must be even for RoPE, got " + std::to_string(c.head_dim));
+  if (!(c.rms_eps > 0.0F)) fail("rms_eps must be positive");
+  if (!(c.rope_base > 1.0F)) fail("rope_base must be greater than 1");
+  const int64_t q_dim = static_cast<int64_t>(c.n_heads) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
+  check_shape("token_embd", w.token_embd.rows(), w.token_embd.cols(), c.vocab, c.hidden);
+  check_shape("output_norm", w.output_norm.rows(), 1, c.hidden, 1);
+  const RowMatrix& head = w.output_matrix();
+  check_shape(w.tied_embeddings ? "token_embd (tied output)" : "output", head.rows(), head.cols(),
+              c.vocab, c.hidden);
+  if (static_cast<int64_t>(w.layers.size()) != c.n_layers) {
+    fail("weights have " + std::to_string(w.layers.size()) + " layers, config says " +
+         std::to_string(c.n_layers));
+  }
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LlamaLayerWeights& l = w.layers[i];
+    const std::string p = "blk." + std::to_string(i) + ".";
+    check_shape(p + "attn_norm", l.attn_norm.rows(), 1, c.hidden, 1);
+    check_shape(p + "attn_q", l.wq.rows(), l.wq.cols(), q_dim, c.hidden);
+    check_shape(p + "attn_k", l.wk.rows(), l.wk.cols(), kv_dim, c.hidden);
+    check_shape(p + "attn_v", l.wv.rows(), l.wv.cols(), kv_dim, c.hidden);
+    check_shape(p + "attn_output", l.wo.rows(), l.wo.cols(), c.hidden, q_dim);
+    check_shape(p + "ffn_norm", l.ffn_norm.rows(), 1, c.hidden, 1);
+    check_shape(p + "ffn_gate", l.w_gate.rows(), l.w_gate.cols(), c.ffn, c.hidden);
+    check_shape(p + "ffn_up", l.w_up.rows(), l.w_up.cols(), c.ffn, c.hidden);
+    check_shape(p + "ffn_down", l.w_down.rows(), l.w_down.cols(), c.hidden, c.ffn);
+  }
+}
+
+}  // namespace
+
+// ---- construction ---------------------------------------------------------------------
+
+LlamaDecoder::LlamaDecoder(std::shared_ptr<const LlamaWeights> weights, DecoderOptions options)
+    : weights_(std::move(weights)),
+      options_(options),
+      cache_([&] {
+        if (!weights_) throw InputError("cpu decoder: no weights given");
+        check_weights(*weights_);
+        const LlamaConfig& c = weights_->config;
+        return KvCacheShape{c.n_layers, c.n_kv_heads, c.head_dim, options.chunk_tokens};
+      }()) {
+  const LlamaConfig& c = config();
+  if (options_.prefill_block <= 0) {
+    throw UsageError("cpu decoder: prefill_block must be positive, got " +
+                     std::to_string(options_.prefill_block));
+  }
+  feature_layer_ = options_.feature_layer < 0 ? c.n_layers / 2 : options_.feature_layer;
+  if (feature_layer_ >= c.n_layers) {
+    throw UsageError("cpu decoder: feature_layer " + std::to_string(options_.feature_layer) +
+                     " is out of range [0, " + std::to_string(c.n_layers - 1) + "]");
+  }
+  if (options_.threads < 0) throw UsageError("cpu decoder: threads must be >= 0");
+  threads_ = options_.threads > 0 ? options_.threads : default_thread_count();
+  // Eigen's GEMM thread count is process-wide; only an explicit request changes it.
+  if (options_.threads > 0) Eigen::setNbThreads(options_.threads);
+
+  const RopeScaling& rs = options_.rope_scaling;
+  if (rs.kind != RopeScaling::Kind::kNone && !(rs.factor >= 1.0)) {
+    throw UsageError("cpu decoder: rope scaling factor must be >= 1, got " +
+                     std::to_string(rs.factor));
+  }
+  const int hd = c.head_dim;
+  double base = c.rope_base;
+  if (rs.kind == RopeScaling::Kind::kNtk) {
+    base *= std::pow(rs.factor, static_cast<double>(hd) / static_cast<double>(hd - 2));
+  }
+  if (rs.kind == RopeScaling::Kind::kLinear) position_scale_ = 1.0 / rs.factor;
+  inv_freq_.resize(static_cast<size_t>(hd / 2));
+  for (int i = 0; i < hd / 2; ++i) {
+    inv_freq_[static_cast<size_t>(i)] =
+        std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
+  }
+}
+
+int64_t LlamaDecoder::max_context() const {
+  const int64_t trained = config().context_length;
+  if (trained <= 0) return std::numeric_limits<int64_t>::max();
+  if (options_.rope_scaling.kind == RopeScaling::Kind::kNone) return trained;
+  return static_cast<int64_t>(static_cast<double>(trained) * options_.rope_scaling.factor);
+}
+
+void LlamaDecoder::reset() {
+  cache_.clear();
+  hidden_sums_.clear();
+}
+
+void LlamaDecoder::check_token(int32_t token, const char* where) const {
+  if (token < 0 || token >= config().vocab) {
+    throw InputError(std::string("cpu decoder: ") + where + ": token id " + std::to_string(token) +
+                     " is outside the vocabulary [0, " + std::to_string(config().vocab) + ")");
+  }
+}
+
+void LlamaDecoder::check_room(int64_t extra) const {
+  const int64_t limit = max_context();
+  if (n_tokens() + extra > limit) {
+    throw InputError("cpu decoder: context of " + std::to_string(n_tokens() + extra) +
+                     " tokens exceeds the model's usable context of " + std::to_string(limit) +
+                     " (rope scaling extends it)");
+  }
+}
+
+// ---- RoPE -----------------------------------------------------------------------------
+
+void LlamaDecoder::rope_rows(float* rows, int64_t n_rows, int64_t row_stride, int n_heads_in_row,
+                             int64_t first_position) const {
+  const int hd = config().head_dim;
+  const int half = hd / 2;
+  const bool adjacent = weights_->rope_pairs_adjacent;
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n_rows > 16)
+  for (int64_t r = 0; r < n_rows; ++r) {
+    std::vector<float> cos_t(static_cast<size_t>(half));
+    std::vector<float> sin_t(static_cast<size_t>(half));
+    // The angle in double: at position 10⁴ a float angle would already be off by ~1e-3 rad.
+    const double pos = static_cast<double>(first_position + r) * position_scale_;
+    for (int i = 0; i < half; ++i) {
+      const double angle = pos * inv_freq_[static_cast<size_t>(i)];
+      cos_t[static_cast<size_t>(i)] = static_cast<float>(std::cos(angle));
+      sin_t[static_cast<size_t>(i)] = static_cast<float>(std::sin(angle));
+    }
+    float* row = rows + r * row_stride;
+    for (int h = 0; h < n_heads_in_row; ++h) {
+      float* x = row + static_cast<ptrdiff_t>(h) * hd;
+      for (int i = 0; i < half; ++i) {
+        float& a = adjacent ? x[2 * i] : x[i];
+        float& b = adjacent ? x[2 * i + 1] : x[i + half];
+        const float c = cos_t[static_cast<size_t>(i)];
+        const float s = sin_t[static_cast<size_t>(i)];
+        const float a0 = a;
+        a = a0 * c - b * s;
+        b = a0 * s + b * c;
+      }
+    }
+  }
+}
+
+// ---- features -------------------------------------------------------------------------
+
+void LlamaDecoder::add_hidden_feature(const float* hidden_row, int64_t position) {
+  if (options_.chunk_feature_source != ChunkFeatureSource::kHidden) return;
+  const auto chunk = static_cast<size_t>(position / options_.chunk_tokens);
+  if (hidden_sums_.size() <= chunk) {
+    hidden_sums_.resize(chunk + 1, std::vector<float>(static_cast<size_t>(config().hidden), 0.0F));
+  }
+  VecMap(hidden_sums_[chunk].data(), config().hidden) += ConstVecMap(hidden_row, config().hidden);
+}
+
+int64_t LlamaDecoder::n_complete_chunks() const { return n_tokens() / options_.chunk_tokens; }
+
+int LlamaDecoder::chunk_feature_size() const {
+  return options_.chunk_feature_source == ChunkFeatureSource::kKeys ? config().n_kv_heads * config().head_dim
+                                                                    : config().hidden;
+}
+
+Eigen::VectorXf LlamaDecoder::chunk_features(int64_t chunk) const {
+  if (chunk < 0 || chunk >= n_complete_chunks()) {
+    throw InputError("cpu decoder: chunk_features: chunk " + std::to_string(chunk) +
+                     " is not complete (complete chunks: " + std::to_string(n_complete_chunks()) +
+                     ")");
+  }
+  const auto inv_count = 1.0F / static_cast<float>(options_.chunk_tokens);
+  if (options_.chunk_feature_source == ChunkFeatureSource::kHidden) {
+    return ConstVecMap(hidden_sums_[static_cast<size_t>(chunk)].data(), config().hidden) *
+           inv_count;
+  }
+  const int hd = config().head_dim;
+  Eigen::VectorXf f(config().n_kv_heads * config().head_dim);
+  for (int h = 0; h < config().n_kv_heads; ++h) {
+    f.segment(static_cast<Eigen::Index>(h) * hd, hd) =
+        ConstVecMap(cache_.key_sum(feature_layer_, chunk, h), hd) * inv_count;
+  }
+  return f;
+}
+
+Eigen::VectorXf LlamaDecoder::logits_of(const float* residual_row) const {
+  const LlamaWeights& w = *weights_;
+  Eigen::VectorXf normed(config().hidden);
+  rms_norm(residual_row, w.output_norm, config().rms_eps, normed.data());
+  Eigen::VectorXf logits(config().vocab);
+  matvec(w.output_matrix(), normed.data(), logits.data(), threads_);
+  return logits;
+}
+
+// ---- prefill --------------------------------------------------------------------------
+
+StepResult LlamaDecoder::prefill(std::span<const int32_t> tokens, RowMatrix* all_logits) {
+  if (tokens.empty()) throw InputError("cpu decoder: prefill: the prompt is empty");
+  for (int32_t t : tokens) check_token(t, "prefill");
+  check_room(static_cast<int64_t>(tokens.size()));
+  const LlamaConfig& c = config();
+  StepResult out;
+  const int64_t final_tokens = n_tokens() + static_cast<int64_t>(tokens.size());
+  const int64_t final_chunks = (final_tokens + options_.chunk_tokens - 1) / options_.chunk_tokens;
+  out.position = final_tokens - 1;
+  out.chunk_mass = RowMatrix::Zero(static_cast<Eigen::Index>(c.n_layers) * c.n_kv_heads, final_chunks);
+  out.summary_mass = Eigen::VectorXf::Zero(out.chunk_mass.rows());
+  const auto n = static_cast<int64_t>(tokens.size());
+  if (all_logits != nullptr) all_logits->resize(n, c.vocab);
+  for (int64_t b = 0; b < n; b += options_.prefill_block) {
+    const int64_t len = std::min<int64_t>(options_.prefill_block, n - b);
+    prefill_block(tokens.data() + b, len, b + len == n, out, all_logits, b);
+  }
+  return out;
+}
+
+void LlamaDecoder::prefill_block(const int32_t* tokens, int64_t n, bool last_block,
+                                 StepResult& out, RowMatrix* all_logits, int64_t logits_row) {
+  const LlamaWeights& w = *weights_;
+  const LlamaConfig& c = w.config;
+  const int64_t p0 = n_tokens();
+  const int q_dim = c.n_heads * c.head_dim;
+  RowMatrix x(n, c.hidden);
+  for (int64_t t = 0; t < n; ++t) x.row(t) = w.token_embd.row(tokens[t]);
+
+  RowMatrix h, q, k, v, attn, gate, up;
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LlamaLayerWeights& lw = w.layers[static_cast<size_t>(l)];
+    if (l == feature_layer_) {
+      for (int64_t t = 0; t < n; ++t) add_hidden_feature(x.row(t).data(), p0 + t);
+      if (last_block) out.query_features = x.row(n - 1).transpose();
+    }
+    rms_norm_rows(x, lw.attn_norm, c.rms_eps, h, threads_);
+    q.noalias() = h * lw.wq.transpose();
+    k.noalias() = h * lw.wk.transpose();
+    v.noalias() = h * lw.wv.transpose();
+    rope_rows(q.data(), n, q.cols(), c.n_heads, p0);
+    rope_rows(k.data(), n, k.cols(), c.n_kv_heads, p0);
+    for (int64_t t = 0; t < n; ++t) cache_.append(l, k.row(t).data(), v.row(t).data());
+    attn.resize(n, q_dim);
+    prefill_attention(l, q, p0, attn, last_block ? &out : nullptr);
+    x.noalias() += attn * lw.wo.transpose();
+
+    rms_norm_rows(x, lw.ffn_norm, c.rms_eps, h, threads_);
+    gate.noalias() = h * lw.w_gate.transpose();
+    up.noalias() = h * lw.w_up.transpose();
+    swiglu(gate, up);
+    x.noalias() += gate * lw.w_down.transpose();
+  }
+  if (last_block) out.logits = logits_of(x.row(n - 1).data());
+  if (all_logits != nullptr) {
+    rms_norm_rows(x, w.output_norm, c.rms_eps, h, threads_);
+    all_logits->middleRows(logits_row, n).noalias() = h * w.output_matrix().transpose();
+  }
+}
+
+void LlamaDecoder::prefill_attention(int layer, const RowMatrix& q, int64_t first_position,
+                                     RowMatrix& attn_out, StepResult* last_mass) {
+  const LlamaConfig& c = config();
+  const int hd = c.head_dim;
+  const int ct = options_.chunk_tokens;
+  const int64_t n = q.rows();
+  const int64_t total = first_position + n;
+  const int64_t n_chunks = cache_.n_chunks(layer);
+
+  // Gather each KV head's keys/values contiguously: one copy of O(total·hd) feeds
+  // O(group·n·total·hd) flops of GEMM, and lets Eigen see one big product.
+  std::vector<RowMatrix> keys(static_cast<size_t>(c.n_kv_heads));
+  std::vector<RowMatrix> values(static_cast<size_t>(c.n_kv_heads));
+#pragma omp parallel for schedule(static) num_threads(threads_) if (total * hd > (1 << 14))
+  for (int g = 0; g < c.n_kv_heads; ++g) {
+    RowMatrix& kg = keys[static_cast<size_t>(g)];
+    RowMatrix& vg = values[static_cast<size_t>(g)];
+    kg.resize(total, hd);
+    vg.resize(total, hd);
+    for (int64_t ch = 0; ch < n_chunks; ++ch) {
+      const int cnt = cache_.chunk_token_count(layer, ch);
+      kg.middleRows(ch * ct, cnt) = ConstRowMap(cache_.keys(layer, ch, g), cnt, hd);
+      vg.middleRows(ch * ct, cnt) = ConstRowMap(cache_.values(layer, ch, g), cnt, hd);
+    }
+  }
+
+  const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  constexpr int64_t kRowBlock = 64;
+  const int64_t n_row_blocks = (n + kRowBlock - 1) / kRowBlock;
+  const int64_t n_tasks = static_cast<int64_t>(c.n_heads) * n_row_blocks;
+  const int group = c.n_heads / c.n_kv_heads;
+  // The last query row's probabilities per query head, for the mass report.
+  RowMatrix last_probs;
+  if (last_mass != nullptr) last_probs.resize(c.n_heads, total);
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_) if (n * total * hd > (1 << 16))
+  for (int64_t task = 0; task < n_tasks; ++task) {
+    // Later row blocks see more keys; hand them out first for balance.
+    const int64_t rb = n_row_blocks - 1 - task / c.n_heads;
+    const int head = static_cast<int>(task % c.n_heads);
+    const int g = head / group;
+    const int64_t r0 = rb * kRowBlock;
+    const int64_t rows = std::min(kRowBlock, n - r0);
+    const int64_t kmax = first_position + r0 + rows;  // keys visible to the block's last row
+    RowMatrix s(rows, kmax);
+    s.noalias() = (q.block(r0, static_cast<Eigen::Index>(head) * hd, rows, hd) * scale) *
+                  keys[static_cast<size_t>(g)].topRows(kmax).transpose();
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t valid = first_position + r0 + i + 1;  // causal: keys at positions ≤ own
+      auto row = s.row(i).head(valid).array();
+      const float m = row.maxCoeff();
+      row = (row - m).exp();
+      row /= row.sum();
+      s.row(i).tail(kmax - valid).setZero();
+    }
+    attn_out.block(r0, static_cast<Eigen::Index>(head) * hd, rows, hd).noalias() =
+        s * values[static_cast<size_t>(g)].topRows(kmax);
+    if (last_mass != nullptr && r0 + rows == n) last_probs.row(head) = s.row(rows - 1);
+  }
+
+  if (last_mass != nullptr) {
+    for (int head = 0; head < c.n_heads; ++head) {
+      const Eigen::Index row = static_cast<Eigen::Index>(layer) * c.n_kv_heads + head / group;
+      for (int64_t ch = 0; ch < n_chunks; ++ch) {
+        const int cnt = cache_.chunk_token_count(layer, ch);
+        last_mass->chunk_mass(row, ch) +=
+            last_probs.row(head).segment(ch * ct, cnt).sum() / static_cast<float>(group);
+      }
+    }
+  }
+}
+
+// ---- decode ---------------------------------------------------------------------------
+
+StepResult LlamaDecoder::step(int32_t token, const StepRequest& request) {
+  check_token(token, "step");
+  check_room(1);
+  const LlamaWeights& w = *weights_;
+  const LlamaConfig& c = w.config;
+  const int ct = options_.chunk_tokens;
+  if (request.include_summaries &&
+      (request.summary_ratio <= 0 || request.summary_ratio % ct != 0)) {
+    throw UsageError("cpu decoder: summary_ratio " + std::to_string(request.summary_ratio) +
+                     " must be a positive multiple of chunk_tokens " + std::to_string(ct));
+  }
+  const auto n_rows = static_cast<size_t>(c.n_layers) * static_cast<size_t>(c.n_kv_heads);
+  if (request.residency.rows.size() > 1 && request.residency.rows.size() != n_rows) {
+    throw UsageError("cpu decoder: residency has " + std::to_string(request.residency.rows.size()) +
+                     " rows; expected 1 (uniform) or " + std::to_string(n_rows) +
+                     " (n_layers x n_kv_heads)");
+  }
+
+  const int64_t pos = n_tokens();
+  const int q_dim = c.n_heads * c.head_dim;
+  const int kv_dim = c.n_kv_heads * c.head_dim;
+  StepResult out;
+  out.position = pos;
+  const int64_t n_chunks = (pos + 1 + ct - 1) / ct;
+  out.chunk_mass = RowMatrix::Zero(static_cast<Eigen::Index>(n_rows), n_chunks);
+  out.summary_mass = Eigen::VectorXf::Zero(static_cast<Eigen::Index>(n_rows));
+  if (request.full_reference_mass) {
+    out.full_mass = RowMatrix::Zero(static_cast<Eigen::Index>(n_rows), n_chunks);
+  }
+
+  Eigen::VectorXf x = w.token_embd.row(token).transpose();
+  Eigen::VectorXf h(c.hidden), q(q_dim), k(kv_dim), v(kv_dim), attn(q_dim),
+      delta(c.hidden), gate(c.ffn), up(c.ffn);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LlamaLayerWeights& lw = w.layers[static_cast<size_t>(l)];
+    if (l == feature_layer_) {
+      out.query_features = x;
+      add_hidden_feature(x.data(), pos);
+    }
+    rms_norm(x.data(), lw.attn_norm, c.rms_eps, h.data());
+    matvec({{&lw.wq, q.data()}, {&lw.wk, k.data()}, {&lw.wv, v.data()}}, h.data(), threads_);
+    rope_rows(q.data(), 1, q.size(), c.n_heads, pos);
+    rope_rows(k.data(), 1, k.size(), c.n_kv_heads, pos);
+    cache_.append(l, k.data(), v.data());
+    decode_attention(l, q.data(), request, attn.data(), out);
+    matvec(lw.wo, attn.data(), delta.data(), threads_);
+    x += delta;
+
+    rms_norm(x.data(), lw.ffn_norm, c.rms_eps, h.data());
+    matvec({{&lw.w_gate, gate.data()}, {&lw.w_up, up.data()}}, h.data(), threads_);
+    swiglu(gate, up);
+    matvec(lw.w_down, gate.data(), delta.data(), threads_);
+    x += delta;
+  }
+  out.logits = logits_of(x.data());
+  return out;
+}
+
+void LlamaDecoder::decode_attention(int layer, const float* q, const StepRequest& request,
+                                    float* attn_out, StepResult& out) {
+  const LlamaConfig& c = config();
+  const int hd = c.head_dim;
+  const int ct = options_.chunk_tokens;
+  const int group = c.n_heads / c.n_kv_heads;
+  const int n_kv = c.n_kv_heads;
+  const int64_t n_chunks = cache_.n_chunks(layer);
+  const int q_dim = c.n_heads * hd;
+  const int64_t n_slots = n_chunks * ct;
+  const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const auto inv_group = 1.0F / static_cast<float>(group);
+
+  // attended[g][ch]: chunk read by the restricted softmax of KV head g.
+  std::vector<std::vector<char>> attended(static_cast<size_t>(n_kv),
+                                          std::vector<char>(static_cast<size_t>(n_chunks), 1));
+  if (!request.residency.all_resident()) {
+    for (int g = 0; g < n_kv; ++g) {
+      const ResidentChunks* row = request.residency.row(layer * n_kv + g);
+      for (int64_t ch = 0; ch + 1 < n_chunks; ++ch) {
+        attended[static_cast<size_t>(g)][static_cast<size_t>(ch)] = row->test(ch) ? 1 : 0;
+      }
+    }
+  }
+
+  // Scores of every needed (kv head, chunk): [n_kv × group × n_slots], position-indexed.
+  const bool need_all = request.full_reference_mass;
+  std::vector<std::pair<int, int64_t>> tasks;
+  tasks.reserve(static_cast<size_t>(n_kv * n_chunks));
+  for (int g = 0; g < n_kv; ++g) {
+    for (int64_t ch = 0; ch < n_chunks; ++ch) {
+      if (need_all || attended[static_cast<size_t>(g)][static_cast<size_t>(ch)] != 0) {
+        tasks.emplace_back(g, ch);
+      }
+    }
+  }
+  RowMatrix scores(static_cast<Eigen::Index>(n_kv) * group, n_slots);
+  const auto n_tasks = static_cast<int64_t>(tasks.size());
+  const bool parallel = n_slots * n_kv * hd > (1 << 15);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (parallel)
+  for (int64_t t = 0; t < n_tasks; ++t) {
+    const auto [g, ch] = tasks[static_cast<size_t>(t)];
+    const int cnt = cache_.chunk_token_count(layer, ch);
+    ConstRowMap qg(q + static_cast<ptrdiff_t>(g) * group * hd, group, hd);
+    ConstRowMap kc(cache_.keys(layer, ch, g), cnt, hd);
+    scores.block(static_cast<Eigen::Index>(g) * group, ch * ct, group, cnt).noalias() =
+        (qg * scale) * kc.transpose();
+  }
+
+  // Summary entries per KV head: mean key/value over each group's non-attended chunks.
+  struct Summary {
+    Eigen::VectorXf key, value;
+    float bias = 0.0F;
+  };
+  std::vector<std::vector<Summary>> summaries(static_cast<size_t>(n_kv));
+  if (request.include_summaries) {
+    const int64_t per = request.summary_ratio / ct;
+    for (int g = 0; g < n_kv; ++g) {
+      for (int64_t first = 0; first < n_chunks; first += per) {
+        Summary s{Eigen::VectorXf::Zero(hd), Eigen::VectorXf::Zero(hd), 0.0F};
+        int64_t count = 0;
+        for (int64_t ch = first; ch < std::min(first + per, n_chunks); ++ch) {
+          if (attended[static_cast<size_t>(g)][static_cast<size_t>(ch)] != 0) continue;
+          s.key += ConstVecMap(cache_.key_sum(layer, ch, g), hd);
+          s.value += ConstVecMap(cache_.value_sum(layer, ch, g), hd);
+          count += cache_.chunk_token_count(layer, ch);
+        }
+        if (count == 0) continue;
+        s.key /= static_cast<float>(count);
+        s.value /= static_cast<float>(count);
+        s.bias = static_cast<float>(std::log(static_cast<double>(count)));
+        summaries[static_cast<size_t>(g)].push_back(std::move(s));
+      }
+    }
+  }
+
+  // Softmax per query head over attended chunks (+ summaries), and optionally over all chunks.
+  // Each head's probabilities overwrite its scores in `probs`.
+  RowMatrix probs(scores.rows(), n_slots);
+  std::vector<Eigen::VectorXf> summary_p(static_cast<size_t>(c.n_heads));
+  RowMatrix head_mass = RowMatrix::Zero(c.n_heads, n_chunks);
+  RowMatrix head_full = need_all ? RowMatrix::Zero(c.n_heads, n_chunks) : RowMatrix();
+  Eigen::VectorXf head_summary_mass = Eigen::VectorXf::Zero(c.n_heads);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (parallel)
+  for (int head = 0; head < c.n_heads; ++head) {
+    const int g = head / group;
+    const auto& att = attended[static_cast<size_t>(g)];
+    const auto& sums = summaries[static_cast<size_t>(g)];
+    ConstVecMap qh(q + static_cast<ptrdiff_t>(head) * hd, hd);
+    auto srow = scores.row(head);
+    Eigen::VectorXf sp(static_cast<Eigen::Index>(sums.size()));
+    for (size_t i = 0; i < sums.size(); ++i) {
+      sp(static_cast<Eigen::Index>(i)) = scale * qh.dot(sums[i].key) + sums[i].bias;
+    }
+    float m = sp.size() > 0 ? sp.maxCoeff() : kNegInf;
+    float m_all = kNegInf;
+    for (int64_t ch = 0; ch < n_chunks; ++ch) {
+      const int cnt = cache_.chunk_token_count(layer, ch);
+      const bool in = att[static_cast<size_t>(ch)] != 0;
+      if (!in && !need_all) continue;
+      const float cm = srow.segment(ch * ct, cnt).maxCoeff();
+      if (in) m = std::max(m, cm);
+      m_all = std::max(m_all, cm);
+    }
+    // Restricted softmax.
+    double denom = 0.0;
+    auto prow = probs.row(head);
+    for (int64_t ch = 0; ch < n_chunks; ++ch) {
+      if (att[static_cast<size_t>(ch)] == 0) continue;
+      const int cnt = cache_.chunk_token_count(layer, ch);
+      prow.segment(ch * ct, cnt) = (srow.segment(ch * ct, cnt).array() - m).exp().matrix();
+      const float chunk_sum = prow.segment(ch * ct, cnt).sum();
+      head_mass(head, ch) = chunk_sum;
+      denom += chunk_sum;
+    }
+    sp = (sp.array() - m).exp().matrix();
+    denom += sp.sum();
+    const auto inv = static_cast<float>(1.0 / denom);
+    for (int64_t ch = 0; ch < n_chunks; ++ch) {
+      if (att[static_cast<size_t>(ch)] == 0) continue;
+      const int cnt = cache_.chunk_token_count(layer, ch);
+      prow.segment(ch * ct, cnt) *= inv;
+    }
+    head_mass.row(head) *= inv;
+    sp *= inv;
+    head_summary_mass(head) = sp.sum();
+    summary_p[static_cast<size_t>(head)] = sp;
+    // Reference softmax over every chunk, from the same scores.
+    if (need_all) {
+      double denom_all = 0.0;
+      for (int64_t ch = 0; ch < n_chunks; ++ch) {
+        const int cnt = cache_.chunk_token_count(layer, ch);
+        const float s = (srow.segment(ch * ct, cnt).array() - m_all).exp().sum();
+        head_full(head, ch) = s;
+        denom_all += s;
+      }
+      head_full.row(head) *= static_cast<float>(1.0 / denom_all);
+    }
+  }
+
+  // Output: Σ_chunks P_c V_c (+ Σ summaries p_s v̄_s), split over (kv head, chunk) tasks with
+  // one accumulator per thread.
+  RowMatrix partial = RowMatrix::Zero(threads_, q_dim);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (parallel)
+  for (int64_t t = 0; t < n_tasks; ++t) {
+    const auto [g, ch] = tasks[static_cast<size_t>(t)];
+    if (attended[static_cast<size_t>(g)][static_cast<size_t>(ch)] == 0) continue;
+    const int cnt = cache_.chunk_token_count(layer, ch);
+    ConstRowMap vc(cache_.values(layer, ch, g), cnt, hd);
+    RowMap acc(partial.row(thread_id()).data() + static_cast<ptrdiff_t>(g) * group * hd, group, hd);
+    acc.noalias() += probs.block(static_cast<Eigen::Index>(g) * group, ch * ct, group, cnt) * vc;
+  }
+  VecMap out_vec(attn_out, q_dim);
+  out_vec = partial.colwise().sum().transpose();
+  for (int head = 0; head < c.n_heads; ++head) {
+    const auto& sums = summaries[static_cast<size_t>(head / group)];
+    for (size_t i = 0; i < sums.size(); ++i) {
+      out_vec.segment(static_cast<Eigen::Index>(head) * hd, hd) +=
+          summary_p[static_cast<size_t>(head)](static_cast<Eigen::Index>(i)) * sums[i].value;
+    }
+  }
+
+  // Reports: average the query heads of each group.
+  for (int head = 0; head < c.n_heads; ++head) {
+    const Eigen::Index row = static_cast<Eigen::Index>(layer) * n_kv + head / group;
+    out.chunk_mass.row(row).head(n_chunks) += head_mass.row(head) * inv_group;
+    out.summary_mass(row) += head_summary_mass(head) * inv_group;
+    if (need_all) out.full_mass.row(row).head(n_chunks) += head_full.row(head) * inv_group;
+  }
+}
+
+}  // namespace kvlab
