@@ -10,6 +10,9 @@
 #include "cli/output.hpp"
 #include "cli/replay_run.hpp"
 #include "core/error.hpp"
+#include "learn/indexer_io.hpp"
+#include "learn/trace_dataset.hpp"
+#include "learn/trainer.hpp"
 #include "traces/synthetic.hpp"
 
 namespace kvlab::cli {
@@ -24,7 +27,7 @@ constexpr const char* kBudgetKey = "budget";
 /// sliding window) gets a window that, with its sinks, holds the same number of tokens at the
 /// start of decoding, so every non-full policy is compared at about the same footprint.
 std::string demo_spec(const PolicyDescriptor& d, const std::string& budget, int64_t context_tokens,
-                      std::string& why) {
+                      const std::string& indexer, std::string& why) {
   const ParamSpec* budget_spec = nullptr;
   const ParamSpec* window_spec = nullptr;
   int64_t sinks = 0;
@@ -34,18 +37,55 @@ std::string demo_spec(const PolicyDescriptor& d, const std::string& budget, int6
     if (p.key == "sinks" && p.type == ParamType::Int && !p.default_value.empty()) {
       sinks = std::stoll(p.default_value);
     }
-    if (p.required && p.default_value.empty() && p.key != kBudgetKey) {
+    if (p.required && p.default_value.empty() && p.key != kBudgetKey && !(p.key == "indexer" && !indexer.empty())) {
       why = "needs parameter '" + p.key + "'";
       return "";
     }
   }
-  if (budget_spec != nullptr) return d.name + ":" + std::string(kBudgetKey) + "=" + budget;
+  const bool needs_indexer = std::any_of(d.params.begin(), d.params.end(), [](const ParamSpec& p) {
+    return p.key == "indexer" && p.required;
+  });
+  const std::string extra = needs_indexer ? ",indexer=" + indexer : "";
+  if (budget_spec != nullptr) return d.name + ":" + std::string(kBudgetKey) + "=" + budget + extra;
   if (window_spec != nullptr) {
     const Params parsed = Params::resolve("demo", {{"budget", ParamType::Tokens, "", "", true}}, {{"budget", budget}});
     const int64_t tokens = parsed.get_tokens("budget").resolve(context_tokens);
     return d.name + ":window=" + std::to_string(std::max<int64_t>(tokens - sinks, 0));
   }
   return d.name;
+}
+
+/// A policy that needs a learned indexer (lsa) gets one trained here, once, on a separate
+/// training workload (seed + 1000, so the replayed requests are held out), cached in the
+/// output folder.
+std::string ensure_demo_indexer(const std::filesystem::path& out_dir, const SyntheticConfig& replayed) {
+  SyntheticConfig train = replayed;
+  train.seed = replayed.seed + 1000;
+  train.requests = 8;
+  const std::string stem = "t" + std::to_string(train.context_tokens) + "_s" + std::to_string(train.steps) +
+                           "_seed" + std::to_string(train.seed);
+  const std::string indexer = (out_dir / ("indexer_" + stem + ".h5")).string();
+  if (std::filesystem::exists(indexer)) {
+    std::cout << "using the indexer in " << indexer << "\n";
+    return indexer;
+  }
+  std::filesystem::create_directories(out_dir);
+  const std::string traces = (out_dir / ("train_mix_r8_" + stem + ".h5")).string();
+  std::cout << "training an indexer for lsa on " << train.requests << " held-out mix requests (" << traces << ")\n"
+            << std::flush;
+  if (!std::filesystem::exists(traces)) generate_trace(train, traces);
+  LabelOptions labels;  // lsa's defaults: tau 64, window 2048, sinks 64
+  labels.stride = 16;
+  labels.max_negatives = 256;
+  IndexerTrainOptions options;
+  options.epochs = 4;
+  options.seed = 1;
+  TraceDatasetSummary summary;
+  const auto data = load_indexer_data({traces}, labels, &summary);
+  const IndexerTrainResult result = train_indexer(data, options);
+  const nlohmann::json provenance = {{"traces", {traces}}, {"fingerprints", summary.fingerprints}, {"by", "kvlab demo"}};
+  save_indexer(indexer, result.model, labels, "{}", "{}", provenance.dump());
+  return indexer;
 }
 
 }  // namespace
@@ -94,10 +134,17 @@ int run_demo(const Argv& argv) {
   }
 
   // Resolve every policy before the (slower) generation, so a bad setup fails fast.
+  const std::filesystem::path out_dir(args.get("out-dir"));
+  std::string indexer;
+  for (const auto* d : PolicyRegistry::instance().all()) {
+    for (const auto& p : d->params) {
+      if (p.key == "indexer" && p.required && indexer.empty()) indexer = ensure_demo_indexer(out_dir, config);
+    }
+  }
   std::vector<ResolvedPolicy> policies;
   for (const auto* d : PolicyRegistry::instance().all()) {
     std::string why;
-    const std::string text = demo_spec(*d, budget, config.context_tokens, why);
+    const std::string text = demo_spec(*d, budget, config.context_tokens, indexer, why);
     if (text.empty()) {
       std::cerr << "kvlab demo: skipping " << d->name << " (" << why << ")\n";
       continue;
@@ -106,7 +153,6 @@ int run_demo(const Argv& argv) {
   }
   if (policies.empty()) throw InputError("demo: no registered policy can run with default parameters");
 
-  const std::filesystem::path out_dir(args.get("out-dir"));
   const std::string trace = (out_dir / ("mix_r" + std::to_string(config.requests) + "_t" +
                                         std::to_string(config.context_tokens) + "_s" + std::to_string(config.steps) +
                                         "_seed" + std::to_string(config.seed) + ".h5"))
