@@ -138,7 +138,12 @@ int run_demo(const Argv& argv) {
   std::string indexer;
   for (const auto* d : PolicyRegistry::instance().all()) {
     for (const auto& p : d->params) {
-      if (p.key == "indexer" && p.required && indexer.empty()) indexer = ensure_demo_indexer(out_dir, config);
+      if (p.key != "indexer" || !p.required || !indexer.empty()) continue;
+      try {
+        indexer = ensure_demo_indexer(out_dir, config);
+      } catch (const std::exception& e) {  // e.g. fewer steps than one lookahead window
+        std::cerr << "kvlab demo: no indexer for " << d->name << " (" << e.what() << ")\n";
+      }
     }
   }
   std::vector<ResolvedPolicy> policies;
