@@ -1,4 +1,5 @@
 // kvlab policies, kvlab policy check.
+#include <algorithm>
 #include <iostream>
 
 #include "cli/args.hpp"
@@ -6,6 +7,7 @@
 #include "core/conformance.hpp"
 #include "core/error.hpp"
 #include "core/registry.hpp"
+#include "traces/trace.hpp"
 
 
 namespace kvlab::cli {
@@ -63,6 +65,34 @@ int run_policies(const Argv& argv) {
   return 0;
 }
 
+/// The first `max_requests` requests of a trace, cut to `max_steps` steps, in memory: the
+/// conformance checks run a policy several times and replace parts of the data.
+ConformanceData conformance_data_from_trace(const std::string& path, int64_t max_requests, int64_t max_steps) {
+  const auto reader = TraceReader::open(path);
+  ConformanceData data;
+  data.geometry = reader->geometry();
+  for (int64_t i = 0; i < std::min(max_requests, reader->request_count()); ++i) {
+    auto request = reader->request(i);
+    const RequestHeader& h = request->header();
+    data.rows = RowLayout{data.geometry.n_layers, h.heads_stored};
+    auto m = std::make_shared<MemoryRequest>();
+    const int64_t steps = std::min(max_steps, h.decode_steps);
+    m->info = RequestInfo{h.id, h.workload, h.prompt_tokens, steps, h.seed};
+    m->d_query = h.d_query;
+    m->d_key = h.d_key;
+    m->steps.resize(static_cast<size_t>(steps));
+    m->query.resize(static_cast<size_t>(steps));
+    for (int64_t t = 0; t < steps; ++t) {
+      request->read_step(t, m->steps[static_cast<size_t>(t)]);
+      if (h.d_query > 0) request->read_query(t, m->query[static_cast<size_t>(t)]);
+    }
+    if (h.d_key > 0) request->read_chunk_features(m->chunk_features);
+    data.requests.push_back(std::move(m));
+  }
+  if (data.requests.empty()) throw InputError(path + ": the trace has no requests to check against");
+  return data;
+}
+
 int run_policy(const Argv& argv) {
   const CommandSpec spec{
       "kvlab policy check --policy SPEC [--plugin LIB ...]",
@@ -70,7 +100,11 @@ int run_policy(const Argv& argv) {
       "against one policy and prints PASS or FAIL per check. Exit code 1 if any check fails.",
       {{"policy", "SPEC", "policy to check, e.g. sliding_window:window=8192", "", false, true},
        plugin_flag(),
-       {"seed", "S", "seed of the built-in conformance workload", "1"}},
+       {"seed", "S", "seed of the built-in conformance workload", "1"},
+       {"trace", "FILE", "check on this trace's first requests instead of the built-in workload (e.g. for a "
+                         "policy that needs the trace's feature widths)", ""},
+       {"requests", "R", "with --trace: requests to use", "2"},
+       {"steps", "S", "with --trace: decode steps per request to use", "128"}},
       {"check"},
       "example:\n  kvlab policy check --policy sliding_window\n"
       "  kvlab policy check --plugin ./libexample_lru.so --policy example_lru"};
@@ -86,8 +120,14 @@ int run_policy(const Argv& argv) {
   const ResolvedPolicy policy = PolicyRegistry::instance().resolve(args.get("policy"));
   const int64_t seed = args.get_int("seed");
   if (seed < 0) throw UsageError("--seed must not be negative");
-  const ConformanceReport report =
-      check_conformance(policy, make_conformance_data(static_cast<uint64_t>(seed)), EngineOptions{});
+  const int64_t requests = args.get_int("requests");
+  const int64_t steps = args.get_int("steps");
+  if (requests < 1) throw UsageError("--requests must be at least 1");
+  if (steps < 4) throw UsageError("--steps must be at least 4 (the causality check cuts the run in quarters)");
+  const ConformanceData data = args.has("trace")
+                                   ? conformance_data_from_trace(args.get("trace"), requests, steps)
+                                   : make_conformance_data(static_cast<uint64_t>(seed));
+  const ConformanceReport report = check_conformance(policy, data, EngineOptions{});
   size_t failed = 0;
   for (const auto& c : report.checks) {
     std::cout << (c.passed ? "PASS  " : "FAIL  ") << c.name;

@@ -97,6 +97,8 @@ expect 0 "sliding_window" -- policies
 grep -q "^full" "${work}/out.txt" || fail "kvlab policies does not list full"
 grep -q "window (int, default 8192)" "${work}/out.txt" || fail "kvlab policies does not show parameter defaults"
 expect 0 "PASS" -- policy check --policy sliding_window
+expect 0 "4/4 checks passed" -- policy check --policy oracle_topk:budget=0.2 --trace "${trace}" --requests 2 --steps 16
+expect 1 "nosuch.h5" -- policy check --policy full --trace "${work}/nosuch.h5"
 expect 2 "unknown policy 'nosuch'" -- policy check --policy nosuch
 expect 2 "--policy" -- policy check
 
