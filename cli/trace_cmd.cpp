@@ -1,5 +1,6 @@
 // kvlab trace gen | info | validate | stats.
 #include <iostream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "cli/args.hpp"
@@ -14,6 +15,12 @@
 
 namespace kvlab::cli {
 namespace {
+
+std::string format_default(double x) {
+  std::ostringstream out;
+  out << x;
+  return out.str();
+}
 
 std::string join(const std::vector<std::string>& items, const char* sep) {
   std::string out;
@@ -34,6 +41,8 @@ int trace_gen(const Argv& argv) {
        {"requests", "R", "number of requests", "1"},
        {"seed", "X", "seed of the request content", "1"},
        {"model-seed", "X", "seed of the layer profiles and feature projections", std::to_string(kDefaultModelSeed)},
+       {"feature-noise", "X", "noise norm relative to signal in query and chunk features (0 = clean)",
+        format_default(SyntheticConfig{}.feature_noise)},
        {"geometry", geometries, "model geometry preset", "smollm2-135m"},
        {"chunk-tokens", "C", "tokens per chunk", "64"},
        {"heads", "aggregated|per-head", "one row per layer, or one per (layer, KV head)", "aggregated"},
@@ -55,6 +64,7 @@ int trace_gen(const Argv& argv) {
   config.requests = static_cast<int>(requests);
   config.seed = static_cast<uint64_t>(args.get_int("seed"));
   config.model_seed = static_cast<uint64_t>(args.get_int("model-seed"));
+  config.feature_noise = args.get_double("feature-noise");
   config.geometry = Geometry::preset(args.get("geometry"));
   const int64_t chunk = args.get_int("chunk-tokens");
   if (chunk < 1 || chunk > (1 << 20)) throw UsageError("--chunk-tokens must be between 1 and 1048576");
