@@ -16,6 +16,9 @@ int run_policy(const Argv& argv);    // policy check
 int run_demo(const Argv& argv);      // the default end-to-end run
 int run_bench(const Argv& argv);    // replay throughput vs. a plain read-and-sum pass
 int run_indexer(const Argv& argv);  // indexer train | eval (LSA's learned indexer)
+int run_generate(const Argv& argv);  // live: generate text with the CPU decoder under a policy
+int run_run(const Argv& argv);       // live: closed-loop task evaluation of policies
+int run_record(const Argv& argv);    // live: record a real trace with full attention
 
 /// Loads every --plugin library (in order). Throws InputError naming the file.
 void load_plugins(const std::vector<std::string>& paths);

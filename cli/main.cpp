@@ -28,6 +28,9 @@ const Command kCommands[] = {
     {"indexer", "train and evaluate LSA's Neural Memory Indexer on traces (train|eval)", kvlab::cli::run_indexer},
     {"demo", "generate the default workload and compare every registered policy", kvlab::cli::run_demo},
     {"bench", "measure replay throughput against a plain read-and-sum pass", kvlab::cli::run_bench},
+    {"generate", "generate text with the CPU model under a policy (closed loop)", kvlab::cli::run_generate},
+    {"run", "closed-loop task accuracy and agreement with full attention per policy", kvlab::cli::run_run},
+    {"record", "record a real trace (full attention on the CPU model) for replay", kvlab::cli::run_record},
 };
 
 void print_usage(std::ostream& out) {

@@ -27,6 +27,27 @@ PagedKvCache::PagedKvCache(KvCacheShape shape) : shape_(shape) {
   tokens_.assign(static_cast<size_t>(shape.n_layers), 0);
 }
 
+PagedKvCache::PagedKvCache(const PagedKvCache& other) : shape_(other.shape_), tokens_(other.tokens_) {
+  const size_t n = static_cast<size_t>(shape_.chunk_tokens) * shape_.head_dim * shape_.n_kv_heads;
+  layers_.resize(other.layers_.size());
+  for (size_t l = 0; l < other.layers_.size(); ++l) {
+    for (const Chunk& src : other.layers_[l]) {
+      Chunk c = new_chunk();
+      std::copy(src.k.get(), src.k.get() + n, c.k.get());
+      std::copy(src.v.get(), src.v.get() + n, c.v.get());
+      c.k_sum = src.k_sum;
+      c.v_sum = src.v_sum;
+      c.count = src.count;
+      layers_[l].push_back(std::move(c));
+    }
+  }
+}
+
+PagedKvCache& PagedKvCache::operator=(const PagedKvCache& other) {
+  if (this != &other) *this = PagedKvCache(other);
+  return *this;
+}
+
 PagedKvCache::Chunk PagedKvCache::new_chunk() const {
   const size_t per_head = static_cast<size_t>(shape_.chunk_tokens) * shape_.head_dim;
   const size_t n = per_head * shape_.n_kv_heads;

@@ -25,6 +25,12 @@ class PagedKvCache {
  public:
   /// Throws InputError naming the first non-positive field.
   explicit PagedKvCache(KvCacheShape shape);
+  /// Deep copy: lets a live backend prefill a prompt once and start every policy's session
+  /// from a copy of the same cache.
+  PagedKvCache(const PagedKvCache& other);
+  PagedKvCache& operator=(const PagedKvCache& other);
+  PagedKvCache(PagedKvCache&&) noexcept = default;
+  PagedKvCache& operator=(PagedKvCache&&) noexcept = default;
 
   [[nodiscard]] const KvCacheShape& shape() const { return shape_; }
 

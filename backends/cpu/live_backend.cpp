@@ -1,0 +1,295 @@
+#include "backends/cpu/live_backend.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "backends/cpu/residency_view.hpp"
+#include "core/error.hpp"
+
+namespace kvlab {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+int32_t argmax(const Eigen::VectorXf& v) {
+  Eigen::Index i = 0;
+  v.maxCoeff(&i);
+  return static_cast<int32_t>(i);
+}
+
+/// A uniform double in [0, 1) from the top 53 bits: the same on every standard library.
+double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+
+/// Samples from softmax(logits / temperature).
+int32_t sample(const Eigen::VectorXf& logits, double temperature, std::mt19937_64& rng) {
+  const double m = logits.maxCoeff();
+  std::vector<double> p(static_cast<size_t>(logits.size()));
+  double z = 0;
+  for (Eigen::Index i = 0; i < logits.size(); ++i) {
+    p[static_cast<size_t>(i)] = std::exp((logits(i) - m) / temperature);
+    z += p[static_cast<size_t>(i)];
+  }
+  double u = uniform01(rng) * z;
+  for (size_t i = 0; i < p.size(); ++i) {
+    u -= p[i];
+    if (u < 0) return static_cast<int32_t>(i);
+  }
+  return argmax(logits);  // rounding left u at the end: take the likeliest
+}
+
+std::vector<float> log_softmax(const Eigen::VectorXf& logits) {
+  const double m = logits.maxCoeff();
+  double z = 0;
+  for (Eigen::Index i = 0; i < logits.size(); ++i) z += std::exp(static_cast<double>(logits(i)) - m);
+  const double lz = m + std::log(z);
+  std::vector<float> out(static_cast<size_t>(logits.size()));
+  for (Eigen::Index i = 0; i < logits.size(); ++i) out[static_cast<size_t>(i)] = static_cast<float>(logits(i) - lz);
+  return out;
+}
+
+Geometry geometry_of(const LlamaConfig& c, int chunk_tokens) {
+  Geometry g = Geometry::preset("smollm2-135m");
+  if (c.n_layers != g.n_layers || c.n_kv_heads != g.n_kv_heads || c.head_dim != g.head_dim) {
+    g.model = c.name.empty() ? "llama" : c.name;
+  }
+  g.n_layers = c.n_layers;
+  g.n_kv_heads = c.n_kv_heads;
+  g.head_dim = c.head_dim;
+  g.kv_dtype_bytes = 2;  // bf16 accounting, as a GPU serving stack would store it
+  g.chunk_tokens = chunk_tokens;
+  return g;
+}
+
+/// Copies a decoder's [rows × chunks] report into dense StepMass rows.
+void fill_mass(const RowMatrix& m, RowLayout layout, bool renormalise, StepMass& out) {
+  out.reset_dense(layout, m.cols());
+  for (int r = 0; r < layout.rows(); ++r) {
+    std::span<float> row = out.dense_row(r);
+    double sum = 0;
+    for (Eigen::Index c = 0; c < m.cols(); ++c) {
+      row[static_cast<size_t>(c)] = m(r, c);
+      sum += m(r, c);
+    }
+    if (renormalise && sum > 0) {
+      for (float& v : row) v = static_cast<float>(v / sum);
+    }
+  }
+}
+
+}  // namespace
+
+// ---- session --------------------------------------------------------------------------
+
+class LiveSession final : public RequestSession {
+ public:
+  LiveSession(LiveBackend& backend, int64_t index)
+      : backend_(backend), index_(index), info_(backend.request(index).info) {
+    const LiveOptions& o = backend_.options_;
+    forced_ = backend_.forced_[static_cast<size_t>(index)];
+    forced_steps_ = backend_.forced_steps_[static_cast<size_t>(index)];
+    rng_.seed(o.sampling_seed * 0x9E3779B97F4A7C15ULL + info_.seed + static_cast<uint64_t>(index));
+    LiveBackend::Prefilled p = backend_.prefilled(index);
+    decoder_ = std::move(p.decoder);
+    out_.prefill_seconds = p.seconds;
+    query_ = std::move(p.result.query_features);
+    out_.tokens.push_back(forced_.empty() ? choose(p.result.logits) : forced_[0]);
+  }
+
+  ~LiveSession() override { backend_.store_output(index_, std::move(out_)); }
+
+  [[nodiscard]] const RequestInfo& info() const override { return info_; }
+  [[nodiscard]] int64_t d_query() const override { return decoder_->config().hidden; }
+  [[nodiscard]] int64_t d_key() const override { return decoder_->chunk_feature_size(); }
+
+  bool begin_step(int64_t t) override {
+    if (t != out_.steps) {
+      throw InputError("live backend: request " + info_.id + ": step " + std::to_string(t) +
+                       " requested after " + std::to_string(out_.steps) + " steps (steps come in order)");
+    }
+    if (!forced_.empty()) return t < forced_steps_;
+    if (t >= info_.decode_steps) return false;
+    return !(backend_.options_.stop_at_eos && backend_.is_stop(out_.tokens.back()));
+  }
+
+  [[nodiscard]] const StepMass* reference() const override { return has_reference_ ? &reference_ : nullptr; }
+  [[nodiscard]] std::span<const float> query() const override {
+    return {query_.data(), static_cast<size_t>(query_.size())};
+  }
+
+  [[nodiscard]] FeatureRows chunk_features() const override {
+    const int64_t complete = decoder_->n_complete_chunks();
+    const int64_t d = decoder_->chunk_feature_size();
+    for (int64_t c = features_rows_; c < complete; ++c) {
+      const Eigen::VectorXf f = decoder_->chunk_features(c);
+      features_.insert(features_.end(), f.data(), f.data() + f.size());
+    }
+    features_rows_ = std::max(features_rows_, complete);
+    return FeatureRows{features_.data(), features_rows_, d};
+  }
+
+  [[nodiscard]] bool closed_loop() const override { return true; }
+
+  const StepMass* attend(int64_t t, const Residency& resident) override {
+    if (t != out_.steps) {
+      throw InputError("live backend: request " + info_.id + ": attend(" + std::to_string(t) + ") out of order");
+    }
+    const LiveOptions& o = backend_.options_;
+    const LlamaConfig& c = decoder_->config();
+    const ResidencyRows rows(resident, c.n_layers, c.n_kv_heads);
+    StepRequest request;
+    request.residency = rows.view();
+    request.include_summaries = o.summary_ratio > 0;
+    request.summary_ratio = o.summary_ratio > 0 ? o.summary_ratio : 128;
+    request.full_reference_mass = o.reference_mass;
+
+    const auto t0 = Clock::now();
+    const int32_t token = out_.tokens[static_cast<size_t>(t)];
+    StepResult r = decoder_->step(token, request);
+    out_.decode_seconds += seconds_since(t0);
+
+    const RowLayout layout = backend_.rows();
+    fill_mass(r.chunk_mass, layout, /*renormalise=*/request.include_summaries, observed_);
+    has_reference_ = o.reference_mass;
+    if (has_reference_) fill_mass(r.full_mass, layout, false, reference_);
+    if (o.keep_log_probs) out_.log_probs.push_back(log_softmax(r.logits));
+    query_ = std::move(r.query_features);
+    ++out_.steps;
+    const auto next = static_cast<size_t>(t + 1);
+    out_.tokens.push_back(!forced_.empty() && next < forced_.size() ? forced_[next] : choose(r.logits));
+    return &observed_;
+  }
+
+  /// The decoder, for callers that drive a session directly (recording reads its cache).
+  [[nodiscard]] const LlamaDecoder& decoder() const { return *decoder_; }
+
+ private:
+  int32_t choose(const Eigen::VectorXf& logits) {
+    const double temperature = backend_.options_.temperature;
+    return temperature > 0 ? sample(logits, temperature, rng_) : argmax(logits);
+  }
+
+  LiveBackend& backend_;
+  int64_t index_;
+  RequestInfo info_;
+  std::unique_ptr<LlamaDecoder> decoder_;
+  std::vector<int32_t> forced_;
+  int64_t forced_steps_ = 0;
+  std::mt19937_64 rng_;
+  Eigen::VectorXf query_;
+  StepMass observed_;
+  StepMass reference_;
+  bool has_reference_ = false;
+  mutable std::vector<float> features_;
+  mutable int64_t features_rows_ = 0;
+  LiveOutput out_;
+};
+
+// ---- backend --------------------------------------------------------------------------
+
+LiveBackend::LiveBackend(std::shared_ptr<const LlamaWeights> weights, std::vector<int32_t> stop_tokens,
+                         std::vector<LiveRequest> requests, LiveOptions options)
+    : weights_(std::move(weights)),
+      stop_tokens_(std::move(stop_tokens)),
+      requests_(std::move(requests)),
+      options_(options) {
+  if (!weights_) throw InputError("live backend: no weights given");
+  if (!(options_.temperature >= 0) || !std::isfinite(options_.temperature)) {
+    throw UsageError("live backend: temperature must be a finite number >= 0");
+  }
+  const LlamaDecoder probe(weights_, options_.decoder);  // validates weights and options
+  geometry_ = geometry_of(weights_->config, options_.decoder.chunk_tokens);
+  set_summary_ratio(options_.summary_ratio);
+  for (LiveRequest& r : requests_) {
+    if (r.prompt.empty()) throw InputError("live backend: request " + r.info.id + ": the prompt is empty");
+    if (r.info.decode_steps < 0) throw UsageError("live backend: request " + r.info.id + ": negative decode steps");
+    r.info.prompt_tokens = static_cast<int64_t>(r.prompt.size());
+    const int64_t needed = r.info.prompt_tokens + r.info.decode_steps;
+    if (needed > probe.max_context()) {
+      throw InputError("live backend: request " + r.info.id + ": " + std::to_string(r.info.prompt_tokens) +
+                       " prompt tokens plus " + std::to_string(r.info.decode_steps) + " decode steps need " +
+                       std::to_string(needed) + " positions, beyond the model's usable context of " +
+                       std::to_string(probe.max_context()) + " (rope scaling extends it)");
+    }
+  }
+  forced_.resize(requests_.size());
+  forced_steps_.assign(requests_.size(), 0);
+  outputs_.resize(requests_.size());
+}
+
+const LiveRequest& LiveBackend::request(int64_t index) const {
+  if (index < 0 || index >= requests()) {
+    throw UsageError("live backend: request index " + std::to_string(index) + " out of range");
+  }
+  return requests_[static_cast<size_t>(index)];
+}
+
+std::string LiveBackend::describe() const {
+  const LlamaConfig& c = weights_->config;
+  return "live:cpu:" + (c.name.empty() ? std::string("llama") : c.name);
+}
+
+void LiveBackend::set_summary_ratio(int ratio) {
+  const int ct = options_.decoder.chunk_tokens;
+  if (ratio < 0 || (ratio > 0 && ratio % ct != 0)) {
+    throw UsageError("live backend: summary ratio " + std::to_string(ratio) +
+                     " must be 0 (off) or a positive multiple of chunk_tokens " + std::to_string(ct));
+  }
+  options_.summary_ratio = ratio;
+}
+
+void LiveBackend::set_forced_tokens(int64_t index, std::vector<int32_t> tokens, int64_t steps) {
+  (void)request(index);
+  if (steps < 0 || static_cast<int64_t>(tokens.size()) <= steps) {
+    throw UsageError("live backend: forced tokens need more tokens (" + std::to_string(tokens.size()) +
+                     ") than steps (" + std::to_string(steps) + ")");
+  }
+  forced_[static_cast<size_t>(index)] = std::move(tokens);
+  forced_steps_[static_cast<size_t>(index)] = steps;
+}
+
+void LiveBackend::clear_forced() {
+  for (auto& f : forced_) f.clear();
+  std::fill(forced_steps_.begin(), forced_steps_.end(), 0);
+}
+
+LiveOutput LiveBackend::output(int64_t index) const {
+  (void)request(index);
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return outputs_[static_cast<size_t>(index)];
+}
+
+void LiveBackend::store_output(int64_t index, LiveOutput out) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  outputs_[static_cast<size_t>(index)] = std::move(out);
+}
+
+bool LiveBackend::is_stop(int32_t token) const {
+  return std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end();
+}
+
+LiveBackend::Prefilled LiveBackend::prefilled(int64_t index) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Prefilled p;
+  if (cached_index_ != index) {
+    auto decoder = std::make_unique<LlamaDecoder>(weights_, options_.decoder);
+    const auto t0 = Clock::now();
+    cached_result_ = decoder->prefill(request(index).prompt);
+    p.seconds = seconds_since(t0);
+    cached_decoder_ = std::move(decoder);
+    cached_index_ = index;
+  }
+  p.decoder = std::make_unique<LlamaDecoder>(*cached_decoder_);
+  p.result = cached_result_;
+  return p;
+}
+
+std::unique_ptr<RequestSession> LiveBackend::open(int64_t index) {
+  (void)request(index);
+  return std::make_unique<LiveSession>(*this, index);
+}
+
+}  // namespace kvlab

@@ -1,0 +1,139 @@
+// The live (closed-loop) CPU backend: the real model behind kvlab::Backend. At every decode
+// step the engine applies a policy's plan and then calls attend(t, residency); the session runs
+// one LlamaDecoder step whose attention reads only the resident chunks, so the policy changes
+// what the model generates.
+//
+// Steps (same geometry as a trace, traces/FORMAT.md): the prompt has P tokens; prefill runs
+// positions 0..P-1 with full attention and yields the first generated token x_P. Step t feeds
+// x_{P+t}; its query attends to n(t) = P+t+1 positions and its logits give x_{P+t+1}.
+//
+// What a session reports (so that the same policies and metrics run unchanged):
+//   attend() → the attention computed over the resident chunks: per (layer, KV head) row, the
+//              softmax mass per chunk summed over the query heads of the KV head's group and
+//              divided by the group size (rows sum to 1 over resident chunks; with summaries
+//              on, the chunk part is renormalised to 1 and summary mass is left out).
+//   reference() → after attend: the mass every chunk would have had with all chunks resident
+//              (same query, second softmax).
+//   query()  → the residual stream entering the feature layer (DecoderOptions::feature_layer)
+//              for the most recent token whose forward pass is done, i.e. x_{P+t-1} at step t
+//              (the prompt's last token at step 0). The current token's hidden state at that
+//              layer depends on attention that the plan has not yet decided, so the query
+//              feature lags by one token; recorded traces use the same definition.
+//   chunk_features() → per complete chunk, the mean of the feature layer's post-RoPE keys (all
+//              KV heads concatenated) or of its input hidden states (ChunkFeatureSource).
+//
+// Summaries: when summary_ratio > 0 (LSA's compressed tier), each group of summary_ratio
+// tokens contributes one extra attention entry whose key/value are the means over the group's
+// non-resident chunks, weighted as `count` copies (StepRequest::include_summaries). The engine
+// does not pass the plan to attend(), so the caller sets the ratio per run with
+// set_summary_ratio (kvlab run takes it from the policy's summary_ratio parameter).
+//
+// Teacher forcing (agreement with full attention): set_forced_tokens(i, tokens, steps) makes
+// request i's sessions feed the given tokens instead of their own choices for `steps` steps.
+//
+// Prefill is the same for every policy (all chunks are resident until the first plan), so the
+// backend keeps the most recently prefilled request and starts later sessions of that request
+// from a copy of its cache.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/llama_decoder.hpp"
+#include "core/backend.hpp"
+
+namespace kvlab {
+
+/// One prompt to run.
+struct LiveRequest {
+  RequestInfo info;  // prompt_tokens is set from `prompt`; decode_steps = the most steps to run
+  std::vector<int32_t> prompt;
+};
+
+struct LiveOptions {
+  DecoderOptions decoder;
+  /// Free-running sessions end at a stop token (accuracy, generate); false runs every planned
+  /// step whatever is generated (recording fixed-length traces).
+  bool stop_at_eos = true;
+  /// 0 = greedy; otherwise sample from softmax(logits / temperature) with a per-request RNG
+  /// seeded from sampling_seed and the request's seed.
+  double temperature = 0.0;
+  uint64_t sampling_seed = 0;
+  /// Tokens per summary entry in attention; 0 = no summary entries.
+  int summary_ratio = 0;
+  /// Keep each step's next-token log-probabilities in the request's output (agreement).
+  bool keep_log_probs = false;
+  /// Compute reference() (full attention mass) at every step.
+  bool reference_mass = true;
+};
+
+/// What the latest session of a request produced.
+struct LiveOutput {
+  std::vector<int32_t> tokens;  // x_P, x_{P+1}, ...: generated (or forced) tokens, stop token included
+  int64_t steps = 0;            // decode steps run
+  std::vector<std::vector<float>> log_probs;  // [steps][vocab], when keep_log_probs
+  double prefill_seconds = 0;   // 0 when the prefill was reused
+  double decode_seconds = 0;
+};
+
+class LiveBackend final : public Backend {
+ public:
+  /// `stop_tokens` end free-running generation (EOS, <|im_end|>). Throws InputError for an
+  /// empty prompt or a prompt plus its steps longer than the decoder's usable context.
+  LiveBackend(std::shared_ptr<const LlamaWeights> weights, std::vector<int32_t> stop_tokens,
+              std::vector<LiveRequest> requests, LiveOptions options);
+
+  [[nodiscard]] const Geometry& geometry() const override { return geometry_; }
+  [[nodiscard]] RowLayout rows() const override { return RowLayout{geometry_.n_layers, geometry_.n_kv_heads}; }
+  [[nodiscard]] int64_t requests() const override { return static_cast<int64_t>(requests_.size()); }
+  [[nodiscard]] std::unique_ptr<RequestSession> open(int64_t index) override;
+  [[nodiscard]] RequestInfo request_info(int64_t index) override { return request(index).info; }
+  [[nodiscard]] bool closed_loop() const override { return true; }
+  [[nodiscard]] std::string describe() const override;
+
+  [[nodiscard]] const LiveRequest& request(int64_t index) const;
+  [[nodiscard]] const LiveOptions& options() const { return options_; }
+  [[nodiscard]] const LlamaConfig& config() const { return weights_->config; }
+
+  void set_summary_ratio(int ratio);
+  void set_keep_log_probs(bool keep) { options_.keep_log_probs = keep; }
+  /// Teacher forcing for request `index`: feed tokens[t] at step t (tokens[0] = x_P) for
+  /// t < steps; needs tokens.size() > steps. clear_forced() returns to free running.
+  void set_forced_tokens(int64_t index, std::vector<int32_t> tokens, int64_t steps);
+  void clear_forced();
+
+  /// The output of the latest finished session of request `index`.
+  [[nodiscard]] LiveOutput output(int64_t index) const;
+
+ private:
+  friend class LiveSession;
+  struct Prefilled {
+    std::unique_ptr<LlamaDecoder> decoder;
+    StepResult result;
+    double seconds = 0;
+  };
+  /// A decoder holding request `index`'s prefilled prompt, and the prefill's result.
+  Prefilled prefilled(int64_t index);
+  [[nodiscard]] bool is_stop(int32_t token) const;
+  void store_output(int64_t index, LiveOutput out);
+
+  std::shared_ptr<const LlamaWeights> weights_;
+  std::vector<int32_t> stop_tokens_;
+  std::vector<LiveRequest> requests_;
+  LiveOptions options_;
+  Geometry geometry_;
+
+  std::vector<std::vector<int32_t>> forced_;  // per request; empty = free running
+  std::vector<int64_t> forced_steps_;
+
+  mutable std::mutex mutex_;
+  int64_t cached_index_ = -1;
+  std::unique_ptr<LlamaDecoder> cached_decoder_;
+  StepResult cached_result_;
+  std::vector<LiveOutput> outputs_;
+};
+
+}  // namespace kvlab

@@ -1,0 +1,198 @@
+// kvlab generate: text generation with the live CPU backend, under full attention or a policy.
+// A hidden-ish extra, --dump-logits, writes the model's logits at chosen prompt positions for
+// the comparison against an independent implementation (scripts/compare_logits.py).
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "backends/cpu/live_backend.hpp"
+#include "cli/args.hpp"
+#include "cli/commands.hpp"
+#include "cli/live_common.hpp"
+#include "cli/output.hpp"
+#include "core/engine.hpp"
+#include "core/error.hpp"
+
+namespace kvlab::cli {
+namespace {
+
+CommandSpec generate_spec() {
+  CommandSpec spec{
+      "kvlab generate --prompt TEXT [--max-tokens N] [--policy SPEC] [options]",
+      "Generates a continuation of a prompt with the CPU decoder (closed loop): at each step the\n"
+      "policy decides which KV chunks are resident and attention reads only those, so the policy\n"
+      "changes the text. Greedy by default; --temperature T > 0 samples (seeded by --seed).\n"
+      "The text goes to stdout, prefill and decode speed to stderr.",
+      {{"prompt", "TEXT", "the prompt (raw text; add --chat for the chat template)", ""},
+       {"prompt-file", "FILE", "read the prompt from FILE instead", ""},
+       {"chat", "", "wrap the prompt in SmolLM2's ChatML template as a user turn", ""},
+       {"max-tokens", "N", "tokens to generate at most (stops earlier at EOS)", "64"},
+       {"policy", "SPEC", "KV policy (see kvlab policies); oracles cannot run live", "full"},
+       {"summaries", "auto|on|off", "summary entries in attention: auto = the policy's summary_ratio", "auto"},
+       {"temperature", "T", "0 = greedy; > 0 samples from softmax(logits / T)", "0"},
+       {"seed", "S", "sampling seed", "0"},
+       {"plugin", "LIB", "load a shared library that registers policies", "", true},
+       {"dump-logits", "FILE", "write float32 logits at --positions as .npy (+ FILE.json) and exit", ""},
+       {"positions", "LIST", "comma-separated prompt positions for --dump-logits", ""}},
+      {},
+      "example:\n"
+      "  kvlab generate --prompt \"The capital of France is\" --max-tokens 8\n"
+      "  kvlab generate --prompt-file doc.txt --chat --policy sliding_window:window=512,sinks=64"};
+  auto model = live_model_flags();
+  spec.flags.insert(spec.flags.begin(), model.begin(), model.end());
+  return spec;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path + ": cannot read the prompt file");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<int64_t> parse_positions(const std::string& text, int64_t n_tokens) {
+  std::vector<int64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const int64_t p = parse_int(item, "--positions");
+    if (p < 0 || p >= n_tokens) {
+      throw UsageError("--positions: " + std::to_string(p) + " is outside the prompt's " + std::to_string(n_tokens) +
+                       " tokens");
+    }
+    out.push_back(p);
+  }
+  if (out.empty()) throw UsageError("--dump-logits needs --positions (e.g. 0,1,100)");
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+/// A float32 [rows × cols] .npy file (format version 1.0).
+std::string npy_f32(const std::vector<float>& data, int64_t rows, int64_t cols) {
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(rows) + ", " +
+                       std::to_string(cols) + "), }";
+  const size_t unpadded = 10 + header.size() + 1;
+  header += std::string((64 - unpadded % 64) % 64, ' ') + "\n";
+  std::string out = "\x93NUMPY";
+  out += '\x01';
+  out += '\x00';
+  const auto len = static_cast<uint16_t>(header.size());
+  out += static_cast<char>(len & 0xFF);
+  out += static_cast<char>(len >> 8);
+  out += header;
+  const size_t bytes = data.size() * sizeof(float);
+  const size_t at = out.size();
+  out.resize(at + bytes);
+  std::memcpy(out.data() + at, data.data(), bytes);  // little-endian hosts only (x86, arm64)
+  return out;
+}
+
+/// Logits at each position, prefilling the prompt up to it piece by piece.
+int dump_logits(const LiveModel& model, const DecoderOptions& options, const std::vector<int32_t>& tokens,
+                const std::string& text, const std::string& positions_text, const std::string& path) {
+  const std::vector<int64_t> positions = parse_positions(positions_text, static_cast<int64_t>(tokens.size()));
+  live_check_context(model, options, positions.back() + 1, "--positions");
+  LlamaDecoder decoder(model.weights, options);
+  const int64_t vocab = model.weights->config.vocab;
+  std::vector<float> logits;
+  int64_t next = 0;
+  for (int64_t p : positions) {
+    const StepResult r = decoder.prefill(std::span<const int32_t>(tokens).subspan(next, p + 1 - next));
+    logits.insert(logits.end(), r.logits.data(), r.logits.data() + vocab);
+    next = p + 1;
+  }
+  write_file_atomic(path, npy_f32(logits, static_cast<int64_t>(positions.size()), vocab));
+  const nlohmann::json meta = {{"model", model.path},
+                               {"positions", positions},
+                               {"tokens", tokens},
+                               {"tokens_run", next},
+                               {"text", text},
+                               {"logits_file", path},
+                               {"logits_shape", {positions.size(), vocab}}};
+  write_file_atomic(path + ".json", meta.dump() + "\n");
+  std::cout << "wrote " << path << " (" << positions.size() << " x " << vocab << " float32) and " << path
+            << ".json\n";
+  return 0;
+}
+
+}  // namespace
+
+int run_generate(const Argv& argv) {
+  const CommandSpec spec = generate_spec();
+  const Args args = Args::parse(spec, argv);
+  if (args.help()) {
+    std::cout << spec.help_text();
+    return 0;
+  }
+  if (args.has("prompt") == args.has("prompt-file")) throw UsageError("give exactly one of --prompt and --prompt-file");
+  const DecoderOptions decoder = live_decoder_options(args);
+  const int64_t max_tokens = args.get_int("max-tokens");
+  if (max_tokens < 1 || max_tokens > 1 << 20) throw UsageError("--max-tokens must be between 1 and 1048576");
+  const double temperature = args.get_double("temperature");
+  if (!(temperature >= 0) || temperature > 1e6) throw UsageError("--temperature must be between 0 and 1e6");
+  const int64_t seed = args.get_int("seed");
+  if (seed < 0) throw UsageError("--seed must not be negative");
+  load_plugins(args.get_all("plugin"));
+  const ResolvedPolicy policy = PolicyRegistry::instance().resolve(args.get("policy"));
+  if (policy.descriptor->oracle) {
+    throw UsageError("--policy " + policy.label +
+                     ": oracles need attention before it is computed and cannot run live; record a trace and replay it");
+  }
+  const int summary_ratio = live_summary_ratio(policy, args.get("summaries"));
+
+  const LiveModel model = live_load_model(args);
+  const std::string text = args.has("prompt") ? args.get("prompt") : read_text(args.get("prompt-file"));
+  const std::string where = args.has("prompt") ? "--prompt" : "--prompt-file";
+  if (model.tokenizer->encode(text).empty()) throw InputError(where + ": the prompt tokenizes to no tokens");
+  const std::vector<int32_t> tokens =
+      model.tokenizer->encode(args.has("chat") ? chat_prompt({{"user", text}}, true) : text);
+
+  if (args.has("dump-logits")) {
+    return dump_logits(model, decoder, tokens, text, args.get("positions"), args.get("dump-logits"));
+  }
+  if (args.has("positions")) throw UsageError("--positions is only for --dump-logits");
+  const auto n_prompt = static_cast<int64_t>(tokens.size());
+  live_check_context(model, decoder, n_prompt + max_tokens - 1, where + " (" + std::to_string(n_prompt) +
+                                                                   " tokens) with --max-tokens");
+
+  LiveOptions options;
+  options.decoder = decoder;
+  options.temperature = temperature;
+  options.sampling_seed = static_cast<uint64_t>(seed);
+  options.summary_ratio = summary_ratio;
+  options.reference_mass = false;  // nothing reads recall here
+  LiveRequest request;
+  request.info.id = "prompt";
+  request.info.workload = "generate";
+  request.info.decode_steps = max_tokens - 1;  // prefill yields the first token
+  request.prompt = tokens;
+  LiveBackend backend(model.weights, model.stop_tokens, {request}, options);
+  EngineOptions engine;
+  engine.threads = 1;  // the decoder itself uses every core
+  const std::vector<PolicyResult> results = run_engine(backend, {policy}, engine);
+
+  const LiveOutput out = backend.output(0);
+  std::vector<int32_t> generated = out.tokens;
+  if (!generated.empty() && std::find(model.stop_tokens.begin(), model.stop_tokens.end(), generated.back()) !=
+                                model.stop_tokens.end()) {
+    generated.pop_back();
+  }
+  std::cout << model.tokenizer->decode(generated, /*skip_special=*/true) << "\n";
+  std::cerr << std::fixed << std::setprecision(1) << "prefill: " << n_prompt << " tokens in " << std::setprecision(2)
+            << out.prefill_seconds << " s (" << std::setprecision(1)
+            << static_cast<double>(n_prompt) / std::max(out.prefill_seconds, 1e-9) << " tok/s); decode: " << out.steps
+            << " steps in " << std::setprecision(2) << out.decode_seconds << " s (" << std::setprecision(1)
+            << static_cast<double>(out.steps) / std::max(out.decode_seconds, 1e-9) << " tok/s); policy "
+            << policy.label << ", mean footprint " << std::setprecision(3)
+            << (results.empty() ? 1.0 : results[0].footprint_mean_ratio) << "\n";
+  return 0;
+}
+
+}  // namespace kvlab::cli

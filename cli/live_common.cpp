@@ -1,0 +1,78 @@
+#include "cli/live_common.hpp"
+
+#include <iostream>
+
+#include "backends/model/llama_weights.hpp"
+#include "core/error.hpp"
+
+namespace kvlab::cli {
+
+std::vector<FlagSpec> live_model_flags() {
+  return {{"model", "FILE", "GGUF model (Llama architecture); default: $KVLAB_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf",
+           ""},
+          {"chunk-tokens", "N", "tokens per KV chunk (the unit of residency)", "64"},
+          {"feature-layer", "L", "layer whose input hidden state is the query feature; -1 = n_layers/2", "-1"},
+          {"chunk-features", "keys|hidden", "chunk features: mean post-RoPE keys or mean hidden states of the feature layer",
+           "keys"},
+          {"rope-scaling", "SPEC", "none, linear:FACTOR or ntk:FACTOR; needed past the trained context", "none"},
+          {"prefill-block", "N", "prompt tokens per prefill block", "256"},
+          {"threads", "N", "decoder threads; 0 = all cores", "0"}};
+}
+
+DecoderOptions live_decoder_options(const Args& args) {
+  DecoderOptions o;
+  const int64_t chunk = args.get_int("chunk-tokens");
+  if (chunk < 1 || chunk > 65536) throw UsageError("--chunk-tokens must be between 1 and 65536");
+  o.chunk_tokens = static_cast<int>(chunk);
+  const int64_t layer = args.get_int("feature-layer");
+  if (layer < -1 || layer > 4096) throw UsageError("--feature-layer must be -1 or a layer index");
+  o.feature_layer = static_cast<int>(layer);
+  const std::string source = args.get("chunk-features");
+  if (source == "keys") {
+    o.chunk_feature_source = ChunkFeatureSource::kKeys;
+  } else if (source == "hidden") {
+    o.chunk_feature_source = ChunkFeatureSource::kHidden;
+  } else {
+    throw UsageError("--chunk-features must be keys or hidden, got '" + source + "'");
+  }
+  o.rope_scaling = parse_rope_scaling(args.get("rope-scaling"), "--rope-scaling");
+  const int64_t block = args.get_int("prefill-block");
+  if (block < 1 || block > 65536) throw UsageError("--prefill-block must be between 1 and 65536");
+  o.prefill_block = static_cast<int>(block);
+  const int64_t threads = args.get_int("threads");
+  if (threads < 0 || threads > 4096) throw UsageError("--threads must be between 0 and 4096");
+  o.threads = static_cast<int>(threads);
+  return o;
+}
+
+LiveModel live_load_model(const Args& args) {
+  const std::string path = args.has("model") ? args.get("model") : default_model_path().string();
+  return load_live_model(path);
+}
+
+void live_check_context(const LiveModel& model, const DecoderOptions& options, int64_t positions,
+                        const std::string& flag) {
+  const LlamaDecoder probe(model.weights, options);
+  const int64_t limit = probe.max_context();
+  if (positions <= limit) return;
+  const bool scaled = options.rope_scaling.kind != RopeScaling::Kind::kNone;
+  throw InputError(flag + ": " + std::to_string(positions) + " positions exceed the " +
+                   (scaled ? "rope-scaled context of " : "model's trained context of ") + std::to_string(limit) +
+                   " tokens" + (scaled ? "; use a larger factor" : "; pass --rope-scaling linear:F or ntk:F to extend it"));
+}
+
+int live_summary_ratio(const ResolvedPolicy& policy, const std::string& mode) {
+  if (mode != "auto" && mode != "on" && mode != "off") {
+    throw UsageError("--summaries must be auto, on or off, got '" + mode + "'");
+  }
+  if (mode == "off") return 0;
+  int ratio = 0;
+  const auto& values = policy.params.values();
+  if (const auto it = values.find("summary_ratio"); it != values.end()) ratio = std::stoi(it->second);
+  if (mode == "on" && ratio <= 0) ratio = 128;
+  return ratio;
+}
+
+void live_note(const std::string& text) { std::cerr << "note: " << text << "\n"; }
+
+}  // namespace kvlab::cli

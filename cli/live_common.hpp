@@ -1,0 +1,39 @@
+// Flags and set-up shared by the live commands (kvlab generate | run | record): the model and
+// decoder flags, loading the model with one-line errors, the context-length check and the
+// summary tier each policy gets in attention.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/live_model.hpp"
+#include "cli/args.hpp"
+#include "core/registry.hpp"
+
+namespace kvlab::cli {
+
+/// --model, --chunk-tokens, --feature-layer, --chunk-features, --rope-scaling, --prefill-block,
+/// --threads.
+std::vector<FlagSpec> live_model_flags();
+
+/// Decoder options from those flags (UsageError naming the flag).
+DecoderOptions live_decoder_options(const Args& args);
+
+/// Loads --model (default: scripts/fetch-model.sh's file).
+LiveModel live_load_model(const Args& args);
+
+/// InputError naming `flag` when `positions` exceed the model's usable context (the trained
+/// context unless --rope-scaling stretches it).
+void live_check_context(const LiveModel& model, const DecoderOptions& options, int64_t positions,
+                        const std::string& flag);
+
+/// Tokens per summary entry in attention for `policy` under --summaries MODE: "off" → 0;
+/// "auto" → the policy's own summary_ratio parameter (LSA's compressed tier), else 0; "on" →
+/// that parameter when positive, else 128.
+int live_summary_ratio(const ResolvedPolicy& policy, const std::string& mode);
+
+/// One line on stderr: "note: ...".
+void live_note(const std::string& text);
+
+}  // namespace kvlab::cli

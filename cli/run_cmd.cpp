@@ -1,0 +1,338 @@
+// kvlab run: closed-loop evaluation on the real model. For each policy: task accuracy next to
+// the footprint and recall metrics, plus agreement with full attention.
+//
+// Agreement is measured teacher-forced: full attention runs first (free running) and its
+// tokens and next-token distributions are kept; each other policy then runs a second pass that
+// feeds full attention's tokens while attending over the policy's resident set, and every
+// step's next-token distribution is compared with full's: the mean KL(full ‖ policy) over
+// steps, and the fraction of steps whose argmax equals full's. Teacher forcing keeps the two
+// runs on the same positions, so a single early divergence does not make every later step
+// incomparable. Accuracy comes from the free-running pass (the policy's own tokens).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "backends/cpu/live_backend.hpp"
+#include "cli/args.hpp"
+#include "cli/commands.hpp"
+#include "cli/live_common.hpp"
+#include "cli/output.hpp"
+#include "cli/version.hpp"
+#include "core/engine.hpp"
+#include "core/error.hpp"
+
+namespace kvlab::cli {
+namespace {
+
+CommandSpec run_spec() {
+  CommandSpec spec{
+      "kvlab run --task NAME --context-tokens N --samples K --policy SPEC [--policy SPEC ...] [options]",
+      "Closed-loop evaluation on the real model: every policy decides, step by step, which KV\n"
+      "chunks attention reads. Reports per policy the task accuracy (free-running generation,\n"
+      "scored like RULER), footprint and recall (against full attention of the same step), and\n"
+      "agreement with full attention measured teacher-forced: the mean KL(full || policy) of the\n"
+      "next-token distribution and the fraction of steps whose greedy token equals full's.\n"
+      "Oracle policies cannot run live and are skipped with a note.",
+      {{"task", "NAME", "task (niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe)",
+        "niah_single"},
+       {"context-tokens", "N", "prompt length target in tokens (template included)", "4096"},
+       {"samples", "K", "task samples (requests)", "20"},
+       {"seed", "S", "task seed", "0"},
+       {"policy", "SPEC", "policy spec name[:key=value,...] (see kvlab policies)", "", true, true},
+       {"plugin", "LIB", "load a shared library that registers policies", "", true},
+       {"max-tokens", "N", "tokens generated at most per request (stops at EOS)", "16"},
+       {"summaries", "auto|on|off", "summary entries in attention: auto = the policy's summary_ratio", "auto"},
+       {"agreement", "on|off", "measure agreement with full attention (a teacher-forced pass per policy)", "on"},
+       {"critical-mass", "P", "mass threshold p of the critical set, 0 < p <= 1", "0.9"},
+       {"json", "", "print a JSON array (one object per policy) instead of the table", ""},
+       {"out-dir", "DIR", "also write results.json, generations.json and config.json into DIR", ""}},
+      {},
+      "example:\n"
+      "  kvlab run --task niah_single --context-tokens 4096 --samples 20 --policy full \\\n"
+      "            --policy sliding_window:window=512,sinks=64 --json"};
+  auto model = live_model_flags();
+  spec.flags.insert(spec.flags.begin(), model.begin(), model.end());
+  return spec;
+}
+
+/// Request `index` of a live backend as a backend of its own, so the engine runs one request
+/// at a time through every policy and the backend's prefill is reused across them.
+class OneRequest final : public Backend {
+ public:
+  OneRequest(LiveBackend& live, int64_t index) : live_(live), index_(index) {}
+  [[nodiscard]] const Geometry& geometry() const override { return live_.geometry(); }
+  [[nodiscard]] RowLayout rows() const override { return live_.rows(); }
+  [[nodiscard]] int64_t requests() const override { return 1; }
+  [[nodiscard]] std::unique_ptr<RequestSession> open(int64_t) override { return live_.open(index_); }
+  [[nodiscard]] RequestInfo request_info(int64_t) override { return live_.request_info(index_); }
+  [[nodiscard]] bool closed_loop() const override { return true; }
+  [[nodiscard]] std::string describe() const override { return live_.describe(); }
+
+ private:
+  LiveBackend& live_;
+  int64_t index_;
+};
+
+/// Per policy, over all requests.
+struct Totals {
+  std::vector<PolicyResult> per_request;
+  double accuracy_sum = 0;
+  double kl_sum = 0;
+  int64_t agree = 0;
+  int64_t compared = 0;
+  double decode_seconds = 0;
+  int64_t decode_steps = 0;
+};
+
+/// Step-weighted means, summed totals and maxima over per-request results (every live step
+/// has a reference, so recall means are step-weighted too).
+PolicyResult merge(const std::vector<PolicyResult>& parts) {
+  PolicyResult m = parts.front();
+  m.requests = 0;
+  m.steps = 0;
+  m.footprint_peak_bytes = m.full_peak_bytes = m.fetch_bytes = m.late_fetches = 0;
+  double* means[] = {&m.footprint_mean_ratio, &m.footprint_mean_bytes, &m.hbm_kv_mean_bytes,
+                     &m.hbm_summary_mean_bytes, &m.hbm_index_mean_bytes, &m.host_mean_bytes,
+                     &m.critical_recall, &m.mass_recall, &m.critical_set_mean_size};
+  for (double* v : means) *v = 0;
+  for (const PolicyResult& p : parts) {
+    m.requests += p.requests;
+    m.footprint_peak_bytes = std::max(m.footprint_peak_bytes, p.footprint_peak_bytes);
+    m.full_peak_bytes = std::max(m.full_peak_bytes, p.full_peak_bytes);
+    m.fetch_bytes += p.fetch_bytes;
+    m.late_fetches += p.late_fetches;
+    if (p.steps == 0) continue;
+    m.steps += p.steps;
+    const double w = static_cast<double>(p.steps);
+    const double src[] = {p.footprint_mean_ratio, p.footprint_mean_bytes, p.hbm_kv_mean_bytes,
+                          p.hbm_summary_mean_bytes, p.hbm_index_mean_bytes, p.host_mean_bytes,
+                          p.critical_recall, p.mass_recall, p.critical_set_mean_size};
+    for (size_t i = 0; i < std::size(means); ++i) *means[i] += w * src[i];
+  }
+  for (double* v : means) *v = m.steps > 0 ? *v / static_cast<double>(m.steps) : std::nan("");
+  return m;
+}
+
+std::string generated_text(const LiveModel& model, std::vector<int32_t> tokens) {
+  if (!tokens.empty() && std::find(model.stop_tokens.begin(), model.stop_tokens.end(), tokens.back()) !=
+                             model.stop_tokens.end()) {
+    tokens.pop_back();
+  }
+  return model.tokenizer->decode(tokens, /*skip_special=*/true);
+}
+
+std::string fixed(double v, int digits) {
+  if (!std::isfinite(v)) return "n/a";
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(digits) << v;
+  return out.str();
+}
+
+}  // namespace
+
+int run_run(const Argv& argv) {
+  const CommandSpec spec = run_spec();
+  const Args args = Args::parse(spec, argv);
+  if (args.help()) {
+    std::cout << spec.help_text();
+    return 0;
+  }
+  const DecoderOptions decoder = live_decoder_options(args);
+  const int64_t context = args.get_int("context-tokens");
+  if (context < 1 || context > 1 << 22) throw UsageError("--context-tokens must be between 1 and 4194304");
+  const int64_t samples = args.get_int("samples");
+  if (samples < 1 || samples > 100000) throw UsageError("--samples must be between 1 and 100000");
+  const int64_t seed = args.get_int("seed");
+  if (seed < 0) throw UsageError("--seed must not be negative");
+  const int64_t max_tokens = args.get_int("max-tokens");
+  if (max_tokens < 1 || max_tokens > 4096) throw UsageError("--max-tokens must be between 1 and 4096");
+  const std::string agreement_mode = args.get("agreement");
+  if (agreement_mode != "on" && agreement_mode != "off") throw UsageError("--agreement must be on or off");
+  const bool agreement = agreement_mode == "on";
+  EngineOptions engine;
+  engine.threads = 1;  // the decoder uses every core itself
+  engine.critical_mass = args.get_double("critical-mass");
+  if (!(engine.critical_mass > 0 && engine.critical_mass <= 1)) throw UsageError("--critical-mass must be in (0, 1]");
+
+  load_plugins(args.get_all("plugin"));
+  std::vector<ResolvedPolicy> policies;
+  std::vector<int> summary_ratios;
+  std::vector<std::string> oracles;
+  for (const auto& text : args.get_all("policy")) {
+    ResolvedPolicy p = PolicyRegistry::instance().resolve(text);
+    if (p.descriptor->oracle) {
+      oracles.push_back(p.label);
+      continue;
+    }
+    summary_ratios.push_back(live_summary_ratio(p, args.get("summaries")));
+    policies.push_back(std::move(p));
+  }
+  if (policies.empty()) throw UsageError("--policy: only oracle policies given; oracles cannot run live");
+  for (const auto& label : oracles) {
+    live_note("skipping oracle policy " + label +
+              ": it reads attention before it is computed, which a live run cannot give (replay a recorded trace)");
+  }
+  const ResolvedPolicy full = PolicyRegistry::instance().resolve("full");
+
+  const LiveModel model = live_load_model(args);
+  live_check_context(model, decoder, context + max_tokens - 1, "--context-tokens plus --max-tokens");
+  std::vector<TaskSample> task_samples;
+  std::vector<LiveRequest> requests = task_requests(*model.tokenizer, args.get("task"), context,
+                                                    static_cast<int>(samples), static_cast<uint64_t>(seed),
+                                                    max_tokens - 1, &task_samples);
+  LiveOptions options;
+  options.decoder = decoder;
+  LiveBackend backend(model.weights, model.stop_tokens, std::move(requests), options);
+
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<Totals> totals(policies.size());
+  nlohmann::json generations = nlohmann::json::array();
+  double prefill_seconds = 0;
+  int64_t prefill_tokens = 0;
+  for (int64_t i = 0; i < backend.requests(); ++i) {
+    OneRequest one(backend, i);
+    const TaskSample& sample = task_samples[static_cast<size_t>(i)];
+    nlohmann::json gen = {{"id", backend.request(i).info.id},
+                          {"prompt_tokens", backend.request(i).info.prompt_tokens},
+                          {"expected", sample.expected},
+                          {"needle_depth", sample.needle_depth}};
+    // Full attention's free run: the tokens and distributions the others are compared with.
+    LiveOutput reference;
+    std::vector<PolicyResult> full_result;
+    if (agreement) {
+      backend.clear_forced();
+      backend.set_summary_ratio(0);
+      backend.set_keep_log_probs(true);
+      full_result = run_engine(one, {full}, engine);
+      reference = backend.output(i);
+      prefill_seconds += reference.prefill_seconds;
+      prefill_tokens += backend.request(i).info.prompt_tokens;
+    }
+    for (size_t k = 0; k < policies.size(); ++k) {
+      Totals& tot = totals[k];
+      const bool is_full = policies[k].label == full.label && summary_ratios[k] == 0;
+      LiveOutput free;
+      if (is_full && agreement) {
+        tot.per_request.push_back(full_result.front());
+        free = reference;
+      } else {
+        backend.clear_forced();
+        backend.set_summary_ratio(summary_ratios[k]);
+        backend.set_keep_log_probs(false);
+        tot.per_request.push_back(run_engine(one, {policies[k]}, engine).front());
+        free = backend.output(i);
+        if (free.prefill_seconds > 0) {
+          prefill_seconds += free.prefill_seconds;
+          prefill_tokens += backend.request(i).info.prompt_tokens;
+        }
+      }
+      const std::string text = generated_text(model, free.tokens);
+      const double score = score_answer(sample, text);
+      tot.accuracy_sum += score;
+      tot.decode_seconds += free.decode_seconds;
+      tot.decode_steps += free.steps;
+      gen["outputs"][policies[k].label] = {{"text", text}, {"score", score}};
+      if (!agreement) continue;
+      if (is_full) {
+        tot.agree += reference.steps;
+        tot.compared += reference.steps;
+        continue;
+      }
+      backend.set_forced_tokens(i, reference.tokens, reference.steps);
+      backend.set_keep_log_probs(true);
+      (void)run_engine(one, {policies[k]}, engine);
+      const LiveOutput forced = backend.output(i);
+      backend.clear_forced();
+      for (size_t t = 0; t < forced.log_probs.size() && t < reference.log_probs.size(); ++t) {
+        const std::vector<float>& lf = reference.log_probs[t];
+        const std::vector<float>& lp = forced.log_probs[t];
+        double kl = 0;
+        for (size_t v = 0; v < lf.size(); ++v) kl += std::exp(static_cast<double>(lf[v])) * (lf[v] - lp[v]);
+        tot.kl_sum += std::max(kl, 0.0);
+        const auto top_f = std::max_element(lf.begin(), lf.end()) - lf.begin();
+        const auto top_p = std::max_element(lp.begin(), lp.end()) - lp.begin();
+        tot.agree += top_f == top_p ? 1 : 0;
+        tot.compared += 1;
+      }
+    }
+    generations.push_back(gen);
+    std::cerr << "run: request " << (i + 1) << "/" << backend.requests() << " done\n";
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  nlohmann::json out = nlohmann::json::array();
+  std::vector<PolicyResult> merged;
+  for (size_t k = 0; k < policies.size(); ++k) {
+    const Totals& tot = totals[k];
+    PolicyResult r = merge(tot.per_request);
+    merged.push_back(r);
+    nlohmann::json obj = results_json({r})[0];
+    const double n = static_cast<double>(backend.requests());
+    obj["accuracy"] = tot.accuracy_sum / n;
+    obj["summary_ratio"] = summary_ratios[k];
+    if (agreement && tot.compared > 0) {
+      obj["kl_mean"] = tot.kl_sum / static_cast<double>(tot.compared);
+      obj["top1_agreement"] = static_cast<double>(tot.agree) / static_cast<double>(tot.compared);
+    } else {
+      obj["kl_mean"] = nullptr;
+      obj["top1_agreement"] = nullptr;
+    }
+    obj["agreement_steps"] = tot.compared;
+    obj["decode_tokens_per_s"] = tot.decode_seconds > 0 ? static_cast<double>(tot.decode_steps) / tot.decode_seconds : 0.0;
+    out.push_back(obj);
+  }
+
+  if (args.has("out-dir")) {
+    nlohmann::json config = {{"command", "run"},
+                             {"kvlab_version", kVersion},
+                             {"git_revision", kGitRevision},
+                             {"model", model.path},
+                             {"backend", backend.describe()},
+                             {"flags", args.resolved()},
+                             {"prefill_tokens_per_s", prefill_seconds > 0 ? prefill_tokens / prefill_seconds : 0.0},
+                             {"seconds", seconds}};
+    const std::string dir = args.get("out-dir");
+    write_file_atomic(dir + "/results.json", out.dump(2) + "\n");
+    write_file_atomic(dir + "/generations.json", generations.dump(2) + "\n");
+    write_file_atomic(dir + "/config.json", config.dump(2) + "\n");
+  }
+  if (args.has("json")) {
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  const std::vector<std::string> head = {"policy", "accuracy", "footprint", "crit.recall", "mass recall",
+                                         "KL(full||p)", "top-1 agree"};
+  std::vector<std::vector<std::string>> rows;
+  for (size_t k = 0; k < policies.size(); ++k) {
+    const nlohmann::json& o = out[k];
+    rows.push_back({policies[k].label + (summary_ratios[k] > 0 ? " +summaries" : ""), fixed(o["accuracy"], 3),
+                    fixed(merged[k].footprint_mean_ratio, 3), fixed(merged[k].critical_recall, 4),
+                    fixed(merged[k].mass_recall, 4), o["kl_mean"].is_null() ? "n/a" : fixed(o["kl_mean"], 4),
+                    o["top1_agreement"].is_null() ? "n/a" : fixed(o["top1_agreement"], 3)});
+  }
+  std::vector<size_t> width(head.size());
+  for (size_t c = 0; c < head.size(); ++c) {
+    width[c] = head[c].size();
+    for (const auto& row : rows) width[c] = std::max(width[c], row[c].size());
+  }
+  auto line = [&](const std::vector<std::string>& cells) {
+    for (size_t c = 0; c < cells.size(); ++c) {
+      std::cout << (c == 0 ? "" : "  ") << (c == 0 ? std::left : std::right)
+                << std::setw(static_cast<int>(width[c])) << cells[c];
+    }
+    std::cout << std::left << "\n";
+  };
+  line(head);
+  for (const auto& row : rows) line(row);
+  std::cout << "\n" << backend.requests() << " request(s) of " << args.get("task") << " at " << context
+            << " tokens in " << fixed(seconds, 1) << " s; prefill "
+            << fixed(prefill_seconds > 0 ? prefill_tokens / prefill_seconds : 0.0, 1) << " tok/s\n";
+  return 0;
+}
+
+}  // namespace kvlab::cli

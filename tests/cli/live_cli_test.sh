@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Tests of the live commands (kvlab generate | run | record) as a user sees them: --help,
+# one-line errors for bad input (missing model, wrong architecture, truncated GGUF, context too
+# long, empty prompt), and, with the real model present, a Paris completion, a small closed-loop
+# run and a small recording that validates and replays with recall 1 under full attention.
+# The model-dependent part is skipped (exit 0) when models/SmolLM2-135M-Instruct.Q4_1.gguf (or
+# $KVLAB_MODEL) is absent: scripts/fetch-model.sh fetches it.
+# usage: live_cli_test.sh PATH/TO/kvlab SOURCE_DIR
+set -uo pipefail
+
+kvlab="$1"
+src="$2"
+model="${KVLAB_MODEL:-${src}/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+work="$(mktemp -d "${TMPDIR:-/tmp}/kvlab_live_cli_test.XXXXXX")"
+trap 'rm -rf "${work}"' EXIT
+# Spinning OpenMP threads stall each other when tests run in parallel on few cores.
+export OMP_WAIT_POLICY=passive
+failures=0
+checks=0
+
+fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+
+# expect CODE NEEDLE -- ARGS...: exit code, NEEDLE in stdout+stderr, one-line errors.
+expect() {
+  local code="$1" needle="$2"
+  shift 3
+  checks=$((checks + 1))
+  "${kvlab}" "$@" >"${work}/out.txt" 2>"${work}/err.txt"
+  local rc=$?
+  if [[ ${rc} -ne ${code} ]]; then
+    fail "kvlab $* exited ${rc}, expected ${code}; stderr: $(head -c 400 "${work}/err.txt")"
+    return
+  fi
+  if [[ -n "${needle}" ]] && ! grep -qF -- "${needle}" "${work}/out.txt" "${work}/err.txt"; then
+    fail "kvlab $*: output lacks '${needle}': $(head -c 400 "${work}/out.txt" "${work}/err.txt")"
+  fi
+  if [[ ${code} -ne 0 ]]; then
+    local lines
+    lines=$(grep -c . "${work}/err.txt")
+    if [[ ${lines} -ne 1 ]] || ! grep -q '^kvlab: error: ' "${work}/err.txt"; then
+      fail "kvlab $*: error is not one 'kvlab: error:' line: $(cat "${work}/err.txt")"
+    fi
+  fi
+}
+
+# ---- without the model ------------------------------------------------------------------
+for sub in generate run record; do
+  expect 0 "usage: kvlab ${sub}" -- "${sub}" --help
+done
+expect 1 "scripts/fetch-model.sh" -- generate --model "${work}/absent.gguf" --prompt hi
+expect 2 "--rope-scaling" -- generate --model "${work}/absent.gguf" --prompt hi --rope-scaling cubic:2
+expect 2 "--policy" -- run --model "${work}/absent.gguf" --policy oracle_topk
+expect 2 "--prompt" -- generate --model "${work}/absent.gguf"
+
+# A well-formed GGUF of another architecture.
+python3 - "${work}/gpt2.gguf" <<'PY'
+import struct, sys
+def s(x): b = x.encode(); return struct.pack("<Q", len(b)) + b
+kv = s("general.architecture") + struct.pack("<I", 8) + s("gpt2")
+open(sys.argv[1], "wb").write(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv)
+PY
+expect 1 "gpt2" -- generate --model "${work}/gpt2.gguf" --prompt hi
+
+if [[ ! -f "${model}" ]]; then
+  echo "live_cli_test: ${model} absent (scripts/fetch-model.sh fetches it): model checks skipped;" \
+       "${checks} checks, ${failures} failures"
+  [[ ${failures} -eq 0 ]]
+  exit $?
+fi
+
+# ---- with the model ---------------------------------------------------------------------
+head -c 3000000 "${model}" >"${work}/truncated.gguf"
+expect 1 "truncated.gguf" -- generate --model "${work}/truncated.gguf" --prompt hi
+expect 1 "no tokens" -- generate --model "${model}" --prompt ""
+expect 1 "--rope-scaling" -- record --model "${model}" --context-tokens 9000 --samples 1 --steps 4 \
+  --out "${work}/long.h5"
+expect 0 "Paris" -- generate --model "${model}" --prompt "The capital of France is" --max-tokens 4
+expect 0 "" -- generate --model "${model}" --prompt "Once upon a time" --max-tokens 4 --temperature 0.8 --seed 3 \
+  --policy sliding_window:window=64,sinks=4 --chunk-tokens 4
+
+trace="${work}/real.h5"
+expect 0 "wrote ${trace}" -- record --model "${model}" --context-tokens 256 --samples 2 --steps 3 --out "${trace}"
+expect 0 "valid" -- trace validate "${trace}"
+expect 0 "" -- replay --trace "${trace}" --policy full --json
+checks=$((checks + 1))
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert abs(d[0]["critical_recall"]-1)<1e-9 and d[0]["steps"]==6, d' \
+  "${work}/out.txt" || fail "replay of a recorded trace under full attention: recall is not 1"
+
+expect 0 "skipping oracle policy" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 4 \
+  --policy full --policy sliding_window:window=64,sinks=64 --policy oracle_topk --json
+checks=$((checks + 1))
+python3 - "${work}/out.txt" <<'PY' || fail "kvlab run --json fields"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [r["name"] for r in d] == ["full", "sliding_window"], d
+full, win = d
+assert full["top1_agreement"] == 1 and full["kl_mean"] == 0, full
+assert 0 <= win["accuracy"] <= 1 and win["kl_mean"] >= 0 and 0 <= win["top1_agreement"] <= 1, win
+assert win["footprint_mean_ratio"] < full["footprint_mean_ratio"], d
+PY
+
+echo "live_cli_test: ${checks} checks, ${failures} failures"
+[[ ${failures} -eq 0 ]]
