@@ -19,6 +19,16 @@ std::vector<FlagSpec> live_model_flags() {
           {"threads", "N", "decoder threads; 0 = all cores", "0"}};
 }
 
+TaskSetFlags live_task_set(const Args& args) {
+  const int64_t context = args.get_int("context-tokens");
+  if (context < 1 || context > 1 << 22) throw UsageError("--context-tokens must be between 1 and 4194304");
+  const int64_t samples = args.get_int("samples");
+  if (samples < 1 || samples > 100000) throw UsageError("--samples must be between 1 and 100000");
+  const int64_t seed = args.get_int("seed");
+  if (seed < 0) throw UsageError("--seed must not be negative");
+  return {context, samples, seed};
+}
+
 DecoderOptions live_decoder_options(const Args& args) {
   DecoderOptions o;
   const int64_t chunk = args.get_int("chunk-tokens");

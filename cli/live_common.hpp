@@ -20,6 +20,14 @@ std::vector<FlagSpec> live_model_flags();
 /// Decoder options from those flags (UsageError naming the flag).
 DecoderOptions live_decoder_options(const Args& args);
 
+/// --context-tokens, --samples and --seed of a task set, range-checked (UsageError naming the flag).
+struct TaskSetFlags {
+  int64_t context_tokens;
+  int64_t samples;
+  int64_t seed;
+};
+TaskSetFlags live_task_set(const Args& args);
+
 /// Loads --model (default: scripts/fetch-model.sh's file).
 LiveModel live_load_model(const Args& args);
 

@@ -96,14 +96,14 @@ std::string csv_cell(const nlohmann::json& v) {
   return v.dump();
 }
 
+}  // namespace
+
 std::string fixed(double v, int digits) {
   if (!std::isfinite(v)) return "n/a";
   std::ostringstream out;
   out << std::fixed << std::setprecision(digits) << v;
   return out.str();
 }
-
-}  // namespace
 
 nlohmann::json results_json(const std::vector<PolicyResult>& results) {
   nlohmann::json array = nlohmann::json::array();

@@ -23,6 +23,9 @@ std::string results_csv(const std::vector<PolicyResult>& results);
 /// The human-readable comparison table.
 void print_results_table(std::ostream& out, const std::vector<PolicyResult>& results);
 
+/// `v` with `digits` decimals, or "n/a" when it is not finite (NaN: no reference attention).
+std::string fixed(double v, int digits);
+
 /// "1.23 GB"-style byte counts for the table.
 std::string human_bytes(double bytes);
 

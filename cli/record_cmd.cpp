@@ -50,12 +50,7 @@ int run_record(const Argv& argv) {
     return 0;
   }
   const DecoderOptions decoder = live_decoder_options(args);
-  const int64_t context = args.get_int("context-tokens");
-  if (context < 1 || context > 1 << 22) throw UsageError("--context-tokens must be between 1 and 4194304");
-  const int64_t samples = args.get_int("samples");
-  if (samples < 1 || samples > 100000) throw UsageError("--samples must be between 1 and 100000");
-  const int64_t seed = args.get_int("seed");
-  if (seed < 0) throw UsageError("--seed must not be negative");
+  const auto [context, samples, seed] = live_task_set(args);
   const int64_t steps = args.get_int("steps");
   if (steps < 1 || steps > 1 << 20) throw UsageError("--steps must be between 1 and 1048576");
   RecordOptions record;

@@ -126,13 +126,6 @@ std::string generated_text(const LiveModel& model, std::vector<int32_t> tokens) 
   return model.tokenizer->decode(tokens, /*skip_special=*/true);
 }
 
-std::string fixed(double v, int digits) {
-  if (!std::isfinite(v)) return "n/a";
-  std::ostringstream out;
-  out << std::fixed << std::setprecision(digits) << v;
-  return out.str();
-}
-
 }  // namespace
 
 int run_run(const Argv& argv) {
@@ -143,12 +136,7 @@ int run_run(const Argv& argv) {
     return 0;
   }
   const DecoderOptions decoder = live_decoder_options(args);
-  const int64_t context = args.get_int("context-tokens");
-  if (context < 1 || context > 1 << 22) throw UsageError("--context-tokens must be between 1 and 4194304");
-  const int64_t samples = args.get_int("samples");
-  if (samples < 1 || samples > 100000) throw UsageError("--samples must be between 1 and 100000");
-  const int64_t seed = args.get_int("seed");
-  if (seed < 0) throw UsageError("--seed must not be negative");
+  const auto [context, samples, seed] = live_task_set(args);
   const int64_t max_tokens = args.get_int("max-tokens");
   if (max_tokens < 1 || max_tokens > 4096) throw UsageError("--max-tokens must be between 1 and 4096");
   const std::string agreement_mode = args.get("agreement");
