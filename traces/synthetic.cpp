@@ -236,7 +236,10 @@ void project(const std::vector<double>& w, int rows, const Latent& z, double noi
 // it up), which lets an indexer learn a recency prior. The synthetic features get the same kind
 // of signal: sinusoids of the position at geometric frequencies, added to the last
 // 2 * kPositionPairs feature dimensions, so that a query at n and a chunk at p give
-// cos(ω (n − p)) terms, a function of distance only. Half-periods run from 2K to 2M tokens.
+// cos(ω (n − p)) terms, a function of distance only. Half-periods are 2K and 8K tokens: an
+// indexer trained on 32K contexts then sees every phase it will meet at 1M. (Lower
+// frequencies, tried first, barely vary within a short training context and made a learned
+// indexer fail to generalise to longer ones.)
 constexpr int kPositionPairs = kSyntheticPositionDims / 2;
 constexpr double kPositionAmplitude = 0.5;
 
@@ -385,7 +388,11 @@ void SyntheticRequestGenerator::Impl::place_sets(Rng& rng) {
   const int64_t steps = config.steps;
   auto [lo, hi] = remote_region(geometry, config.context_tokens);
   if (hi <= lo) return;  // a one-chunk prompt has nothing to retrieve
-  auto lead = [&](int64_t begin) { return begin - std::min<int64_t>(begin, rng.integer(16, 64)); };
+  // The query starts carrying a set's topic 64-128 steps before the set is needed: at least one
+  // refresh interval (tau = 64) ahead, so the refresh before the need can see it, as LSA's
+  // lookahead premise assumes. (With 16-64 steps, a need late in a window was invisible at its
+  // refresh, which capped every indexer below lsa_oracle for reasons of the generator alone.)
+  auto lead = [&](int64_t begin) { return begin - std::min<int64_t>(begin, rng.integer(64, 128)); };
   auto add = [&](std::vector<int64_t> chunks, int64_t begin, int64_t end, bool diffuse) {
     RemoteSet s;
     s.chunks = std::move(chunks);

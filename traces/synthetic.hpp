@@ -45,7 +45,7 @@ inline constexpr uint64_t kDefaultModelSeed = 1234;
 /// position (of the decoding token; of the chunk's centre), as RoPE'd keys and hidden states do
 /// in a real model, so an indexer can learn a recency prior. Features narrower than
 /// 2 × this carry no position.
-inline constexpr int kSyntheticPositionDims = 12;
+inline constexpr int kSyntheticPositionDims = 4;
 
 struct SyntheticConfig {
   Workload workload = Workload::Mix;
