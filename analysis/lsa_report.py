@@ -192,7 +192,7 @@ def main():
     if evals:
         ks = sorted({int(k.split("@")[1]) for e in evals.values() for k in e if k.startswith("recall@")})
         md += ["## 4. Indexer alone (held-out traces, `kvlab indexer eval`)", "",
-               "Fraction of lookahead-critical chunks (outside sinks + 4096-token window) in the indexer's top k.", "",
+               "Fraction of lookahead-critical chunks (outside sinks and the window the labels use) in the indexer's top k.", "",
                table(["trace", "candidates/refresh", "positives"] + [f"recall@{k}" for k in ks],
                      [[name, f"{e['candidates_per_group']:.0f}", e["positives"]] + [f"{e[f'recall@{k}']:.3f}" for k in ks]
                       for name, e in evals.items()]), ""]
