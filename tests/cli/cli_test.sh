@@ -8,35 +8,7 @@ set -uo pipefail
 kvlab="$1"
 work="$(mktemp -d "${TMPDIR:-/tmp}/kvlab_cli_test.XXXXXX")"
 trap 'rm -rf "${work}"' EXIT
-failures=0
-checks=0
-
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
-
-# expect CODE NEEDLE -- ARGS...: runs kvlab ARGS, checks the exit code and (if NEEDLE is not
-# empty) that stdout+stderr contain NEEDLE.
-expect() {
-  local code="$1" needle="$2"
-  shift 3
-  checks=$((checks + 1))
-  "${kvlab}" "$@" >"${work}/out.txt" 2>"${work}/err.txt"
-  local rc=$?
-  if [[ ${rc} -ne ${code} ]]; then
-    fail "kvlab $* exited ${rc}, expected ${code}; stderr: $(head -c 400 "${work}/err.txt")"
-    return
-  fi
-  if [[ -n "${needle}" ]] && ! grep -qF -- "${needle}" "${work}/out.txt" "${work}/err.txt"; then
-    fail "kvlab $*: output lacks '${needle}': $(head -c 400 "${work}/out.txt" "${work}/err.txt")"
-  fi
-  if [[ ${code} -ne 0 ]]; then
-    # Errors are exactly one line, prefixed, on stderr.
-    local lines
-    lines=$(grep -c . "${work}/err.txt")
-    if [[ ${lines} -ne 1 ]] || ! grep -q '^kvlab: error: ' "${work}/err.txt"; then
-      fail "kvlab $*: error is not one 'kvlab: error:' line: $(cat "${work}/err.txt")"
-    fi
-  fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/expect_lib.sh"
 
 json_check() {  # json_check FILE PYTHON-EXPRESSION-ON-d
   checks=$((checks + 1))

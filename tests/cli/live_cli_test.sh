@@ -15,33 +15,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/kvlab_live_cli_test.XXXXXX")"
 trap 'rm -rf "${work}"' EXIT
 # Spinning OpenMP threads stall each other when tests run in parallel on few cores.
 export OMP_WAIT_POLICY=passive
-failures=0
-checks=0
-
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
-
-# expect CODE NEEDLE -- ARGS...: exit code, NEEDLE in stdout+stderr, one-line errors.
-expect() {
-  local code="$1" needle="$2"
-  shift 3
-  checks=$((checks + 1))
-  "${kvlab}" "$@" >"${work}/out.txt" 2>"${work}/err.txt"
-  local rc=$?
-  if [[ ${rc} -ne ${code} ]]; then
-    fail "kvlab $* exited ${rc}, expected ${code}; stderr: $(head -c 400 "${work}/err.txt")"
-    return
-  fi
-  if [[ -n "${needle}" ]] && ! grep -qF -- "${needle}" "${work}/out.txt" "${work}/err.txt"; then
-    fail "kvlab $*: output lacks '${needle}': $(head -c 400 "${work}/out.txt" "${work}/err.txt")"
-  fi
-  if [[ ${code} -ne 0 ]]; then
-    local lines
-    lines=$(grep -c . "${work}/err.txt")
-    if [[ ${lines} -ne 1 ]] || ! grep -q '^kvlab: error: ' "${work}/err.txt"; then
-      fail "kvlab $*: error is not one 'kvlab: error:' line: $(cat "${work}/err.txt")"
-    fi
-  fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/expect_lib.sh"
 
 # ---- without the model ------------------------------------------------------------------
 for sub in generate run record; do
