@@ -2,19 +2,43 @@
 // determinism (core/conformance.hpp).
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "core/conformance.hpp"
 #include "core/registry.hpp"
+#include "learn/indexer_io.hpp"
 
 using namespace kvlab;
 
 namespace {
 
-// Policies whose defaults need something from outside (a file) get a test spec here.
+// A seeded, untrained indexer checkpoint for the conformance data's feature widths: the
+// contract does not depend on how well an indexer ranks.
+std::string seeded_indexer() {
+  static const std::string path = [] {
+    DualEncoderConfig c;
+    c.d_query = 16;  // make_conformance_data's widths
+    c.d_key = 16;
+    c.dim = 8;
+    c.depth = 1;
+    c.width = 16;
+    const std::string out = (std::filesystem::path(::testing::TempDir()) / "conformance_indexer.h5").string();
+    save_indexer(out, DualEncoder(c, 5), LabelOptions{}, "{}", "{}", "{}");
+    return out;
+  }();
+  return path;
+}
+
+// Policies run with their defaults, except required parameters: an `indexer` gets a seeded
+// checkpoint; any other required parameter skips the policy here (it needs its own test).
 std::string spec_for(const PolicyDescriptor& d) {
+  std::string extra;
   for (const auto& p : d.params) {
-    if (p.required) return "";  // listed as skipped below, with the reason
+    if (!p.required) continue;
+    if (p.key != "indexer") return "";
+    extra += (extra.empty() ? ":" : ",") + std::string("indexer=") + seeded_indexer();
   }
-  return d.name;
+  return d.name + extra;
 }
 
 }  // namespace
