@@ -1,6 +1,7 @@
 // kvlab indexer train | eval: LSA's Neural Memory Indexer, trained backbone-free on traces.
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -164,6 +165,9 @@ int train(const Argv& argv) {
                          {"patience", opt.patience}};
   json provenance = {{"traces", traces}, {"fingerprints", summary.fingerprints},
                      {"kvlab", std::string(kVersion) + " (" + kGitRevision + ")"}};
+  // Like every other output, --out may name a folder that does not exist yet.
+  const std::filesystem::path out_parent = std::filesystem::path(args.get("out")).parent_path();
+  if (!out_parent.empty()) std::filesystem::create_directories(out_parent);
   save_indexer(args.get("out"), result.model, labels, training.dump(), metrics.dump(), provenance.dump());
 
   std::cout << "wrote " << args.get("out") << ": best epoch " << result.best_epoch;
