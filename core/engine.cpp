@@ -165,7 +165,7 @@ class RequestRunner {
     ctx.n_chunks = ledger.n_chunks();
     ctx.n_complete_chunks = run.request.geometry->complete_chunks_for(n_tokens);
     ctx.query = session.query();
-    ctx.features_ = [&session, complete = ctx.n_complete_chunks] {
+    ctx.read_features = [&session, complete = ctx.n_complete_chunks] {
       FeatureRows features = session.chunk_features();
       features.n_rows = std::min(features.n_rows, complete);  // complete chunks only
       return features;

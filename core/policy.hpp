@@ -73,8 +73,8 @@ struct StepContext {
   std::span<const float> query;  // d_query values, or empty
   /// Features of the complete chunks (rows 0 .. n_complete_chunks − 1), read from the source
   /// on first use, since most policies never look at them.
-  [[nodiscard]] FeatureRows chunk_features() const { return features_ ? features_() : FeatureRows{}; }
-  std::function<FeatureRows()> features_;  // set by the engine
+  [[nodiscard]] FeatureRows chunk_features() const { return read_features ? read_features() : FeatureRows{}; }
+  std::function<FeatureRows()> read_features;  // set by the engine; policies call chunk_features()
   /// Chunks in HBM before this step's plan (arrived fetches included; in-flight ones not).
   const Residency* resident = nullptr;
   /// Chunks this policy has requested that are still on the link.
