@@ -41,6 +41,7 @@ const CommandSpec kTrainSpec{
      {"sinks", "N", "initial tokens that are never candidates", "64"},
      {"stride", "N", "steps between training refresh points", "16"},
      {"critical-mass", "P", "p of the critical sets that define positives", "0.9"},
+     {"query-pool", "N", "the query at a refresh is the mean of the last N steps' query features", "1"},
      {"negatives", "N", "negatives kept per training refresh point, sampled (0 = all)", "512"},
      {"val-fraction", "X", "share of requests held out for validation", "0.1"},
      {"patience", "N", "epochs without better validation recall before stopping (0 = off)", "3"},
@@ -115,6 +116,7 @@ int train(const Argv& argv) {
   labels.stride = args.get_int("stride");
   labels.critical_mass = args.get_double("critical-mass");
   labels.max_negatives = args.get_int("negatives");
+  labels.query_pool = args.get_int("query-pool");
   labels.validate();
 
   IndexerTrainOptions opt;

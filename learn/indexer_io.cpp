@@ -21,7 +21,8 @@ json config_to_json(const DualEncoderConfig& c, const LabelOptions& l) {
           {"activation", activation_name(c.activation)},
           {"scale_scores", c.scale_scores},
           {"labels",
-           {{"tau", l.tau}, {"window", l.window}, {"sinks", l.sinks}, {"critical_mass", l.critical_mass}, {"stride", l.stride}}}};
+           {{"tau", l.tau}, {"window", l.window}, {"sinks", l.sinks}, {"critical_mass", l.critical_mass}, {"stride", l.stride}}},
+          {"query_pool", l.query_pool}};
 }
 
 template <class T>
@@ -78,6 +79,9 @@ LoadedIndexer load_indexer(const std::string& path) {
   labels.sinks = field<int64_t>(l, "sinks", path);
   labels.critical_mass = field<double>(l, "critical_mass", path);
   labels.stride = field<int64_t>(l, "stride", path);
+  // Checkpoints from before query pooling existed used the refresh step's query alone.
+  labels.query_pool = config.contains("query_pool") ? field<int64_t>(config, "query_pool", path) : 1;
+  if (labels.query_pool < 1) throw InputError(path + ": checkpoint config field 'query_pool' must be >= 1");
   return LoadedIndexer{DualEncoder(c, ckpt.tensors), labels, ckpt.config_json, ckpt.metrics_json, ckpt.provenance_json};
 }
 

@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "core/lookahead.hpp"
 #include "core/metrics.hpp"
+#include "learn/query_pool.hpp"
 #include "traces/checkpoint.hpp"
 #include "traces/trace.hpp"
 
@@ -84,14 +85,20 @@ IndexerRequest load_request(const TraceReader& trace, int64_t index, const Label
   StepMass mass;
   CriticalSets critical;
   std::vector<float> query;
+  std::vector<float> pooled;
+  QueryPool pool(opt.query_pool);
   // A refresh point needs its whole lookahead window inside the request.
   const int64_t last_refresh = h.decode_steps - opt.tau;
   for (int64_t t = 0; t < h.decode_steps; ++t) {
+    if (t <= last_refresh) {  // the pool needs every step up to the last refresh
+      reader->read_query(t, query);
+      pool.add(t, query);
+    }
     if (t % opt.stride == 0 && t <= last_refresh) {
       OpenWindow w;
       w.step = t;
-      reader->read_query(t, query);
-      w.group.query = Eigen::Map<const Eigen::VectorXf>(query.data(), static_cast<Eigen::Index>(query.size()));
+      pool.mean(pooled);
+      w.group.query = Eigen::Map<const Eigen::VectorXf>(pooled.data(), static_cast<Eigen::Index>(pooled.size()));
       const int64_t n = h.prompt_tokens + t + 1;
       w.candidates = refresh_candidates(g, n, opt.sinks, opt.window);
       w.labels.reset(g.chunks_for(n));
@@ -118,6 +125,7 @@ void LabelOptions::validate() const {
   if (sinks < 0) throw UsageError("--sinks must not be negative, got " + std::to_string(sinks));
   if (stride <= 0) throw UsageError("--stride must be positive, got " + std::to_string(stride));
   if (max_negatives < 0) throw UsageError("--negatives must not be negative, got " + std::to_string(max_negatives));
+  if (query_pool < 1) throw UsageError("--query-pool must be >= 1, got " + std::to_string(query_pool));
   if (!(critical_mass > 0 && critical_mass <= 1)) throw UsageError("--critical-mass must be in (0, 1]");
 }
 

@@ -11,6 +11,8 @@
 
 namespace kvlab {
 
+/// How a trace becomes indexer samples: which chunks are candidates and positives at a refresh
+/// (the labels) and how the refresh's query is built.
 struct LabelOptions {
   int64_t tau = 64;             // lookahead horizon in decode steps
   int64_t window = 2048;        // recent tokens always resident (not candidates)
@@ -20,6 +22,9 @@ struct LabelOptions {
   /// Training only: keep every positive and at most this many negatives per refresh point,
   /// drawn with a fixed seed (0 = keep all). Cuts training cost at long contexts.
   int64_t max_negatives = 0;
+  /// The query at a refresh is the mean of the last this-many steps' query features
+  /// (learn/query_pool.hpp); 1 = the refresh step's own.
+  int64_t query_pool = 1;
 
   /// Throws UsageError naming the first bad option (--tau, --window, …).
   void validate() const;

@@ -5,11 +5,14 @@
 //
 // Each chunk's key embedding is computed once, when the chunk completes (at the first refresh
 // after), and cached on the GPU: that cache is the policy's hbm_index tier. A refresh embeds
-// the query once and scores every candidate with a dot product: O(chunks × dim).
+// the query once and scores every candidate with a dot product: O(chunks × dim). The query is
+// the mean of the last few steps' query features, pooled as the checkpoint says its indexer
+// was trained (learn/query_pool.hpp); the policy sees every step's query to keep the pool.
 #include <Eigen/Core>
 #include <memory>
 
 #include "learn/indexer_io.hpp"
+#include "learn/query_pool.hpp"
 #include "policies/lsa.hpp"
 
 namespace kvlab {
@@ -49,7 +52,13 @@ class LsaPolicy final : public LsaPolicyBase {
                        request.request_id + " has d_query=" + std::to_string(request.d_query) +
                        ", d_key=" + std::to_string(request.d_key));
     }
+    query_pool_ = QueryPool(indexer_->labels.query_pool);
     LsaPolicyBase::on_request(request, plan);
+  }
+
+  void on_step(const StepContext& step, Plan& plan) override {
+    query_pool_.add(step.step, step.query);
+    LsaPolicyBase::on_step(step, plan);
   }
 
  protected:
@@ -60,7 +69,9 @@ class LsaPolicy final : public LsaPolicyBase {
   void score(const StepContext& step, const std::vector<int64_t>& candidates, std::vector<double>& out) override {
     embed_new_chunks(step.chunk_features());
     const DualEncoder& model = indexer_->model;
-    const Eigen::Map<const Eigen::VectorXf> query(step.query.data(), static_cast<Eigen::Index>(step.query.size()));
+    query_pool_.add(step.step, step.query);  // on_refresh runs before on_step at this step
+    query_pool_.mean(pooled_query_);
+    const Eigen::Map<const Eigen::VectorXf> query(pooled_query_.data(), static_cast<Eigen::Index>(pooled_query_.size()));
     const Eigen::VectorXf q = model.embed_query(query);
     const Eigen::Map<const DualEncoder::Matrix> keys(key_embeddings_.data(), embedded_, model.config().dim);
     const Eigen::VectorXf all = model.score_embeddings(q, keys);
@@ -81,6 +92,8 @@ class LsaPolicy final : public LsaPolicyBase {
   std::string path_;
   int64_t element_bytes_;
   std::shared_ptr<const LoadedIndexer> indexer_;
+  QueryPool query_pool_;
+  std::vector<float> pooled_query_;
   std::vector<float> key_embeddings_;  // row-major [embedded_ × dim]
   int64_t embedded_ = 0;
 };

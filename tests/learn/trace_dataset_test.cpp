@@ -98,6 +98,34 @@ TEST(TraceDataset, NeedleChunksArePositiveDuringTheirStretch) {
   }
 }
 
+TEST(TraceDataset, RefreshQueryIsTheMeanOfThePooledSteps) {
+  SyntheticConfig cfg;
+  cfg.workload = Workload::Needle;
+  cfg.context_tokens = 8192;
+  cfg.steps = 48;
+  cfg.seed = 9;
+  const std::string path = temp_path("pooled.h5");
+  generate_trace(cfg, path);
+  LabelOptions labels;
+  labels.tau = 16;
+  labels.stride = 16;
+  labels.query_pool = 4;
+  const auto data = load_indexer_data({path}, labels);
+  const SyntheticRequest truth = generate_request(cfg, 0);
+  ASSERT_EQ(data[0].groups.size(), 3U);  // refreshes 0, 16, 32
+  for (size_t g = 0; g < 3; ++g) {
+    const int64_t t = static_cast<int64_t>(g) * 16;
+    const int64_t first = std::max<int64_t>(0, t - 3);
+    for (int j = 0; j < cfg.d_query; ++j) {
+      double sum = 0;
+      for (int64_t s = first; s <= t; ++s) sum += truth.query[static_cast<size_t>(s)][static_cast<size_t>(j)];
+      EXPECT_NEAR(data[0].groups[g].query[j], sum / static_cast<double>(t - first + 1), 1e-6)
+          << "refresh " << t << " feature " << j;
+    }
+  }
+  EXPECT_THROW((void)load_indexer_data({path}, LabelOptions{.query_pool = 0}), UsageError);
+}
+
 TEST(TraceDataset, TracesWithoutFeaturesAreRejected) {
   Geometry g = Geometry::preset("smollm2-135m");
   const std::string path = temp_path("nofeatures.h5");
@@ -139,11 +167,13 @@ TEST(IndexerCheckpoint, RoundTripKeepsWeightsConfigAndScores) {
   LabelOptions labels;
   labels.tau = 48;
   labels.window = 1000;
+  labels.query_pool = 6;
   const std::string path = temp_path("idx.h5");
   save_indexer(path, model, labels, R"({"epochs":3})", R"({"val_recall@16":0.5})", R"({"traces":["a.h5"]})");
   const LoadedIndexer back = load_indexer(path);
   EXPECT_EQ(back.labels.tau, 48);
   EXPECT_EQ(back.labels.window, 1000);
+  EXPECT_EQ(back.labels.query_pool, 6);
   EXPECT_EQ(back.model.config().width, 9);
   const auto a = model.parameters();
   const auto b = back.model.parameters();
