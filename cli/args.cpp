@@ -149,6 +149,12 @@ int64_t parse_int(const std::string& text, const std::string& what) {
   return v;
 }
 
+bool parse_on_off(const std::string& text, const std::string& what) {
+  if (text == "on") return true;
+  if (text == "off") return false;
+  throw UsageError(what + " must be on or off, got '" + text + "'");
+}
+
 double parse_double(const std::string& text, const std::string& what) {
   double v = 0;
   const char* end = text.data() + text.size();

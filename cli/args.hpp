@@ -67,5 +67,7 @@ class Args {
 /// `what` names the flag or parameter in the UsageError.
 int64_t parse_int(const std::string& text, const std::string& what);
 double parse_double(const std::string& text, const std::string& what);
+/// "on" → true, "off" → false; anything else is a UsageError naming `what`.
+bool parse_on_off(const std::string& text, const std::string& what);
 
 }  // namespace kvlab::cli

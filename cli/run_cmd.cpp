@@ -139,9 +139,7 @@ int run_run(const Argv& argv) {
   const auto [context, samples, seed] = live_task_set(args);
   const int64_t max_tokens = args.get_int("max-tokens");
   if (max_tokens < 1 || max_tokens > 4096) throw UsageError("--max-tokens must be between 1 and 4096");
-  const std::string agreement_mode = args.get("agreement");
-  if (agreement_mode != "on" && agreement_mode != "off") throw UsageError("--agreement must be on or off");
-  const bool agreement = agreement_mode == "on";
+  const bool agreement = parse_on_off(args.get("agreement"), "--agreement");
   EngineOptions engine;
   engine.threads = 1;  // the decoder uses every core itself
   engine.critical_mass = args.get_double("critical-mass");

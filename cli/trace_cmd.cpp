@@ -43,6 +43,9 @@ int trace_gen(const Argv& argv) {
        {"model-seed", "X", "seed of the layer profiles and feature projections", std::to_string(kDefaultModelSeed)},
        {"feature-noise", "X", "noise norm relative to signal in query and chunk features (0 = clean)",
         format_default(SyntheticConfig{}.feature_noise)},
+       {"features", "on|off", "write query and chunk features (LSA's indexer needs them; the mass is the same either way)", "on"},
+       {"d-query", "N", "width of the query features", "64"},
+       {"d-key", "N", "width of the chunk features", "64"},
        {"geometry", geometries, "model geometry preset", "smollm2-135m"},
        {"chunk-tokens", "C", "tokens per chunk", "64"},
        {"heads", "aggregated|per-head", "one row per layer, or one per (layer, KV head)", "aggregated"},
@@ -65,6 +68,13 @@ int trace_gen(const Argv& argv) {
   config.seed = static_cast<uint64_t>(args.get_int("seed"));
   config.model_seed = static_cast<uint64_t>(args.get_int("model-seed"));
   config.feature_noise = args.get_double("feature-noise");
+  config.features = parse_on_off(args.get("features"), "--features");
+  const int64_t d_query = args.get_int("d-query");
+  const int64_t d_key = args.get_int("d-key");
+  if (d_query < 1 || d_query > 65536) throw UsageError("--d-query must be between 1 and 65536");
+  if (d_key < 1 || d_key > 65536) throw UsageError("--d-key must be between 1 and 65536");
+  config.d_query = static_cast<int>(d_query);
+  config.d_key = static_cast<int>(d_key);
   config.geometry = Geometry::preset(args.get("geometry"));
   const int64_t chunk = args.get_int("chunk-tokens");
   if (chunk < 1 || chunk > (1 << 20)) throw UsageError("--chunk-tokens must be between 1 and 1048576");

@@ -301,7 +301,7 @@ void SyntheticConfig::validate() const {
   auto fail = [](const std::string& field, const std::string& why) {
     throw UsageError("synthetic trace: " + field + " " + why);
   };
-  if (context_tokens < 1) fail("--context", "must be at least 1, got " + std::to_string(context_tokens));
+  if (context_tokens < 1) fail("--context-tokens", "must be at least 1, got " + std::to_string(context_tokens));
   if (steps < 1) fail("--steps", "must be at least 1, got " + std::to_string(steps));
   if (requests < 1) fail("--requests", "must be at least 1, got " + std::to_string(requests));
   if (chunk_tokens < 1) fail("--chunk-tokens", "must be at least 1, got " + std::to_string(chunk_tokens));
@@ -540,8 +540,8 @@ SyntheticRequestGenerator::SyntheticRequestGenerator(const SyntheticConfig& conf
   h.seed = m.request_seed;
   h.heads_stored = config.heads_stored;
   h.n_chunks_max = m.geometry.chunks_for(config.context_tokens + config.steps);
-  h.d_query = config.d_query;
-  h.d_key = config.d_key;
+  h.d_query = config.features ? config.d_query : 0;
+  h.d_key = config.features ? config.d_key : 0;
   m.storage = config.storage;
   if (m.storage == MassStorage::Auto) {
     m.storage = h.n_chunks_max <= kSyntheticDenseMaxChunks ? MassStorage::Dense : MassStorage::Sparse;
@@ -798,12 +798,12 @@ SyntheticRequest generate_request(const SyntheticConfig& config, int request_ind
   SyntheticRequest r;
   r.header = gen.header();
   r.remote_sets = gen.remote_sets();
-  r.chunk_features = gen.chunk_features();
+  if (config.features) r.chunk_features = gen.chunk_features();
   r.mass.resize(static_cast<size_t>(config.steps));
   r.query.resize(static_cast<size_t>(config.steps));
   for (int64_t t = 0; t < config.steps; ++t) {
     gen.step_mass(t, r.mass[static_cast<size_t>(t)]);
-    gen.query(t, r.query[static_cast<size_t>(t)]);
+    if (config.features) gen.query(t, r.query[static_cast<size_t>(t)]);
   }
   return r;
 }
@@ -816,10 +816,11 @@ void generate_trace(const SyntheticConfig& config, const std::string& out_path) 
   for (int i = 0; i < config.requests; ++i) {
     const SyntheticRequestGenerator gen(config, i);
     auto req = writer->add_request(gen.header(), config.storage);
-    req->write_chunk_features(gen.chunk_features());
+    if (config.features) req->write_chunk_features(gen.chunk_features());
     for (int64_t t = 0; t < config.steps; ++t) {
       gen.step_mass(t, mass);
       req->write_step(t, mass);
+      if (!config.features) continue;
       gen.query(t, q);
       req->write_query(t, q);
     }

@@ -59,6 +59,9 @@ struct SyntheticConfig {
   int heads_stored = 1;   // 1 = heads aggregated, or geometry.n_kv_heads (one row per KV head)
   int d_query = 64;
   int d_key = 64;
+  /// false: the requests carry no `query` / `chunk_features` (header d_query = d_key = 0); the
+  /// attention mass is the same as with them.
+  bool features = true;
   /// Noise norm relative to signal norm in query and chunk features (0 = clean features).
   double feature_noise = 0.6;
   /// In memory, Auto means dense rows when the last step has at most kSyntheticDenseMaxChunks
@@ -120,8 +123,8 @@ struct SyntheticRequest {
   RequestHeader header;
   std::vector<RemoteSet> remote_sets;
   std::vector<StepMass> mass;              // [steps]
-  std::vector<std::vector<float>> query;   // [steps][d_query]
-  std::vector<float> chunk_features;       // [n_chunks_max × d_key]
+  std::vector<std::vector<float>> query;   // [steps][d_query] (each empty without features)
+  std::vector<float> chunk_features;       // [n_chunks_max × d_key] (empty without features)
 };
 
 [[nodiscard]] SyntheticRequest generate_request(const SyntheticConfig& config, int request_index);

@@ -353,6 +353,28 @@ TEST(SyntheticTest, TraceFileRoundTripMatchesMemory) {
   std::filesystem::remove(path);
 }
 
+TEST(SyntheticTest, WithoutFeaturesTheMassIsUnchangedAndNoFeaturesAreWritten) {
+  auto config = small_config(Workload::Needle, 8192, 8);
+  config.features = false;
+  const SyntheticRequest bare = generate_request(config, 0);
+  config.features = true;
+  const SyntheticRequest full = generate_request(config, 0);
+  EXPECT_EQ(bare.header.d_query, 0);
+  EXPECT_EQ(bare.header.d_key, 0);
+  EXPECT_TRUE(bare.chunk_features.empty());
+  for (int64_t t = 0; t < config.steps; ++t) {
+    EXPECT_TRUE(same_mass(bare.mass[static_cast<size_t>(t)], full.mass[static_cast<size_t>(t)])) << "step " << t;
+    EXPECT_TRUE(bare.query[static_cast<size_t>(t)].empty());
+  }
+  config.features = false;
+  const auto path = (std::filesystem::temp_directory_path() / "kvlab_synthetic_nofeatures.h5").string();
+  generate_trace(config, path);
+  const auto reader = TraceReader::open(path);
+  EXPECT_EQ(reader->request(0)->header().d_query, 0);
+  EXPECT_EQ(reader->request(0)->header().d_key, 0);
+  std::filesystem::remove(path);
+}
+
 TEST(SyntheticTest, PositionDimensionsEncodeDistance) {
   // The positional part of query · chunk features is cos(ω(n − p)) summed over frequencies
   // (half-periods 2K and 8K tokens): largest for the newest chunks and falling over the first
