@@ -22,11 +22,11 @@ void DualEncoderConfig::validate() const {
 }
 
 MlpConfig DualEncoderConfig::query_tower() const {
-  return MlpConfig{d_query, dim, width, depth, activation};
+  return MlpConfig{d_query, dim, width, depth, activation, skip};
 }
 
 MlpConfig DualEncoderConfig::key_tower() const {
-  return MlpConfig{d_key, dim, width, depth, activation};
+  return MlpConfig{d_key, dim, width, depth, activation, skip};
 }
 
 template <typename Scalar>

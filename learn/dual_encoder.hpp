@@ -27,6 +27,7 @@ struct DualEncoderConfig {
   int width = 256;  ///< hidden width per tower
   MlpActivation activation = MlpActivation::Gelu;
   bool scale_scores = true;  ///< divide dot products by sqrt(dim)
+  bool skip = false;         ///< towers with depth > 0 get a linear skip path (learn/mlp.hpp)
 
   /// Throws UsageError naming the first bad field.
   void validate() const;

@@ -20,6 +20,7 @@ json config_to_json(const DualEncoderConfig& c, const LabelOptions& l) {
           {"width", c.width},
           {"activation", activation_name(c.activation)},
           {"scale_scores", c.scale_scores},
+          {"skip", c.skip},
           {"labels",
            {{"tau", l.tau}, {"window", l.window}, {"sinks", l.sinks}, {"critical_mass", l.critical_mass}, {"stride", l.stride}}},
           {"query_pool", l.query_pool}};
@@ -67,6 +68,7 @@ LoadedIndexer load_indexer(const std::string& path) {
   c.width = field<int>(config, "width", path);
   c.activation = parse_activation(field<std::string>(config, "activation", path));
   c.scale_scores = field<bool>(config, "scale_scores", path);
+  c.skip = config.contains("skip") && field<bool>(config, "skip", path);  // absent before skip paths existed
   try {
     c.validate();
   } catch (const UsageError& e) {

@@ -76,21 +76,27 @@ MlpT<Scalar>::MlpT(const MlpConfig& config, uint64_t seed) : config_(config) {
     slots_.push_back({prefix + "bias", {out}, offset, static_cast<std::size_t>(out)});
     offset += static_cast<std::size_t>(out);
   }
+  if (has_skip()) {
+    const auto weights = static_cast<std::size_t>(config_.in_dim) * static_cast<std::size_t>(config_.out_dim);
+    slots_.push_back({"skip.weight", {config_.out_dim, config_.in_dim}, offset, weights});
+    offset += weights;
+  }
   params_.assign(offset, Scalar(0));
 
   LearnRng rng(seed);
+  auto fill_normal = [&](const ParamSlot& slot, double stddev) {
+    for (std::size_t i = 0; i < slot.size; ++i) params_[slot.offset + i] = static_cast<Scalar>(stddev * rng.normal());
+  };
   for (int l = 0; l < num_layers(); ++l) {
     const double fan_in = layer_in(l);
     const double fan_out = layer_out(l);
     // He keeps the variance through rectifier-like hidden layers; the output layer has no
     // activation after it, so Xavier.
     const bool hidden = l + 1 < num_layers();
-    const double stddev = hidden ? std::sqrt(2.0 / fan_in) : std::sqrt(2.0 / (fan_in + fan_out));
-    const ParamSlot& w = slots_[2 * static_cast<std::size_t>(l)];
-    for (std::size_t i = 0; i < w.size; ++i) {
-      params_[w.offset + i] = static_cast<Scalar>(stddev * rng.normal());
-    }
+    if (!hidden && has_skip()) continue;  // starts at zero: the tower begins as its skip map
+    fill_normal(slots_[2 * static_cast<std::size_t>(l)], hidden ? std::sqrt(2.0 / fan_in) : std::sqrt(2.0 / (fan_in + fan_out)));
   }
+  if (has_skip()) fill_normal(slots_.back(), std::sqrt(2.0 / (config_.in_dim + config_.out_dim)));
 }
 
 template <typename Scalar>
@@ -116,6 +122,11 @@ Eigen::Map<const VectorT<Scalar>> MlpT<Scalar>::bias(int layer) const {
 }
 
 template <typename Scalar>
+typename MlpT<Scalar>::WeightMap MlpT<Scalar>::skip_weight() const {
+  return WeightMap(params_.data() + slots_.back().offset, config_.in_dim, config_.out_dim);
+}
+
+template <typename Scalar>
 typename MlpT<Scalar>::Matrix MlpT<Scalar>::run(const Matrix& x, Cache* cache) const {
   if (x.cols() != config_.in_dim) {
     throw InputError("mlp: input has " + std::to_string(x.cols()) + " features, expected " +
@@ -137,6 +148,7 @@ typename MlpT<Scalar>::Matrix MlpT<Scalar>::run(const Matrix& x, Cache* cache) c
     }
     h = std::move(next);
   }
+  if (has_skip()) h.noalias() += x * skip_weight();
   return h;
 }
 
@@ -157,6 +169,14 @@ typename MlpT<Scalar>::Matrix MlpT<Scalar>::backward(const Cache& cache, const M
     throw InputError("mlp: gradient buffer has " + std::to_string(grad.size()) +
                      " values, expected " + std::to_string(params_.size()));
   }
+  Matrix d_skip;
+  if (has_skip()) {  // y = MLP(x) + x·S: dS = xᵀ·dy, and dy·Sᵀ joins d loss / d x
+    const ParamSlot& s = slots_.back();
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> ds(grad.data() + s.offset, config_.in_dim,
+                                                                         config_.out_dim);
+    ds.noalias() += cache.inputs[0].transpose() * d_out;
+    d_skip = d_out * skip_weight().transpose();
+  }
   Matrix d = d_out;  // d loss / d (output of layer l)
   for (int l = num_layers() - 1; l >= 0; --l) {
     const auto index = static_cast<std::size_t>(l);
@@ -170,6 +190,7 @@ typename MlpT<Scalar>::Matrix MlpT<Scalar>::backward(const Cache& cache, const M
     db += d.colwise().sum().transpose();
     d = d * weight(l).transpose();
   }
+  if (has_skip()) d += d_skip;
   return d;
 }
 

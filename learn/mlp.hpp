@@ -1,4 +1,7 @@
-// A small fully connected tower (Linear → activation → … → Linear) for the learned indexer.
+// A small fully connected tower (Linear → activation → … → Linear) for the learned indexer,
+// optionally with a linear skip path from input to output (y = MLP(x) + x·S): the output layer
+// then starts at zero, so training begins from a linear map and adds nonlinearity only where it
+// pays, instead of having to learn a near-linear map through the hidden layers.
 // Batches are row-major, one sample per row. All parameters live in one flat buffer so that
 // optimisers, gradient reductions and checkpoints treat them as plain arrays.
 //
@@ -28,6 +31,7 @@ struct MlpConfig {
   int width = 256;  ///< hidden width
   int depth = 2;    ///< hidden layers; 0 makes the tower a single linear map
   MlpActivation activation = MlpActivation::Gelu;
+  bool skip = false;  ///< add a linear input → output path (only with depth > 0)
 
   /// Throws UsageError naming the first bad field; `where` prefixes the message.
   void validate(const std::string& where) const;
@@ -59,14 +63,17 @@ class MlpT {
 
   MlpT() = default;
   /// Hidden layers get He-normal weights, the output layer Xavier-normal; biases are zero.
+  /// With a skip path, the skip weight is Xavier-normal and the output layer starts at zero.
   MlpT(const MlpConfig& config, uint64_t seed);
 
   [[nodiscard]] const MlpConfig& config() const { return config_; }
   [[nodiscard]] int num_layers() const { return config_.depth + 1; }
+  [[nodiscard]] bool has_skip() const { return config_.skip && config_.depth > 0; }
   [[nodiscard]] std::size_t num_parameters() const { return params_.size(); }
   [[nodiscard]] std::span<Scalar> flat() { return params_; }
   [[nodiscard]] std::span<const Scalar> flat() const { return params_; }
-  /// Layout of flat(): per layer the weight (row-major [out, in]) then the bias.
+  /// Layout of flat(): per layer the weight (row-major [out, in]) then the bias; then, with a
+  /// skip path, "skip.weight" ([out, in]).
   [[nodiscard]] const std::vector<ParamSlot>& slots() const { return slots_; }
 
   /// x: n × in_dim → n × out_dim.
@@ -80,6 +87,7 @@ class MlpT {
   using WeightMap = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>>;
   [[nodiscard]] WeightMap weight(int layer) const;
   [[nodiscard]] Eigen::Map<const VectorT<Scalar>> bias(int layer) const;
+  [[nodiscard]] WeightMap skip_weight() const;
   [[nodiscard]] int layer_in(int layer) const;
   [[nodiscard]] int layer_out(int layer) const;
   Matrix run(const Matrix& x, Cache* cache) const;

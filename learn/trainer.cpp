@@ -52,7 +52,7 @@ void IndexerTrainOptions::validate() const {
   if (std::find(recall_ks.begin(), recall_ks.end(), primary_k) == recall_ks.end()) {
     fail("primary_k " + std::to_string(primary_k) + " is not one of recall_ks");
   }
-  DualEncoderConfig{1, 1, dim, depth, width, activation, scale_scores}.validate();
+  DualEncoderConfig{1, 1, dim, depth, width, activation, scale_scores, skip}.validate();
   AdamOptions{lr, 0.9, 0.999, 1e-8, weight_decay, grad_clip}.validate();
 }
 
@@ -249,7 +249,7 @@ IndexerTrainResult train_indexer(const std::vector<IndexerRequest>& data, const 
   }
   const DualEncoderConfig config{d_query, static_cast<int>(data[0].key_features.cols()),
                                  options.dim, options.depth, options.width, options.activation,
-                                 options.scale_scores};
+                                 options.scale_scores, options.skip};
   DualEncoder model(config, options.seed);
   fit_normalisation(model, data, split.train);
 

@@ -133,11 +133,19 @@ TEST(FeatureStats, MeanAndPopulationStddev) {
 
 // The whole chain (normalisation, both towers, the score, the loss) against finite differences.
 TEST(DualEncoder, GroupGradientMatchesCentralDifferencesInDouble) {
+  for (const bool skip : {false, true}) {
   for (const IndexerLossKind kind : {IndexerLossKind::Listwise, IndexerLossKind::Binary}) {
     IndexerLossOptions loss;
     loss.kind = kind;
     loss.class_balanced = kind == IndexerLossKind::Binary;
-    DualEncoderT<double> model(kConfig, 17);
+    DualEncoderConfig config = kConfig;
+    config.skip = skip;
+    DualEncoderT<double> model(config, 17);
+    if (skip) {  // a skip tower's output layer starts at zero; move off it so every path carries gradient
+      for (const std::span<double> block : model.trainable_blocks()) {
+        for (double& p : block) p += 0.05;
+      }
+    }
     FeatureNormT<double> qn{VectorT<double>::Constant(6, 0.1), VectorT<double>::Constant(6, 2.0)};
     model.set_query_norm(qn);
     const VectorT<double> query = random_rows<double>(1, 6, 3).row(0).transpose();
@@ -163,7 +171,8 @@ TEST(DualEncoder, GroupGradientMatchesCentralDifferencesInDouble) {
         ++index;
       }
     }
-    EXPECT_LT(worst, 1e-6) << loss_name(kind);
+    EXPECT_LT(worst, 1e-6) << loss_name(kind) << (skip ? " with skip paths" : "");
+  }
   }
 }
 

@@ -29,12 +29,13 @@ double weighted_sum(const MlpT<double>& mlp, const MatrixD& x, const MatrixD& w)
 struct GradCase {
   MlpActivation activation;
   int depth;
+  bool skip = false;
 };
 
 class MlpGradientTest : public ::testing::TestWithParam<GradCase> {};
 
 TEST_P(MlpGradientTest, MatchesCentralDifferencesInDouble) {
-  const MlpConfig config{5, 3, 7, GetParam().depth, GetParam().activation};
+  const MlpConfig config{5, 3, 7, GetParam().depth, GetParam().activation, GetParam().skip};
   MlpT<double> mlp(config, 42);
   // Non-zero biases so that every parameter's gradient path is exercised.
   for (double& p : mlp.flat()) p += 0.05;
@@ -76,10 +77,29 @@ TEST_P(MlpGradientTest, MatchesCentralDifferencesInDouble) {
 INSTANTIATE_TEST_SUITE_P(Towers, MlpGradientTest,
                          ::testing::Values(GradCase{MlpActivation::Gelu, 0}, GradCase{MlpActivation::Gelu, 1},
                                            GradCase{MlpActivation::Gelu, 2}, GradCase{MlpActivation::Relu, 1},
-                                           GradCase{MlpActivation::Relu, 3}),
+                                           GradCase{MlpActivation::Relu, 3}, GradCase{MlpActivation::Gelu, 1, true},
+                                           GradCase{MlpActivation::Gelu, 2, true}),
                          [](const auto& info) {
-                           return activation_name(info.param.activation) + "_depth" + std::to_string(info.param.depth);
+                           return activation_name(info.param.activation) + "_depth" + std::to_string(info.param.depth) +
+                                  (info.param.skip ? "_skip" : "");
                          });
+
+TEST(Mlp, ASkipTowerStartsAsItsLinearMap) {
+  const MlpT<double> mlp(MlpConfig{4, 3, 6, 2, MlpActivation::Gelu, true}, 5);
+  ASSERT_EQ(mlp.slots().back().name, "skip.weight");
+  EXPECT_EQ(mlp.slots().back().shape, (std::vector<int64_t>{3, 4}));
+  const MatrixD x = random_matrix(5, 4, 6);
+  // The output layer starts at zero, so y = x · S exactly (S stored row-major [out, in]).
+  const auto& s = mlp.slots().back();
+  MatrixD skip(3, 4);
+  for (int o = 0; o < 3; ++o) {
+    for (int i = 0; i < 4; ++i) skip(o, i) = mlp.flat()[s.offset + static_cast<std::size_t>(o * 4 + i)];
+  }
+  EXPECT_LT((mlp.forward(x) - x * skip.transpose()).cwiseAbs().maxCoeff(), 1e-12);
+  EXPECT_GT(skip.cwiseAbs().maxCoeff(), 0.0);
+  // Depth 0 is already linear: the option adds nothing.
+  EXPECT_EQ(Mlp(MlpConfig{4, 3, 6, 0, MlpActivation::Gelu, true}, 5).num_parameters(), 4U * 3U + 3U);
+}
 
 TEST(Mlp, BackwardAccumulatesIntoTheBuffer) {
   MlpT<double> mlp(MlpConfig{3, 2, 4, 1, MlpActivation::Gelu}, 7);

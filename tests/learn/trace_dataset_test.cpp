@@ -163,6 +163,7 @@ TEST(IndexerCheckpoint, RoundTripKeepsWeightsConfigAndScores) {
   c.dim = 6;
   c.depth = 2;
   c.width = 9;
+  c.skip = true;
   DualEncoder model(c, 3);
   LabelOptions labels;
   labels.tau = 48;
@@ -175,6 +176,7 @@ TEST(IndexerCheckpoint, RoundTripKeepsWeightsConfigAndScores) {
   EXPECT_EQ(back.labels.window, 1000);
   EXPECT_EQ(back.labels.query_pool, 6);
   EXPECT_EQ(back.model.config().width, 9);
+  EXPECT_TRUE(back.model.config().skip);
   const auto a = model.parameters();
   const auto b = back.model.parameters();
   ASSERT_EQ(a.size(), b.size());
