@@ -35,6 +35,7 @@ const CommandSpec kTrainSpec{
      {"dim", "N", "embedding size", "64"},
      {"depth", "N", "hidden layers per tower", "2"},
      {"width", "N", "hidden width per tower", "256"},
+     {"skip", "on|off", "towers with depth > 0 get a linear input-to-output path", "off"},
      {"loss", "NAME", "binary or listwise", "listwise"},
      {"tau", "N", "lookahead horizon in decode steps", "64"},
      {"window", "N", "recent tokens that are never candidates", "2048"},
@@ -126,6 +127,7 @@ int train(const Argv& argv) {
   opt.dim = static_cast<int>(args.get_int("dim"));
   opt.depth = static_cast<int>(args.get_int("depth"));
   opt.width = static_cast<int>(args.get_int("width"));
+  opt.skip = parse_on_off(args.get("skip"), "--skip");
   opt.loss.kind = parse_loss(args.get("loss"));
   opt.val_fraction = args.get_double("val-fraction");
   opt.patience = static_cast<int>(args.get_int("patience"));
@@ -176,7 +178,7 @@ int train(const Argv& argv) {
   for (size_t i = 0; i < best.val_recall.size(); ++i) {
     std::cout << ", val recall@" << opt.recall_ks[i] << " " << std::setprecision(3) << best.val_recall[i];
   }
-  std::cout << "; " << std::setprecision(1) << result.samples_per_second << " refresh points/s, "
+  std::cout << "; " << std::fixed << std::setprecision(0) << result.samples_per_second << " refresh points/s, "
             << result.candidates_per_second << " candidates/s\n";
   return 0;
 }

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# LSA from the command line: kvlab indexer train | eval and the lsa policy in replay and policy
+# check, with the exit codes and one-line errors of the CLI conventions (0 ok, 1 bad input file,
+# 2 usage) for the bad inputs the LSA issue names, and the checkpoint's atomic write.
+# usage: indexer_cli_test.sh PATH/TO/kvlab
+set -uo pipefail
+
+kvlab="$1"
+work="$(mktemp -d "${TMPDIR:-/tmp}/kvlab_indexer_cli_test.XXXXXX")"
+trap 'rm -rf "${work}"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/expect_lib.sh"
+
+json_check() {  # json_check FILE PYTHON-EXPRESSION-ON-d
+  checks=$((checks + 1))
+  if ! command -v python3 >/dev/null; then return; fi
+  python3 - "$1" "$2" <<'PY' || fail "JSON check '$2' on $1"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert eval(sys.argv[2]), sys.argv[2]
+PY
+}
+
+# ---- traces: training, held-out, without features, with other widths --------------------
+train="${work}/train.h5"
+held_out="${work}/test.h5"
+bare="${work}/bare.h5"
+wide="${work}/wide.h5"
+gen=(trace gen --workload needle --context-tokens 16384 --steps 96)
+expect 0 "wrote ${train}" -- "${gen[@]}" --requests 6 --seed 1 --out "${train}"
+expect 0 "wrote ${held_out}" -- "${gen[@]}" --requests 2 --seed 1001 --out "${held_out}"
+expect 0 "wrote ${bare}" -- "${gen[@]}" --requests 1 --seed 1001 --features off --out "${bare}"
+expect 0 "wrote ${wide}" -- "${gen[@]}" --requests 1 --seed 1001 --d-query 32 --out "${wide}"
+expect 0 "" -- trace info "${bare}" --json
+cp "${work}/out.txt" "${work}/bare_info.json"
+json_check "${work}/bare_info.json" 'd["requests"][0]["d_query"] == 0 and d["requests"][0]["d_key"] == 0'
+expect 2 "--features" -- trace gen --features maybe --out "${work}/x.h5"
+expect 2 "--d-query" -- trace gen --d-query 0 --out "${work}/x.h5"
+
+# ---- indexer train ----------------------------------------------------------------------
+expect 0 "usage: kvlab indexer train" -- indexer train --help
+expect 0 "usage: kvlab indexer eval" -- indexer eval --help
+expect 2 "unknown verb 'frob'" -- indexer frob
+idx="${work}/idx.h5"
+train_flags=(--window 4096 --tau 32 --stride 8 --depth 0 --dim 16 --epochs 3 --query-pool 4 --seed 3)
+expect 0 "wrote ${idx}" -- indexer train --traces "${train}" --out "${idx}" "${train_flags[@]}" --threads 2
+checks=$((checks + 1))
+grep -q "epoch 1/3" "${work}/err.txt" || fail "indexer train shows no per-epoch loss and validation recall"
+checks=$((checks + 1))
+grep -Eq "[0-9]+ refresh points/s" "${work}/out.txt" || fail "indexer train reports no samples per second"
+checks=$((checks + 1))
+ls "${work}" | grep -q '\.tmp' && fail "indexer train left a temporary file: $(ls "${work}")"
+# Deterministic for a seed, whatever the thread count: the same scores on held-out data.
+expect 0 "wrote" -- indexer train --traces "${train}" --out "${work}/idx_again.h5" "${train_flags[@]}" --threads 1
+expect 0 "" -- indexer eval --indexer "${idx}" --trace "${held_out}" --json --k 1,4,16
+cp "${work}/out.txt" "${work}/eval.json"
+expect 0 "" -- indexer eval --indexer "${work}/idx_again.h5" --trace "${held_out}" --json --k 1,4,16
+sed 's/idx_again/idx/' "${work}/out.txt" >"${work}/eval_again.json"
+checks=$((checks + 1))
+cmp -s "${work}/eval.json" "${work}/eval_again.json" || fail "indexer train is not deterministic across thread counts"
+json_check "${work}/eval.json" 'd["tau"] == 32 and d["window"] == 4096 and 0 <= d["recall@1"] <= d["recall@4"] <= d["recall@16"] <= 1'
+json_check "${work}/eval.json" 'd["positives"] > 0 and d["groups"] == 2 * 3'
+expect 0 "recall@16" -- indexer eval --indexer "${idx}" --trace "${held_out}"
+
+# Bad options name the flag (exit 2); bad files name the file (exit 1).
+expect 2 "--tau" -- indexer train --traces "${train}" --out "${work}/x.h5" --tau 0
+expect 2 "--tau" -- indexer train --traces "${train}" --out "${work}/x.h5" --tau -4
+expect 2 "--query-pool" -- indexer train --traces "${train}" --out "${work}/x.h5" --query-pool 0
+expect 2 "epochs" -- indexer train --traces "${train}" --out "${work}/x.h5" --epochs 0
+expect 2 "--skip" -- indexer train --traces "${train}" --out "${work}/x.h5" --skip sometimes
+expect 2 "--traces" -- indexer train --out "${work}/x.h5"
+expect 1 "${bare}" -- indexer train --traces "${bare}" --out "${work}/x.h5"
+expect 1 "'query'" -- indexer train --traces "${bare}" --out "${work}/x.h5"
+expect 1 "${work}/missing.h5" -- indexer train --traces "${work}/missing.h5" --out "${work}/x.h5"
+expect 1 "d_query=32" -- indexer train --traces "${train}" "${wide}" --out "${work}/x.h5"
+checks=$((checks + 1))
+[[ -e "${work}/x.h5" ]] && fail "a failed training wrote its checkpoint"
+
+# ---- indexer eval: missing, corrupt and mismatched checkpoints ----------------------------
+echo "not an HDF5 file" >"${work}/corrupt.h5"
+expect 1 "${work}/missing.h5" -- indexer eval --indexer "${work}/missing.h5" --trace "${held_out}"
+expect 1 "--indexer" -- indexer eval --indexer "${work}/corrupt.h5" --trace "${held_out}"
+expect 1 "kvlab_checkpoint_version" -- indexer eval --indexer "${train}" --trace "${held_out}"
+expect 1 "d_query=32" -- indexer eval --indexer "${idx}" --trace "${wide}"
+expect 1 "'query'" -- indexer eval --indexer "${idx}" --trace "${bare}"
+expect 2 "--k" -- indexer eval --indexer "${idx}" --trace "${held_out}" --k 0
+
+# ---- the checkpoint is written atomically ------------------------------------------------
+cp "${idx}" "${work}/idx.before"
+expect 1 "'query'" -- indexer train --traces "${bare}" --out "${idx}"
+checks=$((checks + 1))
+cmp -s "${idx}" "${work}/idx.before" || fail "a failed training changed the previous checkpoint"
+# Interrupted mid-training: the previous checkpoint stays as it was.
+"${kvlab}" indexer train --traces "${train}" --out "${idx}" --window 4096 --tau 32 --epochs 100000 --patience 0 \
+  --threads 1 >/dev/null 2>"${work}/long.err" &
+pid=$!
+for _ in $(seq 1 300); do
+  grep -q "epoch 1/" "${work}/long.err" 2>/dev/null && break
+  sleep 0.1
+done
+# SIGTERM: a non-interactive shell starts background jobs with SIGINT ignored.
+kill -TERM "${pid}" 2>/dev/null
+wait "${pid}" 2>/dev/null
+checks=$((checks + 1))
+grep -q "epoch 1/" "${work}/long.err" || fail "the long training never finished an epoch"
+checks=$((checks + 1))
+cmp -s "${idx}" "${work}/idx.before" || fail "an interrupted training changed the previous checkpoint"
+
+# ---- the lsa policy ---------------------------------------------------------------------
+lsa_base="lsa:indexer=${idx},window=4096"
+lsa="${lsa_base},tau=32,budget=0.35"
+expect 0 "Lookahead Sparse Attention" -- policies
+expect 0 "" -- replay --trace "${held_out}" --policy "${lsa}" --policy "lsa_oracle:window=4096,tau=32,budget=0.35" \
+  --policy sliding_window:window=4096 --json
+cp "${work}/out.txt" "${work}/replay.json"
+json_check "${work}/replay.json" 'd[0]["name"] == "lsa" and not d[0]["oracle"] and d[1]["oracle"]'
+json_check "${work}/replay.json" 'd[0]["footprint_mean_ratio"] <= 0.35 and d[0]["hbm_summary_mean_bytes"] > 0 and d[0]["hbm_index_mean_bytes"] > 0'
+json_check "${work}/replay.json" 'd[0]["fetch_bytes"] > 0 and d[1]["critical_recall"] >= d[2]["critical_recall"]'
+expect 0 "checks passed" -- policy check --policy "${lsa}" --trace "${held_out}" --requests 1 --steps 64
+
+expect 2 "'indexer' is required" -- replay --trace "${held_out}" --policy lsa
+expect 1 "parameter 'indexer'" -- replay --trace "${held_out}" --policy "lsa:indexer=${work}/missing.h5"
+expect 1 "parameter 'indexer'" -- replay --trace "${held_out}" --policy "lsa:indexer=${work}/corrupt.h5"
+expect 1 "d_query=32" -- replay --trace "${wide}" --policy "${lsa}"
+expect 1 "'query'" -- replay --trace "${bare}" --policy "${lsa}"
+expect 2 "'tau' must be positive" -- replay --trace "${held_out}" --policy "${lsa_base},tau=0"
+expect 2 "'tau' must be positive" -- replay --trace "${held_out}" --policy "lsa_oracle:tau=-1"
+expect 2 "'budget' must not be negative" -- replay --trace "${held_out}" --policy "${lsa_base},budget=-100"
+expect 2 "larger than the context" -- replay --trace "${held_out}" --policy "${lsa_base},budget=99999999"
+expect 2 "larger than the whole context" -- replay --trace "${held_out}" --policy "${lsa_base},budget=1.5"
+
+echo "indexer_cli_test: ${checks} checks, ${failures} failed"
+[[ ${failures} -eq 0 ]]
