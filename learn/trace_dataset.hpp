@@ -11,6 +11,10 @@
 
 namespace kvlab {
 
+/// Steps pooled into the indexer's query by default: measured against 1 on the LSA study's
+/// held-out workloads (experiments/lsa/README.md, "Indexer recipe").
+inline constexpr int64_t kDefaultQueryPool = 8;
+
 /// How a trace becomes indexer samples: which chunks are candidates and positives at a refresh
 /// (the labels) and how the refresh's query is built.
 struct LabelOptions {
@@ -24,7 +28,7 @@ struct LabelOptions {
   int64_t max_negatives = 0;
   /// The query at a refresh is the mean of the last this-many steps' query features
   /// (learn/query_pool.hpp); 1 = the refresh step's own.
-  int64_t query_pool = 1;
+  int64_t query_pool = kDefaultQueryPool;
 
   /// Throws UsageError naming the first bad option (--tau, --window, …).
   void validate() const;

@@ -3,11 +3,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
 #include "core/lookahead.hpp"
 #include "learn/indexer_io.hpp"
 #include "learn/trace_dataset.hpp"
+#include "traces/checkpoint.hpp"
 #include "traces/synthetic.hpp"
 
 using namespace kvlab;
@@ -186,6 +188,27 @@ TEST(IndexerCheckpoint, RoundTripKeepsWeightsConfigAndScores) {
   }
   EXPECT_NE(back.metrics_json.find("val_recall@16"), std::string::npos);
   EXPECT_NE(back.provenance_json.find("a.h5"), std::string::npos);
+}
+
+TEST(IndexerCheckpoint, OlderCheckpointsKeepTheirMeaning) {
+  // Checkpoints written before query pooling and skip paths existed lack both fields: they
+  // used the refresh step's own query and plain towers.
+  DualEncoderConfig c;
+  c.d_query = 4;
+  c.d_key = 4;
+  c.depth = 1;
+  c.width = 5;
+  const std::string path = temp_path("old_idx.h5");
+  save_indexer(path, DualEncoder(c, 2), LabelOptions{}, "{}", "{}", "{}");
+  Checkpoint ckpt = read_checkpoint(path, kIndexerCheckpointKind);
+  auto config = nlohmann::json::parse(ckpt.config_json);
+  config.erase("query_pool");
+  config.erase("skip");
+  ckpt.config_json = config.dump();
+  write_checkpoint(path, ckpt);
+  const LoadedIndexer old = load_indexer(path);
+  EXPECT_EQ(old.labels.query_pool, 1);
+  EXPECT_FALSE(old.model.config().skip);
 }
 
 TEST(IndexerCheckpoint, BadFilesGiveClearErrorsAndFailedWritesKeepTheOldFile) {
