@@ -13,6 +13,15 @@ from pathlib import Path
 FAMILIES = ["full", "sliding_window", "random", "oracle_topk", "lsa_oracle", "lsa"]
 ORACLES = {"oracle_topk", "lsa_oracle"}
 SINGLES = ["local", "needle", "multi_needle", "multi_hop", "diffuse"]
+# experiments/lsa/run_all.sh step 9: each variant changes one thing against the study's indexer.
+ABLATION = [
+    ("study", "the study's indexer: linear towers, query pool 8, 300 requests per remote workload at 32K"),
+    ("pool1", "query pool 1 (the refresh step's own query)"),
+    ("small", "40 requests per remote workload at 32K"),
+    ("small_pool1", "40 per remote workload and query pool 1 (the first study's recipe)"),
+    ("small_mlp", "40 per remote workload, MLP towers (depth 2, width 256, lr 0.001), no skip path"),
+    ("small_mlp_skip", "as small_mlp, with linear skip paths (--skip on)"),
+]
 
 
 def load(path):
@@ -96,6 +105,23 @@ def sweep_table(grid, fractions, metric):
     return table(header, body)
 
 
+def pareto_frontier(grid, metric):
+    """The deployable (non-oracle) points no other deployable point beats on both footprint and
+    `metric`, by increasing footprint: [(footprint, value, family)]."""
+    pts = [(r["footprint_mean_ratio"], r[metric], fam) for fam in FAMILIES if fam not in ORACLES
+           for r in grid[fam].values()]
+    frontier = []
+    for fp, v, fam in sorted(pts, key=lambda p: (p[0], -p[1])):
+        if not frontier or v > frontier[-1][1]:
+            frontier.append((fp, v, fam))
+    return frontier
+
+
+def frontier_line(grid, metric):
+    return "Pareto frontier (deployable policies): " + ", ".join(
+        f"{fam} {v:.4f} at {fp:.3f}" for fp, v, fam in pareto_frontier(grid, metric))
+
+
 def plot(name, title, grid, out_dir):
     try:
         import matplotlib
@@ -111,6 +137,9 @@ def plot(name, title, grid, out_dir):
                 continue
             style = "--" if fam in ORACLES else "-"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=fam + (" (oracle)" if fam in ORACLES else ""))
+        front = pareto_frontier(grid, metric)
+        ax.step([p[0] for p in front], [p[1] for p in front], "k:", where="post", linewidth=2.5, alpha=0.5,
+                label="Pareto frontier (deployable)")
         ax.set_xscale("log")
         ax.set_xlabel("mean footprint (fraction of full KV)")
         ax.set_ylabel(metric.replace("_", " "))
@@ -122,6 +151,36 @@ def plot(name, title, grid, out_dir):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
+
+
+def ablation_section(out, replay):
+    """Critical recall of lsa at 15% per indexer variant and workload, and the indexer's recall@128."""
+    keys = sorted(k for k in replay if k.startswith("ablation_"))
+    if not keys:
+        return []
+    workloads = [k[len("ablation_"):k.rfind("_")] for k in keys]
+    def variant(spec):
+        m = re.search(r"indexer=[^,]*/([^/,]+)\.h5", spec)
+        return m.group(1) if m else None
+    recall = {(variant(r["policy"]), wl): r for k, wl in zip(keys, workloads) for r in replay[k]}
+    rows, eval_rows = [], []
+    for name, what in ABLATION:
+        if not any((name, wl) in recall for wl in workloads):
+            continue
+        rows.append([f"`{name}`", what] + [f"{recall[(name, wl)]['critical_recall']:.4f}" if (name, wl) in recall else "–"
+                                           for wl in workloads])
+        line = [f"`{name}`"]
+        for wl in workloads:
+            p = out / "ablation" / f"eval_{name}_{wl}.json"
+            line.append(f"{load(p)['recall@128']:.3f}" if p.exists() else "–")
+        eval_rows.append(line)
+    n = int(keys[0].rsplit("_", 1)[1])
+    return ["## 5. Indexer recipe (ablation)", "",
+            f"lsa at a 15% budget on the held-out single workloads at {ctx_label(n)} tokens, one indexer per row; each "
+            "variant changes one thing against the study's indexer (`experiments/lsa/run_all.sh`, step 9). Critical recall:", "",
+            table(["variant", "what changes"] + workloads, rows), "",
+            "The indexer alone (`kvlab indexer eval`): recall@128 of the lookahead-critical remote chunks:", "",
+            table(["variant"] + workloads, eval_rows), ""]
 
 
 def check(ok):
@@ -173,7 +232,8 @@ def main():
         grid = grids[k] = sweep_grid(replay[k], fractions)
         title = f"{wl}, {ctx_label(n)} tokens"
         md += [f"### {title}", "", "Critical recall:", "", sweep_table(grid, fractions, "critical_recall"), "",
-               "Mass recall:", "", sweep_table(grid, fractions, "mass_recall"), ""]
+               frontier_line(grid, "critical_recall"), "",
+               "Mass recall:", "", sweep_table(grid, fractions, "mass_recall"), "", frontier_line(grid, "mass_recall"), ""]
         png = plot(k[len("sweep_"):], title, grid, out)
         if png:
             md += [f"![{title}]({png})", ""]
@@ -197,8 +257,11 @@ def main():
                      [[name, f"{e['candidates_per_group']:.0f}", e["positives"]] + [f"{e[f'recall@{k}']:.3f}" for k in ks]
                       for name, e in evals.items()]), ""]
 
+    # ---- ablation -------------------------------------------------------------------------
+    md += ablation_section(out, replay)
+
     # ---- targets --------------------------------------------------------------------------
-    md += ["## 5. Targets", ""]
+    md += ["## 6. Targets", ""]
     lines = []
     for n, r in lsa_points:
         fp, cr = r["footprint_mean_ratio"], r["critical_recall"]

@@ -29,7 +29,7 @@ if [[ $QUICK == 1 ]]; then
   CONTEXTS=(32768 131072)                # mix test contexts
   declare -A MIX_REQ=([32768]=10 [131072]=10) MIX_STEPS=([32768]=256 [131072]=128)
   SINGLE_CTX=32768; SINGLE_REQ=2; SINGLE_STEPS=256
-  TRAIN_MIX32=10; TRAIN_REM32=10; TRAIN_MIX128=0; TRAIN_REM128=0
+  TRAIN_MIX32=10; TRAIN_REM32=10; TRAIN_MIX128=0; TRAIN_REM128=0; ABLATION_REM32=4
   SPEED_CTX=131072; SPEED_REQ=10; SPEED_STEPS=128; SPEED_EPOCHS=2
   ONE_M_STEPS=64; ONE_M_REQ=1
   FRACTIONS=(0.10 0.20)
@@ -38,8 +38,8 @@ else
   CONTEXTS=(32768 131072 524288 1048576)
   declare -A MIX_REQ=([32768]=20 [131072]=10 [524288]=10 [1048576]=10)
   declare -A MIX_STEPS=([32768]=256 [131072]=256 [524288]=256 [1048576]=256)
-  SINGLE_CTX=131072; SINGLE_REQ=4; SINGLE_STEPS=256
-  TRAIN_MIX32=30; TRAIN_REM32=40; TRAIN_MIX128=20; TRAIN_REM128=4
+  SINGLE_CTX=131072; SINGLE_REQ=8; SINGLE_STEPS=256
+  TRAIN_MIX32=30; TRAIN_REM32=300; TRAIN_MIX128=20; TRAIN_REM128=4; ABLATION_REM32=40
   SPEED_CTX=131072; SPEED_REQ=100; SPEED_STEPS=256; SPEED_EPOCHS=10
   ONE_M_STEPS=256; ONE_M_REQ=4
   FRACTIONS=(0.05 0.10 0.15 0.20)
@@ -93,10 +93,15 @@ replay() {  # replay TRACE NAME POLICY-ARGS...
 echo "== 1. traces (train seeds 1-4, test seeds 1001+)"
 gen mix 32768 256 $TRAIN_MIX32 1 "$TR/train_mix_32k.h5"
 TRAIN=("$TR/train_mix_32k.h5")
-for w in "${REMOTE[@]}"; do gen "$w" 32768 256 $TRAIN_REM32 2 "$TR/train_${w}_32k.h5"; TRAIN+=("$TR/train_${w}_32k.h5"); done
+SMALL_TRAIN=("$TR/train_mix_32k.h5")  # the ablation's smaller set: the first ABLATION_REM32 requests per remote workload
+for w in "${REMOTE[@]}"; do
+  gen "$w" 32768 256 $TRAIN_REM32 2 "$TR/train_${w}_32k.h5"; TRAIN+=("$TR/train_${w}_32k.h5")
+  gen "$w" 32768 256 $ABLATION_REM32 2 "$TR/train_${w}_32k_small.h5"; SMALL_TRAIN+=("$TR/train_${w}_32k_small.h5")
+done
 if [[ $TRAIN_MIX128 -gt 0 ]]; then
   gen mix 131072 256 $TRAIN_MIX128 3 "$TR/train_mix_128k.h5"; TRAIN+=("$TR/train_mix_128k.h5")
   for w in "${REMOTE[@]}"; do gen "$w" 131072 256 $TRAIN_REM128 4 "$TR/train_${w}_128k.h5"; TRAIN+=("$TR/train_${w}_128k.h5"); done
+  SMALL_TRAIN+=("${TRAIN[@]:$((1 + ${#REMOTE[@]}))}")  # the same 128K traces
 fi
 for n in "${CONTEXTS[@]}"; do gen mix "$n" "${MIX_STEPS[$n]}" "${MIX_REQ[$n]}" 1001 "$TR/test_mix_$n.h5"; done
 for w in local "${REMOTE[@]}"; do gen "$w" $SINGLE_CTX $SINGLE_STEPS $SINGLE_REQ 1002 "$TR/test_${w}_$SINGLE_CTX.h5"; done
@@ -107,8 +112,18 @@ IDX="$OUT/indexer.h5"
 # Linear towers (depth 0): the synthetic features are linear projections of topic latents, and
 # deeper towers overfit the few remote positives (README, "Tuning"). Window 8192: the labels
 # then hold the remote chunks the indexer exists to find, not the local spill-over just past a
-# short window, which no content feature predicts.
-TRAIN_FLAGS=(--window 8192 --sinks $SINKS --tau 64 --stride 16 --depth 0 --dim 64 --lr 0.003 --epochs 10 --patience 3 --loss listwise --negatives 256 --seed 0 --threads "$THREADS")
+# short window, which no content feature predicts. Query pooling 8: the mean query of the last
+# 8 steps (step 9 measures 1 against 8).
+declare -A STUDY_FLAGS=([window]=8192 [sinks]=$SINKS [tau]=64 [stride]=16 [depth]=0 [dim]=64 [lr]=0.003 [epochs]=10
+                        [patience]=3 [loss]=listwise [negatives]=256 [query-pool]=8 [seed]=0 [threads]=$THREADS)
+train_flags() {  # train_flags [KEY=VALUE ...]: the study's training flags, some replaced (one per line)
+  local -A f=()
+  local k kv
+  for k in "${!STUDY_FLAGS[@]}"; do f[$k]=${STUDY_FLAGS[$k]}; done
+  for kv in "$@"; do f[${kv%%=*}]=${kv#*=}; done
+  for k in $(printf '%s\n' "${!f[@]}" | sort); do printf -- '--%s\n%s\n' "$k" "${f[$k]}"; done
+}
+mapfile -t TRAIN_FLAGS < <(train_flags)
 t0=$(now)
 "$KVLAB" indexer train --traces "${TRAIN[@]}" --out "$IDX" "${TRAIN_FLAGS[@]}" 2> "$OUT/train.log" | tee "$OUT/train.out"
 TRAIN_S=$(elapsed "$t0" "$(now)")
@@ -161,6 +176,39 @@ for spec in "sliding_window:window=$(sw_window 0.03 1048576),sinks=$SINKS" "lsa:
   SPEED[${spec%%:*}]=$(elapsed "$t0" "$(now)")
 done
 echo "  sliding_window ${SPEED[sliding_window]} s, lsa ${SPEED[lsa]} s"
+
+echo "== 9. indexer recipe ablation: query pooling, training-set size, tower shape (lsa at 15%, ${SINGLE_CTX} tokens)"
+# Each variant changes one thing against the study's indexer (step 2). Trained on the same
+# traces (SMALL_TRAIN: the first ABLATION_REM32 requests per remote workload at 32K, as the first
+# study used), evaluated on the same held-out traces.
+mkdir -p "$OUT/ablation"
+ablate() {  # ablate NAME TRACE-SET [KEY=VALUE ...]: trains $OUT/ablation/NAME.h5 with the study's flags, some replaced
+  local name=$1 set=$2; shift 2
+  local -n traces=$set
+  local flags; mapfile -t flags < <(train_flags "$@")
+  local t0; t0=$(now)
+  "$KVLAB" indexer train --traces "${traces[@]}" --out "$OUT/ablation/$name.h5" "${flags[@]}" \
+    2> "$OUT/ablation/$name.log" > "$OUT/ablation/$name.out"
+  echo "  $name: trained in $(elapsed "$t0" "$(now)") s"
+}
+cp "$IDX" "$OUT/ablation/study.h5"
+ablate pool1 TRAIN query-pool=1
+ablate small SMALL_TRAIN
+ablate small_pool1 SMALL_TRAIN query-pool=1
+ablate small_mlp SMALL_TRAIN depth=2 width=256 lr=0.001 skip=off
+ablate small_mlp_skip SMALL_TRAIN depth=2 width=256 lr=0.001 skip=on
+w=$(lsa_window 0.15 $SINGLE_CTX)
+P=()
+for v in study pool1 small small_pool1 small_mlp small_mlp_skip; do
+  P+=(--policy "lsa:indexer=$OUT/ablation/$v.h5,budget=0.15,window=$w,sinks=$SINKS")
+done
+for wl in "${REMOTE[@]}"; do
+  replay "$TR/test_${wl}_$SINGLE_CTX.h5" "ablation_${wl}_$SINGLE_CTX" "${P[@]}"
+  for v in study pool1 small small_pool1 small_mlp small_mlp_skip; do
+    "$KVLAB" indexer eval --indexer "$OUT/ablation/$v.h5" --trace "$TR/test_${wl}_$SINGLE_CTX.h5" --json \
+      --threads "$THREADS" > "$OUT/ablation/eval_${v}_${wl}.json"
+  done
+done
 
 python3 - "$OUT/timing.json" <<PY
 import json, re, sys
