@@ -94,7 +94,8 @@ MlpT<Scalar>::MlpT(const MlpConfig& config, uint64_t seed) : config_(config) {
     // activation after it, so Xavier.
     const bool hidden = l + 1 < num_layers();
     if (!hidden && has_skip()) continue;  // starts at zero: the tower begins as its skip map
-    fill_normal(slots_[2 * static_cast<std::size_t>(l)], hidden ? std::sqrt(2.0 / fan_in) : std::sqrt(2.0 / (fan_in + fan_out)));
+    fill_normal(slots_[2 * static_cast<std::size_t>(l)],
+                hidden ? std::sqrt(2.0 / fan_in) : std::sqrt(2.0 / (fan_in + fan_out)));
   }
   if (has_skip()) fill_normal(slots_.back(), std::sqrt(2.0 / (config_.in_dim + config_.out_dim)));
 }

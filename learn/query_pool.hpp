@@ -57,7 +57,7 @@ class QueryPool {
       const float* row = ring_.data() + (i % steps_) * width_;
       for (int64_t j = 0; j < width_; ++j) sum[static_cast<size_t>(j)] += row[j];
     }
-    for (int64_t j = 0; j < width_; ++j) out[static_cast<size_t>(j)] = static_cast<float>(sum[static_cast<size_t>(j)] / static_cast<double>(count));
+    for (size_t j = 0; j < sum.size(); ++j) out[j] = static_cast<float>(sum[j] / static_cast<double>(count));
   }
 
   [[nodiscard]] int64_t steps() const { return steps_; }

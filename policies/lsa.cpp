@@ -71,7 +71,8 @@ class LsaPolicy final : public LsaPolicyBase {
     const DualEncoder& model = indexer_->model;
     query_pool_.add(step.step, step.query);  // on_refresh runs before on_step at this step
     query_pool_.mean(pooled_query_);
-    const Eigen::Map<const Eigen::VectorXf> query(pooled_query_.data(), static_cast<Eigen::Index>(pooled_query_.size()));
+    const Eigen::Map<const Eigen::VectorXf> query(pooled_query_.data(),
+                                                  static_cast<Eigen::Index>(pooled_query_.size()));
     const Eigen::VectorXf q = model.embed_query(query);
     const Eigen::Map<const DualEncoder::Matrix> keys(key_embeddings_.data(), embedded_, model.config().dim);
     const Eigen::VectorXf all = model.score_embeddings(q, keys);
