@@ -10,16 +10,6 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/kvlab_indexer_cli_test.XXXXXX")"
 trap 'rm -rf "${work}"' EXIT
 source "$(dirname "${BASH_SOURCE[0]}")/expect_lib.sh"
 
-json_check() {  # json_check FILE PYTHON-EXPRESSION-ON-d
-  checks=$((checks + 1))
-  if ! command -v python3 >/dev/null; then return; fi
-  python3 - "$1" "$2" <<'PY' || fail "JSON check '$2' on $1"
-import json, sys
-d = json.load(open(sys.argv[1]))
-assert eval(sys.argv[2]), sys.argv[2]
-PY
-}
-
 # ---- traces: training, held-out, without features, with other widths --------------------
 train="${work}/train.h5"
 held_out="${work}/test.h5"
