@@ -1,6 +1,7 @@
 // kvlab indexer train | eval: LSA's Neural Memory Indexer, trained backbone-free on traces.
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -147,12 +148,18 @@ int train(const Argv& argv) {
 
   ProgressBar bar("train");
   const IndexerTrainResult result = train_indexer(data, opt, [&](const IndexerProgress& p) {
+    // "epoch 2/10  loss 2.4392  val recall@16 0.5665": on the bar while an epoch runs (the
+    // latest validation), as a line of its own when it ends.
+    char recall[16] = "-";  // no validation yet
+    if (!std::isnan(p.val_recall)) std::snprintf(recall, sizeof(recall), "%.4f", p.val_recall);
+    char status[128];
+    std::snprintf(status, sizeof(status), "epoch %d/%d  loss %.4f  val recall@%d %s", p.epoch, p.epochs, p.train_loss,
+                  opt.primary_k, recall);
     const int64_t done = static_cast<int64_t>(p.epoch - 1) * p.steps_per_epoch + p.step;
-    bar.update(done, static_cast<int64_t>(p.epochs) * p.steps_per_epoch);
+    bar.update(done, static_cast<int64_t>(p.epochs) * p.steps_per_epoch, status);
     if (p.epoch_done) {
-      bar.finish();
-      std::cerr << "epoch " << p.epoch << "/" << p.epochs << "  loss " << std::setprecision(4) << p.train_loss
-                << "  val recall@" << opt.primary_k << " " << p.val_recall << "\n";
+      bar.clear();
+      std::cerr << status << "\n";
     }
   });
   bar.finish();

@@ -11,7 +11,7 @@ ProgressBar::ProgressBar(std::string label)
 
 ProgressBar::~ProgressBar() { finish(); }
 
-void ProgressBar::update(int64_t done, int64_t total) {
+void ProgressBar::update(int64_t done, int64_t total, const std::string& status) {
   if (!enabled_ || total <= 0) return;
   std::lock_guard lock(mutex_);
   const auto now = Clock::now();
@@ -25,18 +25,23 @@ void ProgressBar::update(int64_t done, int64_t total) {
   const double eta = frac > 0 ? elapsed * (1 - frac) / frac : 0;
   std::string bar(static_cast<size_t>(filled), '#');
   bar.resize(width, '.');
-  std::fprintf(stderr, "\r%s [%s] %5.1f%%  %.0fs elapsed, ~%.0fs left ", label_.c_str(), bar.c_str(),
-               100.0 * frac, elapsed, eta);
+  std::fprintf(stderr, "\r\033[K%s [%s] %5.1f%%  %.0fs elapsed, ~%.0fs left  %s", label_.c_str(), bar.c_str(),
+               100.0 * frac, elapsed, eta, status.c_str());
   std::fflush(stderr);
 }
 
-void ProgressBar::finish() {
+void ProgressBar::clear() {
   std::lock_guard lock(mutex_);
   if (drawn_) {
     std::fprintf(stderr, "\r\033[K");
     std::fflush(stderr);
     drawn_ = false;
   }
+}
+
+void ProgressBar::finish() {
+  clear();
+  std::lock_guard lock(mutex_);
   enabled_ = false;
 }
 

@@ -17,8 +17,11 @@ class ProgressBar {
   ProgressBar& operator=(const ProgressBar&) = delete;
 
   /// Thread-safe; the engine calls it from worker threads. Redraws at most ~10 times a second.
-  void update(int64_t done, int64_t total);
-  /// Clears the bar's line (if one was drawn).
+  /// `status` (e.g. the running loss) is shown after the bar.
+  void update(int64_t done, int64_t total, const std::string& status = "");
+  /// Clears the bar's line so that a whole line can be printed; the bar redraws on the next update.
+  void clear();
+  /// Clears the bar's line (if one was drawn) and draws no more.
   void finish();
 
  private:
