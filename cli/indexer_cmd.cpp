@@ -174,7 +174,9 @@ int train(const Argv& argv) {
   }
   const json training = {{"epochs", opt.epochs}, {"lr", opt.lr},       {"batch", opt.batch},
                          {"loss", loss_name(opt.loss.kind)}, {"seed", opt.seed}, {"val_fraction", opt.val_fraction},
-                         {"patience", opt.patience}};
+                         {"patience", opt.patience},
+                         {"negatives", labels.max_negatives}, {"grad_clip", opt.grad_clip},
+                         {"weight_decay", opt.weight_decay}};
   json provenance = {{"traces", traces}, {"fingerprints", summary.fingerprints},
                      {"kvlab", std::string(kVersion) + " (" + kGitRevision + ")"}};
   // Like every other output, --out may name a folder that does not exist yet.
