@@ -36,7 +36,7 @@ const CommandSpec kTrainSpec{
      {"dim", "N", "embedding size", "64"},
      {"depth", "N", "hidden layers per tower", "2"},
      {"width", "N", "hidden width per tower", "256"},
-     {"skip", "on|off", "towers with depth > 0 get a linear input-to-output path", "on"},
+     {"skip", "on|off", "towers with depth > 0 get a linear input-to-output path", "off"},
      {"loss", "NAME", "binary or listwise", "listwise"},
      {"tau", "N", "lookahead horizon in decode steps", "64"},
      {"window", "N", "recent tokens that are never candidates", "2048"},
@@ -64,7 +64,7 @@ const CommandSpec kEvalSpec{
      {"tau", "N", "lookahead horizon (default: the indexer's)", ""},
      {"window", "N", "recent tokens never candidates (default: the indexer's)", ""},
      {"sinks", "N", "initial tokens never candidates (default: the indexer's)", ""},
-     {"json", "", "print JSON instead of a table"},
+     {"json", "", "print JSON instead of a table", ""},
      {"threads", "N", "threads (0 = all cores)", "0"}},
     {},
     ""};

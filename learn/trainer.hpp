@@ -41,7 +41,7 @@ struct IndexerTrainOptions {
   int width = 256;
   MlpActivation activation = MlpActivation::Gelu;
   bool scale_scores = true;
-  bool skip = true;  ///< linear skip paths in towers with depth > 0 (learn/mlp.hpp)
+  bool skip = false;  ///< linear skip paths in towers with depth > 0 (learn/mlp.hpp)
   IndexerLossOptions loss;
   uint64_t seed = 0;
   double val_fraction = 0.1;  ///< of the requests (never of one request's groups)
