@@ -12,7 +12,8 @@
 namespace kvlab {
 
 /// Steps pooled into the indexer's query by default: measured against 1 on the LSA study's
-/// held-out workloads (experiments/lsa/README.md, "Indexer recipe").
+/// held-out workloads (experiments/lsa/results/REPORT.md, "Indexer recipe") and live on
+/// SmolLM2 (experiments/live/README.md, "Indexer recipe, live").
 inline constexpr int64_t kDefaultQueryPool = 8;
 
 /// How a trace becomes indexer samples: which chunks are candidates and positives at a refresh
