@@ -30,23 +30,47 @@ inline RecordedRun record(const std::string& spec, const ConformanceData& data, 
   return out;
 }
 
-/// One request whose every row has the given dense mass at every step (prompt + steps tokens).
-inline ConformanceData single_request(const Geometry& g, int64_t prompt, int64_t steps,
-                                      const std::function<std::vector<float>(int64_t step, int64_t chunks)>& mass) {
-  ConformanceData data{g, RowLayout{g.n_layers, 1}, {}};
+/// One request with the given dense mass per (step, row) (prompt + steps tokens).
+inline ConformanceData request_with_rows(
+    const Geometry& g, RowLayout rows, int64_t prompt, int64_t steps,
+    const std::function<std::vector<float>(int64_t step, int row, int64_t chunks)>& mass) {
+  ConformanceData data{g, rows, {}};
   auto req = std::make_shared<MemoryRequest>();
   req->info = {"r0", "test", prompt, steps, 1};
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t chunks = g.chunks_for(prompt + t + 1);
-    const std::vector<float> row = mass(t, chunks);
     StepMass m;
-    m.reset_dense(data.rows, chunks);
-    for (int r = 0; r < data.rows.rows(); ++r) std::copy(row.begin(), row.end(), m.dense_row(r).begin());
+    m.reset_dense(rows, chunks);
+    for (int r = 0; r < rows.rows(); ++r) {
+      const std::vector<float> row = mass(t, r, chunks);
+      std::copy(row.begin(), row.end(), m.dense_row(r).begin());
+    }
     req->steps.push_back(std::move(m));
     req->query.emplace_back();
   }
   data.requests.push_back(std::move(req));
   return data;
+}
+
+/// One request whose every row has the given dense mass at every step (prompt + steps tokens).
+inline ConformanceData single_request(const Geometry& g, int64_t prompt, int64_t steps,
+                                      const std::function<std::vector<float>(int64_t step, int64_t chunks)>& mass) {
+  return request_with_rows(g, RowLayout{g.n_layers, 1}, prompt, steps,
+                           [&](int64_t t, int, int64_t chunks) { return mass(t, chunks); });
+}
+
+/// The hand-computed eviction example h2o_test and tova_test work through (16-token chunks,
+/// a 64-token prompt = chunks 0..3, chunk 4 opens at step 0, chunk 5 at 16, chunk 6 at 32).
+/// Steps 0..9: chunks 1..4 get 0.4 0.1 0.3 0.2. Steps 10..15: 0.1 0.5 0.2 0.2. From step 16:
+/// chunks 1..5 get 0.1 0.3 0.1 0.2 0.3. Chunk 0 and chunk 6 get nothing.
+inline std::vector<float> eviction_example_mass(int64_t t, int64_t chunks) {
+  std::vector<float> m(static_cast<size_t>(chunks), 0.0F);
+  const std::vector<float> early{0.4F, 0.1F, 0.3F, 0.2F};
+  const std::vector<float> middle{0.1F, 0.5F, 0.2F, 0.2F};
+  const std::vector<float> late{0.1F, 0.3F, 0.1F, 0.2F, 0.3F};
+  const std::vector<float>& use = t < 10 ? early : t < 16 ? middle : late;
+  for (size_t i = 0; i < use.size(); ++i) m[i + 1] = use[i];
+  return m;
 }
 
 inline Geometry small_geometry(int chunk_tokens = 16) {

@@ -1,0 +1,104 @@
+// h2o: Heavy-Hitter Oracle. Zhang, Sheng, Zhou, Chen, Zheng, Cai, Song, Tian, Ré, Barrett,
+// Wang, Chen: "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language
+// Models", NeurIPS 2023 (arXiv:2306.14048).
+//
+// The paper (§3, Algorithm 1) keeps a cache of k tokens: the k_r most recent ones and k_h
+// "heavy hitters", the tokens with the largest attention score accumulated over the decoding
+// steps they were in the cache. Each new token that overflows the cache evicts the
+// non-recent token with the smallest accumulated score, for good; the scores are kept per head.
+//
+// Chunk version. A chunk's score is the attention mass it received, summed over the steps it
+// was resident: the sum of its tokens' scores, so with chunk_tokens = 1 this is the paper's
+// per-token score. When the chunks held exceed the budget, the non-recent chunks with the
+// lowest score are evicted until they fit; with chunk_tokens = 1 that is the paper's one
+// eviction per new token. The attention is what the model computed over the resident chunks
+// (on_attention), which is what the paper accumulates too: H2O's softmax runs over its cache.
+// The recent window is the newest chunks that fit in recent_ratio × budget tokens (the paper's
+// k_r = k_h: recent_ratio = 0.5). Scores are kept per row (layer, head) as in the paper, or
+// summed over rows with per_row=false. Evicted chunks are dropped as in the paper, or moved to
+// host with evict=host (H2O never fetches them back, so only the ledger changes).
+//
+// The paper also counts the prompt's attention (every prompt query over the prompt) in the
+// scores. Decoding-time feedback is all a kvlab source always has, so by default the scores
+// start at zero after prefill and the first over-budget steps evict by recency.
+#include <algorithm>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/registry.hpp"
+#include "policies/eviction.hpp"
+
+namespace kvlab {
+
+class H2oPolicy final : public Policy {
+ public:
+  static constexpr const char* kDescription =
+      "H2O: recent window + heavy hitters (largest accumulated attention) within the budget; evicted chunks dropped";
+  static constexpr bool kOracle = false;
+  static std::vector<ParamSpec> param_specs() {
+    return {budget_param("0.2"),
+            {"recent_ratio", ParamType::Float, "0.5", "share of the budget for the recent window (paper: k_r = k_h)"},
+            {"per_row", ParamType::Bool, "true", "accumulate scores and evict per layer and head (paper); false = summed"},
+            {"evict", ParamType::String, "drop", "where evicted chunks go: drop (paper) or host"}};
+  }
+
+  explicit H2oPolicy(const Params& p)
+      : budget_(p.get_tokens("budget")), recent_ratio_(p.get_float("recent_ratio")), per_row_(p.get_bool("per_row")) {
+    if (budget_.value < 0) throw UsageError("policy h2o: parameter 'budget' must not be negative");
+    if (!(recent_ratio_ >= 0 && recent_ratio_ <= 1)) {
+      throw UsageError("policy h2o: parameter 'recent_ratio' must be in [0, 1]");
+    }
+    const std::string& evict = p.get_string("evict");
+    if (evict != "drop" && evict != "host") {
+      throw UsageError("policy h2o: parameter 'evict' must be drop or host, got '" + evict + "'");
+    }
+    evict_to_ = evict == "drop" ? EvictTo::Drop : EvictTo::Host;
+  }
+
+  void on_request(const RequestContext& request, Plan& plan) override {
+    plan.evict_to = evict_to_;
+    score_.assign(per_row_ ? static_cast<size_t>(request.rows.rows()) : 1, {});
+  }
+
+  void on_step(const StepContext& step, Plan& plan) override {
+    const int64_t budget = budget_tokens(budget_, step, "h2o");
+    const auto recent = static_cast<int64_t>(recent_ratio_ * static_cast<double>(budget));
+    const int64_t protect_from = recent_window_start(step, recent);
+    if (!per_row_) {
+      evict_lowest(step, plan.keep.make_uniform(), score_[0], protect_from, budget, scratch_);
+      return;
+    }
+    for (int r = 0; r < plan.keep.rows(); ++r) {
+      evict_lowest(step, plan.keep.mutable_row(r), score_[r], protect_from, budget, scratch_);
+    }
+  }
+
+  [[nodiscard]] bool wants_attention() const override { return true; }
+
+  void on_attention(const FeedbackContext& feedback) override {
+    const ObservedAttention& attention = *feedback.attention;
+    for (int r = 0; r < attention.rows(); ++r) {
+      std::vector<double>& score = score_[per_row_ ? r : 0];
+      attention.for_each(r, [&](int64_t chunk, float mass) {
+        if (chunk >= static_cast<int64_t>(score.size())) score.resize(chunk + 1, 0.0);
+        score[chunk] += mass;
+      });
+    }
+  }
+
+  [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override {
+    return tokens_to_bytes(budget_tokens(budget_, step, "h2o"), step);
+  }
+
+ private:
+  TokenAmount budget_;
+  double recent_ratio_;
+  bool per_row_;
+  EvictTo evict_to_ = EvictTo::Drop;
+  std::vector<std::vector<double>> score_;  // per row (or one summed row): accumulated mass per chunk
+  std::vector<int64_t> scratch_;
+};
+
+KVLAB_REGISTER_POLICY(H2oPolicy, "h2o");
+
+}  // namespace kvlab
