@@ -95,6 +95,14 @@ for entry in "${BENCHES[@]}"; do
   grep '^TABLE ' "$out_dir/bench_$name.log" | sed 's/^TABLE /  /' >>"$summary"
 done
 
+# 4. Peers built outside the repository (experiments/gpu/peers), when their binaries are carried.
+peer_dir="${KVLAB_PEER_DIR:-.carry/peers}"
+if want peers && [[ -x "$peer_dir/flashinfer_decode_bench" ]]; then
+  "$peer_dir/flashinfer_decode_bench" >"$out_dir/peer_flashinfer.tsv" 2>"$out_dir/peer_flashinfer.log"
+  row "peer flashinfer" "rc=$?"
+  grep '^TABLE ' "$out_dir/peer_flashinfer.tsv" | sed 's/^TABLE /  /' >>"$summary"
+fi
+
 echo
 echo "==== device-check summary ($out_dir) ===="
 cat "$summary"
