@@ -18,41 +18,35 @@
 namespace kvlab::cli {
 namespace {
 
-// Policies declare their HBM budget under this key (type Tokens), so the demo can give every
-// budgeted policy the same one and the comparison is fair.
-constexpr const char* kBudgetKey = "budget";
-
 /// The spec the demo uses for `d`, or an empty string (with `why`) if it cannot run by default.
-/// Policies with a `budget` parameter get the shared budget. A windowed policy without one (a
-/// sliding window) gets a window that, with its sinks, holds the same number of tokens at the
-/// start of decoding, so every non-full policy is compared at about the same footprint.
+/// Roles come from the descriptor, never from parameter keys. A budgeted policy gets the shared
+/// budget. A windowed policy without one (a sliding window) gets a window that, with its sinks,
+/// holds the same number of tokens at the start of decoding, so every non-full policy is
+/// compared at about the same footprint. A policy that needs an indexer gets the demo's.
 std::string demo_spec(const PolicyDescriptor& d, const std::string& budget, int64_t context_tokens,
                       const std::string& indexer, std::string& why) {
-  const ParamSpec* budget_spec = nullptr;
-  const ParamSpec* window_spec = nullptr;
-  int64_t sinks = 0;
+  const ParamSpec* budget_spec = d.param_with(ParamRole::Budget);
+  const ParamSpec* window_spec = d.param_with(ParamRole::Window);
+  const ParamSpec* sinks_spec = d.param_with(ParamRole::Sinks);
+  const ParamSpec* indexer_spec = d.param_with(ParamRole::Indexer);
   for (const auto& p : d.params) {
-    if (p.key == kBudgetKey) budget_spec = &p;
-    if (p.key == "window" && p.type == ParamType::Int) window_spec = &p;
-    if (p.key == "sinks" && p.type == ParamType::Int && !p.default_value.empty()) {
-      sinks = std::stoll(p.default_value);
-    }
-    if (p.required && p.default_value.empty() && p.key != kBudgetKey && !(p.key == "indexer" && !indexer.empty())) {
+    const bool filled = &p == budget_spec || (&p == indexer_spec && !indexer.empty());
+    if (p.required && p.default_value.empty() && !filled) {
       why = "needs parameter '" + p.key + "'";
       return "";
     }
   }
-  const bool needs_indexer = std::any_of(d.params.begin(), d.params.end(), [](const ParamSpec& p) {
-    return p.key == "indexer" && p.required;
-  });
-  const std::string extra = needs_indexer ? ",indexer=" + indexer : "";
-  if (budget_spec != nullptr) return d.name + ":" + std::string(kBudgetKey) + "=" + budget + extra;
+  const std::string extra =
+      indexer_spec != nullptr && !indexer.empty() ? "," + indexer_spec->key + "=" + indexer : "";
+  if (budget_spec != nullptr) return d.name + ":" + budget_spec->key + "=" + budget + extra;
   if (window_spec != nullptr) {
+    const int64_t sinks =
+        sinks_spec != nullptr && !sinks_spec->default_value.empty() ? std::stoll(sinks_spec->default_value) : 0;
     const Params parsed = Params::resolve("demo", {{"budget", ParamType::Tokens, "", "", true}}, {{"budget", budget}});
     const int64_t tokens = parsed.get_tokens("budget").resolve(context_tokens);
-    return d.name + ":window=" + std::to_string(std::max<int64_t>(tokens - sinks, 0));
+    return d.name + ":" + window_spec->key + "=" + std::to_string(std::max<int64_t>(tokens - sinks, 0)) + extra;
   }
-  return d.name;
+  return extra.empty() ? d.name : d.name + ":" + extra.substr(1);
 }
 
 /// A policy that needs a learned indexer (lsa) gets one trained here, once, on a separate
@@ -137,13 +131,11 @@ int run_demo(const Argv& argv) {
   const std::filesystem::path out_dir(args.get("out-dir"));
   std::string indexer;
   for (const auto* d : PolicyRegistry::instance().all()) {
-    for (const auto& p : d->params) {
-      if (p.key != "indexer" || !p.required || !indexer.empty()) continue;
-      try {
-        indexer = ensure_demo_indexer(out_dir, config);
-      } catch (const std::exception& e) {  // e.g. fewer steps than one lookahead window
-        std::cerr << "kvlab demo: no indexer for " << d->name << " (" << e.what() << ")\n";
-      }
+    if (!d->needs(PolicyNeed::Indexer) || !indexer.empty()) continue;
+    try {
+      indexer = ensure_demo_indexer(out_dir, config);
+    } catch (const std::exception& e) {  // e.g. fewer steps than one lookahead window
+      std::cerr << "kvlab demo: no indexer for " << d->name << " (" << e.what() << ")\n";
     }
   }
   std::vector<ResolvedPolicy> policies;

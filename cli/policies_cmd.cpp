@@ -1,6 +1,7 @@
 // kvlab policies, kvlab policy check.
 #include <algorithm>
 #include <iostream>
+#include <utility>
 
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
@@ -8,7 +9,6 @@
 #include "core/error.hpp"
 #include "core/registry.hpp"
 #include "traces/trace.hpp"
-
 
 namespace kvlab::cli {
 
@@ -22,8 +22,22 @@ FlagSpec plugin_flag() {
   return {"plugin", "LIB", "load a shared library that registers policies", "", true};
 }
 
+void print_traits(std::ostream& out, const PolicyDescriptor& d) {
+  if (d.traits.needs.empty() && !d.keeps_tiers()) return;
+  out << "    ";
+  std::string sep;
+  if (!d.traits.needs.empty()) {
+    out << "needs ";
+    for (const PolicyNeed n : d.traits.needs) out << std::exchange(sep, ", ") << policy_need_name(n);
+    sep = "; ";
+  }
+  if (d.keeps_tiers()) out << sep << "keeps summary/index tiers";
+  out << "\n";
+}
+
 void print_policy(std::ostream& out, const PolicyDescriptor& d) {
   out << d.name << (d.oracle ? "  [oracle]" : "") << "\n    " << d.description << "\n";
+  print_traits(out, d);
   if (d.params.empty()) {
     out << "    (no parameters)\n";
     return;
@@ -35,7 +49,10 @@ void print_policy(std::ostream& out, const PolicyDescriptor& d) {
     } else {
       out << "default " << (p.default_value.empty() ? "\"\"" : p.default_value);
     }
-    out << "): " << p.help << "\n";
+    out << ")";
+    if (const std::string range = param_range_text(p.range); !range.empty()) out << " " << range;
+    if (p.role != ParamRole::None) out << " [" << param_role_name(p.role) << "]";
+    out << ": " << p.help << "\n";
   }
 }
 

@@ -2,6 +2,8 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdio>
+#include <optional>
 #include <set>
 
 #include "core/error.hpp"
@@ -46,6 +48,54 @@ bool parse_tokens(const std::string& s, TokenAmount& out) {
   return false;
 }
 
+std::string number_text(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+/// The numeric value of a valid Int, Float or Tokens value (for Tokens: count or fraction).
+std::optional<double> numeric_value(ParamType type, const std::string& text, bool& fraction) {
+  fraction = false;
+  int64_t i = 0;
+  double d = 0;
+  TokenAmount t;
+  switch (type) {
+    case ParamType::Int: return parse_int(text, i) ? std::optional<double>(static_cast<double>(i)) : std::nullopt;
+    case ParamType::Float: return parse_float(text, d) ? std::optional<double>(d) : std::nullopt;
+    case ParamType::Tokens:
+      if (!parse_tokens(text, t)) return std::nullopt;
+      fraction = t.fraction;
+      return t.value;
+    case ParamType::Bool:
+    case ParamType::String: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+bool below_min(const ParamRange& r, double v) {
+  return r.min && (r.min_exclusive ? v <= *r.min : v < *r.min);
+}
+
+/// Why `value` is outside the spec's range, or an empty string if it is inside.
+std::string range_violation(const ParamSpec& spec, const std::string& value) {
+  bool fraction = false;
+  const std::optional<double> v = numeric_value(spec.type, value, fraction);
+  if (!v) return "";
+  const ParamRange& r = spec.range;
+  if (below_min(r, *v) || (r.max && *v > *r.max)) {
+    if (r.min && r.max) return "must be " + param_range_text(r) + ", got " + value;
+    if (r.max) return "must be at most " + number_text(*r.max) + ", got " + value;
+    const bool positive = *r.min == 0 ? r.min_exclusive : (*r.min == 1 && !r.min_exclusive && spec.type == ParamType::Int);
+    if (positive) return "must be positive, got " + value;
+    if (*r.min == 0) return "must not be negative, got " + value;
+    return std::string("must be ") + (r.min_exclusive ? "greater than " : "at least ") + number_text(*r.min) +
+           ", got " + value;
+  }
+  if (fraction && *v > 1) return "is a fraction larger than the whole context (" + value + ")";
+  return "";
+}
+
 std::string valid_keys(const std::vector<ParamSpec>& specs) {
   std::string out;
   for (const auto& s : specs) out += (out.empty() ? "" : ", ") + s.key;
@@ -64,6 +114,52 @@ std::string TokenAmount::str() const {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", value);
   return buf;
+}
+
+ParamSpec ParamSpec::at_least(double lo) const {
+  ParamSpec s = *this;
+  s.range.min = lo;
+  s.range.min_exclusive = false;
+  return s;
+}
+
+ParamSpec ParamSpec::greater_than(double lo) const {
+  ParamSpec s = *this;
+  s.range.min = lo;
+  s.range.min_exclusive = true;
+  return s;
+}
+
+ParamSpec ParamSpec::at_most(double hi) const {
+  ParamSpec s = *this;
+  s.range.max = hi;
+  return s;
+}
+
+ParamSpec ParamSpec::with_role(ParamRole r) const {
+  ParamSpec s = *this;
+  s.role = r;
+  return s;
+}
+
+std::string param_range_text(const ParamRange& r) {
+  if (r.min && r.max) {
+    return std::string("in ") + (r.min_exclusive ? "(" : "[") + number_text(*r.min) + ", " + number_text(*r.max) + "]";
+  }
+  if (r.min) return (r.min_exclusive ? "> " : ">= ") + number_text(*r.min);
+  if (r.max) return "<= " + number_text(*r.max);
+  return "";
+}
+
+std::string_view param_role_name(ParamRole role) {
+  switch (role) {
+    case ParamRole::None: return "none";
+    case ParamRole::Budget: return "budget";
+    case ParamRole::Window: return "window";
+    case ParamRole::Sinks: return "sinks";
+    case ParamRole::Indexer: return "indexer";
+  }
+  return "?";
 }
 
 std::string_view param_type_name(ParamType type) {
@@ -147,6 +243,9 @@ Params Params::resolve(std::string_view policy, const std::vector<ParamSpec>& sp
         !param_value_valid(s.type, value)) {
       throw UsageError("policy " + p.policy_ + ": parameter '" + s.key + "' must be " +
                        std::string(param_type_name(s.type)) + ", got '" + value + "'");
+    }
+    if (const std::string why = range_violation(s, value); !why.empty()) {
+      throw UsageError("policy " + p.policy_ + ": parameter '" + s.key + "' " + why);
     }
     p.values_[s.key] = value;
     p.types_[s.key] = s.type;

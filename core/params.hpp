@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,13 +18,41 @@ enum class ParamType {
   Tokens,  // an amount of context: whole tokens ("8192") or a fraction of the context ("0.1")
 };
 
+/// What a parameter means to code outside the policy (the CLI, the demo, the tests), so that
+/// none of them has to guess it from the parameter's key.
+enum class ParamRole {
+  None,
+  Budget,   // Tokens: the HBM budget; tools that compare policies give them all the same one
+  Window,   // Int: recent tokens always kept
+  Sinks,    // Int: initial tokens always kept (attention sinks)
+  Indexer,  // String: path of a learned indexer checkpoint
+};
+
+/// Allowed values of an Int, Float or Tokens parameter (for Tokens: the token count or the
+/// fraction, whichever was given). Unset bounds are open.
+struct ParamRange {
+  std::optional<double> min;
+  std::optional<double> max;
+  bool min_exclusive = false;
+};
+
 /// One declared parameter. An empty default with `required` means the user must give it.
+/// Params::resolve checks the type and the range of every value, defaults included, so a
+/// policy need not repeat those checks:
+///   ParamSpec{"tau", ParamType::Int, "64", "steps between refreshes"}.at_least(1)
 struct ParamSpec {
   std::string key;
   ParamType type = ParamType::Int;
   std::string default_value;
   std::string help;
   bool required = false;
+  ParamRange range{};
+  ParamRole role = ParamRole::None;
+
+  [[nodiscard]] ParamSpec at_least(double lo) const;
+  [[nodiscard]] ParamSpec greater_than(double lo) const;
+  [[nodiscard]] ParamSpec at_most(double hi) const;
+  [[nodiscard]] ParamSpec with_role(ParamRole r) const;
 };
 
 /// A context amount: either absolute tokens or a fraction of the context length.
@@ -48,8 +77,10 @@ struct PolicySpec {
 /// Parameter values after validation against the specs; every declared key has a value.
 class Params {
  public:
-  /// Validates `given` against `specs`: unknown keys, missing required keys and values that do
-  /// not parse as their type throw UsageError naming the policy, the key and the valid keys.
+  /// Validates `given` against `specs`: unknown keys, missing required keys, values that do not
+  /// parse as their type and values outside their range throw UsageError naming the policy,
+  /// the key and the valid keys or values. A Tokens fraction must be at most 1 (the whole
+  /// context).
   static Params resolve(std::string_view policy, const std::vector<ParamSpec>& specs,
                         const std::map<std::string, std::string>& given);
 
@@ -74,5 +105,8 @@ class Params {
 /// Parses one value as `type`; returns false if it does not parse.
 bool param_value_valid(ParamType type, const std::string& text);
 std::string_view param_type_name(ParamType type);
+std::string_view param_role_name(ParamRole role);
+/// The range as text, e.g. ">= 0" or "in (0, 1]"; empty when unbounded.
+std::string param_range_text(const ParamRange& range);
 
 }  // namespace kvlab

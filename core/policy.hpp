@@ -20,8 +20,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "core/attention.hpp"
 #include "core/geometry.hpp"
@@ -101,9 +103,31 @@ struct FeedbackContext {
   const ObservedAttention* attention = nullptr;
 };
 
+/// Data a policy needs beyond the step context every policy gets. Tools check these before a
+/// run (a trace without query features cannot feed a policy that needs them) and choose inputs
+/// by them (the demo trains an indexer for a policy that needs one). New kinds of input (e.g. a
+/// prefill observation, the raw query and key vectors) are new values here.
+enum class PolicyNeed {
+  Indexer,        // a learned indexer checkpoint, named by the parameter with ParamRole::Indexer
+  QueryFeatures,  // StepContext::query (RequestContext::d_query > 0)
+  ChunkFeatures,  // StepContext::chunk_features() (RequestContext::d_key > 0)
+};
+std::string_view policy_need_name(PolicyNeed need);
+
+/// What a policy class declares about itself beyond its parameters (see Policy::traits()).
+struct PolicyTraits {
+  std::set<PolicyNeed> needs;
+  bool keeps_tiers = false;  // plan.tiers may hold summary or index tiers
+};
+
 class Policy {
  public:
   virtual ~Policy() = default;
+
+  /// The class's declared needs and tiers, read once when the class registers. A policy
+  /// class that needs more than the step context, or keeps tiers, hides this with its own
+  /// `static PolicyTraits traits()`.
+  static PolicyTraits traits() { return {}; }
 
   virtual void on_request(const RequestContext& request, Plan& plan) {}
   /// Steps between on_refresh calls; 0 = never.

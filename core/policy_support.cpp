@@ -7,14 +7,35 @@
 namespace kvlab {
 
 ParamSpec budget_param(const std::string& default_value) {
-  return {"budget", ParamType::Tokens, default_value,
-          "resident KV budget: tokens (e.g. 8192) or a fraction of the context (e.g. 0.1)"};
+  return ParamSpec{"budget", ParamType::Tokens, default_value,
+                   "resident KV budget: tokens (e.g. 8192) or a fraction of the context (e.g. 0.1)"}
+      .at_least(0)
+      .with_role(ParamRole::Budget);
 }
 
-int64_t budget_tokens(const TokenAmount& amount, const StepContext& step, const std::string& policy) {
-  if (amount.value < 0) throw UsageError("policy " + policy + ": parameter 'budget' must not be negative");
+ParamSpec window_param(const std::string& default_value, const std::string& help) {
+  return ParamSpec{"window", ParamType::Int, default_value, help}.at_least(0).with_role(ParamRole::Window);
+}
+
+ParamSpec sinks_param(const std::string& default_value, const std::string& help) {
+  return ParamSpec{"sinks", ParamType::Int, default_value, help}.at_least(0).with_role(ParamRole::Sinks);
+}
+
+int64_t budget_tokens(const TokenAmount& amount, const StepContext& step) {
   const int64_t tokens = amount.resolve(step.n_tokens);
   return std::max<int64_t>(tokens, step.request->geometry->chunk_tokens);
+}
+
+int64_t budget_tokens(const TokenAmount& amount, const StepContext& step, const std::string&) {
+  return budget_tokens(amount, step);
+}
+
+BudgetedPolicy::BudgetedPolicy(const Params& params, const std::string& key) : budget_(params.get_tokens(key)) {}
+
+int64_t BudgetedPolicy::budget_tokens_at(const StepContext& step) const { return budget_tokens(budget_, step); }
+
+int64_t BudgetedPolicy::budget_bytes(const StepContext& step) const {
+  return tokens_to_bytes(budget_tokens_at(step), step);
 }
 
 int64_t tokens_to_bytes(int64_t tokens, const StepContext& step) {

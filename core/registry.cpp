@@ -13,7 +13,24 @@ PolicyRegistry& PolicyRegistry::instance() {
   return registry;
 }
 
+std::string_view policy_need_name(PolicyNeed need) {
+  switch (need) {
+    case PolicyNeed::Indexer: return "indexer";
+    case PolicyNeed::QueryFeatures: return "query_features";
+    case PolicyNeed::ChunkFeatures: return "chunk_features";
+  }
+  return "?";
+}
+
+const ParamSpec* PolicyDescriptor::param_with(ParamRole role) const {
+  for (const auto& p : params) {
+    if (p.role == role) return &p;
+  }
+  return nullptr;
+}
+
 void PolicyRegistry::add(PolicyDescriptor descriptor) {
+  if (descriptor.param_with(ParamRole::Indexer) != nullptr) descriptor.traits.needs.insert(PolicyNeed::Indexer);
   if (find(descriptor.name) != nullptr) {
     errors_.push_back("policy '" + descriptor.name + "' is registered twice");
     return;

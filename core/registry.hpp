@@ -15,12 +15,23 @@
 
 namespace kvlab {
 
+/// A registered policy: what tools may know about it without instantiating it. Tools find a
+/// parameter by its role (param_with), never by its key.
 struct PolicyDescriptor {
   std::string name;
   std::string description;
   bool oracle = false;  // reads true attention; marked `oracle` in every output
   std::vector<ParamSpec> params;
   std::function<std::unique_ptr<Policy>(const Params&)> create;
+  /// Needs and tiers. A parameter with ParamRole::Indexer adds PolicyNeed::Indexer on
+  /// registration.
+  PolicyTraits traits{};
+
+  /// The parameter with this role, or nullptr.
+  [[nodiscard]] const ParamSpec* param_with(ParamRole role) const;
+  [[nodiscard]] bool has_budget() const { return param_with(ParamRole::Budget) != nullptr; }
+  [[nodiscard]] bool needs(PolicyNeed need) const { return traits.needs.count(need) > 0; }
+  [[nodiscard]] bool keeps_tiers() const { return traits.keeps_tiers; }
 };
 
 /// A policy ready to instantiate: descriptor plus validated parameters.
@@ -72,9 +83,12 @@ struct PolicyRegistration {
 ///   static constexpr const char* kDescription; static constexpr bool kOracle;
 ///   static std::vector<kvlab::ParamSpec> param_specs();
 ///   explicit Class(const kvlab::Params&);
+/// and, when it needs more than the step context or keeps tiers:
+///   static kvlab::PolicyTraits traits();
 #define KVLAB_REGISTER_POLICY(Class, name)                                                       \
   static const ::kvlab::detail::PolicyRegistration kvlab_registration_##Class{                  \
       ::kvlab::PolicyDescriptor{name, Class::kDescription, Class::kOracle, Class::param_specs(), \
                                 [](const ::kvlab::Params& p) -> std::unique_ptr<::kvlab::Policy> { \
                                   return std::make_unique<Class>(p);                            \
-                                }}}
+                                },                                                              \
+                                Class::traits()}}

@@ -24,14 +24,18 @@ class LsaPolicy final : public LsaPolicyBase {
   static constexpr bool kOracle = false;
   static std::vector<ParamSpec> param_specs() {
     auto specs = common_params();
-    specs.insert(specs.begin(), {"indexer", ParamType::String, "", "indexer checkpoint (kvlab indexer train --out)", true});
-    specs.push_back({"index_dtype_bytes", ParamType::Int, "2", "bytes per cached key-embedding element on the GPU"});
+    specs.insert(specs.begin(), ParamSpec{"indexer", ParamType::String, "",
+                                          "indexer checkpoint (kvlab indexer train --out)", true}
+                                    .with_role(ParamRole::Indexer));
+    specs.push_back(
+        ParamSpec{"index_dtype_bytes", ParamType::Int, "2", "bytes per cached key-embedding element on the GPU"}
+            .at_least(1));
     return specs;
   }
+  static PolicyTraits traits() { return {{PolicyNeed::QueryFeatures, PolicyNeed::ChunkFeatures}, true}; }
 
   explicit LsaPolicy(const Params& p)
       : LsaPolicyBase(p, "lsa"), path_(p.get_string("indexer")), element_bytes_(p.get_int("index_dtype_bytes")) {
-    if (element_bytes_ <= 0) throw UsageError("policy lsa: parameter 'index_dtype_bytes' must be positive");
     try {
       indexer_ = load_indexer_shared(path_);
     } catch (const InputError& e) {

@@ -19,16 +19,17 @@
 
 namespace kvlab {
 
-class LsaPolicyBase : public Policy {
+class LsaPolicyBase : public BudgetedPolicy {
  public:
   /// Parameters both variants take.
   static std::vector<ParamSpec> common_params();
+  /// Both variants keep a summary tier (and `lsa` an index tier).
+  static PolicyTraits traits() { return {{}, true}; }
 
   void on_request(const RequestContext& request, Plan& plan) override;
   [[nodiscard]] int64_t refresh_interval() const override { return tau_; }
   void on_refresh(const StepContext& step, Plan& plan) override;
   void on_step(const StepContext& step, Plan& plan) override;
-  [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override;
 
  protected:
   LsaPolicyBase(const Params& params, std::string name);
@@ -52,7 +53,6 @@ class LsaPolicyBase : public Policy {
   int64_t tau_;
   int64_t window_;
   int64_t sinks_;
-  TokenAmount budget_;
   int summary_ratio_;
   const Geometry* geometry_ = nullptr;
   ChunkMask selected_;

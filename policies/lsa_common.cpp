@@ -8,36 +8,28 @@
 namespace kvlab {
 
 std::vector<ParamSpec> LsaPolicyBase::common_params() {
-  return {{"tau", ParamType::Int, "64", "decode steps between refreshes (the lookahead horizon)"},
-          {"window", ParamType::Int, "2048", "recent tokens always resident"},
-          {"sinks", ParamType::Int, "64", "initial tokens always resident (attention sinks)"},
+  return {ParamSpec{"tau", ParamType::Int, "64", "decode steps between refreshes (the lookahead horizon)"}.at_least(1),
+          window_param("2048", "recent tokens always resident"),
+          sinks_param("64", "initial tokens always resident (attention sinks)"),
           budget_param("0.1"),
-          {"summary_ratio", ParamType::Int, "128", "context tokens per always-resident summary entry; 0 = no summary tier"}};
+          ParamSpec{"summary_ratio", ParamType::Int, "128",
+                    "context tokens per always-resident summary entry; 0 = no summary tier"}
+              .at_least(0)};
 }
 
 LsaPolicyBase::LsaPolicyBase(const Params& p, std::string name)
-    : name_(std::move(name)),
+    : BudgetedPolicy(p),
+      name_(std::move(name)),
       tau_(p.get_int("tau")),
       window_(p.get_int("window")),
       sinks_(p.get_int("sinks")),
-      budget_(p.get_tokens("budget")),
-      summary_ratio_(static_cast<int>(p.get_int("summary_ratio"))) {
-  auto bad = [&](const std::string& key, const std::string& why) {
-    throw UsageError("policy " + name_ + ": parameter '" + key + "' " + why);
-  };
-  if (tau_ <= 0) bad("tau", "must be positive, got " + std::to_string(tau_));
-  if (window_ < 0) bad("window", "must not be negative");
-  if (sinks_ < 0) bad("sinks", "must not be negative");
-  if (budget_.value < 0) bad("budget", "must not be negative, got " + budget_.str());
-  if (budget_.fraction && budget_.value > 1) bad("budget", "is a fraction larger than the whole context (" + budget_.str() + ")");
-  if (summary_ratio_ < 0) bad("summary_ratio", "must not be negative");
-}
+      summary_ratio_(static_cast<int>(p.get_int("summary_ratio"))) {}
 
 void LsaPolicyBase::on_request(const RequestContext& request, Plan& plan) {
   geometry_ = request.geometry;
   const int64_t context = request.prompt_tokens + request.decode_steps;
-  if (!budget_.fraction && budget_.value > static_cast<double>(context)) {
-    throw UsageError("policy " + name_ + ": parameter 'budget' (" + budget_.str() +
+  if (!budget().fraction && budget().value > static_cast<double>(context)) {
+    throw UsageError("policy " + name_ + ": parameter 'budget' (" + budget().str() +
                      " tokens) is larger than the context (" + std::to_string(context) + " tokens)");
   }
   plan.tiers.summary_ratio = summary_ratio_;
@@ -57,7 +49,7 @@ int64_t LsaPolicyBase::selection_allowance(const StepContext& step) const {
   const int64_t summary_bytes = summary_ratio_ > 0 ? (horizon / summary_ratio_) * bpt : 0;
   const int64_t index_bytes = g.complete_chunks_for(horizon) * index_bytes_per_chunk();
   const int64_t tier_tokens = (summary_bytes + index_bytes + bpt - 1) / bpt;
-  const int64_t budget = budget_tokens(budget_, step, name_);
+  const int64_t budget = budget_tokens_at(step);
   const int64_t fixed = fixed_tokens(step.n_tokens, g.chunk_tokens) + tier_tokens;
   if (fixed > budget) {
     throw UsageError("policy " + name_ + ": parameter 'budget' (" + std::to_string(budget) +
@@ -86,10 +78,6 @@ void LsaPolicyBase::on_step(const StepContext& step, Plan& plan) {
   add_sinks_and_window(step, sinks_, window_, keep);
   selected_.resize(step.n_chunks);
   selected_.for_each([&](int64_t c) { keep.set(c); });
-}
-
-int64_t LsaPolicyBase::budget_bytes(const StepContext& step) const {
-  return tokens_to_bytes(budget_tokens(budget_, step, name_), step);
 }
 
 }  // namespace kvlab

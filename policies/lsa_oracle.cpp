@@ -14,14 +14,13 @@ class LsaOraclePolicy final : public LsaPolicyBase {
   static constexpr bool kOracle = true;
   static std::vector<ParamSpec> param_specs() {
     auto specs = common_params();
-    specs.push_back({"critical_mass", ParamType::Float, "0.9", "p of the critical sets that define the label"});
+    specs.push_back(ParamSpec{"critical_mass", ParamType::Float, "0.9", "p of the critical sets that define the label"}
+                        .greater_than(0)
+                        .at_most(1));
     return specs;
   }
-  explicit LsaOraclePolicy(const Params& p) : LsaPolicyBase(p, "lsa_oracle"), critical_mass_(p.get_float("critical_mass")) {
-    if (!(critical_mass_ > 0 && critical_mass_ <= 1)) {
-      throw UsageError("policy lsa_oracle: parameter 'critical_mass' must be in (0, 1]");
-    }
-  }
+  explicit LsaOraclePolicy(const Params& p)
+      : LsaPolicyBase(p, "lsa_oracle"), critical_mass_(p.get_float("critical_mass")) {}
 
   [[nodiscard]] int64_t oracle_lookahead() const override { return tau() - 1; }
 

@@ -6,26 +6,23 @@
 #include <algorithm>
 #include <numeric>
 
-#include "core/error.hpp"
 #include "core/policy_support.hpp"
 #include "core/registry.hpp"
 
 namespace kvlab {
 
-class OracleTopKPolicy final : public Policy {
+class OracleTopKPolicy final : public BudgetedPolicy {
  public:
   static constexpr const char* kDescription = "the current step's true top chunks within the budget (upper bound)";
   static constexpr bool kOracle = true;
   static std::vector<ParamSpec> param_specs() {
     return {budget_param(), {"per_row", ParamType::Bool, "true", "rank chunks separately in every layer and head"}};
   }
-  explicit OracleTopKPolicy(const Params& p) : budget_(p.get_tokens("budget")), per_row_(p.get_bool("per_row")) {
-    if (budget_.value < 0) throw UsageError("policy oracle_topk: parameter 'budget' must not be negative");
-  }
+  explicit OracleTopKPolicy(const Params& p) : BudgetedPolicy(p), per_row_(p.get_bool("per_row")) {}
 
   void on_step(const StepContext& step, Plan& plan) override {
     const StepMass& mass = step.oracle->mass_at(step.step);
-    const int64_t budget = budget_tokens(budget_, step, "oracle_topk");
+    const int64_t budget = budget_tokens_at(step);
     if (per_row_) {
       for (int r = 0; r < mass.rows(); ++r) {
         ChunkMask& keep = plan.keep.mutable_row(r);
@@ -39,10 +36,6 @@ class OracleTopKPolicy final : public Policy {
     ChunkMask& keep = plan.keep.make_uniform();
     keep.clear();
     add_within_budget(step, ranked_, budget, keep);
-  }
-
-  [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override {
-    return tokens_to_bytes(budget_tokens(budget_, step, "oracle_topk"), step);
   }
 
  private:
@@ -71,7 +64,6 @@ class OracleTopKPolicy final : public Policy {
     std::stable_sort(ranked_.begin(), ranked_.end(), [&](int64_t a, int64_t b) { return score_[a] > score_[b]; });
   }
 
-  TokenAmount budget_;
   bool per_row_;
   std::vector<int64_t> ranked_;
   std::vector<double> score_;

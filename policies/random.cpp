@@ -4,22 +4,19 @@
 #include <algorithm>
 #include <random>
 
-#include "core/error.hpp"
 #include "core/policy_support.hpp"
 #include "core/registry.hpp"
 
 namespace kvlab {
 
-class RandomPolicy final : public Policy {
+class RandomPolicy final : public BudgetedPolicy {
  public:
   static constexpr const char* kDescription = "random chunks within the budget (a control)";
   static constexpr bool kOracle = false;
   static std::vector<ParamSpec> param_specs() {
     return {budget_param(), {"seed", ParamType::Int, "0", "mixed with the request's seed"}};
   }
-  explicit RandomPolicy(const Params& p) : budget_(p.get_tokens("budget")), seed_(p.get_int("seed")) {
-    if (budget_.value < 0) throw UsageError("policy random: parameter 'budget' must not be negative");
-  }
+  explicit RandomPolicy(const Params& p) : BudgetedPolicy(p), seed_(p.get_int("seed")) {}
 
   void on_request(const RequestContext& request, Plan&) override {
     rng_.seed(request.seed ^ (static_cast<uint64_t>(seed_) * 0x9E3779B97F4A7C15ULL));
@@ -32,15 +29,10 @@ class RandomPolicy final : public Policy {
     std::sort(ranked_.begin(), ranked_.end(), [&](int64_t a, int64_t b) { return priority_[a] > priority_[b]; });
     ChunkMask& keep = plan.keep.make_uniform();
     keep.clear();
-    add_within_budget(step, ranked_, budget_tokens(budget_, step, "random"), keep);
-  }
-
-  [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override {
-    return tokens_to_bytes(budget_tokens(budget_, step, "random"), step);
+    add_within_budget(step, ranked_, budget_tokens_at(step), keep);
   }
 
  private:
-  TokenAmount budget_;
   int64_t seed_;
   std::mt19937_64 rng_;
   std::vector<uint64_t> priority_;

@@ -1,7 +1,6 @@
 // sliding_window: the chunks holding the first `sinks` tokens and the last `window` tokens.
 // With sinks > 0 this is StreamingLLM: Xiao et al., "Efficient Streaming Language Models with
 // Attention Sinks", ICLR 2024 (arXiv:2309.17453). Evicted chunks are dropped, as there.
-#include "core/error.hpp"
 #include "core/policy_support.hpp"
 #include "core/registry.hpp"
 
@@ -12,13 +11,9 @@ class SlidingWindowPolicy final : public Policy {
   static constexpr const char* kDescription = "attention sinks plus a recent window (StreamingLLM when sinks > 0)";
   static constexpr bool kOracle = false;
   static std::vector<ParamSpec> param_specs() {
-    return {{"window", ParamType::Int, "8192", "recent tokens kept"},
-            {"sinks", ParamType::Int, "64", "initial tokens kept (attention sinks)"}};
+    return {window_param("8192"), sinks_param("64")};
   }
-  explicit SlidingWindowPolicy(const Params& p) : window_(p.get_int("window")), sinks_(p.get_int("sinks")) {
-    if (window_ < 0) throw UsageError("policy sliding_window: parameter 'window' must not be negative");
-    if (sinks_ < 0) throw UsageError("policy sliding_window: parameter 'sinks' must not be negative");
-  }
+  explicit SlidingWindowPolicy(const Params& p) : window_(p.get_int("window")), sinks_(p.get_int("sinks")) {}
 
   void on_request(const RequestContext&, Plan& plan) override { plan.evict_to = EvictTo::Drop; }
 

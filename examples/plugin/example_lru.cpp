@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/error.hpp"
 #include "core/policy_support.hpp"
 #include "core/registry.hpp"
 
@@ -21,33 +20,35 @@ namespace example {
 
 using namespace kvlab;
 
-class ExampleLruPolicy final : public Policy {
+class ExampleLruPolicy final : public BudgetedPolicy {
  public:
   static constexpr const char* kDescription =
       "plugin example: sinks + recent tokens + least-recently-attended eviction within a budget";
   static constexpr bool kOracle = false;
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
-            {"sinks", ParamType::Int, "64", "initial tokens always kept (attention sinks)"},
-            {"recent", ParamType::Int, "1024", "most recent tokens always kept"},
-            {"min_share", ParamType::Float, "1.0",
-             "a chunk counts as attended when its mass is at least this times the even share"}};
+            sinks_param("64", "initial tokens always kept (attention sinks)"),
+            // A recent window under its own key: tools find it by its role, not its name.
+            ParamSpec{"recent", ParamType::Int, "1024", "most recent tokens always kept"}
+                .at_least(0)
+                .with_role(ParamRole::Window),
+            ParamSpec{"min_share", ParamType::Float, "1.0",
+                      "a chunk counts as attended when its mass is at least this times the even share"}
+                .at_least(0)};
   }
 
+  // BudgetedPolicy reads `budget` and supplies budget_bytes(); the ranges above are checked
+  // before the constructor runs.
   explicit ExampleLruPolicy(const Params& p)
-      : budget_(p.get_tokens("budget")),
+      : BudgetedPolicy(p),
         sinks_(p.get_int("sinks")),
         recent_(p.get_int("recent")),
-        min_share_(p.get_float("min_share")) {
-    if (sinks_ < 0) throw UsageError("policy example_lru: parameter 'sinks' must not be negative");
-    if (recent_ < 0) throw UsageError("policy example_lru: parameter 'recent' must not be negative");
-    if (min_share_ < 0) throw UsageError("policy example_lru: parameter 'min_share' must not be negative");
-  }
+        min_share_(p.get_float("min_share")) {}
 
   void on_request(const RequestContext&, Plan& plan) override { plan.evict_to = EvictTo::Host; }
 
   void on_step(const StepContext& step, Plan& plan) override {
-    const int64_t budget = budget_tokens(budget_, step, "example_lru");
+    const int64_t budget = budget_tokens_at(step);
     if (static_cast<int64_t>(last_used_.size()) < step.n_chunks) last_used_.resize(step.n_chunks, kNever);
 
     // Ranked best first: the chunk being written, the sinks, the recent window (newest first),
@@ -90,14 +91,9 @@ class ExampleLruPolicy final : public Policy {
     }
   }
 
-  [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override {
-    return tokens_to_bytes(budget_tokens(budget_, step, "example_lru"), step);
-  }
-
  private:
   static constexpr int64_t kNever = -1;
 
-  TokenAmount budget_;
   int64_t sinks_;
   int64_t recent_;
   double min_share_;

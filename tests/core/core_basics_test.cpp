@@ -1,6 +1,10 @@
 // Geometry, chunk masks, parameters and critical sets: the arithmetic everything else uses.
 #include <gtest/gtest.h>
 
+#include <map>
+#include <string>
+#include <vector>
+
 #include "core/error.hpp"
 #include "core/geometry.hpp"
 #include "core/metrics.hpp"
@@ -73,6 +77,41 @@ TEST(Params, ParsesTypesDefaultsAndRejectsUnknownKeys) {
   EXPECT_THROW((void)PolicySpec::parse("x:window"), UsageError);
   EXPECT_THROW((void)PolicySpec::parse(":a=1"), UsageError);
   EXPECT_THROW((void)PolicySpec::parse("x:a=1,a=2"), UsageError);
+}
+
+// Every policy's range checks happen here, once: the message names the policy, the key and the
+// allowed values, and a default outside its own range is refused too.
+std::string resolve_error(const std::vector<ParamSpec>& specs, const std::map<std::string, std::string>& given) {
+  try {
+    (void)Params::resolve("p", specs, given);
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Params, RangesAreCheckedWhereParametersResolve) {
+  const std::vector<ParamSpec> specs{ParamSpec{"tau", ParamType::Int, "64", "t"}.at_least(1),
+                                     ParamSpec{"window", ParamType::Int, "8", "w"}.at_least(0),
+                                     ParamSpec{"p", ParamType::Float, "0.9", "p"}.greater_than(0).at_most(1),
+                                     ParamSpec{"budget", ParamType::Tokens, "0.1", "b"}.at_least(0),
+                                     ParamSpec{"big", ParamType::Int, "10", "b"}.at_least(10)};
+  EXPECT_EQ(resolve_error(specs, {}), "");
+  EXPECT_EQ(resolve_error(specs, {{"tau", "1"}, {"window", "0"}, {"p", "1"}, {"budget", "0"}}), "");
+  EXPECT_EQ(resolve_error(specs, {{"tau", "0"}}), "policy p: parameter 'tau' must be positive, got 0");
+  EXPECT_EQ(resolve_error(specs, {{"window", "-1"}}), "policy p: parameter 'window' must not be negative, got -1");
+  EXPECT_EQ(resolve_error(specs, {{"p", "0"}}), "policy p: parameter 'p' must be in (0, 1], got 0");
+  EXPECT_EQ(resolve_error(specs, {{"p", "1.5"}}), "policy p: parameter 'p' must be in (0, 1], got 1.5");
+  EXPECT_EQ(resolve_error(specs, {{"budget", "-5"}}), "policy p: parameter 'budget' must not be negative, got -5");
+  EXPECT_EQ(resolve_error(specs, {{"budget", "-0.5"}}), "policy p: parameter 'budget' must not be negative, got -0.5");
+  EXPECT_EQ(resolve_error(specs, {{"budget", "1.5"}}),
+            "policy p: parameter 'budget' is a fraction larger than the whole context (1.5)");
+  EXPECT_EQ(resolve_error(specs, {{"big", "9"}}), "policy p: parameter 'big' must be at least 10, got 9");
+  // A default outside the declared range is a bug in the policy, caught on first use.
+  EXPECT_NE(resolve_error({ParamSpec{"x", ParamType::Int, "-1", "x"}.at_least(0)}, {}), "");
+  EXPECT_EQ(param_range_text(specs[2].range), "in (0, 1]");
+  EXPECT_EQ(param_range_text(specs[0].range), ">= 1");
+  EXPECT_EQ(param_range_text(ParamRange{}), "");
 }
 
 TEST(CriticalSet, SmallestPrefixReachingP) {

@@ -29,14 +29,15 @@ std::string seeded_indexer() {
   return path;
 }
 
-// Policies run with their defaults, except required parameters: an `indexer` gets a seeded
-// checkpoint; any other required parameter skips the policy here (it needs its own test).
+// Policies run with their defaults, except required parameters: the indexer (ParamRole::Indexer)
+// gets a seeded checkpoint; any other required parameter skips the policy here (it needs its
+// own test).
 std::string spec_for(const PolicyDescriptor& d) {
   std::string extra;
   for (const auto& p : d.params) {
     if (!p.required) continue;
-    if (p.key != "indexer") return "";
-    extra += (extra.empty() ? ":" : ",") + std::string("indexer=") + seeded_indexer();
+    if (p.role != ParamRole::Indexer) return "";
+    extra += (extra.empty() ? ":" : ",") + p.key + "=" + seeded_indexer();
   }
   return d.name + extra;
 }
@@ -70,6 +71,54 @@ TEST(Registry, HoldsTheBaselinePolicies) {
   }
   EXPECT_TRUE(PolicyRegistry::instance().find("oracle_topk")->oracle);
   EXPECT_FALSE(PolicyRegistry::instance().find("sliding_window")->oracle);
+}
+
+// Tools find a policy's budget, window, sinks and indexer by the role its descriptor declares.
+TEST(Registry, DescriptorsDeclareRolesAndNeeds) {
+  const auto& registry = PolicyRegistry::instance();
+  for (const char* name : {"random", "oracle_topk", "lsa", "lsa_oracle"}) {
+    const PolicyDescriptor* d = registry.find(name);
+    ASSERT_NE(d, nullptr) << name;
+    EXPECT_TRUE(d->has_budget()) << name;
+    EXPECT_EQ(d->param_with(ParamRole::Budget)->key, "budget") << name;
+  }
+  const PolicyDescriptor* window = registry.find("sliding_window");
+  EXPECT_FALSE(window->has_budget());
+  EXPECT_EQ(window->param_with(ParamRole::Window)->key, "window");
+  EXPECT_EQ(window->param_with(ParamRole::Sinks)->key, "sinks");
+  EXPECT_FALSE(window->keeps_tiers());
+  EXPECT_TRUE(window->traits.needs.empty());
+  EXPECT_FALSE(registry.find("full")->has_budget());
+
+  const PolicyDescriptor* lsa = registry.find("lsa");
+  EXPECT_TRUE(lsa->needs(PolicyNeed::Indexer));
+  EXPECT_TRUE(lsa->needs(PolicyNeed::QueryFeatures));
+  EXPECT_TRUE(lsa->needs(PolicyNeed::ChunkFeatures));
+  EXPECT_TRUE(lsa->keeps_tiers());
+  EXPECT_EQ(lsa->param_with(ParamRole::Indexer)->key, "indexer");
+  const PolicyDescriptor* oracle = registry.find("lsa_oracle");
+  EXPECT_FALSE(oracle->needs(PolicyNeed::Indexer));
+  EXPECT_TRUE(oracle->keeps_tiers());
+}
+
+// A parameter with the indexer role makes the policy need an indexer, whatever its key.
+TEST(Registry, AnIndexerRoleAddsTheIndexerNeed) {
+  struct Named final : Policy {
+    static std::vector<ParamSpec> param_specs() {
+      return {ParamSpec{"ckpt", ParamType::String, "", "c", true}.with_role(ParamRole::Indexer)};
+    }
+    explicit Named(const Params&) {}
+    void on_step(const StepContext&, Plan& plan) override { plan.keep.set_all(); }
+  };
+  if (PolicyRegistry::instance().find("test_named_indexer") == nullptr) {  // once per process
+    PolicyRegistry::instance().add(PolicyDescriptor{"test_named_indexer", "test", false,
+                                                    Named::param_specs(), nullptr, Named::traits()});
+  }
+  const PolicyDescriptor* d = PolicyRegistry::instance().find("test_named_indexer");
+  ASSERT_NE(d, nullptr);
+  EXPECT_TRUE(d->needs(PolicyNeed::Indexer));
+  EXPECT_EQ(d->param_with(ParamRole::Indexer)->key, "ckpt");
+  EXPECT_EQ(spec_for(*d), "test_named_indexer:ckpt=" + seeded_indexer());
 }
 
 TEST(Conformance, CatchesAPolicyThatReadsTheFuture) {
