@@ -30,24 +30,22 @@
 
 namespace kvlab {
 
-class H2oPolicy final : public Policy {
+class H2oPolicy final : public BudgetedPolicy {
  public:
   static constexpr const char* kDescription =
       "H2O: recent window + heavy hitters (largest accumulated attention) within the budget; evicted chunks dropped";
   static constexpr bool kOracle = false;
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.2"),
-            {"recent_ratio", ParamType::Float, "0.5", "share of the budget for the recent window (paper: k_r = k_h)"},
+            ParamSpec{"recent_ratio", ParamType::Float, "0.5", "share of the budget for the recent window (paper: k_r = k_h)"}
+                .at_least(0)
+                .at_most(1),
             {"per_row", ParamType::Bool, "true", "accumulate scores and evict per layer and head (paper); false = summed"},
             {"evict", ParamType::String, "drop", "where evicted chunks go: drop (paper) or host"}};
   }
 
   explicit H2oPolicy(const Params& p)
-      : budget_(p.get_tokens("budget")), recent_ratio_(p.get_float("recent_ratio")), per_row_(p.get_bool("per_row")) {
-    if (budget_.value < 0) throw UsageError("policy h2o: parameter 'budget' must not be negative");
-    if (!(recent_ratio_ >= 0 && recent_ratio_ <= 1)) {
-      throw UsageError("policy h2o: parameter 'recent_ratio' must be in [0, 1]");
-    }
+      : BudgetedPolicy(p), recent_ratio_(p.get_float("recent_ratio")), per_row_(p.get_bool("per_row")) {
     const std::string& evict = p.get_string("evict");
     if (evict != "drop" && evict != "host") {
       throw UsageError("policy h2o: parameter 'evict' must be drop or host, got '" + evict + "'");
@@ -61,7 +59,7 @@ class H2oPolicy final : public Policy {
   }
 
   void on_step(const StepContext& step, Plan& plan) override {
-    const int64_t budget = budget_tokens(budget_, step, "h2o");
+    const int64_t budget = budget_tokens_at(step);
     const auto recent = static_cast<int64_t>(recent_ratio_ * static_cast<double>(budget));
     const int64_t protect_from = recent_window_start(step, recent);
     if (!per_row_) {
@@ -86,12 +84,7 @@ class H2oPolicy final : public Policy {
     }
   }
 
-  [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override {
-    return tokens_to_bytes(budget_tokens(budget_, step, "h2o"), step);
-  }
-
  private:
-  TokenAmount budget_;
   double recent_ratio_;
   bool per_row_;
   EvictTo evict_to_ = EvictTo::Drop;

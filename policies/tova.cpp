@@ -22,7 +22,7 @@
 
 namespace kvlab {
 
-class TovaPolicy final : public Policy {
+class TovaPolicy final : public BudgetedPolicy {
  public:
   static constexpr const char* kDescription =
       "TOVA: when over budget, drop the chunks with the lowest attention at the latest step (head-averaged per layer)";
@@ -32,8 +32,7 @@ class TovaPolicy final : public Policy {
             {"heads", ParamType::String, "mean", "mean: one set per layer from head-averaged attention (paper); per_head"}};
   }
 
-  explicit TovaPolicy(const Params& p) : budget_(p.get_tokens("budget")) {
-    if (budget_.value < 0) throw UsageError("policy tova: parameter 'budget' must not be negative");
+  explicit TovaPolicy(const Params& p) : BudgetedPolicy(p) {
     const std::string& heads = p.get_string("heads");
     if (heads != "mean" && heads != "per_head") {
       throw UsageError("policy tova: parameter 'heads' must be mean or per_head, got '" + heads + "'");
@@ -48,7 +47,7 @@ class TovaPolicy final : public Policy {
   }
 
   void on_step(const StepContext& step, Plan& plan) override {
-    const int64_t budget = budget_tokens(budget_, step, "tova");
+    const int64_t budget = budget_tokens_at(step);
     const int64_t newest = step.n_chunks - 1;
     for (int g = 0; g < groups(); ++g) {
       const int first_row = per_head_ ? g : layout_.row(g, 0);
@@ -72,14 +71,9 @@ class TovaPolicy final : public Policy {
     }
   }
 
-  [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override {
-    return tokens_to_bytes(budget_tokens(budget_, step, "tova"), step);
-  }
-
  private:
   [[nodiscard]] int groups() const { return per_head_ ? layout_.rows() : layout_.n_layers; }
 
-  TokenAmount budget_;
   bool per_head_ = false;
   RowLayout layout_;
   std::vector<std::vector<double>> score_;  // per layer (or per row): latest attention per chunk
