@@ -31,6 +31,8 @@ const Command kCommands[] = {
     {"generate", "generate text with the CPU model under a policy (closed loop)", kvlab::cli::run_generate},
     {"run", "closed-loop task accuracy and agreement with full attention per policy", kvlab::cli::run_run},
     {"record", "record a real trace (full attention on the CPU model) for replay", kvlab::cli::run_record},
+    {"calibrate", "fit replay's timing model to steps measured on a GPU and check the fit",
+     kvlab::cli::run_calibrate},
 };
 
 void print_usage(std::ostream& out) {
