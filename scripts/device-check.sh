@@ -83,6 +83,7 @@ fi
 
 # 3. Benchmarks: "name|command" (run from the repo root; $OUT_DIR is the output folder).
 BENCHES=(
+  "fetch|$bin/kvlab_fetch_bench --out \$OUT_DIR/bench_fetch.tsv"
 )
 export OUT_DIR="$out_dir"
 for entry in "${BENCHES[@]}"; do

@@ -4,7 +4,7 @@
 // layout; a group never straddles two tokens (heads_in_row × head_dim is a multiple of 64).
 //
 // Compressed page = [codes: one byte (fp8) or half a byte (int4, low nibble first) per value]
-//                   [scales: one float per group]
+//                   [scales: one float per group] [padding to a multiple of 16 bytes]
 // fp8:  scale = amax / 448 (e4m3's largest finite value), code = e4m3(x / scale), round to
 //       nearest even. Relative error <= 2^-4 for normal codes, absolute <= 2^-10 * scale below.
 // int4: scale = amax / 7, code = clamp(round(x / scale), -8, 7). Absolute error <= scale / 2.
@@ -12,6 +12,8 @@
 // al. 2022.) The functions here compile for host and device: the CPU reference and the gather
 // kernel share the code conversion, and tests check the kernel against the reference.
 #pragma once
+
+#include <math.h>
 
 #include <cmath>
 #include <cstdint>
@@ -34,14 +36,13 @@ struct MirrorSpec {
   MirrorFormat format = MirrorFormat::Bf16;
   int group = 32;  // values per scale (32 or 64); unused for bf16
 
-  /// Bytes of a mirror page holding `elems` bf16 values.
+  /// Bytes of a mirror page holding `elems` bf16 values, rounded up to 16 so that every page
+  /// of a pool starts 16-byte aligned (the gather's access width).
   [[nodiscard]] int64_t page_bytes(int64_t elems) const {
-    switch (format) {
-      case MirrorFormat::Bf16: return elems * 2;
-      case MirrorFormat::Fp8E4m3: return elems + (elems / group) * 4;
-      case MirrorFormat::Int4: return elems / 2 + (elems / group) * 4;
-    }
-    return elems * 2;
+    int64_t bytes = elems * 2;
+    if (format == MirrorFormat::Fp8E4m3) bytes = elems + (elems / group) * 4;
+    if (format == MirrorFormat::Int4) bytes = elems / 2 + (elems / group) * 4;
+    return (bytes + 15) / 16 * 16;
   }
   /// Mirror bytes over bf16 bytes (1, 0.5625, 0.3125 at group 32).
   [[nodiscard]] double ratio() const { return static_cast<double>(page_bytes(4096)) / (4096.0 * 2); }
@@ -51,14 +52,22 @@ struct MirrorSpec {
 };
 
 KVLAB_HD float bits_to_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+#endif
 }
 KVLAB_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   return u;
+#endif
 }
 
 KVLAB_HD float bf16_to_float(uint16_t b) { return bits_to_float(static_cast<uint32_t>(b) << 16); }
@@ -86,10 +95,10 @@ KVLAB_HD float e4m3_to_float(uint8_t code) {
 /// Round to nearest even, saturating at ±448 (inputs here are pre-scaled into range).
 KVLAB_HD uint8_t float_to_e4m3(float x) {
   const uint8_t sign = (float_to_bits(x) >> 24) & 0x80U;
-  const float a = std::fabs(x);
+  const float a = fabsf(x);
   if (!(a < 448.0f)) return static_cast<uint8_t>(sign | 0x7eU);  // saturate (NaN inputs too)
   if (a < 0.015625f) {  // below the smallest normal 2^-6: steps of 2^-9
-    const auto m = static_cast<uint32_t>(std::nearbyint(a * 512.0f));  // 0..8; 8 is the smallest normal
+    const auto m = static_cast<uint32_t>(nearbyintf(a * 512.0f));  // 0..8; 8 is the smallest normal
     return static_cast<uint8_t>(sign | m);
   }
   // Normal: keep 3 mantissa bits of the float, rounding to nearest even on the 20 dropped bits.
@@ -106,7 +115,7 @@ KVLAB_HD float int4_to_float(uint8_t nibble) {
   return static_cast<float>(static_cast<int>(nibble & 0xfU) - ((nibble & 0x8U) != 0 ? 16 : 0));
 }
 KVLAB_HD uint8_t float_to_int4(float x) {
-  float q = std::nearbyint(x);
+  float q = nearbyintf(x);
   q = q < -8.0f ? -8.0f : (q > 7.0f ? 7.0f : q);
   return static_cast<uint8_t>(static_cast<int>(q) & 0xf);
 }

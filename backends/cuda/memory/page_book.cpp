@@ -241,6 +241,18 @@ StepDeltas RequestPages::diff(int64_t n_tokens, const Residency& hbm, const Resi
   return d;
 }
 
+std::vector<AppendOrder> RequestPages::resident_as_appends() const {
+  std::vector<AppendOrder> out;
+  for (int r = 0; r < rows_.rows(); ++r) {
+    const auto ri = static_cast<size_t>(r);
+    resident_[ri].for_each([&](int64_t c) {
+      const int64_t tokens = std::min(n_tokens_ - c * shape_.chunk_tokens, shape_.chunk_tokens);
+      out.push_back({r, c, hbm_slot_[ri][static_cast<size_t>(c)], host_slot_[ri][static_cast<size_t>(c)], 0, tokens});
+    });
+  }
+  return out;
+}
+
 int64_t RequestPages::token_bytes(const std::vector<ChunkMask>& rows) const {
   int64_t tokens = 0;
   const int64_t last = n_chunks_ - 1;

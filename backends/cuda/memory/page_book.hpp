@@ -110,6 +110,8 @@ class RequestPages {
 
   /// Appends of the last apply (new tokens), for the mirror writer.
   [[nodiscard]] const std::vector<AppendOrder>& appends() const { return appends_; }
+  /// Every resident page's written tokens as appends: the prefill's mirror write.
+  [[nodiscard]] std::vector<AppendOrder> resident_as_appends() const;
 
   [[nodiscard]] PageState state(int row, int64_t chunk) const;
   [[nodiscard]] int32_t hbm_slot(int row, int64_t chunk) const;   // -1 if none

@@ -1,0 +1,171 @@
+#include "backends/cuda/memory/prefetch.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "backends/cuda/cuda_check.hpp"
+
+namespace kvlab::cuda {
+
+PrefetchEngine::PrefetchEngine(DevicePagePool& pool, PinnedHostTier& mirror, Options options)
+    : pool_(&pool), mirror_(&mirror), options_(options) {
+  if (options_.batch_pages <= 0 || options_.ring_pages < options_.batch_pages) {
+    throw std::invalid_argument("PrefetchEngine: batch_pages must be positive and at most ring_pages");
+  }
+  int least = 0, greatest = 0;
+  KVLAB_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  KVLAB_CUDA_CHECK(cudaStreamCreateWithPriority(&copy_, cudaStreamNonBlocking, greatest));
+  const auto ring_bytes = static_cast<size_t>(options_.ring_pages) * sizeof(GatherPiece);
+  KVLAB_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&staging_), ring_bytes, cudaHostAllocDefault));
+  KVLAB_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_), ring_bytes));
+}
+
+PrefetchEngine::~PrefetchEngine() {
+  cudaStreamSynchronize(copy_);
+  for (const Batch& b : batches_) cudaEventDestroy(b.done);
+  for (cudaEvent_t e : free_events_) cudaEventDestroy(e);
+  for (const Wait& w : waits_) {
+    cudaEventDestroy(w.begin);
+    cudaEventDestroy(w.end);
+  }
+  cudaFree(device_);
+  cudaFreeHost(staging_);
+  cudaStreamDestroy(copy_);
+}
+
+cudaEvent_t PrefetchEngine::take_event() {
+  if (!free_events_.empty()) {
+    cudaEvent_t e = free_events_.back();
+    free_events_.pop_back();
+    return e;
+  }
+  cudaEvent_t e = nullptr;
+  KVLAB_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+void PrefetchEngine::retire_front() {
+  const Batch b = batches_.front();
+  batches_.pop_front();
+  free_events_.push_back(b.done);
+}
+
+// A new range may overlap descriptors of batches still in flight: wait for the newest such
+// batch (the copy stream runs batches in order, so the older ones are done by then). Synced
+// batches stay queued until poll_landed reports them.
+int64_t PrefetchEngine::reserve_ring(int64_t n) {
+  if (ring_head_ + n > options_.ring_pages) ring_head_ = 0;
+  const int64_t begin = ring_head_;
+  const int64_t end = begin + n;
+  const Batch* newest_overlap = nullptr;
+  for (const Batch& b : batches_) {
+    if (b.ring_begin < end && begin < b.ring_begin + b.n) newest_overlap = &b;
+  }
+  if (newest_overlap != nullptr) KVLAB_CUDA_CHECK(cudaEventSynchronize(newest_overlap->done));
+  ring_head_ = end;
+  return begin;
+}
+
+void PrefetchEngine::issue(std::span<const FetchOrder> orders, int64_t request) {
+  for (size_t first = 0; first < orders.size(); first += static_cast<size_t>(options_.batch_pages)) {
+    const auto n = static_cast<int64_t>(std::min<size_t>(orders.size() - first, options_.batch_pages));
+    const int64_t at = reserve_ring(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const FetchOrder& o = orders[first + static_cast<size_t>(i)];
+      staging_[at + i] = GatherPiece{mirror_->device_page(o.host_slot), static_cast<uint16_t*>(pool_->page(o.hbm_slot)),
+                                     pool_->page_bytes() / 2, 0};
+      pending_.push_back({o, request});
+      bytes_issued_ += mirror_->page_bytes();
+    }
+    KVLAB_CUDA_CHECK(cudaMemcpyAsync(device_ + at, staging_ + at, static_cast<size_t>(n) * sizeof(GatherPiece),
+                                     cudaMemcpyHostToDevice, copy_));
+    KVLAB_CUDA_CHECK(launch_gather(device_ + at, static_cast<int>(n), mirror_->spec(), options_.max_blocks,
+                                   options_.threads, copy_));
+    Batch b{at, n, take_event()};
+    KVLAB_CUDA_CHECK(cudaEventRecord(b.done, copy_));
+    batches_.push_back(b);
+  }
+}
+
+std::vector<IssuedFetch> PrefetchEngine::poll_landed() {
+  std::vector<IssuedFetch> landed;
+  while (!batches_.empty()) {
+    const cudaError_t q = cudaEventQuery(batches_.front().done);
+    if (q == cudaErrorNotReady) break;
+    KVLAB_CUDA_CHECK(q);
+    for (int64_t i = 0; i < batches_.front().n; ++i) {
+      landed.push_back(pending_.front());
+      pending_.pop_front();
+    }
+    retire_front();
+  }
+  return landed;
+}
+
+void PrefetchEngine::wait_all(cudaStream_t compute) {
+  if (batches_.empty()) return;
+  Wait w{};
+  KVLAB_CUDA_CHECK(cudaEventCreate(&w.begin));
+  KVLAB_CUDA_CHECK(cudaEventCreate(&w.end));
+  KVLAB_CUDA_CHECK(cudaEventRecord(w.begin, compute));
+  KVLAB_CUDA_CHECK(cudaStreamWaitEvent(compute, batches_.back().done, 0));
+  KVLAB_CUDA_CHECK(cudaEventRecord(w.end, compute));
+  waits_.push_back(w);
+}
+
+double PrefetchEngine::stall_ms() {
+  for (const Wait& w : waits_) {
+    KVLAB_CUDA_CHECK(cudaEventSynchronize(w.end));
+    float ms = 0;
+    KVLAB_CUDA_CHECK(cudaEventElapsedTime(&ms, w.begin, w.end));
+    stall_ms_ += ms;
+    cudaEventDestroy(w.begin);
+    cudaEventDestroy(w.end);
+  }
+  waits_.clear();
+  return stall_ms_;
+}
+
+void PrefetchEngine::synchronize() { KVLAB_CUDA_CHECK(cudaStreamSynchronize(copy_)); }
+
+MirrorWriter::MirrorWriter(DevicePagePool& pool, PinnedHostTier& mirror, PageShape shape, int64_t capacity)
+    : pool_(&pool), mirror_(&mirror), shape_(shape), capacity_(capacity) {
+  const auto bytes = static_cast<size_t>(capacity_) * sizeof(MirrorWrite);
+  KVLAB_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&staging_), bytes, cudaHostAllocDefault));
+  KVLAB_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_), bytes));
+  KVLAB_CUDA_CHECK(cudaEventCreateWithFlags(&consumed_, cudaEventDisableTiming));
+}
+
+MirrorWriter::~MirrorWriter() {
+  cudaEventSynchronize(consumed_);
+  cudaEventDestroy(consumed_);
+  cudaFree(device_);
+  cudaFreeHost(staging_);
+}
+
+void MirrorWriter::write(std::span<const AppendOrder> appends, cudaStream_t stream) {
+  const int64_t per_token = shape_.heads_in_row * shape_.head_dim;  // values of K (or V) per token
+  const int64_t half = shape_.page_elems() / 2;
+  size_t next = 0;
+  while (next < appends.size()) {
+    KVLAB_CUDA_CHECK(cudaEventSynchronize(consumed_));
+    int64_t n = 0;
+    for (; next < appends.size() && n + 2 <= capacity_; ++next) {
+      const AppendOrder& a = appends[next];
+      if (a.host_slot < 0 || a.hbm_slot < 0) continue;
+      const auto* src = static_cast<const uint16_t*>(pool_->page(a.hbm_slot));
+      uint8_t* dst = const_cast<uint8_t*>(mirror_->device_page(a.host_slot));
+      const auto begin = static_cast<int32_t>(a.token_begin * per_token);
+      const auto count = static_cast<int32_t>((a.token_end - a.token_begin) * per_token);
+      staging_[n++] = MirrorWrite{src, dst, shape_.page_elems(), begin, count};                              // K
+      staging_[n++] = MirrorWrite{src, dst, shape_.page_elems(), static_cast<int32_t>(half + begin), count};  // V
+    }
+    if (n == 0) break;
+    KVLAB_CUDA_CHECK(cudaMemcpyAsync(device_, staging_, static_cast<size_t>(n) * sizeof(MirrorWrite),
+                                     cudaMemcpyHostToDevice, stream));
+    KVLAB_CUDA_CHECK(launch_mirror_write(device_, static_cast<int>(n), mirror_->spec(), stream));
+    KVLAB_CUDA_CHECK(cudaEventRecord(consumed_, stream));
+  }
+}
+
+}  // namespace kvlab::cuda
