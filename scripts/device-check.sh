@@ -84,6 +84,7 @@ fi
 # 3. Benchmarks: "name|command" (run from the repo root; $OUT_DIR is the output folder).
 BENCHES=(
   "fetch|$bin/kvlab_fetch_bench --out \$OUT_DIR/bench_fetch.tsv"
+  "cuda_decoder|\"$bin/kvlab_cuda_decoder_bench\" --out \"\$OUT_DIR/bench_cuda_decoder.json\""
 )
 export OUT_DIR="$out_dir"
 for entry in "${BENCHES[@]}"; do

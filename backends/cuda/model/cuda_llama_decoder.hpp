@@ -1,0 +1,200 @@
+// The Llama decoder on the GPU (SmolLM2-135M and other Llama-architecture GGUFs), batched over
+// many sequences, with residency-restricted decode attention.
+//
+// Lifecycle:
+//   CudaLlamaDecoder dec(weights, options);   // weights dequantised once to bf16 in HBM
+//   auto s = dec.open();                      // an empty sequence
+//   auto r = dec.prefill(s, prompt);          // dense causal attention; last token's report
+//   auto p = dec.fork(s);                     // same prompt, its complete chunks shared
+//   loop: dec.step({{s, tok_s, request_s}, {p, tok_p, request_p}, ...});   // one forward pass
+//   dec.close(s);                             // its slots back to the pool
+//
+// What the reports mean is what LlamaDecoder's mean (backends/cpu/llama_decoder.hpp): rows are
+// (layer, kv_head) pairs, row = layer·n_kv_heads + kv_head; a row's mass is the softmax
+// probability per chunk summed over the chunk's tokens and averaged over the query heads of
+// the KV head's group; summaries and the full reference mass as in StepRequest. Matrices are
+// flat row-major vectors [rows × n_chunks].
+//
+// Precision: weights bf16 (norm weights float32; the LM head float32 unless
+// fp32_lm_head = false), matrix products with float32 accumulation, residual stream and
+// softmax float32, the KV cache bf16 (its chunk sums float32).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "backends/cpu/llama_decoder.hpp"
+#include "backends/cuda/model/device_buffer.hpp"
+#include "backends/cuda/model/kv_slots.hpp"
+#include "backends/model/llama_weights.hpp"
+
+namespace kvlab::cuda {
+
+using bf16 = __nv_bfloat16;
+
+struct CudaDecoderOptions {
+  int chunk_tokens = 64;
+  /// Prompt tokens per prefill block (a multiple of chunk_tokens): bounds scratch memory.
+  int prefill_block = 2048;
+  /// As DecoderOptions::feature_layer (-1: n_layers / 2).
+  int feature_layer = -1;
+  /// Only kKeys (mean post-RoPE keys of the feature layer) is computed on the GPU.
+  ChunkFeatureSource chunk_feature_source = ChunkFeatureSource::kKeys;
+  RopeScaling rope_scaling;
+  /// Float32 LM head and embedding table (tied models share it); false keeps them bf16.
+  bool fp32_lm_head = true;
+  /// KV cache capacity in tokens over all sequences; 0 = kv_memory_fraction of free memory.
+  int64_t kv_capacity_tokens = 0;
+  double kv_memory_fraction = 0.5;
+  int device = 0;
+};
+
+using SequenceId = int64_t;
+
+/// One sequence's input to a batched step.
+struct CudaStepInput {
+  SequenceId sequence = -1;
+  int32_t token = 0;
+  StepRequest request;
+  /// > 0: sample the next token at this temperature with `uniform` in [0, 1); else argmax.
+  double temperature = 0.0;
+  double uniform = 0.0;
+};
+
+/// What to bring back to the host for every sequence of a step.
+struct CudaStepWants {
+  bool logits = true;
+  bool mass = true;
+  bool query_features = true;
+};
+
+struct CudaStepOutput {
+  int64_t position = 0;          // position of the token just processed
+  int32_t next_token = 0;        // argmax (or sample) of the logits, chosen on the device
+  int64_t n_chunks = 0;          // chunks after the token was appended
+  std::vector<float> logits;     // [vocab], when wanted
+  std::vector<float> chunk_mass;  // [rows × n_chunks], when wanted
+  std::vector<float> summary_mass;  // [rows], when wanted
+  std::vector<float> full_mass;   // [rows × n_chunks], when full_reference_mass was asked
+  std::vector<float> query_features;  // [hidden], when wanted
+};
+
+/// Milliseconds on the device, by CUDA events, of the latest step() or prefill(): the whole
+/// forward pass, and the part of it spent in attention (summed over layers).
+struct CudaStepTiming {
+  float attention_ms = 0;
+  float total_ms = 0;
+};
+
+class CudaLlamaDecoder {
+ public:
+  /// Validates weights and options (InputError/UsageError naming the field), needs an sm_90
+  /// device (CudaError otherwise), uploads the weights and allocates the KV pool.
+  CudaLlamaDecoder(std::shared_ptr<const LlamaWeights> weights, CudaDecoderOptions options);
+  ~CudaLlamaDecoder();
+  CudaLlamaDecoder(const CudaLlamaDecoder&) = delete;
+  CudaLlamaDecoder& operator=(const CudaLlamaDecoder&) = delete;
+
+  [[nodiscard]] const LlamaConfig& config() const { return weights_->config; }
+  [[nodiscard]] const CudaDecoderOptions& options() const { return options_; }
+  [[nodiscard]] int feature_layer() const { return feature_layer_; }
+  [[nodiscard]] int64_t max_context() const;
+  [[nodiscard]] int64_t kv_capacity_tokens() const {
+    return static_cast<int64_t>(pool_.capacity()) * options_.chunk_tokens;
+  }
+  [[nodiscard]] int64_t weight_bytes() const { return weight_bytes_; }
+
+  [[nodiscard]] SequenceId open();
+  /// A new sequence holding the same tokens as `parent`: complete chunks shared, the partial
+  /// one copied.
+  [[nodiscard]] SequenceId fork(SequenceId parent);
+  void close(SequenceId sequence);
+  [[nodiscard]] int64_t n_tokens(SequenceId sequence) const;
+  [[nodiscard]] int64_t n_complete_chunks(SequenceId sequence) const;
+  [[nodiscard]] int64_t open_sequences() const { return static_cast<int64_t>(sequences_.size()); }
+  [[nodiscard]] int slots_in_use() const { return pool_.in_use(); }
+
+  /// Appends `tokens` to `sequence` with full causal attention; reports the last token
+  /// (logits, all-resident mass, query features). Throws InputError on an empty prompt, a bad
+  /// token id or a context past max_context().
+  CudaStepOutput prefill(SequenceId sequence, std::span<const int32_t> tokens, const CudaStepWants& wants = {});
+
+  /// One decode step for every input (distinct sequences), in one forward pass.
+  std::vector<CudaStepOutput> step(std::span<const CudaStepInput> inputs, const CudaStepWants& wants = {});
+  [[nodiscard]] const CudaStepTiming& last_timing() const { return timing_; }
+
+  /// Mean post-RoPE key of the feature layer over a complete chunk, all KV heads concatenated.
+  [[nodiscard]] std::vector<float> chunk_features(SequenceId sequence, int64_t chunk) const;
+  [[nodiscard]] int chunk_feature_size() const { return config().n_kv_heads * config().head_dim; }
+
+ private:
+  struct LayerWeights {
+    DeviceArray<bf16> wqkv;   // [(q_dim + 2·kv_dim) × hidden]
+    DeviceArray<bf16> wo;     // [hidden × q_dim]
+    DeviceArray<bf16> wgu;    // [2·ffn × hidden]
+    DeviceArray<bf16> wdown;  // [hidden × ffn]
+    DeviceArray<float> attn_norm, ffn_norm;
+  };
+
+  SequenceSlots& sequence(SequenceId id);
+  const SequenceSlots& sequence(SequenceId id) const;
+  void check_token(int32_t token, const char* where) const;
+  void upload_weights();
+  void allocate_pool();
+  int new_slot();
+  void ensure_scratch(int64_t rows);
+  /// y[rows × out] (+)= x[rows × in] · Wᵀ with W [out × in] bf16, x bf16, y float32.
+  void gemm(const bf16* w, int out, int in, const bf16* x, int rows, float* y, bool accumulate);
+  void lm_head(int rows);
+  void read_timing();
+  /// The transformer layers over `rows` rows already embedded in x_; `attention` runs
+  /// the layer's attention into attn_.
+  template <class Attention>
+  void layers(int rows, const int32_t* positions, int64_t first_position, const int32_t* slot_table,
+              int64_t slot_stride, bool add_to_sums, int feature_row_stride_rows, Attention&& attention);
+
+  std::shared_ptr<const LlamaWeights> weights_;
+  CudaDecoderOptions options_;
+  int feature_layer_ = 0;
+  int64_t weight_bytes_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cudaEvent_t ev_start_ = nullptr, ev_end_ = nullptr;
+  std::vector<cudaEvent_t> attn_events_;  // per layer: before and after attention
+  CudaStepTiming timing_;
+
+  // Weights.
+  std::vector<LayerWeights> layers_;
+  DeviceArray<float> embd_f32_;  // when fp32_lm_head
+  DeviceArray<bf16> embd_bf16_;  // otherwise
+  DeviceArray<float> head_f32_;  // untied output matrix
+  DeviceArray<bf16> head_bf16_;
+  DeviceArray<float> output_norm_;
+  DeviceArray<double> inv_freq_;
+  double position_scale_ = 1.0;
+
+  // KV pool.
+  SlotPool pool_;
+  DeviceArray<bf16> k_pool_, v_pool_;
+  DeviceArray<float> k_sum_, v_sum_;
+  std::unordered_map<SequenceId, SequenceSlots> sequences_;
+  SequenceId next_id_ = 0;
+
+  // Scratch (rows = batch or prefill block).
+  int64_t scratch_rows_ = 0;
+  DeviceArray<float> x_, qkv_, gu_, logits_, head_in_f32_, features_;
+  DeviceArray<bf16> h_, attn_, act_, head_in_bf16_;
+  DeviceArray<int32_t> tokens_d_, positions_d_, ntok_d_, slot_table_d_, next_d_, summary_chunks_d_;
+  DeviceArray<uint64_t> attended_d_;
+  DeviceArray<float> partial_, summary_partial_, mass_d_, full_d_, summary_mass_d_;
+  DeviceArray<double> temperature_d_, uniform_d_;
+};
+
+}  // namespace kvlab::cuda

@@ -1,0 +1,261 @@
+// Speed of the GPU decoder on the real model: prefill tokens/s per prompt length, and decode
+// tokens/s at several batch sizes and contexts (full attention, and a sparse residency that
+// keeps about 10% of the chunks). Step times are CUDA-event times of the forward pass and wall
+// times of the whole step (uploads, mass and feature downloads included); medians over the
+// timed steps after warm-up steps. Prompts are random token ids (speed does not depend on the
+// text). Without the model file (or with --synthetic) the weights are random with
+// SmolLM2-135M's shapes, which times the same work. Prints "TABLE ..." lines for
+// scripts/device-check.sh and writes JSON to --out.
+//
+//   kvlab_cuda_decoder_bench [--model PATH | --synthetic] [--contexts 2048,8192]
+//                            [--batches 1,16,64] [--steps 24] [--warmup 4] [--out FILE]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/model/cuda_llama_decoder.hpp"
+#include "backends/model/llama_weights.hpp"
+#include "core/chunk_mask.hpp"
+#include "core/error.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<int64_t> parse_list(const std::string& s, const char* flag) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      out.push_back(std::stoll(item));
+    } catch (const std::exception&) {
+      throw kvlab::UsageError(std::string(flag) + ": '" + item + "' is not an integer");
+    }
+    if (out.back() <= 0) throw kvlab::UsageError(std::string(flag) + ": values must be positive");
+  }
+  if (out.empty()) throw kvlab::UsageError(std::string(flag) + ": empty list");
+  return out;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+std::vector<int32_t> random_prompt(int64_t n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, vocab - 1);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = pick(rng);
+  return t;
+}
+
+/// Random weights with SmolLM2-135M's configuration (tied embeddings, GGUF rotary order).
+kvlab::LlamaWeights synthetic_smollm2() {
+  kvlab::LlamaWeights w;
+  kvlab::LlamaConfig& c = w.config;
+  c.architecture = "llama";
+  c.name = "synthetic SmolLM2-135M shapes";
+  c.n_layers = 30;
+  c.hidden = 576;
+  c.n_heads = 9;
+  c.n_kv_heads = 3;
+  c.head_dim = 64;
+  c.ffn = 1536;
+  c.vocab = 49152;
+  c.rms_eps = 1e-5F;
+  c.rope_base = 100000.0F;
+  c.context_length = 8192;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0F, 1.0F);
+  auto mat = [&](int rows, int cols, float scale) {
+    kvlab::RowMatrix m(rows, cols);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng) * scale;
+    return m;
+  };
+  const float s = 1.0F / std::sqrt(static_cast<float>(c.hidden));
+  w.token_embd = mat(c.vocab, c.hidden, 1.0F);
+  w.output_norm = Eigen::VectorXf::Ones(c.hidden);
+  for (int l = 0; l < c.n_layers; ++l) {
+    kvlab::LlamaLayerWeights lw;
+    lw.attn_norm = Eigen::VectorXf::Ones(c.hidden);
+    lw.ffn_norm = Eigen::VectorXf::Ones(c.hidden);
+    lw.wq = mat(c.n_heads * c.head_dim, c.hidden, s);
+    lw.wk = mat(c.n_kv_heads * c.head_dim, c.hidden, s);
+    lw.wv = mat(c.n_kv_heads * c.head_dim, c.hidden, s);
+    lw.wo = mat(c.hidden, c.n_heads * c.head_dim, s);
+    lw.w_gate = mat(c.ffn, c.hidden, s);
+    lw.w_up = mat(c.ffn, c.hidden, s);
+    lw.w_down = mat(c.hidden, c.ffn, 1.0F / std::sqrt(static_cast<float>(c.ffn)));
+    w.layers.push_back(std::move(lw));
+  }
+  return w;
+}
+
+struct Options {
+  std::filesystem::path model = kvlab::default_model_path();
+  bool synthetic = false;
+  std::vector<int64_t> contexts{2048, 8192};
+  std::vector<int64_t> batches{1, 16, 64};
+  int steps = 24;
+  int warmup = 4;
+  std::string out;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw kvlab::UsageError(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--model") o.model = value();
+    else if (a == "--synthetic") o.synthetic = true;
+    else if (a == "--contexts") o.contexts = parse_list(value(), "--contexts");
+    else if (a == "--batches") o.batches = parse_list(value(), "--batches");
+    else if (a == "--steps") o.steps = static_cast<int>(parse_list(value(), "--steps").at(0));
+    else if (a == "--warmup") o.warmup = static_cast<int>(parse_list(value(), "--warmup").at(0));
+    else if (a == "--out") o.out = value();
+    else if (a == "-h" || a == "--help") {
+      std::cout << "kvlab_cuda_decoder_bench [--model PATH] [--contexts 2048,8192] [--batches 1,16,64] "
+                   "[--steps 24] [--warmup 4] [--out FILE]\n";
+      std::exit(0);
+    } else {
+      throw kvlab::UsageError("unknown option " + a);
+    }
+  }
+  return o;
+}
+
+struct DecodeFigures {
+  double wall_ms = 0, device_ms = 0, attention_ms = 0;
+};
+
+/// Steps `ids` together; the residency keeps `keep` of the chunks (1 = all) as one uniform
+/// row: chunk 0 and the newest chunks.
+DecodeFigures time_decode(kvlab::cuda::CudaLlamaDecoder& dec, const std::vector<kvlab::cuda::SequenceId>& ids,
+                          double keep, int warmup, int steps) {
+  using namespace kvlab::cuda;
+  std::vector<double> wall, device, attention;
+  std::vector<int32_t> tokens(ids.size(), 1);
+  const CudaStepWants wants{false, true, true};
+  for (int t = 0; t < warmup + steps; ++t) {
+    const int64_t n_chunks = (dec.n_tokens(ids[0]) + dec.options().chunk_tokens) / dec.options().chunk_tokens;
+    kvlab::ChunkMask mask(n_chunks);
+    const auto kept = std::max<int64_t>(1, static_cast<int64_t>(keep * static_cast<double>(n_chunks)));
+    mask.set(0);
+    for (int64_t c = std::max<int64_t>(0, n_chunks - kept); c < n_chunks; ++c) mask.set(c);
+    const std::vector<kvlab::ResidentChunks> rows{{mask.words().data(), mask.size()}};
+    std::vector<CudaStepInput> in;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      CudaStepInput x{ids[i], tokens[i], {}};
+      if (keep < 1.0) x.request.residency = kvlab::ResidencyView{rows};
+      in.push_back(x);
+    }
+    const auto t0 = Clock::now();
+    const auto outs = dec.step(in, wants);
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    for (size_t i = 0; i < ids.size(); ++i) tokens[i] = outs[i].next_token;
+    if (t >= warmup) {
+      wall.push_back(ms);
+      device.push_back(dec.last_timing().total_ms);
+      attention.push_back(dec.last_timing().attention_ms);
+    }
+  }
+  return {median(wall), median(device), median(attention)};
+}
+
+int run(const Options& o) {
+  using namespace kvlab::cuda;
+  const bool synthetic = o.synthetic || !std::filesystem::exists(o.model);
+  auto weights = std::make_shared<const kvlab::LlamaWeights>(
+      synthetic ? synthetic_smollm2() : kvlab::load_llama(kvlab::open_model_file(o.model)));
+  const std::string model_name = synthetic ? std::string("synthetic") : o.model.filename().string();
+  const int64_t max_ctx = *std::max_element(o.contexts.begin(), o.contexts.end());
+  const int64_t max_batch = *std::max_element(o.batches.begin(), o.batches.end());
+  CudaDecoderOptions opt;
+  opt.kv_capacity_tokens = max_batch * (max_ctx + 2 * 64 + o.steps + o.warmup) + max_ctx;
+  CudaLlamaDecoder dec(weights, opt);
+  const int vocab = weights->config.vocab;
+  std::ostringstream json;
+  json << "{\"model\": \"" << model_name << "\", \"weight_bytes\": " << dec.weight_bytes()
+       << ", \"prefill\": [";
+  std::cout << "TABLE cuda decoder (" << model_name << " weights): " << dec.weight_bytes() / (1 << 20)
+            << " MiB of weights, KV pool "
+            << dec.kv_capacity_tokens() << " tokens\n";
+  // Prefill: one warm-up, then the median of 3.
+  bool first = true;
+  for (const int64_t ctx : o.contexts) {
+    std::vector<double> tps;
+    for (int rep = 0; rep < 4; ++rep) {
+      const SequenceId s = dec.open();
+      const auto prompt = random_prompt(ctx, vocab, static_cast<uint32_t>(rep));
+      const auto t0 = Clock::now();
+      dec.prefill(s, prompt, CudaStepWants{false, true, false});
+      const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
+      dec.close(s);
+      if (rep > 0) tps.push_back(static_cast<double>(ctx) / sec);
+    }
+    const double med = median(tps);
+    std::printf("TABLE prefill %6lld tokens: %9.0f tokens/s\n", static_cast<long long>(ctx), med);
+    json << (first ? "" : ", ") << "{\"tokens\": " << ctx << ", \"tokens_per_s\": " << med << "}";
+    first = false;
+  }
+  json << "], \"decode\": [";
+  first = true;
+  for (const int64_t ctx : o.contexts) {
+    // The prompt leaves room for the timed steps inside the model's context.
+    const int64_t prompt = std::min<int64_t>(ctx, dec.max_context() - o.warmup - o.steps - 1);
+    std::vector<SequenceId> ids;
+    for (int64_t b = 0; b < max_batch; ++b) {
+      ids.push_back(dec.open());
+      dec.prefill(ids.back(), random_prompt(prompt, vocab, static_cast<uint32_t>(100 + b)), CudaStepWants{false, false, false});
+    }
+    for (const int64_t batch : o.batches) {
+      for (const double keep : {1.0, 0.1}) {
+        const std::vector<SequenceId> sub(ids.begin(), ids.begin() + batch);
+        const DecodeFigures f = time_decode(dec, sub, keep, o.warmup, o.steps);
+        const double tps = static_cast<double>(batch) / (f.wall_ms / 1e3);
+        std::printf("TABLE decode ctx %5lld batch %3lld %s: %9.0f tokens/s  step %7.3f ms (device %7.3f, attention %7.3f)\n",
+                    static_cast<long long>(ctx), static_cast<long long>(batch), keep < 1.0 ? "keep10%" : "full   ", tps,
+                    f.wall_ms, f.device_ms, f.attention_ms);
+        json << (first ? "" : ", ") << "{\"context\": " << ctx << ", \"batch\": " << batch << ", \"keep\": " << keep
+             << ", \"tokens_per_s\": " << tps << ", \"step_ms\": " << f.wall_ms << ", \"device_ms\": " << f.device_ms
+             << ", \"attention_ms\": " << f.attention_ms << "}";
+        first = false;
+      }
+    }
+    for (SequenceId id : ids) dec.close(id);
+  }
+  json << "]}\n";
+  if (!o.out.empty()) {
+    const std::string tmp = o.out + ".tmp";
+    std::ofstream(tmp) << json.str();
+    std::filesystem::rename(tmp, o.out);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const kvlab::UsageError& e) {
+    std::cerr << "kvlab_cuda_decoder_bench: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "kvlab_cuda_decoder_bench: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,305 @@
+// The GPU decoder against the CPU decoder (float32, backends/cpu/llama_decoder.hpp): a tiny
+// random Llama (needs only a GPU) and the real SmolLM2-135M (skips without the model file).
+// Tokens are teacher-forced, so both decoders see the same inputs at every step.
+#include "backends/cuda/model/cuda_llama_decoder.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <iostream>
+#include <random>
+
+#include "backends/cpu/live_model.hpp"
+#include "backends/model/tokenizer.hpp"
+#include "core/chunk_mask.hpp"
+#include "core/error.hpp"
+#include "tests/backends/cpu/tiny_llama.hpp"
+#include "tests/backends/cuda/gpu_test_util.hpp"
+#include "traces/tasks/tasks.hpp"
+
+namespace kvlab::cuda {
+namespace {
+
+using test::rel_error;
+
+std::vector<int32_t> random_tokens(int64_t n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, vocab - 1);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = dist(rng);
+  return t;
+}
+
+std::vector<float> flat(const RowMatrix& m) { return std::vector<float>(m.data(), m.data() + m.size()); }
+std::vector<float> flat(const Eigen::VectorXf& v) { return std::vector<float>(v.data(), v.data() + v.size()); }
+
+/// max |a − b| / max |b|: the figure the CPU decoder's tests use for logits.
+double max_rel(const std::vector<float>& a, const Eigen::VectorXf& b) {
+  double num = 0;
+  for (size_t i = 0; i < a.size(); ++i) num = std::max(num, std::abs(static_cast<double>(a[i]) - b(static_cast<Eigen::Index>(i))));
+  return num / std::max(1e-30, static_cast<double>(b.cwiseAbs().maxCoeff()));
+}
+
+int32_t argmax(const Eigen::VectorXf& v) {
+  Eigen::Index i = 0;
+  v.maxCoeff(&i);
+  return static_cast<int32_t>(i);
+}
+
+std::shared_ptr<const LlamaWeights> tiny_weights(uint32_t seed = 7) {
+  return std::make_shared<const LlamaWeights>(kvlab::test::to_gguf_layout(kvlab::test::make_tiny_hf({}, seed)));
+}
+
+CudaDecoderOptions tiny_options() {
+  CudaDecoderOptions o;
+  o.chunk_tokens = 8;
+  o.prefill_block = 16;
+  o.feature_layer = 1;
+  o.kv_capacity_tokens = 4096;
+  return o;
+}
+
+DecoderOptions cpu_options(const CudaDecoderOptions& g) {
+  DecoderOptions o;
+  o.chunk_tokens = g.chunk_tokens;
+  o.prefill_block = 16;
+  o.feature_layer = g.feature_layer;
+  o.rope_scaling = g.rope_scaling;
+  return o;
+}
+
+// Tolerances for bf16 weights and KV against float32: ‖·‖₂ relative error of logits and of
+// the mass rows.
+constexpr double kLogitTol = 3e-2;
+constexpr double kMassTol = 3e-2;
+
+/// A residency that changes with the step: all, a uniform window plus sinks, per-row random.
+struct Residency {
+  std::vector<ChunkMask> masks;
+  std::vector<ResidentChunks> rows;
+  ResidencyView view;
+};
+Residency residency_for(int step, int64_t n_chunks, int n_rows, std::mt19937& rng) {
+  Residency r;
+  const int kind = step % 3;
+  if (kind == 0) return r;
+  const int n_masks = kind == 1 ? 1 : n_rows;
+  for (int i = 0; i < n_masks; ++i) {
+    ChunkMask m(n_chunks);
+    if (kind == 1) {
+      m.set(0);
+      for (int64_t c = std::max<int64_t>(0, n_chunks - 2); c < n_chunks; ++c) m.set(c);
+    } else {
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        if (rng() % 2 == 0) m.set(c);
+      }
+    }
+    r.masks.push_back(std::move(m));
+  }
+  for (const ChunkMask& m : r.masks) r.rows.push_back(ResidentChunks{m.words().data(), m.size()});
+  r.view = ResidencyView{r.rows};
+  return r;
+}
+
+TEST(CudaLlamaDecoder, TinyModelPrefillAndStepsMatchCpuDecoder) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = tiny_weights();
+  const CudaDecoderOptions gopt = tiny_options();
+  CudaLlamaDecoder gpu(weights, gopt);
+  LlamaDecoder cpu(weights, cpu_options(gopt));
+  const auto prompt = random_tokens(37, weights->config.vocab, 1);  // 3 GPU blocks, 5 chunks
+  const SequenceId s = gpu.open();
+  const CudaStepOutput g0 = gpu.prefill(s, prompt);
+  const StepResult c0 = cpu.prefill(prompt);
+  EXPECT_EQ(g0.position, 36);
+  EXPECT_EQ(g0.n_chunks, 5);
+  EXPECT_LT(rel_error(g0.logits, flat(c0.logits)), kLogitTol);
+  EXPECT_LT(rel_error(g0.chunk_mass, flat(c0.chunk_mass)), kMassTol);
+  EXPECT_LT(rel_error(g0.query_features, flat(c0.query_features)), kLogitTol);
+  EXPECT_EQ(g0.next_token, argmax(Eigen::Map<const Eigen::VectorXf>(g0.logits.data(), static_cast<Eigen::Index>(g0.logits.size()))));
+
+  const int n_rows = weights->config.n_layers * weights->config.n_kv_heads;
+  std::mt19937 rng(3);
+  int32_t token = argmax(c0.logits);
+  for (int t = 0; t < 30; ++t) {
+    const int64_t n_chunks = (cpu.n_tokens() + 1 + 7) / 8;
+    Residency res = residency_for(t, n_chunks, n_rows, rng);
+    StepRequest req;
+    req.residency = res.view;
+    req.include_summaries = t % 2 == 1;
+    req.summary_ratio = 16;
+    req.full_reference_mass = t % 4 != 0;
+    const std::vector<CudaStepInput> in{{s, token, req}};
+    const CudaStepOutput g = gpu.step(in).at(0);
+    const StepResult c = cpu.step(token, req);
+    ASSERT_EQ(g.position, c.position);
+    ASSERT_EQ(g.n_chunks, c.chunk_mass.cols());
+    EXPECT_LT(rel_error(g.logits, flat(c.logits)), kLogitTol) << "step " << t;
+    EXPECT_LT(rel_error(g.chunk_mass, flat(c.chunk_mass)), kMassTol) << "step " << t;
+    EXPECT_LT(rel_error(g.summary_mass, flat(c.summary_mass)), kMassTol) << "step " << t;
+    if (req.full_reference_mass) {
+      EXPECT_LT(rel_error(g.full_mass, flat(c.full_mass)), kMassTol) << "step " << t;
+    }
+    EXPECT_LT(rel_error(g.query_features, flat(c.query_features)), kLogitTol) << "step " << t;
+    token = argmax(c.logits);
+  }
+  // Chunk features: the mean post-RoPE key of the feature layer (bf16 storage).
+  ASSERT_EQ(gpu.n_complete_chunks(s), cpu.n_complete_chunks());
+  for (int64_t ch = 0; ch < cpu.n_complete_chunks(); ++ch) {
+    EXPECT_LT(rel_error(gpu.chunk_features(s, ch), flat(cpu.chunk_features(ch))), 1e-2) << "chunk " << ch;
+  }
+}
+
+TEST(CudaLlamaDecoder, RopeScalingMatchesCpuDecoder) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = tiny_weights(9);
+  for (const auto kind : {RopeScaling::Kind::kLinear, RopeScaling::Kind::kNtk}) {
+    CudaDecoderOptions gopt = tiny_options();
+    gopt.rope_scaling = RopeScaling{kind, 4.0};
+    CudaLlamaDecoder gpu(weights, gopt);
+    LlamaDecoder cpu(weights, cpu_options(gopt));
+    const auto prompt = random_tokens(70, weights->config.vocab, 2);
+    const SequenceId s = gpu.open();
+    const CudaStepOutput g = gpu.prefill(s, prompt);
+    EXPECT_LT(rel_error(g.logits, flat(cpu.prefill(prompt).logits)), kLogitTol);
+    const std::vector<CudaStepInput> in{{s, 3, {}}};
+    EXPECT_LT(rel_error(gpu.step(in).at(0).logits, flat(cpu.step(3).logits)), kLogitTol);
+  }
+}
+
+TEST(CudaLlamaDecoder, BatchedForkedSequencesEqualThemselvesRunAlone) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = tiny_weights();
+  CudaLlamaDecoder batched(weights, tiny_options());
+  CudaLlamaDecoder alone(weights, tiny_options());
+  const auto p1 = random_tokens(21, weights->config.vocab, 4);  // partial last chunk
+  const auto p2 = random_tokens(16, weights->config.vocab, 5);  // complete chunks only
+  const SequenceId a = batched.open();
+  batched.prefill(a, p1);
+  const int slots_one = batched.slots_in_use();
+  const SequenceId a2 = batched.fork(a);
+  EXPECT_EQ(batched.slots_in_use(), slots_one + 1);  // complete chunks shared, the partial copied
+  const SequenceId b = batched.open();
+  batched.prefill(b, p2);
+  const SequenceId b2 = batched.fork(b);
+  const int before_steps = batched.slots_in_use();
+
+  const std::vector<std::vector<int32_t>> prompts{p1, p1, p2, p2};
+  const std::vector<SequenceId> ids{a, a2, b, b2};
+  std::vector<SequenceId> solo;
+  for (const auto& p : prompts) {
+    solo.push_back(alone.open());
+    alone.prefill(solo.back(), p);
+  }
+  std::mt19937 rng(8);
+  ChunkMask window(64);
+  window.set(0);
+  const std::vector<ResidentChunks> rows{{window.words().data(), window.size()}};
+  for (int t = 0; t < 12; ++t) {
+    std::vector<CudaStepInput> in;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      CudaStepInput x{ids[i], static_cast<int32_t>(rng() % 50), {}};
+      if (i % 2 == 1) x.request.residency = ResidencyView{rows};  // the forks keep chunk 0 only
+      in.push_back(x);
+    }
+    const auto outs = batched.step(in);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      CudaStepInput x = in[i];
+      x.sequence = solo[i];
+      const auto one = alone.step(std::vector<CudaStepInput>{x}).at(0);
+      EXPECT_LT(rel_error(outs[i].logits, one.logits), 1e-4) << "step " << t << " sequence " << i;
+      EXPECT_LT(rel_error(outs[i].chunk_mass, one.chunk_mass), 1e-4) << "step " << t << " sequence " << i;
+      EXPECT_EQ(outs[i].next_token, one.next_token);
+    }
+  }
+  EXPECT_GT(batched.slots_in_use(), before_steps);
+  for (SequenceId id : ids) batched.close(id);
+  EXPECT_EQ(batched.slots_in_use(), 0);
+}
+
+TEST(CudaLlamaDecoder, BadInputsAreOneLineErrors) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = tiny_weights();
+  CudaDecoderOptions opt = tiny_options();
+  opt.kv_capacity_tokens = 24;  // three chunks of 8
+  CudaLlamaDecoder gpu(weights, opt);
+  const SequenceId s = gpu.open();
+  EXPECT_THROW(gpu.prefill(s, std::vector<int32_t>{}), InputError);
+  EXPECT_THROW(gpu.prefill(s, std::vector<int32_t>{1, 50}), InputError);
+  gpu.prefill(s, random_tokens(10, 50, 1));
+  const std::vector<CudaStepInput> twice{{s, 1, {}}, {s, 2, {}}};
+  EXPECT_THROW(gpu.step(twice), InputError);
+  ChunkMask m(4);
+  const std::vector<ResidentChunks> two_rows{{m.words().data(), m.size()}, {m.words().data(), m.size()}};
+  CudaStepInput bad{s, 1, {}};
+  bad.request.residency = ResidencyView{two_rows};
+  EXPECT_THROW(gpu.step(std::vector<CudaStepInput>{bad}), UsageError);
+  try {
+    const SequenceId t = gpu.open();
+    gpu.prefill(t, random_tokens(20, 50, 2));  // needs 3 more chunks; 1 is free
+    FAIL() << "a full pool must be refused";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("KV pool is full"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
+  }
+  EXPECT_EQ(gpu.n_tokens(s), 10);  // failed calls changed nothing
+}
+
+// ---- the real model --------------------------------------------------------------------
+
+struct RealModel {
+  std::shared_ptr<const LlamaWeights> weights;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+const RealModel* real_model() {
+  static const std::unique_ptr<RealModel> m = []() -> std::unique_ptr<RealModel> {
+    const auto path = default_model_path();
+    if (!std::filesystem::exists(path)) return nullptr;
+    const GgufFile file = open_model_file(path);
+    auto out = std::make_unique<RealModel>();
+    out->weights = std::make_shared<const LlamaWeights>(load_llama(file));
+    out->tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_gguf(file));
+    return out;
+  }();
+  return m.get();
+}
+
+TEST(CudaLlamaDecoderSmolLm2, FirstDecodeStepsMatchCpuDecoderOnANiahPrompt) {
+  KVLAB_REQUIRE_GPU();
+  const RealModel* model = real_model();
+  if (model == nullptr) GTEST_SKIP() << "model file absent: run scripts/fetch-model.sh";
+  const Tokenizer& tok = *model->tokenizer;
+  const TaskSample sample = make_task("niah_single", 2048, 1, -1.0, [&](const std::string& s) {
+    return static_cast<int64_t>(tok.encode(s, false).size());
+  });
+  const auto prompt = tok.encode(task_prompt(sample));
+  CudaDecoderOptions gopt;
+  gopt.kv_capacity_tokens = 8192;
+  CudaLlamaDecoder gpu(model->weights, gopt);
+  DecoderOptions copt;
+  LlamaDecoder cpu(model->weights, copt);
+  const SequenceId s = gpu.open();
+  const CudaStepOutput g0 = gpu.prefill(s, prompt);
+  const StepResult c0 = cpu.prefill(prompt);
+  double worst = max_rel(g0.logits, c0.logits);
+  int agree = g0.next_token == argmax(c0.logits) ? 1 : 0;
+  EXPECT_LT(rel_error(g0.chunk_mass, flat(c0.chunk_mass)), kMassTol);
+  int32_t token = argmax(c0.logits);
+  constexpr int kSteps = 24;
+  for (int t = 0; t < kSteps; ++t) {
+    const CudaStepOutput g = gpu.step(std::vector<CudaStepInput>{{s, token, {}}}).at(0);
+    const StepResult c = cpu.step(token);
+    worst = std::max(worst, max_rel(g.logits, c.logits));
+    agree += g.next_token == argmax(c.logits) ? 1 : 0;
+    EXPECT_LT(rel_error(g.chunk_mass, flat(c.chunk_mass)), kMassTol) << "step " << t;
+    token = argmax(c.logits);
+  }
+  std::cout << "[ smollm2 ] prompt " << prompt.size() << " tokens: greedy agreement " << agree << "/" << kSteps + 1
+            << ", max relative logit error " << worst << "\n";
+  EXPECT_GE(agree, kSteps);  // at most one disagreement in 25 (near-ties under bf16)
+  EXPECT_LT(worst, 5e-2);
+}
+
+}  // namespace
+}  // namespace kvlab::cuda
