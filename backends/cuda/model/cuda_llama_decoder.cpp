@@ -355,7 +355,7 @@ void CudaLlamaDecoder::layers(int rows, const int32_t* positions, int64_t first_
                         c.n_layers, c.n_kv_heads, c.head_dim, options_.chunk_tokens};
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& lw = layers_[static_cast<size_t>(l)];
-    if (l == feature_layer_) {
+    if (l == feature_layer_ && rows > feature_first_row) {
       const int n_feat = rows - feature_first_row;
       features_.reserve(static_cast<size_t>(n_feat) * c.hidden);
       KVLAB_CUDA_CHECK(cudaMemcpyAsync(features_.get(), x_.get() + static_cast<int64_t>(feature_first_row) * c.hidden,

