@@ -1,0 +1,162 @@
+// Agreement of the GPU decoder with the CPU decoder (float32) on RULER-style task prompts with
+// full attention: the CPU decodes greedily, the GPU is fed the same tokens (teacher forcing),
+// and at the prefill and every step the GPU's greedy token is compared with the CPU's. Reports
+// per context length the fraction of agreeing positions and the largest relative logit error,
+// max |gpu − cpu| / max |cpu| over the vocabulary, over all positions.
+//
+//   kvlab_cuda_agreement [--model PATH] [--task niah_single] [--contexts 2048,4096,8192]
+//                        [--samples 20] [--steps 16] [--seed 7] [--out FILE]
+// Prints "TABLE ..." lines; exit 1 when the model file is missing or a decoder fails.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/live_model.hpp"
+#include "backends/cpu/llama_decoder.hpp"
+#include "backends/cuda/model/cuda_llama_decoder.hpp"
+#include "backends/model/llama_weights.hpp"
+#include "backends/model/tokenizer.hpp"
+#include "core/error.hpp"
+#include "traces/tasks/tasks.hpp"
+
+namespace {
+
+struct Options {
+  std::filesystem::path model = kvlab::default_model_path();
+  std::string task = "niah_single";
+  std::vector<int64_t> contexts{2048, 4096, 8192};
+  int samples = 20;
+  int steps = 16;
+  uint64_t seed = 7;
+  std::string out;
+};
+
+std::vector<int64_t> parse_list(const std::string& s, const std::string& flag) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      out.push_back(std::stoll(item));
+    } catch (const std::exception&) {
+      throw kvlab::UsageError(flag + ": '" + item + "' is not an integer");
+    }
+    if (out.back() <= 0) throw kvlab::UsageError(flag + ": values must be positive");
+  }
+  if (out.empty()) throw kvlab::UsageError(flag + ": empty list");
+  return out;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw kvlab::UsageError(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--model") o.model = value();
+    else if (a == "--task") o.task = value();
+    else if (a == "--contexts") o.contexts = parse_list(value(), a);
+    else if (a == "--samples") o.samples = static_cast<int>(parse_list(value(), a).at(0));
+    else if (a == "--steps") o.steps = static_cast<int>(parse_list(value(), a).at(0));
+    else if (a == "--seed") o.seed = static_cast<uint64_t>(parse_list(value(), a).at(0));
+    else if (a == "--out") o.out = value();
+    else if (a == "-h" || a == "--help") {
+      std::cout << "kvlab_cuda_agreement [--model PATH] [--task niah_single] [--contexts 2048,4096,8192] "
+                   "[--samples 20] [--steps 16] [--seed 7] [--out FILE]\n";
+      std::exit(0);
+    } else {
+      throw kvlab::UsageError("unknown option " + a);
+    }
+  }
+  return o;
+}
+
+int32_t argmax(const float* v, size_t n) { return static_cast<int32_t>(std::max_element(v, v + n) - v); }
+
+double max_rel(const std::vector<float>& gpu, const Eigen::VectorXf& cpu) {
+  double num = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    num = std::max(num, std::abs(static_cast<double>(gpu[i]) - cpu(static_cast<Eigen::Index>(i))));
+  }
+  return num / std::max(1e-30, static_cast<double>(cpu.cwiseAbs().maxCoeff()));
+}
+
+struct Tally {
+  int64_t positions = 0, agree = 0;
+  double worst = 0;
+};
+
+int run(const Options& o) {
+  using namespace kvlab;
+  const GgufFile file = open_model_file(o.model);
+  auto weights = std::make_shared<const LlamaWeights>(load_llama(file));
+  const Tokenizer tok = Tokenizer::from_gguf(file);
+  const int64_t max_ctx = *std::max_element(o.contexts.begin(), o.contexts.end());
+  cuda::CudaDecoderOptions gopt;
+  gopt.kv_capacity_tokens = max_ctx + 2 * o.steps + 128;
+  cuda::CudaLlamaDecoder gpu(weights, gopt);
+  const auto counter = [&](const std::string& s) { return static_cast<int64_t>(tok.encode(s, false).size()); };
+  std::ostringstream json;
+  json << "{\"task\": \"" << o.task << "\", \"samples\": " << o.samples << ", \"steps\": " << o.steps
+       << ", \"contexts\": [";
+  bool first = true;
+  for (const int64_t ctx : o.contexts) {
+    Tally t;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (const TaskSample& sample : make_task_set(o.task, ctx, o.samples, o.seed, counter)) {
+      const auto prompt = tok.encode(task_prompt(sample));
+      LlamaDecoder cpu(weights, DecoderOptions{});
+      const cuda::SequenceId s = gpu.open();
+      StepResult c = cpu.prefill(prompt);
+      cuda::CudaStepOutput g = gpu.prefill(s, prompt, cuda::CudaStepWants{true, false, false});
+      for (int step = 0;; ++step) {
+        const int32_t want = argmax(c.logits.data(), static_cast<size_t>(c.logits.size()));
+        ++t.positions;
+        t.agree += g.next_token == want ? 1 : 0;
+        t.worst = std::max(t.worst, max_rel(g.logits, c.logits));
+        if (step == o.steps) break;
+        c = cpu.step(want);
+        g = gpu.step(std::vector<cuda::CudaStepInput>{{s, want, {}}}, cuda::CudaStepWants{true, false, false}).at(0);
+      }
+      gpu.close(s);
+    }
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double frac = static_cast<double>(t.agree) / static_cast<double>(std::max<int64_t>(1, t.positions));
+    std::printf("TABLE agreement %s ctx %5lld: greedy %lld/%lld = %.4f, max relative logit error %.4g (%.0f s)\n",
+                o.task.c_str(), static_cast<long long>(ctx), static_cast<long long>(t.agree),
+                static_cast<long long>(t.positions), frac, t.worst, sec);
+    std::fflush(stdout);
+    json << (first ? "" : ", ") << "{\"context\": " << ctx << ", \"positions\": " << t.positions
+         << ", \"agree\": " << t.agree << ", \"fraction\": " << frac << ", \"max_rel_logit_error\": " << t.worst << "}";
+    first = false;
+  }
+  json << "]}\n";
+  if (!o.out.empty()) {
+    const std::string tmp = o.out + ".tmp";
+    std::ofstream(tmp) << json.str();
+    std::filesystem::rename(tmp, o.out);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const kvlab::UsageError& e) {
+    std::cerr << "kvlab_cuda_agreement: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "kvlab_cuda_agreement: error: " << e.what() << "\n";
+    return 1;
+  }
+}
