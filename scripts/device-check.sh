@@ -85,6 +85,8 @@ fi
 BENCHES=(
   "fetch|$bin/kvlab_fetch_bench --out \$OUT_DIR/bench_fetch.tsv"
   "cuda_decoder|\"$bin/kvlab_cuda_decoder_bench\" --out \"\$OUT_DIR/bench_cuda_decoder.json\""
+  "kernels|$bin/kvlab_kernel_bench --out \$OUT_DIR/bench_kernels.tsv"
+  "torch|PYTHONUNBUFFERED=1 python3 experiments/gpu/bench_torch.py --kernels-tsv \$OUT_DIR/bench_kernels.tsv --out \$OUT_DIR/bench_torch.tsv"
 )
 export OUT_DIR="$out_dir"
 for entry in "${BENCHES[@]}"; do

@@ -1,0 +1,61 @@
+// Split-K work partition for sparse paged decode attention (flash-decoding, Dao et al. 2023):
+// host-side arithmetic only, no CUDA, so it is tested everywhere.
+//
+// A row is one (request, layer, KV head): its query group attends over the row's pages
+// (CSR page_indptr) and, optionally, its summary entries (CSR summary_indptr). Both are cut
+// into *units*: unit u < P_r is the row's page u; unit P_r + j is the block of summary entries
+// [j·page_tokens, (j+1)·page_tokens) of the row. A work item is a contiguous range of one
+// row's units, processed by one CTA; rows with several items are merged by the reduction.
+//
+// Sizing: items are made about equal (units_per_item units each, the last of a row shorter),
+// with units_per_item a multiple of the CTA's warps and chosen so that the grid holds about
+// `waves` full waves of resident CTAs, but never fewer than min_units_per_item units per item
+// (each item pays a fixed cost: loading the query, merging warps, writing a partial).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace kvlab::cuda {
+
+/// One CTA's share: units [unit_begin, unit_end) of row `row`.
+struct DecodeWorkItem {
+  int32_t row = 0;
+  int32_t unit_begin = 0;
+  int32_t unit_end = 0;
+  int32_t reserved = 0;  // keeps the struct 16 bytes (one vector load)
+};
+
+struct SparseDecodePlanOptions {
+  int multiprocessors = 132;   // H200 SXM
+  int ctas_per_multiprocessor = 4;
+  int waves = 2;
+  int warps_per_cta = 4;       // units_per_item is rounded up to a multiple of this
+  int min_units_per_item = 4;
+};
+
+struct SparseDecodePlan {
+  int32_t n_rows = 0;
+  int32_t page_tokens = 0;
+  int32_t units_per_item = 0;
+  std::vector<int32_t> row_unit_indptr;  // [n_rows + 1]: units (pages, then summary blocks)
+  std::vector<int32_t> row_item_indptr;  // [n_rows + 1]: the row's work items
+  std::vector<DecodeWorkItem> items;
+
+  [[nodiscard]] int64_t n_units() const { return row_unit_indptr.empty() ? 0 : row_unit_indptr.back(); }
+  [[nodiscard]] int32_t n_items() const { return static_cast<int32_t>(items.size()); }
+};
+
+/// Summary blocks of a row with `n_summaries` entries: ceil(n_summaries / page_tokens).
+[[nodiscard]] int32_t summary_units(int64_t n_summaries, int32_t page_tokens);
+
+/// Plans one launch. page_indptr has n_rows + 1 non-decreasing entries starting at 0;
+/// summary_indptr is empty (no summaries) or likewise. Throws UsageError naming the field for
+/// a malformed CSR array, a non-positive page_tokens or a row with nothing to attend.
+[[nodiscard]] SparseDecodePlan plan_sparse_decode(std::span<const int32_t> page_indptr,
+                                                  std::span<const int32_t> summary_indptr,
+                                                  int32_t page_tokens,
+                                                  const SparseDecodePlanOptions& options = {});
+
+}  // namespace kvlab::cuda
