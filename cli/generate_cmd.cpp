@@ -33,7 +33,6 @@ CommandSpec generate_spec() {
        {"chat", "", "wrap the prompt in SmolLM2's ChatML template as a user turn", ""},
        {"max-tokens", "N", "tokens to generate at most (stops earlier at EOS)", "64"},
        {"policy", "SPEC", "KV policy (see kvlab policies); oracles cannot run live", "full"},
-       {"summaries", "auto|on|off", "summary entries in attention: auto = the policy's summary_ratio", "auto"},
        {"temperature", "T", "0 = greedy; > 0 samples from softmax(logits / T)", "0"},
        {"seed", "S", "sampling seed", "0"},
        {"plugin", "LIB", "load a shared library that registers policies", "", true},
@@ -145,7 +144,6 @@ int run_generate(const Argv& argv) {
     throw UsageError("--policy " + policy.label +
                      ": oracles need attention before it is computed and cannot run live; record a trace and replay it");
   }
-  const int summary_ratio = live_summary_ratio(policy, args.get("summaries"));
 
   const LiveModel model = live_load_model(args);
   const std::string text = args.has("prompt") ? args.get("prompt") : read_text(args.get("prompt-file"));
@@ -166,7 +164,6 @@ int run_generate(const Argv& argv) {
   options.decoder = decoder;
   options.temperature = temperature;
   options.sampling_seed = static_cast<uint64_t>(seed);
-  options.summary_ratio = summary_ratio;
   options.reference_mass = false;  // nothing reads recall here
   LiveRequest request;
   request.info.id = "prompt";

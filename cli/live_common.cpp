@@ -71,18 +71,6 @@ void live_check_context(const LiveModel& model, const DecoderOptions& options, i
                    " tokens" + (scaled ? "; use a larger factor" : "; pass --rope-scaling linear:F or ntk:F to extend it"));
 }
 
-int live_summary_ratio(const ResolvedPolicy& policy, const std::string& mode) {
-  if (mode != "auto" && mode != "on" && mode != "off") {
-    throw UsageError("--summaries must be auto, on or off, got '" + mode + "'");
-  }
-  if (mode == "off") return 0;
-  int ratio = 0;
-  const auto& values = policy.params.values();
-  if (const auto it = values.find("summary_ratio"); it != values.end()) ratio = std::stoi(it->second);
-  if (mode == "on" && ratio <= 0) ratio = 128;
-  return ratio;
-}
-
 void live_note(const std::string& text) { std::cerr << "note: " << text << "\n"; }
 
 }  // namespace kvlab::cli

@@ -1,6 +1,5 @@
 // Flags and set-up shared by the live commands (kvlab generate | run | record): the model and
-// decoder flags, loading the model with one-line errors, the context-length check and the
-// summary tier each policy gets in attention.
+// decoder flags, loading the model with one-line errors and the context-length check.
 #pragma once
 
 #include <cstdint>
@@ -35,11 +34,6 @@ LiveModel live_load_model(const Args& args);
 /// context unless --rope-scaling stretches it).
 void live_check_context(const LiveModel& model, const DecoderOptions& options, int64_t positions,
                         const std::string& flag);
-
-/// Tokens per summary entry in attention for `policy` under --summaries MODE: "off" → 0;
-/// "auto" → the policy's own summary_ratio parameter (LSA's compressed tier), else 0; "on" →
-/// that parameter when positive, else 128.
-int live_summary_ratio(const ResolvedPolicy& policy, const std::string& mode);
 
 /// One line on stderr: "note: ...".
 void live_note(const std::string& text);

@@ -74,6 +74,7 @@ const std::vector<Field>& fields() {
       {"critical_set_mean_size", [](const PolicyResult& r) { return number_or_null(r.critical_set_mean_size); }},
       {"fetch_bytes", [](const PolicyResult& r) { return nlohmann::json(r.fetch_bytes); }},
       {"late_fetches", [](const PolicyResult& r) { return nlohmann::json(r.late_fetches); }},
+      {"arrival", [](const PolicyResult& r) { return nlohmann::json(arrival_mode_name(r.arrival)); }},
   };
   return list;
 }

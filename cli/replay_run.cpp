@@ -60,6 +60,7 @@ nlohmann::json run_config_json(const Backend& backend, const std::string& trace_
         {"link_bytes_per_s", options.timing.link_bytes_per_s},
         {"hbm_bytes_per_s", options.timing.hbm_bytes_per_s},
         {"step_overhead_s", options.timing.step_overhead_s},
+        {"arrival", arrival_mode_name(backend.arrival_mode())},
         {"threads", options.threads},
         {"seed", options.seed}}},
       {"policies", policy_list},

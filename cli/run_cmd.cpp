@@ -8,6 +8,11 @@
 // steps, and the fraction of steps whose argmax equals full's. Teacher forcing keeps the two
 // runs on the same positions, so a single early divergence does not make every later step
 // incomparable. Accuracy comes from the free-running pass (the policy's own tokens).
+//
+// Per request, the prompt is prefilled once; the free-running pass runs every policy (and full
+// attention, for agreement) in lockstep from that prefill, and the teacher-forced pass runs the
+// other policies from the same prefill (core/engine.hpp, run_request). The metrics are summed
+// per step and merged across requests by core/metrics, as for a replay.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -37,7 +42,7 @@ CommandSpec run_spec() {
       "scored like RULER), footprint and recall (against full attention of the same step), and\n"
       "agreement with full attention measured teacher-forced: the mean KL(full || policy) of the\n"
       "next-token distribution and the fraction of steps whose greedy token equals full's.\n"
-      "Oracle policies cannot run live and are skipped with a note.",
+      "Oracle policies cannot run live: they are refused before the model loads.",
       {{"task", "NAME", "task (niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe)",
         "niah_single"},
        {"context-tokens", "N", "prompt length target in tokens (template included)", "4096"},
@@ -46,7 +51,7 @@ CommandSpec run_spec() {
        {"policy", "SPEC", "policy spec name[:key=value,...] (see kvlab policies)", "", true, true},
        {"plugin", "LIB", "load a shared library that registers policies", "", true},
        {"max-tokens", "N", "tokens generated at most per request (stops at EOS)", "16"},
-       {"summaries", "auto|on|off", "summary entries in attention: auto = the policy's summary_ratio", "auto"},
+       {"arrival", "modelled|measured", "fetch arrival: the ledger's timing model, or what the backend reports", "modelled"},
        {"agreement", "on|off", "measure agreement with full attention (a teacher-forced pass per policy)", "on"},
        {"critical-mass", "P", "mass threshold p of the critical set, 0 < p <= 1", "0.9"},
        {"json", "", "print a JSON array (one object per policy) instead of the table", ""},
@@ -60,62 +65,47 @@ CommandSpec run_spec() {
   return spec;
 }
 
-/// Request `index` of a live backend as a backend of its own, so the engine runs one request
-/// at a time through every policy and the backend's prefill is reused across them.
-class OneRequest final : public Backend {
- public:
-  OneRequest(LiveBackend& live, int64_t index) : live_(live), index_(index) {}
-  [[nodiscard]] const Geometry& geometry() const override { return live_.geometry(); }
-  [[nodiscard]] RowLayout rows() const override { return live_.rows(); }
-  [[nodiscard]] int64_t requests() const override { return 1; }
-  [[nodiscard]] std::unique_ptr<RequestSession> open(int64_t) override { return live_.open(index_); }
-  [[nodiscard]] RequestInfo request_info(int64_t) override { return live_.request_info(index_); }
-  [[nodiscard]] bool closed_loop() const override { return true; }
-  [[nodiscard]] std::string describe() const override { return live_.describe(); }
-
- private:
-  LiveBackend& live_;
-  int64_t index_;
-};
-
-/// Per policy, over all requests.
+/// Per policy, over all requests: what the metrics do not hold.
 struct Totals {
-  std::vector<PolicyResult> per_request;
+  MetricSums sums;
   double accuracy_sum = 0;
   double kl_sum = 0;
   int64_t agree = 0;
   int64_t compared = 0;
   double decode_seconds = 0;
   int64_t decode_steps = 0;
+  int summary_ratio = 0;  // the largest summary tier the policy's plans gave attention
 };
 
-/// Step-weighted means, summed totals and maxima over per-request results (every live step
-/// has a reference, so recall means are step-weighted too).
-PolicyResult merge(const std::vector<PolicyResult>& parts) {
-  PolicyResult m = parts.front();
-  m.requests = 0;
-  m.steps = 0;
-  m.footprint_peak_bytes = m.full_peak_bytes = m.fetch_bytes = m.late_fetches = 0;
-  double* means[] = {&m.footprint_mean_ratio, &m.footprint_mean_bytes, &m.hbm_kv_mean_bytes,
-                     &m.hbm_summary_mean_bytes, &m.hbm_index_mean_bytes, &m.host_mean_bytes,
-                     &m.critical_recall, &m.mass_recall, &m.critical_set_mean_size};
-  for (double* v : means) *v = 0;
-  for (const PolicyResult& p : parts) {
-    m.requests += p.requests;
-    m.footprint_peak_bytes = std::max(m.footprint_peak_bytes, p.footprint_peak_bytes);
-    m.full_peak_bytes = std::max(m.full_peak_bytes, p.full_peak_bytes);
-    m.fetch_bytes += p.fetch_bytes;
-    m.late_fetches += p.late_fetches;
-    if (p.steps == 0) continue;
-    m.steps += p.steps;
-    const double w = static_cast<double>(p.steps);
-    const double src[] = {p.footprint_mean_ratio, p.footprint_mean_bytes, p.hbm_kv_mean_bytes,
-                          p.hbm_summary_mean_bytes, p.hbm_index_mean_bytes, p.host_mean_bytes,
-                          p.critical_recall, p.mass_recall, p.critical_set_mean_size};
-    for (size_t i = 0; i < std::size(means); ++i) *means[i] += w * src[i];
+/// Adds the teacher-forced comparison of `forced` with full attention's `reference` pass.
+void add_agreement(const LiveOutput& reference, const LiveOutput& forced, Totals& tot) {
+  for (size_t t = 0; t < forced.log_probs.size() && t < reference.log_probs.size(); ++t) {
+    const std::vector<float>& lf = reference.log_probs[t];
+    const std::vector<float>& lp = forced.log_probs[t];
+    double kl = 0;
+    for (size_t v = 0; v < lf.size(); ++v) kl += std::exp(static_cast<double>(lf[v])) * (lf[v] - lp[v]);
+    tot.kl_sum += std::max(kl, 0.0);
+    const auto top_f = std::max_element(lf.begin(), lf.end()) - lf.begin();
+    const auto top_p = std::max_element(lp.begin(), lp.end()) - lp.begin();
+    tot.agree += top_f == top_p ? 1 : 0;
+    tot.compared += 1;
   }
-  for (double* v : means) *v = m.steps > 0 ? *v / static_cast<double>(m.steps) : std::nan("");
-  return m;
+}
+
+/// Runs `policies` over request i from `prefill`; returns their sums and outputs.
+struct Pass {
+  std::vector<MetricSums> sums;
+  std::vector<LiveOutput> outputs;
+};
+Pass run_pass(LiveBackend& backend, int64_t i, const std::vector<ResolvedPolicy>& policies, EngineOptions engine,
+              const std::shared_ptr<const PrefilledRequest>& prefill) {
+  Pass pass;
+  pass.outputs.resize(policies.size());
+  engine.on_request_end = [&pass](int64_t, int policy, const RequestSession& session) {
+    pass.outputs[static_cast<size_t>(policy)] = LiveBackend::output_of(session);
+  };
+  pass.sums = run_request(backend, i, policies, engine, prefill);
+  return pass;
 }
 
 std::string generated_text(const LiveModel& model, std::vector<int32_t> tokens) {
@@ -145,25 +135,41 @@ int run_run(const Argv& argv) {
   engine.critical_mass = args.get_double("critical-mass");
   if (!(engine.critical_mass > 0 && engine.critical_mass <= 1)) throw UsageError("--critical-mass must be in (0, 1]");
 
+  const std::string arrival = args.get("arrival");
+  if (arrival != "modelled" && arrival != "measured") {
+    throw UsageError("--arrival must be modelled or measured, got '" + arrival + "'");
+  }
+
   load_plugins(args.get_all("plugin"));
   std::vector<ResolvedPolicy> policies;
-  std::vector<int> summary_ratios;
-  std::vector<std::string> oracles;
   for (const auto& text : args.get_all("policy")) {
     ResolvedPolicy p = PolicyRegistry::instance().resolve(text);
     if (p.descriptor->oracle) {
-      oracles.push_back(p.label);
-      continue;
+      throw UsageError("--policy " + p.label +
+                       ": oracles read attention before it is computed, which a live run cannot give; record a "
+                       "trace and replay it");
     }
-    summary_ratios.push_back(live_summary_ratio(p, args.get("summaries")));
     policies.push_back(std::move(p));
   }
-  if (policies.empty()) throw UsageError("--policy: only oracle policies given; oracles cannot run live");
-  for (const auto& label : oracles) {
-    live_note("skipping oracle policy " + label +
-              ": it reads attention before it is computed, which a live run cannot give (replay a recorded trace)");
-  }
   const ResolvedPolicy full = PolicyRegistry::instance().resolve("full");
+  // The free-running pass: every policy, plus full attention for agreement when not listed.
+  // The teacher-forced pass: every policy but full attention.
+  std::vector<ResolvedPolicy> free_pass = policies;
+  int full_index = -1;
+  for (size_t k = 0; k < policies.size(); ++k) {
+    if (policies[k].label == full.label) full_index = static_cast<int>(k);
+  }
+  if (agreement && full_index < 0) {
+    full_index = static_cast<int>(free_pass.size());
+    free_pass.push_back(full);
+  }
+  std::vector<ResolvedPolicy> forced_pass;
+  std::vector<size_t> forced_of;  // forced_pass[j] is policies[forced_of[j]]
+  for (size_t k = 0; k < policies.size(); ++k) {
+    if (static_cast<int>(k) == full_index) continue;
+    forced_pass.push_back(policies[k]);
+    forced_of.push_back(k);
+  }
 
   const LiveModel model = live_load_model(args);
   live_check_context(model, decoder, context + max_tokens - 1, "--context-tokens plus --max-tokens");
@@ -173,6 +179,8 @@ int run_run(const Argv& argv) {
                                                     max_tokens - 1, &task_samples);
   LiveOptions options;
   options.decoder = decoder;
+  options.keep_log_probs = agreement;
+  options.arrival = arrival == "measured" ? ArrivalMode::Measured : ArrivalMode::Modelled;
   LiveBackend backend(model.weights, model.stop_tokens, std::move(requests), options);
 
   const auto start = std::chrono::steady_clock::now();
@@ -181,69 +189,41 @@ int run_run(const Argv& argv) {
   double prefill_seconds = 0;
   int64_t prefill_tokens = 0;
   for (int64_t i = 0; i < backend.requests(); ++i) {
-    OneRequest one(backend, i);
     const TaskSample& sample = task_samples[static_cast<size_t>(i)];
     nlohmann::json gen = {{"id", backend.request(i).info.id},
                           {"prompt_tokens", backend.request(i).info.prompt_tokens},
                           {"expected", sample.expected},
                           {"needle_depth", sample.needle_depth}};
-    // Full attention's free run: the tokens and distributions the others are compared with.
-    LiveOutput reference;
-    std::vector<PolicyResult> full_result;
-    if (agreement) {
-      backend.clear_forced();
-      backend.set_summary_ratio(0);
-      backend.set_keep_log_probs(true);
-      full_result = run_engine(one, {full}, engine);
-      reference = backend.output(i);
-      prefill_seconds += reference.prefill_seconds;
-      prefill_tokens += backend.request(i).info.prompt_tokens;
-    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::shared_ptr<const PrefilledRequest> prefill = backend.prefill(i);
+    prefill_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    prefill_tokens += backend.request(i).info.prompt_tokens;
+
+    backend.clear_forced();
+    const Pass free = run_pass(backend, i, free_pass, engine, prefill);
     for (size_t k = 0; k < policies.size(); ++k) {
       Totals& tot = totals[k];
-      const bool is_full = policies[k].label == full.label && summary_ratios[k] == 0;
-      LiveOutput free;
-      if (is_full && agreement) {
-        tot.per_request.push_back(full_result.front());
-        free = reference;
-      } else {
-        backend.clear_forced();
-        backend.set_summary_ratio(summary_ratios[k]);
-        backend.set_keep_log_probs(false);
-        tot.per_request.push_back(run_engine(one, {policies[k]}, engine).front());
-        free = backend.output(i);
-        if (free.prefill_seconds > 0) {
-          prefill_seconds += free.prefill_seconds;
-          prefill_tokens += backend.request(i).info.prompt_tokens;
-        }
-      }
-      const std::string text = generated_text(model, free.tokens);
+      const LiveOutput& out = free.outputs[k];
+      tot.sums.merge(free.sums[k]);
+      const std::string text = generated_text(model, out.tokens);
       const double score = score_answer(sample, text);
       tot.accuracy_sum += score;
-      tot.decode_seconds += free.decode_seconds;
-      tot.decode_steps += free.steps;
+      tot.decode_seconds += out.decode_seconds;
+      tot.decode_steps += out.steps;
+      tot.summary_ratio = std::max(tot.summary_ratio, out.summary_ratio);
       gen["outputs"][policies[k].label] = {{"text", text}, {"score", score}};
-      if (!agreement) continue;
-      if (is_full) {
-        tot.agree += reference.steps;
-        tot.compared += reference.steps;
-        continue;
+    }
+    if (agreement) {
+      const LiveOutput& reference = free.outputs[static_cast<size_t>(full_index)];
+      if (full_index < static_cast<int>(policies.size())) {
+        totals[static_cast<size_t>(full_index)].agree += reference.steps;
+        totals[static_cast<size_t>(full_index)].compared += reference.steps;
       }
-      backend.set_forced_tokens(i, reference.tokens, reference.steps);
-      backend.set_keep_log_probs(true);
-      (void)run_engine(one, {policies[k]}, engine);
-      const LiveOutput forced = backend.output(i);
-      backend.clear_forced();
-      for (size_t t = 0; t < forced.log_probs.size() && t < reference.log_probs.size(); ++t) {
-        const std::vector<float>& lf = reference.log_probs[t];
-        const std::vector<float>& lp = forced.log_probs[t];
-        double kl = 0;
-        for (size_t v = 0; v < lf.size(); ++v) kl += std::exp(static_cast<double>(lf[v])) * (lf[v] - lp[v]);
-        tot.kl_sum += std::max(kl, 0.0);
-        const auto top_f = std::max_element(lf.begin(), lf.end()) - lf.begin();
-        const auto top_p = std::max_element(lp.begin(), lp.end()) - lp.begin();
-        tot.agree += top_f == top_p ? 1 : 0;
-        tot.compared += 1;
+      if (!forced_pass.empty()) {
+        backend.set_forced_tokens(i, reference.tokens, reference.steps);
+        const Pass forced = run_pass(backend, i, forced_pass, engine, prefill);
+        backend.clear_forced();
+        for (size_t j = 0; j < forced_pass.size(); ++j) add_agreement(reference, forced.outputs[j], totals[forced_of[j]]);
       }
     }
     generations.push_back(gen);
@@ -251,16 +231,16 @@ int run_run(const Argv& argv) {
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
+  std::vector<MetricSums> sums;
+  for (const Totals& tot : totals) sums.push_back(tot.sums);
+  const std::vector<PolicyResult> merged = results_from_sums(sums, policies);
   nlohmann::json out = nlohmann::json::array();
-  std::vector<PolicyResult> merged;
   for (size_t k = 0; k < policies.size(); ++k) {
     const Totals& tot = totals[k];
-    PolicyResult r = merge(tot.per_request);
-    merged.push_back(r);
-    nlohmann::json obj = results_json({r})[0];
+    nlohmann::json obj = results_json({merged[k]})[0];
     const double n = static_cast<double>(backend.requests());
     obj["accuracy"] = tot.accuracy_sum / n;
-    obj["summary_ratio"] = summary_ratios[k];
+    obj["summary_ratio"] = tot.summary_ratio;
     if (agreement && tot.compared > 0) {
       obj["kl_mean"] = tot.kl_sum / static_cast<double>(tot.compared);
       obj["top1_agreement"] = static_cast<double>(tot.agree) / static_cast<double>(tot.compared);
@@ -279,6 +259,7 @@ int run_run(const Argv& argv) {
                              {"git_revision", kGitRevision},
                              {"model", model.path},
                              {"backend", backend.describe()},
+                             {"arrival", arrival_mode_name(backend.arrival_mode())},
                              {"flags", args.resolved()},
                              {"prefill_tokens_per_s", prefill_seconds > 0 ? prefill_tokens / prefill_seconds : 0.0},
                              {"seconds", seconds}};
@@ -296,7 +277,7 @@ int run_run(const Argv& argv) {
   std::vector<std::vector<std::string>> rows;
   for (size_t k = 0; k < policies.size(); ++k) {
     const nlohmann::json& o = out[k];
-    rows.push_back({policies[k].label + (summary_ratios[k] > 0 ? " +summaries" : ""), fixed(o["accuracy"], 3),
+    rows.push_back({policies[k].label + (totals[k].summary_ratio > 0 ? " +summaries" : ""), fixed(o["accuracy"], 3),
                     fixed(merged[k].footprint_mean_ratio, 3), fixed(merged[k].critical_recall, 4),
                     fixed(merged[k].mass_recall, 4), o["kl_mean"].is_null() ? "n/a" : fixed(o["kl_mean"], 4),
                     o["top1_agreement"].is_null() ? "n/a" : fixed(o["top1_agreement"], 3)});

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "core/error.hpp"
@@ -90,71 +91,103 @@ struct PolicyRun {
   Plan plan;
   MetricSums sums;
   std::vector<double> row_mass;  // per row, this step: mass over resident chunks
+  std::unique_ptr<RequestSession> own_session;  // closed loop: the policy changes the model
+  RequestSession* session = nullptr;
+  bool ended = false;
 };
 
+/// Runs the policies of one request in lockstep, step by step. Open loop: they share one
+/// session (the recorded attention does not depend on them). Closed loop: each has its own
+/// session, all started from one prefill of the request.
 class RequestRunner {
  public:
   RequestRunner(Backend& backend, int64_t request_index, const EngineOptions& options)
       : backend_(backend), index_(request_index), options_(options) {}
 
-  /// Runs `policies` over one session of this request, in lockstep; returns their sums.
-  std::vector<MetricSums> run(const std::vector<ResolvedPolicy>& all, const std::vector<int>& which,
+  std::vector<MetricSums> run(const std::vector<ResolvedPolicy>& all, std::shared_ptr<const PrefilledRequest> prefill,
                               std::atomic<int64_t>& progress_steps, int64_t progress_total) {
-    auto session = backend_.open(index_);
-    const RequestInfo& info = session->info();
+    const bool closed = backend_.closed_loop();
+    std::unique_ptr<RequestSession> shared;
+    if (closed) {
+      if (!prefill) prefill = backend_.prefill(index_);
+    } else {
+      shared = backend_.open(index_);
+    }
+    const RequestInfo info = closed ? backend_.request_info(index_) : shared->info();
     const Geometry& geometry = backend_.geometry();
     const RowLayout rows = backend_.rows();
+    const ArrivalMode arrival = backend_.arrival_mode();
 
-    std::vector<PolicyRun> runs(which.size());
+    std::vector<PolicyRun> runs(all.size());
     int64_t lookahead = 0;
-    for (size_t k = 0; k < which.size(); ++k) {
+    for (size_t k = 0; k < all.size(); ++k) {
       PolicyRun& run = runs[k];
-      run.resolved = &all[which[k]];
-      run.index = which[k];
+      run.resolved = &all[k];
+      run.index = static_cast<int>(k);
+      if (closed) {
+        run.own_session = backend_.open(index_, prefill);
+        run.session = run.own_session.get();
+      } else {
+        run.session = shared.get();
+      }
       run.policy = run.resolved->instantiate();
       run.request = RequestContext{&geometry, rows, index_, info.id, info.workload, info.prompt_tokens,
                                    info.decode_steps, mix_seed(mix_seed(options_.seed, info.seed), index_),
-                                   session->d_query(), session->d_key()};
-      run.ledger = std::make_unique<Ledger>(geometry, rows, info.prompt_tokens, options_.timing);
+                                   run.session->d_query(), run.session->d_key()};
+      run.ledger = std::make_unique<Ledger>(geometry, rows, info.prompt_tokens, options_.timing, arrival);
       run.plan.keep = run.ledger->target();
       run.policy->on_request(run.request, run.plan);
       run.sums.requests = 1;
+      run.sums.arrival = arrival;
       if (run.resolved->descriptor->oracle) lookahead = std::max(lookahead, run.policy->oracle_lookahead());
     }
-    if (session->closed_loop() && lookahead > 0) {
-      throw UsageError("an oracle with lookahead needs future attention, which a live backend cannot give");
+    prefill.reset();  // the sessions hold what they share of it
+    std::optional<SessionOracle> oracle;
+    if (!closed) {
+      shared->set_lookahead(lookahead);
+      oracle.emplace(*shared, info.decode_steps - 1);
     }
-    session->set_lookahead(lookahead);
-    SessionOracle oracle(*session, info.decode_steps - 1);
 
-    if (session->closed_loop() && std::any_of(runs.begin(), runs.end(), [](const PolicyRun& r) {
-          return r.resolved->descriptor->oracle;
-        })) {
-      throw UsageError("policy " + runs.front().resolved->label +
-                       " is an oracle: it needs a step's attention before the step runs, which a live backend "
-                       "cannot give; replay a recorded trace instead (kvlab record, then kvlab replay)");
-    }
     CriticalSets critical;
     for (int64_t t = 0; t < info.decode_steps; ++t) {
-      if (!session->begin_step(t)) break;
-      // Open loop: the true attention is known before the step. Closed loop: the backend computes
-      // it while attending (step_policy picks it up after attend).
-      const StepMass* reference = session->closed_loop() ? nullptr : session->reference();
-      if (reference != nullptr) compute_critical_sets(*reference, options_.critical_mass, critical);
-      oracle.at(t);
-      for (PolicyRun& run : runs) step_policy(run, *session, t, reference, critical, oracle);
-      progress_steps.fetch_add(1, std::memory_order_relaxed);
-      if (options_.progress) options_.progress(progress_steps.load(std::memory_order_relaxed), progress_total);
+      if (closed) {
+        bool any = false;
+        for (PolicyRun& run : runs) {
+          run.ended = run.ended || !run.session->begin_step(t);
+          if (run.ended) continue;
+          any = true;
+          step_closed_loop(run, t, critical);
+          count_progress(progress_steps, progress_total);
+        }
+        if (!any) break;
+      } else {
+        if (!shared->begin_step(t)) break;
+        // Open loop: the true attention is known before the step.
+        const StepMass* reference = shared->reference();
+        if (reference != nullptr) compute_critical_sets(*reference, options_.critical_mass, critical);
+        oracle->at(t);
+        for (PolicyRun& run : runs) step_open_loop(run, t, reference, critical, *oracle);
+        count_progress(progress_steps, progress_total);
+      }
     }
     std::vector<MetricSums> out;
-    for (auto& run : runs) out.push_back(run.sums);
+    for (auto& run : runs) {
+      if (options_.on_request_end) options_.on_request_end(index_, run.index, *run.session);
+      out.push_back(run.sums);
+    }
     return out;
   }
 
  private:
-  void step_policy(PolicyRun& run, RequestSession& session, int64_t t, const StepMass* reference,
-                   CriticalSets& critical, const SessionOracle& oracle) {
+  void count_progress(std::atomic<int64_t>& steps, int64_t total) const {
+    const int64_t done = steps.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (options_.progress) options_.progress(done, total);
+  }
+
+  /// Asks the policy for step t's plan and applies it to the ledger.
+  StepContext plan_step(PolicyRun& run, int64_t t, const OracleView* oracle) {
     Ledger& ledger = *run.ledger;
+    RequestSession& session = *run.session;
     const int64_t n_tokens = run.request.prompt_tokens + t + 1;
     ledger.begin_step(t, n_tokens);
 
@@ -173,7 +206,7 @@ class RequestRunner {
     ctx.resident = &ledger.resident();
     ctx.in_flight = &ledger.in_flight();
     ctx.dropped = &ledger.dropped_any();
-    ctx.oracle = run.resolved->descriptor->oracle ? &oracle : nullptr;
+    ctx.oracle = run.resolved->descriptor->oracle ? oracle : nullptr;
 
     run.plan.keep = ledger.target();
     const int64_t interval = run.policy->refresh_interval();
@@ -181,29 +214,68 @@ class RequestRunner {
     run.policy->on_step(ctx, run.plan);
     ledger.apply(run.plan);
     check_budget(run, ctx);
+    return ctx;
+  }
 
-    const StepMass* observed = nullptr;
-    if (session.closed_loop()) {
-      observed = session.attend(t, ledger.resident());
-      reference = session.reference();  // full attention of the step just computed, if the backend gives it
-      if (reference != nullptr) compute_critical_sets(*reference, options_.critical_mass, critical);
+  void step_open_loop(PolicyRun& run, int64_t t, const StepMass* reference, const CriticalSets& critical,
+                      const SessionOracle& oracle) {
+    (void)plan_step(run, t, &oracle);
+    record(run, t, reference, critical);
+    if (run.policy->wants_attention() && reference != nullptr) {
+      const RestrictedAttention view(*reference, run.ledger->resident(), run.row_mass);
+      run.policy->on_attention(FeedbackContext{&run.request, t, &run.ledger->resident(), &view});
     }
-    StepRecord record = measure(run, t, n_tokens, reference, critical);
-    if (options_.on_step) options_.on_step(record);
+    run.ledger->end_step();
+  }
 
-    if (run.policy->wants_attention()) {
-      FeedbackContext feedback{&run.request, t, &ledger.resident(), nullptr};
-      if (observed != nullptr) {
-        ComputedAttention view(*observed);
-        feedback.attention = &view;
-        run.policy->on_attention(feedback);
-      } else if (reference != nullptr) {
-        RestrictedAttention view(*reference, ledger.resident(), run.row_mass);
-        feedback.attention = &view;
-        run.policy->on_attention(feedback);
-      }
+  void step_closed_loop(PolicyRun& run, int64_t t, CriticalSets& critical) {
+    (void)plan_step(run, t, nullptr);
+    Ledger& ledger = *run.ledger;
+    RequestSession& session = *run.session;
+    const StepIO io = step_io(ledger, t);
+    session.launch(t, io);
+    if (ledger.arrival() == ArrivalMode::Measured) {
+      Residency landed(ledger.in_flight().layout(), ledger.n_chunks());
+      session.report_arrivals(t, ledger.in_flight(), landed);
+      ledger.land_reported(landed);
+    }
+    const StepMass* observed = session.finish(t, io);
+    // The full attention of the step just computed, if the backend gives it.
+    const StepMass* reference = session.reference();
+    if (reference != nullptr) compute_critical_sets(*reference, options_.critical_mass, critical);
+    record(run, t, reference, critical);
+    if (run.policy->wants_attention() && observed != nullptr) {
+      const ComputedAttention view(*observed);
+      run.policy->on_attention(FeedbackContext{&run.request, t, &ledger.resident(), &view});
     }
     ledger.end_step();
+  }
+
+  static StepIO step_io(const Ledger& ledger, int64_t t) {
+    const StepDeltas& d = ledger.deltas();
+    StepIO io;
+    io.step = t;
+    io.n_tokens = ledger.n_tokens();
+    io.resident = &ledger.resident();
+    io.in_flight = &ledger.in_flight();
+    io.fetched = &d.fetched;
+    io.evicted = &d.evicted;
+    io.dropped = &d.dropped;
+    io.cancelled = &d.cancelled;
+    io.landed = &d.landed;
+    io.tiers = ledger.tiers();
+    io.evict_to = ledger.evict_to();
+    io.arrival = ledger.arrival();
+    return io;
+  }
+
+  void record(PolicyRun& run, int64_t t, const StepMass* reference, const CriticalSets& critical) {
+    StepRecord step = measure_step(*run.ledger, reference, critical, &run.row_mass);
+    step.request = index_;
+    step.policy = run.index;
+    step.step = t;
+    run.sums.add(step);
+    if (options_.on_step) options_.on_step(step);
   }
 
   static void check_budget(const PolicyRun& run, const StepContext& ctx) {
@@ -216,79 +288,63 @@ class RequestRunner {
     }
   }
 
-  StepRecord measure(PolicyRun& run, int64_t t, int64_t n_tokens, const StepMass* reference,
-                     const CriticalSets& critical) {
-    const Ledger& ledger = *run.ledger;
-    const TierBytes bytes = ledger.bytes();
-    MetricSums& s = run.sums;
-    s.steps += 1;
-    s.footprint_ratio += static_cast<double>(bytes.footprint()) / static_cast<double>(ledger.full_bytes());
-    s.footprint_bytes += static_cast<double>(bytes.footprint());
-    s.hbm_kv_bytes += static_cast<double>(bytes.hbm_kv);
-    s.hbm_summary_bytes += static_cast<double>(bytes.hbm_summary);
-    s.hbm_index_bytes += static_cast<double>(bytes.hbm_index);
-    s.host_bytes += static_cast<double>(bytes.host);
-    s.footprint_peak_bytes = std::max(s.footprint_peak_bytes, bytes.footprint());
-    s.full_peak_bytes = std::max(s.full_peak_bytes, ledger.full_bytes());
-    s.fetch_bytes += ledger.fetch_bytes_this_step();
-
-    StepRecord record{index_, run.index, t, n_tokens, &ledger.resident(), bytes, ledger.fetch_bytes_this_step(), 0, 0, 0};
-    if (reference == nullptr) return record;
-
-    const Residency& resident = ledger.resident();
-    const Residency& flight = ledger.in_flight();
-    const int rows = reference->rows();
-    run.row_mass.assign(static_cast<size_t>(rows), 0.0);
-    const int64_t uniform_count = resident.uniform() ? ledger.resident_count(0) : -1;
-    double step_critical = 0;
-    double step_mass = 0;
-    for (int r = 0; r < rows; ++r) {
-      const auto crit = critical.row(r);
-      const int64_t count = uniform_count >= 0 ? uniform_count : ledger.resident_count(r);
-      const RowRecall recall = row_recall(*reference, r, crit, resident.row(r), count);
-      run.row_mass[r] = recall.mass;
-      step_critical += recall.critical;
-      step_mass += recall.mass;
-      for (uint32_t c : crit) record.late += flight.contains(r, c) ? 1 : 0;
-      s.critical_rows_total += static_cast<int64_t>(crit.size());
-    }
-    s.recall_rows += rows;
-    s.critical_recall += step_critical;
-    s.mass_recall += step_mass;
-    s.late_fetches += record.late;
-    record.critical_recall = step_critical / rows;
-    record.mass_recall = step_mass / rows;
-    return record;
-  }
-
   Backend& backend_;
   int64_t index_;
   const EngineOptions& options_;
 };
 
+/// Refuses, before any request is opened or prefilled, what the backend cannot run.
+void check_runnable(const Backend& backend, const std::vector<ResolvedPolicy>& policies) {
+  if (policies.empty()) throw UsageError("--policy: give at least one policy");
+  if (!backend.closed_loop() && backend.arrival_mode() == ArrivalMode::Measured) {
+    throw UsageError("measured fetch arrival needs a closed-loop backend; " + backend.describe() + " is open loop");
+  }
+  if (!backend.closed_loop()) return;
+  for (const auto& p : policies) {
+    if (p.descriptor->oracle) {
+      throw UsageError("policy " + p.label +
+                       " is an oracle: it needs a step's attention before the step runs, which a live backend "
+                       "cannot give; replay a recorded trace instead (kvlab record, then kvlab replay)");
+    }
+  }
+}
+
 }  // namespace
+
+std::vector<MetricSums> run_request(Backend& backend, int64_t index, const std::vector<ResolvedPolicy>& policies,
+                                    const EngineOptions& options, std::shared_ptr<const PrefilledRequest> prefill) {
+  check_runnable(backend, policies);
+  std::atomic<int64_t> progress{0};
+  const int64_t steps = backend.request_info(index).decode_steps;
+  const int64_t total = backend.closed_loop() ? steps * static_cast<int64_t>(policies.size()) : steps;
+  RequestRunner runner(backend, index, options);
+  return runner.run(policies, std::move(prefill), progress, total);
+}
+
+std::vector<PolicyResult> results_from_sums(const std::vector<MetricSums>& sums,
+                                            const std::vector<ResolvedPolicy>& policies) {
+  std::vector<PolicyResult> results;
+  for (size_t p = 0; p < policies.size(); ++p) {
+    PolicyResult r = PolicyResult::from_sums(sums[p]);
+    r.policy = policies[p].label;
+    r.name = policies[p].descriptor->name;
+    r.oracle = policies[p].descriptor->oracle;
+    results.push_back(std::move(r));
+  }
+  return results;
+}
 
 std::vector<PolicyResult> run_engine(Backend& backend, const std::vector<ResolvedPolicy>& policies,
                                      const EngineOptions& options) {
+  check_runnable(backend, policies);
   const int64_t n_requests = backend.requests();
   const int n_policies = static_cast<int>(policies.size());
-  if (n_policies == 0) throw UsageError("--policy: give at least one policy");
-
-  // Closed-loop sessions change with the policy, so each policy gets its own session.
-  const bool closed_loop = backend.closed_loop();
   int64_t total_steps = 0;
   for (int64_t i = 0; i < n_requests; ++i) total_steps += backend.request_info(i).decode_steps;
-  std::vector<std::vector<int>> groups;
-  if (closed_loop) {
-    for (int p = 0; p < n_policies; ++p) groups.push_back({p});
-  } else {
-    groups.emplace_back();
-    for (int p = 0; p < n_policies; ++p) groups.back().push_back(p);
-  }
-  const int64_t units = n_requests * static_cast<int64_t>(groups.size());
-  const int64_t progress_total = total_steps * static_cast<int64_t>(groups.size());
+  // Closed loop counts a step per policy (each runs the model); open loop one per request step.
+  const int64_t progress_total = backend.closed_loop() ? total_steps * n_policies : total_steps;
 
-  std::vector<std::vector<MetricSums>> per_unit(static_cast<size_t>(units));
+  std::vector<std::vector<MetricSums>> per_request(static_cast<size_t>(n_requests));
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> progress{0};
   std::atomic<bool> failed{false};
@@ -296,12 +352,10 @@ std::vector<PolicyResult> run_engine(Backend& backend, const std::vector<Resolve
   std::mutex error_mutex;
 
   auto worker = [&] {
-    for (int64_t u = next.fetch_add(1); u < units && !failed.load(); u = next.fetch_add(1)) {
-      const int64_t request = u / static_cast<int64_t>(groups.size());
-      const auto& group = groups[static_cast<size_t>(u % static_cast<int64_t>(groups.size()))];
+    for (int64_t i = next.fetch_add(1); i < n_requests && !failed.load(); i = next.fetch_add(1)) {
       try {
-        RequestRunner runner(backend, request, options);
-        per_unit[static_cast<size_t>(u)] = runner.run(policies, group, progress, progress_total);
+        RequestRunner runner(backend, i, options);
+        per_request[static_cast<size_t>(i)] = runner.run(policies, nullptr, progress, progress_total);
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex);
         if (!error) error = std::current_exception();
@@ -310,7 +364,7 @@ std::vector<PolicyResult> run_engine(Backend& backend, const std::vector<Resolve
     }
   };
   int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
-  threads = static_cast<int>(std::clamp<int64_t>(threads, 1, std::max<int64_t>(units, 1)));
+  threads = static_cast<int>(std::clamp<int64_t>(threads, 1, std::max<int64_t>(n_requests, 1)));
   if (threads == 1) {
     worker();
   } else {
@@ -322,19 +376,10 @@ std::vector<PolicyResult> run_engine(Backend& backend, const std::vector<Resolve
 
   // Merge in request order so the result does not depend on the thread count.
   std::vector<MetricSums> sums(static_cast<size_t>(n_policies));
-  for (int64_t u = 0; u < units; ++u) {
-    const auto& group = groups[static_cast<size_t>(u % static_cast<int64_t>(groups.size()))];
-    for (size_t k = 0; k < group.size(); ++k) sums[group[k]].merge(per_unit[u][k]);
+  for (int64_t i = 0; i < n_requests; ++i) {
+    for (int p = 0; p < n_policies; ++p) sums[p].merge(per_request[i][p]);
   }
-  std::vector<PolicyResult> results;
-  for (int p = 0; p < n_policies; ++p) {
-    PolicyResult r = PolicyResult::from_sums(sums[p]);
-    r.policy = policies[p].label;
-    r.name = policies[p].descriptor->name;
-    r.oracle = policies[p].descriptor->oracle;
-    results.push_back(std::move(r));
-  }
-  return results;
+  return results_from_sums(sums, policies);
 }
 
 }  // namespace kvlab

@@ -18,8 +18,11 @@ void for_each_bit(uint64_t bits, size_t word, Fn&& fn) {
 
 }  // namespace
 
-Ledger::Ledger(const Geometry& geometry, RowLayout rows, int64_t prompt_tokens, FetchTiming timing)
-    : geometry_(geometry), rows_(rows), timing_(timing) {
+const char* arrival_mode_name(ArrivalMode mode) { return mode == ArrivalMode::Measured ? "measured" : "modelled"; }
+
+Ledger::Ledger(const Geometry& geometry, RowLayout rows, int64_t prompt_tokens, FetchTiming timing,
+               ArrivalMode arrival)
+    : geometry_(geometry), rows_(rows), timing_(timing), arrival_(arrival) {
   row_token_bytes_ = geometry_.bytes_per_token() / rows_.rows();
   const int64_t chunks = geometry_.chunks_for(prompt_tokens);
   for (Residency* r : {&hbm_, &host_, &in_flight_, &dropped_, &target_}) *r = Residency(rows_, chunks);
@@ -28,7 +31,14 @@ Ledger::Ledger(const Geometry& geometry, RowLayout rows, int64_t prompt_tokens, 
   n_chunks_ = chunks;
   hbm_.set_all();  // prefill computed and wrote every prompt token's K and V
   target_.set_all();
+  reset_deltas();
   recount();
+}
+
+void Ledger::reset_deltas() {
+  for (Residency* d : {&deltas_.fetched, &deltas_.evicted, &deltas_.dropped, &deltas_.cancelled, &deltas_.landed}) {
+    *d = Residency(rows_, n_chunks_);
+  }
 }
 
 void Ledger::grow_to(int64_t n_tokens) {
@@ -58,7 +68,8 @@ void Ledger::begin_step(int64_t step, int64_t n_tokens) {
   step_time_s_ = static_cast<double>(bytes_.footprint()) / timing_.hbm_bytes_per_s + timing_.step_overhead_s;
   step_fetch_bytes_ = 0;
   grow_to(n_tokens);
-  land_arrivals(clock_s_);
+  reset_deltas();
+  if (arrival_ == ArrivalMode::Modelled) land_arrivals(clock_s_);
   // Bytes are recounted once the plan is applied; nothing reads them in between.
 }
 
@@ -77,19 +88,66 @@ void Ledger::fetch(int row, int64_t chunk) {
   total_fetch_bytes_ += bytes;
 }
 
+void Ledger::land(const PendingFetch& f) {
+  if (f.row < 0) {
+    in_flight_.make_uniform().reset(f.chunk);
+    hbm_.make_uniform().set(f.chunk);
+    deltas_.landed.make_uniform().set(f.chunk);
+  } else {
+    in_flight_.mutable_row(f.row).reset(f.chunk);
+    hbm_.mutable_row(f.row).set(f.chunk);
+    deltas_.landed.mutable_row(f.row).set(f.chunk);
+  }
+}
+
 void Ledger::land_arrivals(double by_time_s) {
   auto landed = [&](const PendingFetch& f) {
     if (f.arrival_s > by_time_s) return false;
-    if (f.row < 0) {
-      in_flight_.make_uniform().reset(f.chunk);
-      hbm_.make_uniform().set(f.chunk);
-    } else {
-      in_flight_.mutable_row(f.row).reset(f.chunk);
-      hbm_.mutable_row(f.row).set(f.chunk);
-    }
+    land(f);
     return true;
   };
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), landed), pending_.end());
+}
+
+void Ledger::expand_pending_to_rows() {
+  std::vector<PendingFetch> expanded;
+  for (const auto& f : pending_) {
+    if (f.row >= 0) {
+      expanded.push_back(f);
+    } else {
+      for (int r = 0; r < rows_.rows(); ++r) expanded.push_back({r, f.chunk, f.arrival_s});
+    }
+  }
+  pending_ = std::move(expanded);
+}
+
+void Ledger::land_reported(const Residency& landed) {
+  if (arrival_ != ArrivalMode::Measured) {
+    throw InputError("ledger: arrivals were reported, but fetch arrival is modelled");
+  }
+  if (landed.n_chunks() != n_chunks_ || landed.rows() != rows_.rows()) {
+    throw InputError("backend reported arrivals over " + std::to_string(landed.n_chunks()) + " chunks x " +
+                     std::to_string(landed.rows()) + " rows, but the context has " + std::to_string(n_chunks_) +
+                     " chunks x " + std::to_string(rows_.rows()) + " rows");
+  }
+  for (int r = 0; r < rows_.rows(); ++r) {
+    landed.row(r).for_each([&](int64_t c) {
+      if (!in_flight_.contains(r, c)) {
+        throw InputError("backend reported chunk " + std::to_string(c) + " (row " + std::to_string(r) +
+                         ") as landed, but it is not in flight");
+      }
+    });
+    if (landed.uniform()) break;  // every row is the same mask
+  }
+  // A fetch issued for every row lands for every row only if the report is uniform too.
+  if (!landed.uniform()) expand_pending_to_rows();
+  auto arrived = [&](const PendingFetch& f) {
+    if (!landed.contains(f.row < 0 ? 0 : f.row, f.chunk)) return false;
+    land(f);
+    return true;
+  };
+  pending_.erase(std::remove_if(pending_.begin(), pending_.end(), arrived), pending_.end());
+  recount();
 }
 
 // Applies one row's target (or every row's, when row < 0 and all state is uniform), a word of
@@ -102,6 +160,10 @@ void Ledger::evict_row_chunks(int row, const ChunkMask& keep, EvictTo where) {
   std::vector<uint64_t>& flight = state(in_flight_).mutable_words();
   std::vector<uint64_t>& dropped = state(dropped_).mutable_words();
   std::vector<uint64_t>& dropped_any = dropped_any_.mutable_words();
+  std::vector<uint64_t>& fetched_now = state(deltas_.fetched).mutable_words();
+  std::vector<uint64_t>& evicted_now = state(deltas_.evicted).mutable_words();
+  std::vector<uint64_t>& dropped_now = state(deltas_.dropped).mutable_words();
+  std::vector<uint64_t>& cancelled_now = state(deltas_.cancelled).mutable_words();
   state(target_) = keep;
   const std::vector<uint64_t>& k = keep.words();
   std::vector<int64_t> cancelled;
@@ -118,10 +180,14 @@ void Ledger::evict_row_chunks(int row, const ChunkMask& keep, EvictTo where) {
     hbm[w] &= ~evict;
     if (where == EvictTo::Host) {
       host[w] |= evict;
+      evicted_now[w] |= evict;
     } else {
       dropped[w] |= evict;
       dropped_any[w] |= evict;
+      dropped_now[w] |= evict;
     }
+    cancelled_now[w] |= cancel;
+    fetched_now[w] |= want;
     host[w] |= cancel;  // a cancelled fetch's host copy was never released
     flight[w] = (flight[w] & ~cancel) | want;
     host[w] &= ~want;
@@ -142,25 +208,19 @@ void Ledger::apply(const Plan& plan) {
                               std::to_string(n_chunks_) + " chunks x " + std::to_string(rows_.rows()) + " rows");
   }
   tiers_ = plan.tiers;
+  evict_to_ = plan.evict_to;
   const bool all_uniform = plan.keep.uniform() && hbm_.uniform() && in_flight_.uniform() && host_.uniform() &&
                            dropped_.uniform();
   if (all_uniform) {
     evict_row_chunks(-1, plan.keep.row(0), plan.evict_to);
   } else {
     // Leaving the uniform form: a fetch issued for every row becomes one fetch per row.
-    std::vector<PendingFetch> expanded;
-    for (const auto& f : pending_) {
-      if (f.row >= 0) {
-        expanded.push_back(f);
-      } else {
-        for (int r = 0; r < rows_.rows(); ++r) expanded.push_back({r, f.chunk, f.arrival_s});
-      }
-    }
-    pending_ = std::move(expanded);
+    expand_pending_to_rows();
     for (int r = 0; r < rows_.rows(); ++r) evict_row_chunks(r, plan.keep.row(r), plan.evict_to);
   }
-  // Fetches that arrive before this step's attention are usable in it.
-  land_arrivals(clock_s_ + step_time_s_);
+  // Modelled: fetches that arrive before this step's attention are usable in it. Measured: the
+  // backend reports them (land_reported).
+  if (arrival_ == ArrivalMode::Modelled) land_arrivals(clock_s_ + step_time_s_);
   recount();
 }
 

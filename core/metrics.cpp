@@ -93,6 +93,57 @@ RowRecall row_recall(const StepMass& mass, int r, std::span<const uint32_t> crit
   return out;
 }
 
+StepRecord measure_step(const Ledger& ledger, const StepMass* reference, const CriticalSets& critical,
+                        std::vector<double>* row_mass) {
+  StepRecord record;
+  record.n_tokens = ledger.n_tokens();
+  record.resident = &ledger.resident();
+  record.bytes = ledger.bytes();
+  record.full_bytes = ledger.full_bytes();
+  record.fetch_bytes = ledger.fetch_bytes_this_step();
+  if (reference == nullptr) return record;
+
+  const Residency& resident = ledger.resident();
+  const Residency& flight = ledger.in_flight();
+  const int rows = reference->rows();
+  if (row_mass != nullptr) row_mass->assign(static_cast<size_t>(rows), 0.0);
+  const int64_t uniform_count = resident.uniform() ? ledger.resident_count(0) : -1;
+  for (int r = 0; r < rows; ++r) {
+    const auto crit = critical.row(r);
+    const int64_t count = uniform_count >= 0 ? uniform_count : ledger.resident_count(r);
+    const RowRecall recall = row_recall(*reference, r, crit, resident.row(r), count);
+    if (row_mass != nullptr) (*row_mass)[static_cast<size_t>(r)] = recall.mass;
+    record.critical_recall_sum += recall.critical;
+    record.mass_recall_sum += recall.mass;
+    for (uint32_t c : crit) record.late += flight.contains(r, c) ? 1 : 0;
+    record.critical_chunks += static_cast<int64_t>(crit.size());
+  }
+  record.recall_rows = rows;
+  record.critical_recall = record.critical_recall_sum / rows;
+  record.mass_recall = record.mass_recall_sum / rows;
+  return record;
+}
+
+void MetricSums::add(const StepRecord& s) {
+  const TierBytes& b = s.bytes;
+  steps += 1;
+  footprint_ratio += static_cast<double>(b.footprint()) / static_cast<double>(s.full_bytes);
+  footprint_bytes += static_cast<double>(b.footprint());
+  hbm_kv_bytes += static_cast<double>(b.hbm_kv);
+  hbm_summary_bytes += static_cast<double>(b.hbm_summary);
+  hbm_index_bytes += static_cast<double>(b.hbm_index);
+  host_bytes += static_cast<double>(b.host);
+  footprint_peak_bytes = std::max(footprint_peak_bytes, b.footprint());
+  full_peak_bytes = std::max(full_peak_bytes, s.full_bytes);
+  fetch_bytes += s.fetch_bytes;
+  if (s.recall_rows == 0) return;
+  recall_rows += s.recall_rows;
+  critical_recall += s.critical_recall_sum;
+  mass_recall += s.mass_recall_sum;
+  late_fetches += s.late;
+  critical_rows_total += s.critical_chunks;
+}
+
 void MetricSums::merge(const MetricSums& o) {
   requests += o.requests;
   steps += o.steps;
@@ -110,6 +161,7 @@ void MetricSums::merge(const MetricSums& o) {
   fetch_bytes += o.fetch_bytes;
   late_fetches += o.late_fetches;
   critical_rows_total += o.critical_rows_total;
+  arrival = o.arrival;
 }
 
 PolicyResult PolicyResult::from_sums(const MetricSums& s) {
@@ -131,6 +183,7 @@ PolicyResult PolicyResult::from_sums(const MetricSums& s) {
   r.critical_set_mean_size = static_cast<double>(s.critical_rows_total) / rows;
   r.fetch_bytes = s.fetch_bytes;
   r.late_fetches = s.late_fetches;
+  r.arrival = s.arrival;
   return r;
 }
 

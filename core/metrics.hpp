@@ -1,4 +1,7 @@
-// What a replay measures for each policy, and how the per-row numbers are averaged.
+// What a run measures for each policy, and how the per-row numbers are averaged. Every
+// figure comes from per-step records (measure_step), summed into MetricSums (add) and merged
+// across requests (merge) in request order; PolicyResult::from_sums takes the means. Replay
+// and live runs go through the same three functions.
 #pragma once
 
 #include <cstdint>
@@ -6,6 +9,7 @@
 #include <vector>
 
 #include "core/attention.hpp"
+#include "core/ledger.hpp"
 #include "core/residency.hpp"
 
 namespace kvlab {
@@ -37,6 +41,33 @@ struct RowRecall {
 RowRecall row_recall(const StepMass& mass, int r, std::span<const uint32_t> critical,
                      const ChunkMask& resident, int64_t resident_count);
 
+/// What one step of one (request, policy) looked like after the plan was applied (and, with
+/// measured arrival, after the backend reported its arrivals).
+struct StepRecord {
+  int64_t request = 0;
+  int policy = 0;
+  int64_t step = 0;
+  int64_t n_tokens = 0;
+  const Residency* resident = nullptr;  // the set used for step t's attention
+  TierBytes bytes;
+  int64_t full_bytes = 0;   // what full attention would hold at this step
+  int64_t fetch_bytes = 0;  // issued at this step
+  int64_t late = 0;         // critical (row, chunk) pairs still in flight
+  double critical_recall = 0;  // means over rows; 0 when the step had no reference
+  double mass_recall = 0;
+  // The row sums behind the means (recall_rows = 0: no reference at this step).
+  int recall_rows = 0;
+  double critical_recall_sum = 0;
+  double mass_recall_sum = 0;
+  int64_t critical_chunks = 0;  // Σ |critical set| over rows
+};
+
+/// Measures one step from the ledger and, when `reference` is given, the step's true
+/// attention and its critical sets. `row_mass`, when given, receives each row's attention
+/// mass over the resident chunks (what the policy saw, before renormalising).
+StepRecord measure_step(const Ledger& ledger, const StepMass* reference, const CriticalSets& critical,
+                        std::vector<double>* row_mass = nullptr);
+
 /// Sums that become a PolicyResult; merged across requests in request order so results do
 /// not depend on the number of threads.
 struct MetricSums {
@@ -56,7 +87,9 @@ struct MetricSums {
   int64_t fetch_bytes = 0;
   int64_t late_fetches = 0;
   int64_t critical_rows_total = 0;  // Σ |critical| over rows, for the mean critical set size
+  ArrivalMode arrival = ArrivalMode::Modelled;
 
+  void add(const StepRecord& step);
   void merge(const MetricSums& other);
 };
 
@@ -80,6 +113,7 @@ struct PolicyResult {
   double critical_set_mean_size = 0;
   int64_t fetch_bytes = 0;
   int64_t late_fetches = 0;
+  ArrivalMode arrival = ArrivalMode::Modelled;  // how fetch arrivals were decided
 
   static PolicyResult from_sums(const MetricSums& sums);
 };

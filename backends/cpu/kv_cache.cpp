@@ -27,19 +27,11 @@ PagedKvCache::PagedKvCache(KvCacheShape shape) : shape_(shape) {
   tokens_.assign(static_cast<size_t>(shape.n_layers), 0);
 }
 
-PagedKvCache::PagedKvCache(const PagedKvCache& other) : shape_(other.shape_), tokens_(other.tokens_) {
-  const size_t n = static_cast<size_t>(shape_.chunk_tokens) * shape_.head_dim * shape_.n_kv_heads;
-  layers_.resize(other.layers_.size());
-  for (size_t l = 0; l < other.layers_.size(); ++l) {
-    for (const Chunk& src : other.layers_[l]) {
-      Chunk c = new_chunk();
-      std::copy(src.k.get(), src.k.get() + n, c.k.get());
-      std::copy(src.v.get(), src.v.get() + n, c.v.get());
-      c.k_sum = src.k_sum;
-      c.v_sum = src.v_sum;
-      c.count = src.count;
-      layers_[l].push_back(std::move(c));
-    }
+PagedKvCache::PagedKvCache(const PagedKvCache& other)
+    : shape_(other.shape_), layers_(other.layers_), tokens_(other.tokens_) {
+  // Complete chunks are never written again; the partial newest chunk is, so it is copied.
+  for (auto& chunks : layers_) {
+    if (!chunks.empty() && chunks.back()->count < shape_.chunk_tokens) chunks.back() = clone(*chunks.back());
   }
 }
 
@@ -48,25 +40,36 @@ PagedKvCache& PagedKvCache::operator=(const PagedKvCache& other) {
   return *this;
 }
 
-PagedKvCache::Chunk PagedKvCache::new_chunk() const {
+std::shared_ptr<PagedKvCache::Chunk> PagedKvCache::new_chunk() const {
   const size_t per_head = static_cast<size_t>(shape_.chunk_tokens) * shape_.head_dim;
   const size_t n = per_head * shape_.n_kv_heads;
-  Chunk chunk;
+  auto chunk = std::make_shared<Chunk>();
   // Zero-filled so that a partial chunk never exposes uninitialised floats to a reader that
   // ignores the count (e.g. a debugger dump or a sloppy test).
-  chunk.k = std::make_unique<float[]>(n);
-  chunk.v = std::make_unique<float[]>(n);
-  chunk.k_sum.assign(static_cast<size_t>(shape_.n_kv_heads) * shape_.head_dim, 0.0F);
-  chunk.v_sum.assign(chunk.k_sum.size(), 0.0F);
+  chunk->k = std::make_unique<float[]>(n);
+  chunk->v = std::make_unique<float[]>(n);
+  chunk->k_sum.assign(static_cast<size_t>(shape_.n_kv_heads) * shape_.head_dim, 0.0F);
+  chunk->v_sum.assign(chunk->k_sum.size(), 0.0F);
   return chunk;
+}
+
+std::shared_ptr<PagedKvCache::Chunk> PagedKvCache::clone(const Chunk& src) const {
+  const size_t n = static_cast<size_t>(shape_.chunk_tokens) * shape_.head_dim * shape_.n_kv_heads;
+  auto c = new_chunk();
+  std::copy(src.k.get(), src.k.get() + n, c->k.get());
+  std::copy(src.v.get(), src.v.get() + n, c->v.get());
+  c->k_sum = src.k_sum;
+  c->v_sum = src.v_sum;
+  c->count = src.count;
+  return c;
 }
 
 void PagedKvCache::append(int layer, const float* k, const float* v) {
   auto& chunks = layers_[layer];
-  if (chunks.empty() || chunks.back().count == shape_.chunk_tokens) {
+  if (chunks.empty() || chunks.back()->count == shape_.chunk_tokens) {
     chunks.push_back(new_chunk());
   }
-  Chunk& chunk = chunks.back();
+  Chunk& chunk = *chunks.back();
   const int hd = shape_.head_dim;
   for (int h = 0; h < shape_.n_kv_heads; ++h) {
     const float* kh = k + static_cast<size_t>(h) * hd;

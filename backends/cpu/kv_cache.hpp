@@ -5,6 +5,11 @@
 // position order; readers take pointers to one chunk's keys/values of one KV head. Nothing is
 // ever evicted physically: residency is a view the decoder applies at attention time, so a
 // policy's choice can be changed step by step and the full reference stays computable.
+//
+// Copies share storage: a complete chunk is never written again, so a copy refers to the same
+// complete chunks (reference-counted) and owns only a copy of the partial newest chunk. The
+// policies of one request start from copies of one prefilled cache and hold the prompt's K/V
+// once between them.
 #pragma once
 
 #include <cstdint>
@@ -25,8 +30,7 @@ class PagedKvCache {
  public:
   /// Throws InputError naming the first non-positive field.
   explicit PagedKvCache(KvCacheShape shape);
-  /// Deep copy: lets a live backend prefill a prompt once and start every policy's session
-  /// from a copy of the same cache.
+  /// Shares the complete chunks of `other` and copies its partial newest chunk (see above).
   PagedKvCache(const PagedKvCache& other);
   PagedKvCache& operator=(const PagedKvCache& other);
   PagedKvCache(PagedKvCache&&) noexcept = default;
@@ -49,28 +53,32 @@ class PagedKvCache {
   [[nodiscard]] int64_t n_chunks() const { return n_chunks(shape_.n_layers - 1); }
   /// Tokens held by chunk `chunk` of `layer` (chunk_tokens except for the newest chunk).
   [[nodiscard]] int chunk_token_count(int layer, int64_t chunk) const {
-    return layers_[layer][chunk].count;
+    return layers_[layer][chunk]->count;
   }
 
   /// Keys of one KV head in one chunk: [chunk_tokens × head_dim] row-major, of which the
   /// first chunk_token_count() rows are written. Keys are stored after RoPE.
   [[nodiscard]] const float* keys(int layer, int64_t chunk, int head) const {
-    return layers_[layer][chunk].k.get() + head_offset(head);
+    return layers_[layer][chunk]->k.get() + head_offset(head);
   }
   [[nodiscard]] const float* values(int layer, int64_t chunk, int head) const {
-    return layers_[layer][chunk].v.get() + head_offset(head);
+    return layers_[layer][chunk]->v.get() + head_offset(head);
   }
   /// Sum over the chunk's written tokens of the keys (values) of one head: [head_dim].
   /// Kept incrementally so that means (chunk features, compressed summaries) cost O(head_dim).
   [[nodiscard]] const float* key_sum(int layer, int64_t chunk, int head) const {
-    return layers_[layer][chunk].k_sum.data() + static_cast<size_t>(head) * shape_.head_dim;
+    return layers_[layer][chunk]->k_sum.data() + static_cast<size_t>(head) * shape_.head_dim;
   }
   [[nodiscard]] const float* value_sum(int layer, int64_t chunk, int head) const {
-    return layers_[layer][chunk].v_sum.data() + static_cast<size_t>(head) * shape_.head_dim;
+    return layers_[layer][chunk]->v_sum.data() + static_cast<size_t>(head) * shape_.head_dim;
   }
 
-  /// Bytes held by key/value storage (float32), for reporting.
+  /// Bytes held by key/value storage (float32), for reporting (shared chunks counted in full).
   [[nodiscard]] int64_t bytes() const;
+  /// True when chunk `chunk` of `layer` is the same storage in both caches (for tests).
+  [[nodiscard]] bool shares_chunk(const PagedKvCache& other, int layer, int64_t chunk) const {
+    return layers_[layer][chunk] == other.layers_[layer][chunk];
+  }
 
   /// Drops every token.
   void clear();
@@ -87,10 +95,11 @@ class PagedKvCache {
   [[nodiscard]] size_t head_offset(int head) const {
     return static_cast<size_t>(head) * shape_.chunk_tokens * shape_.head_dim;
   }
-  Chunk new_chunk() const;
+  [[nodiscard]] std::shared_ptr<Chunk> new_chunk() const;
+  [[nodiscard]] std::shared_ptr<Chunk> clone(const Chunk& chunk) const;
 
   KvCacheShape shape_;
-  std::vector<std::vector<Chunk>> layers_;
+  std::vector<std::vector<std::shared_ptr<Chunk>>> layers_;
   std::vector<int64_t> tokens_;
 };
 

@@ -80,23 +80,30 @@ void fill_mass(const RowMatrix& m, RowLayout layout, bool renormalise, StepMass&
   }
 }
 
+/// Request i's prompt after prefill: the decoder holding its cache, and the prefill's result.
+struct LivePrefill final : PrefilledRequest {
+  int64_t index = 0;
+  std::unique_ptr<const LlamaDecoder> decoder;
+  StepResult result;
+  double seconds = 0;
+};
+
 }  // namespace
 
 // ---- session --------------------------------------------------------------------------
 
 class LiveSession final : public RequestSession {
  public:
-  LiveSession(LiveBackend& backend, int64_t index)
+  LiveSession(LiveBackend& backend, int64_t index, const LivePrefill& prefill)
       : backend_(backend), index_(index), info_(backend.request(index).info) {
     const LiveOptions& o = backend_.options_;
     forced_ = backend_.forced_[static_cast<size_t>(index)];
     forced_steps_ = backend_.forced_steps_[static_cast<size_t>(index)];
     rng_.seed(o.sampling_seed * 0x9E3779B97F4A7C15ULL + info_.seed + static_cast<uint64_t>(index));
-    LiveBackend::Prefilled p = backend_.prefilled(index);
-    decoder_ = std::move(p.decoder);
-    out_.prefill_seconds = p.seconds;
-    query_ = std::move(p.result.query_features);
-    out_.tokens.push_back(forced_.empty() ? choose(p.result.logits) : forced_[0]);
+    decoder_ = std::make_unique<LlamaDecoder>(*prefill.decoder);  // shares the prompt's chunks
+    out_.prefill_seconds = prefill.seconds;
+    query_ = prefill.result.query_features;
+    out_.tokens.push_back(forced_.empty() ? choose(prefill.result.logits) : forced_[0]);
   }
 
   ~LiveSession() override { backend_.store_output(index_, std::move(out_)); }
@@ -133,18 +140,25 @@ class LiveSession final : public RequestSession {
 
   [[nodiscard]] bool closed_loop() const override { return true; }
 
-  const StepMass* attend(int64_t t, const Residency& resident) override {
+  const StepMass* finish(int64_t t, const StepIO& io) override {
     if (t != out_.steps) {
-      throw InputError("live backend: request " + info_.id + ": attend(" + std::to_string(t) + ") out of order");
+      throw InputError("live backend: request " + info_.id + ": finish(" + std::to_string(t) + ") out of order");
     }
     const LiveOptions& o = backend_.options_;
     const LlamaConfig& c = decoder_->config();
-    const ResidencyRows rows(resident, c.n_layers, c.n_kv_heads);
+    const ResidencyRows rows(*io.resident, c.n_layers, c.n_kv_heads);
+    const int summary_ratio = io.tiers.summary_ratio;
+    if (summary_ratio < 0 || summary_ratio % o.decoder.chunk_tokens != 0) {
+      throw UsageError("live backend: the plan's summary_ratio " + std::to_string(summary_ratio) +
+                       " must be 0 (off) or a positive multiple of chunk_tokens " +
+                       std::to_string(o.decoder.chunk_tokens));
+    }
     StepRequest request;
     request.residency = rows.view();
-    request.include_summaries = o.summary_ratio > 0;
-    request.summary_ratio = o.summary_ratio > 0 ? o.summary_ratio : 128;
+    request.include_summaries = summary_ratio > 0;
+    request.summary_ratio = summary_ratio > 0 ? summary_ratio : 128;
     request.full_reference_mass = o.reference_mass;
+    out_.summary_ratio = std::max(out_.summary_ratio, summary_ratio);
 
     const auto t0 = Clock::now();
     const int32_t token = out_.tokens[static_cast<size_t>(t)];
@@ -165,6 +179,7 @@ class LiveSession final : public RequestSession {
 
   /// The decoder, for callers that drive a session directly (recording reads its cache).
   [[nodiscard]] const LlamaDecoder& decoder() const { return *decoder_; }
+  [[nodiscard]] const LiveOutput& output() const { return out_; }
 
  private:
   int32_t choose(const Eigen::VectorXf& logits) {
@@ -202,7 +217,6 @@ LiveBackend::LiveBackend(std::shared_ptr<const LlamaWeights> weights, std::vecto
   }
   const LlamaDecoder probe(weights_, options_.decoder);  // validates weights and options
   geometry_ = geometry_of(weights_->config, options_.decoder.chunk_tokens);
-  set_summary_ratio(options_.summary_ratio);
   for (LiveRequest& r : requests_) {
     if (r.prompt.empty()) throw InputError("live backend: request " + r.info.id + ": the prompt is empty");
     if (r.info.decode_steps < 0) throw UsageError("live backend: request " + r.info.id + ": negative decode steps");
@@ -230,15 +244,6 @@ const LiveRequest& LiveBackend::request(int64_t index) const {
 std::string LiveBackend::describe() const {
   const LlamaConfig& c = weights_->config;
   return "live:cpu:" + (c.name.empty() ? std::string("llama") : c.name);
-}
-
-void LiveBackend::set_summary_ratio(int ratio) {
-  const int ct = options_.decoder.chunk_tokens;
-  if (ratio < 0 || (ratio > 0 && ratio % ct != 0)) {
-    throw UsageError("live backend: summary ratio " + std::to_string(ratio) +
-                     " must be 0 (off) or a positive multiple of chunk_tokens " + std::to_string(ct));
-  }
-  options_.summary_ratio = ratio;
 }
 
 void LiveBackend::set_forced_tokens(int64_t index, std::vector<int32_t> tokens, int64_t steps) {
@@ -271,25 +276,32 @@ bool LiveBackend::is_stop(int32_t token) const {
   return std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end();
 }
 
-LiveBackend::Prefilled LiveBackend::prefilled(int64_t index) {
-  const std::lock_guard<std::mutex> lock(mutex_);
-  Prefilled p;
-  if (cached_index_ != index) {
-    auto decoder = std::make_unique<LlamaDecoder>(weights_, options_.decoder);
-    const auto t0 = Clock::now();
-    cached_result_ = decoder->prefill(request(index).prompt);
-    p.seconds = seconds_since(t0);
-    cached_decoder_ = std::move(decoder);
-    cached_index_ = index;
-  }
-  p.decoder = std::make_unique<LlamaDecoder>(*cached_decoder_);
-  p.result = cached_result_;
+std::shared_ptr<const PrefilledRequest> LiveBackend::prefill(int64_t index) {
+  auto p = std::make_shared<LivePrefill>();
+  p->index = index;
+  auto decoder = std::make_unique<LlamaDecoder>(weights_, options_.decoder);
+  const auto t0 = Clock::now();
+  p->result = decoder->prefill(request(index).prompt);
+  p->seconds = seconds_since(t0);
+  p->decoder = std::move(decoder);
   return p;
 }
 
-std::unique_ptr<RequestSession> LiveBackend::open(int64_t index) {
+std::unique_ptr<RequestSession> LiveBackend::open(int64_t index) { return open(index, prefill(index)); }
+
+std::unique_ptr<RequestSession> LiveBackend::open(int64_t index, std::shared_ptr<const PrefilledRequest> prefilled) {
   (void)request(index);
-  return std::make_unique<LiveSession>(*this, index);
+  const auto* p = dynamic_cast<const LivePrefill*>(prefilled.get());
+  if (p == nullptr || p->index != index) {
+    throw UsageError("live backend: request " + std::to_string(index) + " opened from another request's prefill");
+  }
+  return std::make_unique<LiveSession>(*this, index, *p);
+}
+
+const LiveOutput& LiveBackend::output_of(const RequestSession& session) {
+  const auto* live = dynamic_cast<const LiveSession*>(&session);
+  if (live == nullptr) throw UsageError("live backend: output_of a session it did not open");
+  return live->output();
 }
 
 }  // namespace kvlab

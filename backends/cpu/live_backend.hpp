@@ -1,18 +1,19 @@
 // The live (closed-loop) CPU backend: the real model behind kvlab::Backend. At every decode
-// step the engine applies a policy's plan and then calls attend(t, residency); the session runs
-// one LlamaDecoder step whose attention reads only the resident chunks, so the policy changes
-// what the model generates.
+// step the engine applies a policy's plan and hands the session its step I/O (core/backend.hpp);
+// the session runs one LlamaDecoder step whose attention reads only the resident chunks, so
+// the policy changes what the model generates. Copies are synchronous: launch() does nothing,
+// finish() runs the step, and with measured arrival every in-flight chunk has landed.
 //
 // Steps (same geometry as a trace, traces/FORMAT.md): the prompt has P tokens; prefill runs
 // positions 0..P-1 with full attention and yields the first generated token x_P. Step t feeds
 // x_{P+t}; its query attends to n(t) = P+t+1 positions and its logits give x_{P+t+1}.
 //
 // What a session reports (so that the same policies and metrics run unchanged):
-//   attend() → the attention computed over the resident chunks: per (layer, KV head) row, the
+//   finish() → the attention computed over the resident chunks: per (layer, KV head) row, the
 //              softmax mass per chunk summed over the query heads of the KV head's group and
 //              divided by the group size (rows sum to 1 over resident chunks; with summaries
 //              on, the chunk part is renormalised to 1 and summary mass is left out).
-//   reference() → after attend: the mass every chunk would have had with all chunks resident
+//   reference() → after finish: the mass every chunk would have had with all chunks resident
 //              (same query, second softmax).
 //   query()  → the residual stream entering the feature layer (DecoderOptions::feature_layer)
 //              for the most recent token whose forward pass is done, i.e. x_{P+t-1} at step t
@@ -22,18 +23,17 @@
 //   chunk_features() → per complete chunk, the mean of the feature layer's post-RoPE keys (all
 //              KV heads concatenated) or of its input hidden states (ChunkFeatureSource).
 //
-// Summaries: when summary_ratio > 0 (LSA's compressed tier), each group of summary_ratio
-// tokens contributes one extra attention entry whose key/value are the means over the group's
-// non-resident chunks, weighted as `count` copies (StepRequest::include_summaries). The engine
-// does not pass the plan to attend(), so the caller sets the ratio per run with
-// set_summary_ratio (kvlab run takes it from the policy's summary_ratio parameter).
+// Summaries: when the plan's tiers have summary_ratio > 0 (LSA's compressed tier), each group
+// of summary_ratio tokens contributes one extra attention entry whose key/value are the means
+// over the group's non-resident chunks, weighted as `count` copies
+// (StepRequest::include_summaries). The ratio must be a multiple of chunk_tokens.
 //
 // Teacher forcing (agreement with full attention): set_forced_tokens(i, tokens, steps) makes
 // request i's sessions feed the given tokens instead of their own choices for `steps` steps.
 //
-// Prefill is the same for every policy (all chunks are resident until the first plan), so the
-// backend keeps the most recently prefilled request and starts later sessions of that request
-// from a copy of its cache.
+// Prefill is the same for every policy (all chunks are resident until the first plan):
+// prefill(i) runs it once, and every session opened from it starts from a copy of the decoder
+// whose cache shares the prompt's complete chunks (PagedKvCache copies are copy-on-write).
 #pragma once
 
 #include <cstdint>
@@ -62,8 +62,9 @@ struct LiveOptions {
   /// seeded from sampling_seed and the request's seed.
   double temperature = 0.0;
   uint64_t sampling_seed = 0;
-  /// Tokens per summary entry in attention; 0 = no summary entries.
-  int summary_ratio = 0;
+  /// Who decides when fetches land (core/ledger.hpp): the timing model, or the session (which,
+  /// copying synchronously, reports every in-flight chunk as landed).
+  ArrivalMode arrival = ArrivalMode::Modelled;
   /// Keep each step's next-token log-probabilities in the request's output (agreement).
   bool keep_log_probs = false;
   /// Compute reference() (full attention mass) at every step.
@@ -75,8 +76,9 @@ struct LiveOutput {
   std::vector<int32_t> tokens;  // x_P, x_{P+1}, ...: generated (or forced) tokens, stop token included
   int64_t steps = 0;            // decode steps run
   std::vector<std::vector<float>> log_probs;  // [steps][vocab], when keep_log_probs
-  double prefill_seconds = 0;   // 0 when the prefill was reused
+  double prefill_seconds = 0;   // the prefill this session started from (shared by the request's sessions)
   double decode_seconds = 0;
+  int summary_ratio = 0;        // the largest summary tier a plan gave attention (0 = none)
 };
 
 class LiveBackend final : public Backend {
@@ -90,15 +92,18 @@ class LiveBackend final : public Backend {
   [[nodiscard]] RowLayout rows() const override { return RowLayout{geometry_.n_layers, geometry_.n_kv_heads}; }
   [[nodiscard]] int64_t requests() const override { return static_cast<int64_t>(requests_.size()); }
   [[nodiscard]] std::unique_ptr<RequestSession> open(int64_t index) override;
+  [[nodiscard]] std::shared_ptr<const PrefilledRequest> prefill(int64_t index) override;
+  [[nodiscard]] std::unique_ptr<RequestSession> open(int64_t index,
+                                                     std::shared_ptr<const PrefilledRequest> prefilled) override;
   [[nodiscard]] RequestInfo request_info(int64_t index) override { return request(index).info; }
   [[nodiscard]] bool closed_loop() const override { return true; }
+  [[nodiscard]] ArrivalMode arrival_mode() const override { return options_.arrival; }
   [[nodiscard]] std::string describe() const override;
 
   [[nodiscard]] const LiveRequest& request(int64_t index) const;
   [[nodiscard]] const LiveOptions& options() const { return options_; }
   [[nodiscard]] const LlamaConfig& config() const { return weights_->config; }
 
-  void set_summary_ratio(int ratio);
   void set_keep_log_probs(bool keep) { options_.keep_log_probs = keep; }
   /// Teacher forcing for request `index`: feed tokens[t] at step t (tokens[0] = x_P) for
   /// t < steps; needs tokens.size() > steps. clear_forced() returns to free running.
@@ -107,16 +112,11 @@ class LiveBackend final : public Backend {
 
   /// The output of the latest finished session of request `index`.
   [[nodiscard]] LiveOutput output(int64_t index) const;
+  /// The output so far of `session`, which this backend opened (UsageError otherwise).
+  [[nodiscard]] static const LiveOutput& output_of(const RequestSession& session);
 
  private:
   friend class LiveSession;
-  struct Prefilled {
-    std::unique_ptr<LlamaDecoder> decoder;
-    StepResult result;
-    double seconds = 0;
-  };
-  /// A decoder holding request `index`'s prefilled prompt, and the prefill's result.
-  Prefilled prefilled(int64_t index);
   [[nodiscard]] bool is_stop(int32_t token) const;
   void store_output(int64_t index, LiveOutput out);
 
@@ -130,9 +130,6 @@ class LiveBackend final : public Backend {
   std::vector<int64_t> forced_steps_;
 
   mutable std::mutex mutex_;
-  int64_t cached_index_ = -1;
-  std::unique_ptr<LlamaDecoder> cached_decoder_;
-  StepResult cached_result_;
   std::vector<LiveOutput> outputs_;
 };
 

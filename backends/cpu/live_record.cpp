@@ -60,7 +60,12 @@ RecordSummary record_trace(LiveBackend& backend, const std::string& path, const 
       request->write_query(t, session->query());
       Residency all(layout, geometry.chunks_for(info.prompt_tokens + t + 1));
       all.set_all();
-      const StepMass* mass = session->attend(t, all);  // all resident: this is full attention
+      StepIO io;
+      io.step = t;
+      io.n_tokens = info.prompt_tokens + t + 1;
+      io.resident = &all;  // all resident, no tiers: this is full attention
+      session->launch(t, io);
+      const StepMass* mass = session->finish(t, io);
       if (options.per_head) {
         request->write_step(t, *mass);
       } else {

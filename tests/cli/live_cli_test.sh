@@ -24,6 +24,10 @@ done
 expect 1 "scripts/fetch-model.sh" -- generate --model "${work}/absent.gguf" --prompt hi
 expect 2 "--rope-scaling" -- generate --model "${work}/absent.gguf" --prompt hi --rope-scaling cubic:2
 expect 2 "--policy" -- run --model "${work}/absent.gguf" --policy oracle_topk
+# Oracles are refused before the model is loaded, even next to live policies.
+expect 2 "oracles read attention" -- run --model "${work}/absent.gguf" --policy full --policy oracle_topk
+expect 2 "--summaries" -- run --model "${work}/absent.gguf" --policy full --summaries on
+expect 2 "--arrival" -- run --model "${work}/absent.gguf" --policy full --arrival late
 expect 2 "--prompt" -- generate --model "${work}/absent.gguf"
 
 # A well-formed GGUF of another architecture.
@@ -60,8 +64,8 @@ checks=$((checks + 1))
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert abs(d[0]["critical_recall"]-1)<1e-9 and d[0]["steps"]==6, d' \
   "${work}/out.txt" || fail "replay of a recorded trace under full attention: recall is not 1"
 
-expect 0 "skipping oracle policy" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 4 \
-  --policy full --policy sliding_window:window=64,sinks=64 --policy oracle_topk --json
+expect 0 "" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 4 \
+  --policy full --policy sliding_window:window=64,sinks=64 --json
 checks=$((checks + 1))
 python3 - "${work}/out.txt" <<'PY' || fail "kvlab run --json fields"
 import json, sys
@@ -71,7 +75,14 @@ full, win = d
 assert full["top1_agreement"] == 1 and full["kl_mean"] == 0, full
 assert 0 <= win["accuracy"] <= 1 and win["kl_mean"] >= 0 and 0 <= win["top1_agreement"] <= 1, win
 assert win["footprint_mean_ratio"] < full["footprint_mean_ratio"], d
+assert all(r["arrival"] == "modelled" for r in d), d
 PY
+
+# Measured arrival on the synchronous CPU backend: every fetch has landed, so none is late.
+expect 0 "" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 4 --agreement off \
+  --policy sliding_window:window=64,sinks=64 --arrival measured --json --out-dir "${work}/measured"
+json_check "${work}/out.txt" 'd[0]["arrival"] == "measured" and d[0]["late_fetches"] == 0 and d[0]["kl_mean"] is None'
+json_check "${work}/measured/config.json" 'd["arrival"] == "measured"'
 
 echo "live_cli_test: ${checks} checks, ${failures} failures"
 [[ ${failures} -eq 0 ]]

@@ -171,7 +171,7 @@ TEST(Engine, ResultsDoNotDependOnThreadCount) {
 namespace {
 
 // A closed-loop stand-in: replays in-memory steps, but only reveals a step's attention once
-// `attend` has run, and records what it was asked to attend over.
+// `finish` has run, and records what it was asked to attend over.
 class FakeLiveSession final : public RequestSession {
  public:
   FakeLiveSession(std::shared_ptr<const MemoryRequest> r, std::vector<int64_t>* attended)
@@ -188,8 +188,8 @@ class FakeLiveSession final : public RequestSession {
   [[nodiscard]] std::span<const float> query() const override { return {}; }
   [[nodiscard]] FeatureRows chunk_features() const override { return {}; }
   [[nodiscard]] bool closed_loop() const override { return true; }
-  const StepMass* attend(int64_t t, const Residency& resident) override {
-    attended_->push_back(resident.row(0).count());
+  const StepMass* finish(int64_t t, const StepIO& io) override {
+    attended_->push_back(io.resident->row(0).count());
     attended_now_ = true;
     observed_ = r_->steps[t];
     return &observed_;
@@ -215,9 +215,14 @@ class FakeLiveBackend final : public Backend {
     ++opened;
     return std::make_unique<FakeLiveSession>(d_.requests[i], &attended);
   }
+  [[nodiscard]] std::shared_ptr<const PrefilledRequest> prefill(int64_t) override {
+    ++prefilled;
+    return std::make_shared<PrefilledRequest>();
+  }
   [[nodiscard]] RequestInfo request_info(int64_t i) override { return d_.requests[i]->info; }
   [[nodiscard]] std::string describe() const override { return "fake-live"; }
   int opened = 0;
+  int prefilled = 0;
   std::vector<int64_t> attended;
 
  private:
@@ -237,11 +242,18 @@ TEST(Engine, ClosedLoopGivesEachPolicyItsOwnSessionAndMeasuresAfterAttending) {
       backend, {PolicyRegistry::instance().resolve("full"), PolicyRegistry::instance().resolve("sliding_window:window=1024")},
       options);
   EXPECT_EQ(backend.opened, 2);  // one session per policy: each changes what the model computes
+  EXPECT_EQ(backend.prefilled, 1);  // both started from one prefill of the request
   const int64_t steps = data.requests[0]->info.decode_steps;
   ASSERT_EQ(static_cast<int64_t>(backend.attended.size()), 2 * steps);
-  // The full run attends over every chunk; the window run over 1 sink chunk + the window's.
-  EXPECT_GT(backend.attended.front(), backend.attended.back());
-  EXPECT_DOUBLE_EQ(results[0].critical_recall, 1.0);  // reference read after attend
+  // Lockstep: full, window, full, window, ... The full run attends over every chunk; the window
+  // run over 1 sink chunk + the window's.
+  EXPECT_GT(backend.attended[0], backend.attended[1]);
+  EXPECT_DOUBLE_EQ(results[0].critical_recall, 1.0);  // reference read after finish
   EXPECT_LT(results[1].critical_recall, 1.0);
-  EXPECT_THROW((void)run_engine(backend, {PolicyRegistry::instance().resolve("oracle_topk")}, options), UsageError);
+  // Oracles are refused before anything is prefilled or opened.
+  EXPECT_THROW((void)run_engine(backend, {PolicyRegistry::instance().resolve("full"),
+                                          PolicyRegistry::instance().resolve("oracle_topk")}, options),
+               UsageError);
+  EXPECT_EQ(backend.prefilled, 1);
+  EXPECT_EQ(backend.opened, 2);
 }

@@ -126,3 +126,37 @@ TEST(Ledger, PerRowResidencyCostsEachRowItsShare) {
   EXPECT_EQ(b.host, 10 * 2);
   EXPECT_EQ(b.hbm_kv + b.host, 21 * 4);
 }
+
+TEST(Ledger, MeasuredArrivalWaitsForTheBackendsReport) {
+  // The link is so slow that, modelled, nothing would land for many steps; measured, the
+  // report alone decides.
+  const FetchTiming timing{1e-3, 1e12, 1.0};
+  Ledger ledger(tiny_geometry(), RowLayout{1, 1}, 30, timing, ArrivalMode::Measured);
+  ledger.begin_step(0, 31);
+  ledger.apply(keep_only(ledger, {0, 3}));
+  EXPECT_TRUE(ledger.deltas().evicted.contains(0, 1));
+  EXPECT_TRUE(ledger.deltas().evicted.contains(0, 2));
+  ledger.end_step();
+
+  ledger.begin_step(1, 32);
+  ledger.apply(keep_only(ledger, {0, 1, 2, 3}));
+  EXPECT_TRUE(ledger.deltas().fetched.contains(0, 1));
+  EXPECT_TRUE(ledger.in_flight().contains(0, 1));
+  EXPECT_EQ(ledger.fetch_bytes_this_step(), 40);  // counted when issued, as in modelled mode
+  Residency landed(RowLayout{1, 1}, ledger.n_chunks());
+  landed.make_uniform().set(2);
+  ledger.land_reported(landed);
+  EXPECT_TRUE(ledger.resident().contains(0, 2));
+  EXPECT_TRUE(ledger.deltas().landed.contains(0, 2));
+  EXPECT_FALSE(ledger.resident().contains(0, 1));
+  EXPECT_TRUE(ledger.in_flight().contains(0, 1));
+  EXPECT_EQ(ledger.bytes().hbm_kv, (10 + 10 + 2) * 2);
+  // Chunk 2 is no longer in flight: reporting it again is the backend's error.
+  EXPECT_THROW(ledger.land_reported(landed), InputError);
+  ledger.end_step();
+
+  Ledger modelled(tiny_geometry(), RowLayout{1, 1}, 30, timing);
+  modelled.begin_step(0, 31);
+  modelled.apply(keep_only(modelled, {0, 1, 2, 3}));
+  EXPECT_THROW(modelled.land_reported(Residency(RowLayout{1, 1}, modelled.n_chunks())), InputError);
+}

@@ -43,6 +43,32 @@ TEST(PagedKvCache, AppendsIntoChunksHeadMajor) {
   EXPECT_EQ(cache.n_chunks(0), 0);
 }
 
+TEST(PagedKvCache, CopiesShareCompleteChunksAndOwnThePartialOne) {
+  PagedKvCache prompt({.n_layers = 1, .n_kv_heads = 2, .head_dim = 3, .chunk_tokens = 4});
+  for (int t = 0; t < 6; ++t) {
+    const auto k = token_row(t, 2, 3, 1.0F);
+    const auto v = token_row(t, 2, 3, -1.0F);
+    prompt.append(0, k.data(), v.data());
+  }
+  PagedKvCache a(prompt);
+  PagedKvCache b(prompt);
+  EXPECT_TRUE(a.shares_chunk(prompt, 0, 0));
+  EXPECT_TRUE(b.shares_chunk(a, 0, 0));
+  EXPECT_FALSE(a.shares_chunk(prompt, 0, 1));  // partial: each copy writes its own
+  EXPECT_FALSE(a.shares_chunk(b, 0, 1));
+  // Each copy continues differently; neither the prompt nor the other copy sees it.
+  const auto ka = token_row(50, 2, 3, 1.0F);
+  const auto kb = token_row(60, 2, 3, 1.0F);
+  a.append(0, ka.data(), ka.data());
+  b.append(0, kb.data(), kb.data());
+  EXPECT_EQ(prompt.chunk_token_count(0, 1), 2);
+  EXPECT_EQ(a.keys(0, 1, 0)[2 * 3], 5000.0F);
+  EXPECT_EQ(b.keys(0, 1, 0)[2 * 3], 6000.0F);
+  EXPECT_EQ(prompt.key_sum(0, 1, 0)[0], 100.0F * (4 + 5));
+  EXPECT_EQ(a.key_sum(0, 1, 0)[0], 100.0F * (4 + 5 + 50));
+  EXPECT_EQ(a.keys(0, 0, 1)[3 * 3 + 1], 100.0F * 3 + 10 + 1);  // shared chunk reads through
+}
+
 TEST(PagedKvCache, RejectsNonPositiveShape) {
   EXPECT_THROW(PagedKvCache({.n_layers = 1, .n_kv_heads = 1, .head_dim = 4, .chunk_tokens = 0}),
                InputError);

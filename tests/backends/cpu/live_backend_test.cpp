@@ -72,6 +72,23 @@ EngineOptions engine_options() {
   return e;
 }
 
+/// A step's I/O with `resident` in HBM and the given summary tier (what the engine passes).
+StepIO io_of(int64_t t, const Residency& resident, int summary_ratio = 0) {
+  StepIO io;
+  io.step = t;
+  io.n_tokens = kPrompt + t + 1;
+  io.resident = &resident;
+  io.tiers.summary_ratio = summary_ratio;
+  return io;
+}
+
+/// Runs step t of a session over `resident`, as the engine does.
+const StepMass* run_step(RequestSession& s, int64_t t, const Residency& resident, int summary_ratio = 0) {
+  const StepIO io = io_of(t, resident, summary_ratio);
+  s.launch(t, io);
+  return s.finish(t, io);
+}
+
 Residency all_resident(RowLayout layout, int64_t n_tokens) {
   Residency r(layout, (n_tokens + kChunk - 1) / kChunk);
   r.set_all();
@@ -129,8 +146,8 @@ TEST(LiveBackend, RestrictedResidencyChangesTheLogitsAndObservedMassIsADistribut
     // Keep chunk 0 and the newest chunk only, in every row.
     Residency some(layout, all.n_chunks());
     some.make_uniform().set(0);
-    const StepMass* full_mass = full_session->attend(t, all);
-    const StepMass* mass = restricted_session->attend(t, some);
+    const StepMass* full_mass = run_step(*full_session, t, all);
+    const StepMass* mass = run_step(*restricted_session, t, some);
     ASSERT_NE(mass, nullptr);
     ASSERT_NE(full_mass, nullptr);
     const int64_t newest = all.n_chunks() - 1;
@@ -167,20 +184,95 @@ TEST(LiveBackend, RestrictedResidencyChangesTheLogitsAndObservedMassIsADistribut
 }
 
 TEST(LiveBackend, SummariesRenormaliseObservedChunkMass) {
-  LiveOptions o = options();
-  o.summary_ratio = 2 * kChunk;
-  auto b = backend(1, o);
+  auto b = backend();
   auto s = b->open(0);
   ASSERT_TRUE(s->begin_step(0));
   Residency some(b->rows(), (kPrompt + 1 + kChunk - 1) / kChunk);
   some.make_uniform().set(1);
-  const StepMass* mass = s->attend(0, some);
+  const StepMass* mass = run_step(*s, 0, some, 2 * kChunk);
   for (int r = 0; r < mass->rows(); ++r) {
     double sum = 0;
     for (float v : mass->row(r).value) sum += v;
     EXPECT_NEAR(sum, 1.0, 1e-5);
   }
-  EXPECT_THROW(b->set_summary_ratio(kChunk + 1), UsageError);
+  EXPECT_EQ(LiveBackend::output_of(*s).summary_ratio, 2 * kChunk);
+  // A summary tier the decoder cannot build is refused with the plan's value in the message.
+  auto bad = b->open(0);
+  ASSERT_TRUE(bad->begin_step(0));
+  EXPECT_THROW((void)run_step(*bad, 0, some, kChunk + 1), UsageError);
+}
+
+// Keeps a window and a summary tier whose ratio comes from a parameter that is not called
+// summary_ratio: the live backend must attend the summaries because the plan says so.
+class TieredWindow final : public Policy {
+ public:
+  static std::vector<ParamSpec> params() {
+    return {{"compress_every", ParamType::Int, "8", "tokens per summary entry"}};
+  }
+  explicit TieredWindow(const Params& p) : every_(static_cast<int>(p.get_int("compress_every"))) {}
+  void on_request(const RequestContext&, Plan& plan) override { plan.tiers.summary_ratio = every_; }
+  void on_step(const StepContext& s, Plan& plan) override {
+    ChunkMask& keep = plan.keep.make_uniform();
+    keep.clear();
+    keep.set(0);
+    keep.set(s.n_chunks - 1);
+  }
+
+ private:
+  int every_;
+};
+
+TEST(LiveBackend, TheSummaryTierComesFromThePlan) {
+  const PolicyDescriptor d{"tiered_window", "test", false, TieredWindow::params(),
+                           [](const Params& p) { return std::make_unique<TieredWindow>(p); }};
+  auto run = [&](const std::string& every) {
+    ResolvedPolicy p{&d, Params::resolve(d.name, d.params, {{"compress_every", every}}), ""};
+    p.label = p.params.canonical(d.name);
+    auto b = backend();
+    LiveOutput out;
+    EngineOptions e = engine_options();
+    e.on_request_end = [&](int64_t, int, const RequestSession& s) { out = LiveBackend::output_of(s); };
+    const PolicyResult r = run_engine(*b, {p}, e).front();
+    return std::make_pair(r, out);
+  };
+  const auto [with, with_out] = run(std::to_string(2 * kChunk));
+  const auto [without, without_out] = run("0");
+  EXPECT_EQ(with_out.summary_ratio, 2 * kChunk);
+  EXPECT_EQ(without_out.summary_ratio, 0);
+  EXPECT_GT(with.hbm_summary_mean_bytes, 0.0);  // the ledger counts the tier too
+  EXPECT_EQ(without.hbm_summary_mean_bytes, 0.0);
+  // Same resident chunks, so only the summary entries can change the model's output.
+  double max_diff = 0;
+  for (size_t t = 0; t < with_out.log_probs.size(); ++t) {
+    for (size_t v = 0; v < with_out.log_probs[t].size(); ++v) {
+      max_diff = std::max(max_diff, std::abs(double{with_out.log_probs[t][v]} - without_out.log_probs[t][v]));
+    }
+  }
+  EXPECT_GT(max_diff, 1e-3);
+}
+
+TEST(LiveBackend, SessionsOfOneRequestShareThePrefilledPrompt) {
+  auto b = backend();
+  const auto prefill = b->prefill(0);
+  auto s1 = b->open(0, prefill);
+  auto s2 = b->open(0, prefill);
+  // Two policies' sessions run different residencies from the same prefill.
+  const Residency all = all_resident(b->rows(), kPrompt + 1);
+  Residency some(b->rows(), all.n_chunks());
+  some.make_uniform().set(0);
+  ASSERT_TRUE(s1->begin_step(0));
+  ASSERT_TRUE(s2->begin_step(0));
+  (void)run_step(*s1, 0, all);
+  (void)run_step(*s2, 0, some);
+  // Opened separately (a prefill each), a session gives the same output as from the shared one.
+  auto alone = b->open(0);
+  ASSERT_TRUE(alone->begin_step(0));
+  (void)run_step(*alone, 0, some);
+  EXPECT_EQ(LiveBackend::output_of(*s2).tokens, LiveBackend::output_of(*alone).tokens);
+  EXPECT_EQ(LiveBackend::output_of(*s2).log_probs, LiveBackend::output_of(*alone).log_probs);
+  EXPECT_NE(LiveBackend::output_of(*s1).log_probs, LiveBackend::output_of(*s2).log_probs);
+  auto other = backend(2);
+  EXPECT_THROW((void)other->open(1, other->prefill(0)), UsageError);
 }
 
 TEST(LiveBackend, TeacherForcingFeedsTheGivenTokens) {
@@ -221,7 +313,27 @@ TEST(LiveBackend, StopTokensEndFreeRunningRequests) {
 TEST(LiveBackend, OraclesAreRefusedWithAClearError) {
   auto b = backend();
   const auto oracle = PolicyRegistry::instance().resolve("oracle_topk");
-  EXPECT_THROW((void)run_engine(*b, {oracle}, engine_options()), UsageError);
+  try {
+    (void)run_engine(*b, {PolicyRegistry::instance().resolve("full"), oracle}, engine_options());
+    FAIL() << "oracle accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("is an oracle"), std::string::npos);
+  }
+}
+
+TEST(LiveBackend, MeasuredArrivalOnTheSynchronousBackendLandsEveryFetch) {
+  LiveOptions o = options();
+  o.arrival = ArrivalMode::Measured;
+  auto measured = backend(1, o);
+  auto modelled = backend();
+  const auto window = PolicyRegistry::instance().resolve("sliding_window:window=8,sinks=4");
+  const auto a = run_engine(*measured, {window}, engine_options()).front();
+  const auto b = run_engine(*modelled, {window}, engine_options()).front();
+  EXPECT_EQ(a.arrival, ArrivalMode::Measured);
+  EXPECT_EQ(b.arrival, ArrivalMode::Modelled);
+  EXPECT_EQ(a.late_fetches, 0);
+  EXPECT_EQ(a.fetch_bytes, b.fetch_bytes);
+  EXPECT_EQ(a.mass_recall, b.mass_recall);
 }
 
 TEST(LiveBackend, TooLongRequestsAndEmptyPromptsAreInputErrors) {
