@@ -281,6 +281,104 @@ __global__ void decode_partial_kernel(DecodeAttentionView v) {
   }
 }
 
+constexpr int kV2Threads = 64;
+constexpr int kV2MaxGroup = 8;
+
+/// decode_partial_kernel for chunks of at most 64 tokens: thread t scores token t against
+/// every query head of the group (its key read once, 16 bytes at a time), then thread d
+/// accumulates output dim d over the chunk's tokens for every head.
+__global__ void decode_partial_v2_kernel(DecodeAttentionView v) {
+  const KvPoolView& p = v.pool;
+  const int64_t c = blockIdx.x;
+  const int g = static_cast<int>(blockIdx.y);
+  const int b = static_cast<int>(blockIdx.z);
+  const int64_t n_chunks = chunks_of(v, b);
+  if (c >= n_chunks) return;
+  if (v.full_mass == nullptr && !is_attended(v, b, g, c, n_chunks)) return;
+  const int hd = p.head_dim;
+  const int ct = p.chunk_tokens;
+  const int group = v.n_heads / p.n_kv_heads;
+  const int cnt = static_cast<int>(min(static_cast<int64_t>(ct), v.n_tokens[b] - c * ct));
+  const int slot = v.slot_table[b * v.slot_stride + c];
+  extern __shared__ float smem[];
+  float* q_s = smem;                // [group × hd]
+  float* s_s = q_s + group * hd;    // [group × 64]
+  const float scale = rsqrtf(static_cast<float>(hd));
+  const float* q = v.q + b * v.q_stride + static_cast<int64_t>(g) * group * hd;
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int i = tid; i < group * hd; i += kV2Threads) q_s[i] = q[i] * scale;
+  __syncthreads();
+  const bf16* keys = p.k + page_elem(p, slot, v.layer, g, 0);
+  const bf16* values = p.v + page_elem(p, slot, v.layer, g, 0);
+  if (tid < cnt) {
+    float acc[kV2MaxGroup];
+#pragma unroll
+    for (int h = 0; h < kV2MaxGroup; ++h) acc[h] = 0.0F;
+    const uint4* kr = reinterpret_cast<const uint4*>(keys + static_cast<int64_t>(tid) * hd);
+    for (int d8 = 0; d8 < hd / 8; ++d8) {
+      const uint4 raw = kr[d8];
+      const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&raw);
+      float kf[8];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = __bfloat1622float2(pair[j]);
+        kf[2 * j] = f.x;
+        kf[2 * j + 1] = f.y;
+      }
+#pragma unroll
+      for (int h = 0; h < kV2MaxGroup; ++h) {
+        if (h < group) {
+          const float* qh = q_s + h * hd + d8 * 8;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[h] += qh[j] * kf[j];
+        }
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < kV2MaxGroup; ++h) {
+      if (h < group) s_s[h * 64 + tid] = acc[h];
+    }
+  }
+  __syncthreads();
+  float* out = v.partial + ((static_cast<int64_t>(b) * v.n_heads + g * group) * v.max_chunks + c) * (hd + 2);
+  const int64_t head_stride = static_cast<int64_t>(v.max_chunks) * (hd + 2);
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  for (int h = warp; h < group; h += kV2Threads / 32) {
+    float mx = -INFINITY;
+    for (int t = lane; t < cnt; t += 32) mx = fmaxf(mx, s_s[h * 64 + t]);
+    mx = warp_max(mx);
+    float sum = 0.0F;
+    for (int t = lane; t < cnt; t += 32) {
+      const float e = expf(s_s[h * 64 + t] - mx);
+      s_s[h * 64 + t] = e;
+      sum += e;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      out[h * head_stride + hd] = mx;
+      out[h * head_stride + hd + 1] = sum;
+    }
+  }
+  __syncthreads();
+  for (int d = tid; d < hd; d += kV2Threads) {
+    float acc[kV2MaxGroup];
+#pragma unroll
+    for (int h = 0; h < kV2MaxGroup; ++h) acc[h] = 0.0F;
+    for (int t = 0; t < cnt; ++t) {
+      const float val = __bfloat162float(values[static_cast<int64_t>(t) * hd + d]);
+#pragma unroll
+      for (int h = 0; h < kV2MaxGroup; ++h) {
+        if (h < group) acc[h] += s_s[h * 64 + t] * val;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < kV2MaxGroup; ++h) {
+      if (h < group) out[h * head_stride + d] = acc[h];
+    }
+  }
+}
+
 /// One summary entry per (sequence, KV head, group of chunks): mean key/value over the
 /// group's non-attended chunks, score bias log(count); an empty group gets max = -inf.
 __global__ void decode_summary_kernel(DecodeAttentionView v) {
@@ -494,12 +592,23 @@ void launch_decode_attention(const DecodeAttentionView& v, cudaStream_t stream) 
   if (v.batch == 0) return;
   const KvPoolView& p = v.pool;
   const int group = v.n_heads / p.n_kv_heads;
-  const size_t partial_smem = sizeof(float) * static_cast<size_t>(group) * (p.head_dim + p.chunk_tokens);
-  set_dynamic_smem(reinterpret_cast<const void*>(&decode_partial_kernel), partial_smem, "decode attention");
-  decode_partial_kernel<<<dim3(static_cast<unsigned>(v.max_chunks), static_cast<unsigned>(p.n_kv_heads),
-                               static_cast<unsigned>(v.batch)),
-                          kDecodeThreads, partial_smem, stream>>>(v);
-  KVLAB_CUDA_CHECK_LAUNCH("decode_partial_kernel");
+  const dim3 grid(static_cast<unsigned>(v.max_chunks), static_cast<unsigned>(p.n_kv_heads),
+                  static_cast<unsigned>(v.batch));
+  const bool v2_fits = p.chunk_tokens <= 64 && p.head_dim % 8 == 0 && p.head_dim <= 128 && group <= kV2MaxGroup;
+  if (v.variant == 2 && !v2_fits) {
+    throw CudaError("decode attention variant 2 needs chunk_tokens <= 64, head_dim a multiple of 8 up to 128 and "
+                    "at most 8 query heads per KV head");
+  }
+  if (v.variant == 2 || (v.variant == 0 && v2_fits)) {
+    const size_t smem = sizeof(float) * static_cast<size_t>(group) * (p.head_dim + 64);
+    decode_partial_v2_kernel<<<grid, kV2Threads, smem, stream>>>(v);
+    KVLAB_CUDA_CHECK_LAUNCH("decode_partial_v2_kernel");
+  } else {
+    const size_t partial_smem = sizeof(float) * static_cast<size_t>(group) * (p.head_dim + p.chunk_tokens);
+    set_dynamic_smem(reinterpret_cast<const void*>(&decode_partial_kernel), partial_smem, "decode attention");
+    decode_partial_kernel<<<grid, kDecodeThreads, partial_smem, stream>>>(v);
+    KVLAB_CUDA_CHECK_LAUNCH("decode_partial_kernel");
+  }
   if (v.summary_chunks != nullptr && v.max_groups > 0) {
     const size_t smem = sizeof(float) * 2 * static_cast<size_t>(p.head_dim);
     decode_summary_kernel<<<dim3(static_cast<unsigned>(v.max_groups), static_cast<unsigned>(p.n_kv_heads),

@@ -138,7 +138,11 @@ struct DecodeAttentionView {
   int64_t mass_row_stride = 0;
   float* summary_mass = nullptr;
   int64_t summary_seq_stride = 0;
-
+  /// Partial-state kernel: 0 picks the fastest that applies; 1 forces the general one (a warp
+  /// per (query head, token) score); 2 the one for chunk_tokens <= 64 and head_dim a multiple
+  /// of 8 up to 128 (a thread per token, 16-byte key loads, every query head of the group at
+  /// once).
+  int variant = 0;
 };
 /// Floats of scratch each part needs.
 [[nodiscard]] int64_t decode_partial_floats(int batch, int n_heads, int max_chunks, int head_dim);

@@ -86,6 +86,9 @@ CudaLlamaDecoder::CudaLlamaDecoder(std::shared_ptr<const LlamaWeights> weights, 
     fail_usage("chunk features from hidden states are not computed on the GPU; use keys");
   }
   if (options_.kv_capacity_tokens < 0) fail_usage("kv_capacity_tokens must be >= 0");
+  if (options_.decode_attention_variant < 0 || options_.decode_attention_variant > 2) {
+    fail_usage("decode_attention_variant must be 0, 1 or 2, got " + std::to_string(options_.decode_attention_variant));
+  }
   if (!(options_.kv_memory_fraction > 0.0 && options_.kv_memory_fraction < 1.0)) {
     fail_usage("kv_memory_fraction must be in (0, 1)");
   }
@@ -458,6 +461,7 @@ CudaStepOutput CudaLlamaDecoder::prefill(SequenceId id, std::span<const int32_t>
              d.mass = mass_d_.get();
              d.mass_seq_stride = static_cast<int64_t>(n_rows) * final_chunks;
              d.mass_row_stride = final_chunks;
+             d.variant = options_.decode_attention_variant;
              launch_decode_attention(d, stream_);
            });
     if (last) {
@@ -630,6 +634,7 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     d.mass_row_stride = max_chunks;
     d.summary_mass = summary_mass_d_.get();
     d.summary_seq_stride = n_rows;
+    d.variant = options_.decode_attention_variant;
     launch_decode_attention(d, stream_);
   });
   lm_head(batch);

@@ -54,6 +54,9 @@ struct CudaDecoderOptions {
   int64_t kv_capacity_tokens = 0;
   double kv_memory_fraction = 0.5;
   int device = 0;
+  /// Decode attention's partial-state kernel (DecodeAttentionView::variant): 0 = fastest that
+  /// applies, 1 = general, 2 = chunks of at most 64 tokens.
+  int decode_attention_variant = 0;
 };
 
 using SequenceId = int64_t;
@@ -129,6 +132,8 @@ class CudaLlamaDecoder {
   /// One decode step for every input (distinct sequences), in one forward pass.
   std::vector<CudaStepOutput> step(std::span<const CudaStepInput> inputs, const CudaStepWants& wants = {});
   [[nodiscard]] const CudaStepTiming& last_timing() const { return timing_; }
+  /// For benchmarks comparing kernels on the same cache (see CudaDecoderOptions).
+  void set_decode_attention_variant(int variant) { options_.decode_attention_variant = variant; }
 
   /// Mean post-RoPE key of the feature layer over a complete chunk, all KV heads concatenated.
   [[nodiscard]] std::vector<float> chunk_features(SequenceId sequence, int64_t chunk) const;

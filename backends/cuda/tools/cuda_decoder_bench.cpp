@@ -181,18 +181,22 @@ int run(const Options& o) {
       dec.prefill(ids.back(), random_prompt(prompt, vocab, static_cast<uint32_t>(100 + b)), CudaStepWants{false, false, false});
     }
     for (const int64_t batch : o.batches) {
-      for (const double keep : {1.0, 0.1}) {
+      // Variant 1 (general) against variant 2 (chunks <= 64 tokens) on full attention.
+      for (const auto& [keep, variant] : {std::pair{1.0, 2}, std::pair{1.0, 1}, std::pair{0.1, 2}}) {
+        dec.set_decode_attention_variant(variant);
         const std::vector<SequenceId> sub(ids.begin(), ids.begin() + batch);
         const DecodeFigures f = time_decode(dec, sub, keep, o.warmup, o.steps);
         const double tps = static_cast<double>(batch) / (f.wall_ms / 1e3);
-        std::printf("TABLE decode ctx %5lld batch %3lld %s: %9.0f tokens/s  step %7.3f ms (device %7.3f, attention %7.3f)\n",
-                    static_cast<long long>(ctx), static_cast<long long>(batch), keep < 1.0 ? "keep10%" : "full   ", tps,
-                    f.wall_ms, f.device_ms, f.attention_ms);
+        std::printf("TABLE decode ctx %5lld batch %3lld %s attn v%d: %9.0f tokens/s  step %7.3f ms (device %7.3f, "
+                    "attention %7.3f)\n",
+                    static_cast<long long>(ctx), static_cast<long long>(batch), keep < 1.0 ? "keep10%" : "full   ",
+                    variant, tps, f.wall_ms, f.device_ms, f.attention_ms);
         json << (first ? "" : ", ") << "{\"context\": " << ctx << ", \"batch\": " << batch << ", \"keep\": " << keep
-             << ", \"tokens_per_s\": " << tps << ", \"step_ms\": " << f.wall_ms << ", \"device_ms\": " << f.device_ms
-             << ", \"attention_ms\": " << f.attention_ms << "}";
+             << ", \"attention_variant\": " << variant << ", \"tokens_per_s\": " << tps << ", \"step_ms\": "
+             << f.wall_ms << ", \"device_ms\": " << f.device_ms << ", \"attention_ms\": " << f.attention_ms << "}";
         first = false;
       }
+      dec.set_decode_attention_variant(0);
     }
     for (SequenceId id : ids) dec.close(id);
   }

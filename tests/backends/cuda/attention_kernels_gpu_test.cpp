@@ -177,8 +177,7 @@ struct DecodeCase {
   int summary_chunks;  // 0 = none
 };
 
-TEST(CudaAttentionSanitize, DecodeMatchesReferenceWithResidencySummariesAndFullMass) {
-  KVLAB_REQUIRE_GPU();
+void check_decode(int variant) {
   PoolFixture f;
   f.n_kv = 3;
   f.hd = 64;
@@ -265,6 +264,7 @@ TEST(CudaAttentionSanitize, DecodeMatchesReferenceWithResidencySummariesAndFullM
   v.mass_row_stride = max_chunks;
   v.summary_mass = smass.get();
   v.summary_seq_stride = n_rows;
+  v.variant = variant;
   launch_decode_attention(v, nullptr);
   const auto got_out = test::to_float(out.host());
   const auto got_mass = mass.host();
@@ -280,6 +280,7 @@ TEST(CudaAttentionSanitize, DecodeMatchesReferenceWithResidencySummariesAndFullM
     const auto ref = reference::decode_attention(qb, n_heads, f.n_kv, f.hd, keys, values, cases[b].n_tokens, f.ct,
                                                  attended[b], cases[b].summary_chunks);
     const std::vector<float> ob(got_out.begin() + b * n_heads * f.hd, got_out.begin() + (b + 1) * n_heads * f.hd);
+    SCOPED_TRACE("variant " + std::to_string(variant));
     EXPECT_LT(rel_error(ob, ref.out), 5e-3) << "sequence " << b;
     const int64_t nc = (cases[b].n_tokens + f.ct - 1) / f.ct;
     std::vector<float> mb, fb, sb;
@@ -296,6 +297,12 @@ TEST(CudaAttentionSanitize, DecodeMatchesReferenceWithResidencySummariesAndFullM
       EXPECT_GT(*std::max_element(sb.begin(), sb.end()), 0.0F);
     }
   }
+}
+
+TEST(CudaAttentionSanitize, DecodeMatchesReferenceWithResidencySummariesAndFullMass) {
+  KVLAB_REQUIRE_GPU();
+  check_decode(1);
+  check_decode(2);
 }
 
 }  // namespace
