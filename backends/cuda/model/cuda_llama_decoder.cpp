@@ -82,12 +82,16 @@ CudaLlamaDecoder::CudaLlamaDecoder(std::shared_ptr<const LlamaWeights> weights, 
   const LlamaConfig& c = config();
   if (options_.chunk_tokens > 1024) fail_usage("chunk_tokens must be at most 1024, got " + std::to_string(options_.chunk_tokens));
   if (c.head_dim > 128) fail_usage("head_dim " + std::to_string(c.head_dim) + " is above the supported 128");
+  if (options_.decode_attention_variant == 3) {
+    const std::string why = sparse_decode_unsupported(c.head_dim, c.n_heads / c.n_kv_heads);
+    if (!why.empty()) fail_usage(why);
+  }
   if (options_.chunk_feature_source != ChunkFeatureSource::kKeys) {
     fail_usage("chunk features from hidden states are not computed on the GPU; use keys");
   }
   if (options_.kv_capacity_tokens < 0) fail_usage("kv_capacity_tokens must be >= 0");
-  if (options_.decode_attention_variant < 0 || options_.decode_attention_variant > 2) {
-    fail_usage("decode_attention_variant must be 0, 1 or 2, got " + std::to_string(options_.decode_attention_variant));
+  if (options_.decode_attention_variant < 0 || options_.decode_attention_variant > 3) {
+    fail_usage("decode_attention_variant must be 0, 1, 2 or 3, got " + std::to_string(options_.decode_attention_variant));
   }
   if (!(options_.kv_memory_fraction > 0.0 && options_.kv_memory_fraction < 1.0)) {
     fail_usage("kv_memory_fraction must be in (0, 1)");
@@ -279,6 +283,43 @@ std::vector<float> CudaLlamaDecoder::chunk_features(SequenceId id, int64_t chunk
 }
 
 // ---- the forward pass -------------------------------------------------------------------
+
+CudaLlamaDecoder::PagedLists CudaLlamaDecoder::paged_lists(int batch, int max_chunks,
+                                                           const std::vector<int32_t>& slot_table,
+                                                           const std::vector<int32_t>& n_tokens,
+                                                           const std::vector<uint64_t>& attended, int64_t seq_words,
+                                                           int64_t row_words) const {
+  const LlamaConfig& c = config();
+  const int ct = options_.chunk_tokens;
+  PagedLists lists;
+  const auto most = static_cast<size_t>(c.n_layers) * batch * c.n_kv_heads * max_chunks;
+  lists.indices.reserve(most);
+  lists.chunks.reserve(most);
+  lists.indptr.reserve(static_cast<size_t>(c.n_layers) * (static_cast<size_t>(batch) * c.n_kv_heads + 1));
+  lists.layer_begin.push_back(0);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const auto layer_start = static_cast<int32_t>(lists.indices.size());
+    for (int b = 0; b < batch; ++b) {
+      const int64_t n_chunks = (n_tokens[static_cast<size_t>(b)] + ct - 1) / ct;
+      for (int g = 0; g < c.n_kv_heads; ++g) {
+        lists.indptr.push_back(static_cast<int32_t>(lists.indices.size()) - layer_start);
+        const uint64_t* bits = attended.empty()
+                                   ? nullptr
+                                   : attended.data() + b * seq_words + (static_cast<int64_t>(l) * c.n_kv_heads + g) * row_words;
+        for (int64_t ch = 0; ch < n_chunks; ++ch) {
+          const bool on = bits == nullptr || ch == n_chunks - 1 || ((bits[ch >> 6] >> (ch & 63)) & 1U) != 0;
+          if (!on) continue;
+          const int64_t slot = slot_table[static_cast<size_t>(b) * max_chunks + ch];
+          lists.indices.push_back(static_cast<int32_t>((slot * c.n_layers + l) * c.n_kv_heads + g));
+          lists.chunks.push_back(static_cast<int32_t>(ch));
+        }
+      }
+    }
+    lists.indptr.push_back(static_cast<int32_t>(lists.indices.size()) - layer_start);
+    lists.layer_begin.push_back(static_cast<int64_t>(lists.indices.size()));
+  }
+  return lists;
+}
 
 void CudaLlamaDecoder::read_timing() {
   KVLAB_CUDA_CHECK(cudaEventElapsedTime(&timing_.total_ms, ev_start_, ev_end_));
@@ -601,6 +642,73 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
   summary_mass_d_.reserve(nb * n_rows);
   KVLAB_CUDA_CHECK(cudaMemsetAsync(summary_mass_d_.get(), 0, nb * n_rows * sizeof(float), stream_));
 
+  // The paged kernel: CSR lists and one plan per layer, uploaded before the forward pass so
+  // that the workspaces' synchronising uploads find an idle stream.
+  const bool paged = options_.decode_attention_variant == 3 && max_groups == 0;
+  const int group = c.n_heads / c.n_kv_heads;
+  const int paged_rows = batch * c.n_kv_heads;
+  PagedLists lists, full_lists;
+  int64_t full_offset = 0;
+  if (paged) {
+    lists = paged_lists(batch, max_chunks, slot_table, ntok, attended, seq_words, row_words);
+    if (any_full) full_lists = paged_lists(batch, max_chunks, slot_table, ntok, {}, seq_words, row_words);
+    std::vector<int32_t> packed = lists.indptr;
+    packed.insert(packed.end(), lists.indices.begin(), lists.indices.end());
+    for (int b = 0; b < batch; ++b) {
+      const int32_t n = ntok[static_cast<size_t>(b)];
+      for (int g = 0; g < c.n_kv_heads; ++g) packed.push_back(n - (n - 1) / ct * ct);  // last page's tokens
+    }
+    full_offset = static_cast<int64_t>(packed.size());
+    packed.insert(packed.end(), full_lists.indptr.begin(), full_lists.indptr.end());
+    packed.insert(packed.end(), full_lists.indices.begin(), full_lists.indices.end());
+    paged_lists_d_.reserve(packed.size());
+    paged_lists_d_.upload(packed.data(), packed.size(), stream_);
+    paged_mass_d_.reserve(lists.indices.size());
+    if (any_full) {
+      paged_full_d_.reserve(full_lists.indices.size());
+      attn_scratch_.reserve(nb * q_dim);
+    }
+    q_bf16_.reserve(nb * q_dim);
+    auto plan_into = [&](std::vector<std::unique_ptr<SparseDecodeWorkspace>>& ws, const PagedLists& pl, int l) {
+      while (ws.size() <= static_cast<size_t>(l)) ws.push_back(std::make_unique<SparseDecodeWorkspace>());
+      const std::span<const int32_t> indptr(pl.indptr.data() + static_cast<int64_t>(l) * (paged_rows + 1),
+                                            static_cast<size_t>(paged_rows + 1));
+      ws[static_cast<size_t>(l)]->upload(plan_sparse_decode(indptr, {}, ct), group, c.head_dim, stream_);
+    };
+    for (int l = 0; l < c.n_layers; ++l) {
+      plan_into(paged_ws_, lists, l);
+      if (any_full) plan_into(paged_full_ws_, full_lists, l);
+    }
+  }
+  auto paged_attention = [&](int l) {
+    const int32_t* base = paged_lists_d_.get();
+    const int64_t indptr_at = static_cast<int64_t>(l) * (paged_rows + 1);
+    const int64_t indices_at = static_cast<int64_t>(lists.indptr.size()) + lists.layer_begin[static_cast<size_t>(l)];
+    const int64_t last_at = static_cast<int64_t>(lists.indptr.size() + lists.indices.size());
+    launch_to_bf16(ToBf16View{qkv_.get(), qkv_dim, q_bf16_.get(), q_dim, batch, q_dim}, stream_);
+    const PagedKvPoolView pool{k_pool_.get(), v_pool_.get(), static_cast<int64_t>(ct) * c.head_dim, c.head_dim, ct};
+    SparseDecodeRowsView rows;
+    rows.n_rows = paged_rows;
+    rows.group = group;
+    rows.head_dim = c.head_dim;
+    rows.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    rows.q = q_bf16_.get();
+    rows.q_row_stride = static_cast<int64_t>(group) * c.head_dim;
+    rows.page_indptr = base + indptr_at;
+    rows.page_indices = base + indices_at;
+    rows.last_page_tokens = base + last_at;
+    const SparseDecodeOutView out{attn_.get(), static_cast<int64_t>(group) * c.head_dim,
+                                  paged_mass_d_.get() + lists.layer_begin[static_cast<size_t>(l)], nullptr};
+    run_sparse_decode(pool, rows, out, paged_ws_[static_cast<size_t>(l)]->view(), stream_);
+    if (!any_full) return;
+    rows.page_indptr = base + full_offset + indptr_at;
+    rows.page_indices = base + full_offset + static_cast<int64_t>(full_lists.indptr.size()) +
+                        full_lists.layer_begin[static_cast<size_t>(l)];
+    const SparseDecodeOutView full_out{attn_scratch_.get(), static_cast<int64_t>(group) * c.head_dim,
+                                       paged_full_d_.get() + full_lists.layer_begin[static_cast<size_t>(l)], nullptr};
+    run_sparse_decode(pool, rows, full_out, paged_full_ws_[static_cast<size_t>(l)]->view(), stream_);
+  };
+
   KVLAB_CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
   if (options_.fp32_lm_head) {
     launch_embedding(EmbeddingView<float>{embd_f32_.get(), tokens_d_.get(), x_.get(), batch, c.hidden}, stream_);
@@ -608,6 +716,10 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     launch_embedding(EmbeddingView<bf16>{embd_bf16_.get(), tokens_d_.get(), x_.get(), batch, c.hidden}, stream_);
   }
   layers(batch, positions_d_.get(), 0, slot_table_d_.get(), max_chunks, true, 0, [&](int l, const KvPoolView& pool) {
+    if (paged) {
+      paged_attention(l);
+      return;
+    }
     DecodeAttentionView d;
     d.q = qkv_.get();
     d.q_stride = qkv_dim;
@@ -655,7 +767,11 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
   download(next, next_d_.get(), nb, stream_);
   std::vector<float> logits, mass, full, summary_mass, features;
   if (wants.logits) download(logits, logits_.get(), nb * c.vocab, stream_);
-  if (wants.mass) {
+  std::vector<float> listed_mass, listed_full;
+  if (wants.mass && paged) {
+    download(listed_mass, paged_mass_d_.get(), lists.indices.size(), stream_);
+    if (any_full) download(listed_full, paged_full_d_.get(), full_lists.indices.size(), stream_);
+  } else if (wants.mass) {
     download(mass, mass_d_.get(), mass_n, stream_);
     download(summary_mass, summary_mass_d_.get(), nb * n_rows, stream_);
     if (any_full) download(full, full_d_.get(), mass_n, stream_);
@@ -663,6 +779,28 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
   if (wants.query_features) download(features, features_.get(), nb * c.hidden, stream_);
   KVLAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
   read_timing();
+  if (wants.mass && paged) {
+    // CSR-aligned page mass to the dense [sequence][row][chunk] layout of the other kernels.
+    auto scatter = [&](const PagedLists& pl, const std::vector<float>& listed) {
+      std::vector<float> dense(mass_n, 0.0F);
+      for (int l = 0; l < c.n_layers; ++l) {
+        const int32_t* indptr = pl.indptr.data() + static_cast<int64_t>(l) * (paged_rows + 1);
+        const int64_t begin = pl.layer_begin[static_cast<size_t>(l)];
+        for (int r = 0; r < paged_rows; ++r) {
+          const int b = r / c.n_kv_heads;
+          const int g = r % c.n_kv_heads;
+          float* row = dense.data() + (static_cast<int64_t>(b) * n_rows + l * c.n_kv_heads + g) * max_chunks;
+          for (int32_t k = indptr[r]; k < indptr[r + 1]; ++k) {
+            row[pl.chunks[static_cast<size_t>(begin + k)]] = listed[static_cast<size_t>(begin + k)];
+          }
+        }
+      }
+      return dense;
+    };
+    mass = scatter(lists, listed_mass);
+    summary_mass.assign(nb * n_rows, 0.0F);
+    if (any_full) full = scatter(full_lists, listed_full);
+  }
 
   std::vector<CudaStepOutput> outs(nb);
   for (int b = 0; b < batch; ++b) {

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "backends/cpu/llama_decoder.hpp"
+#include "backends/cuda/kernels/sparse_decode.hpp"
 #include "backends/cuda/model/device_buffer.hpp"
 #include "backends/cuda/model/kv_slots.hpp"
 #include "backends/model/llama_weights.hpp"
@@ -54,8 +55,10 @@ struct CudaDecoderOptions {
   int64_t kv_capacity_tokens = 0;
   double kv_memory_fraction = 0.5;
   int device = 0;
-  /// Decode attention's partial-state kernel (DecodeAttentionView::variant): 0 = fastest that
-  /// applies, 1 = general, 2 = chunks of at most 64 tokens.
+  /// Decode attention: 0 = the fastest that applies, 1 and 2 = this folder's kernels
+  /// (DecodeAttentionView::variant), 3 = the sparse paged kernel of backends/cuda/kernels
+  /// (CSR page lists per (sequence, layer, KV head) row; steps with summary entries fall back
+  /// to 0).
   int decode_attention_variant = 0;
 };
 
@@ -150,6 +153,16 @@ class CudaLlamaDecoder {
 
   SequenceSlots& sequence(SequenceId id);
   const SequenceSlots& sequence(SequenceId id) const;
+  /// Host CSR lists of one step for the paged kernel, every layer.
+  struct PagedLists {
+    std::vector<int32_t> indptr;       // [n_layers × (rows + 1)], each layer's from 0
+    std::vector<int32_t> indices;      // pages of every layer, layer after layer
+    std::vector<int32_t> chunks;       // the chunk of each listed page
+    std::vector<int64_t> layer_begin;  // [n_layers + 1] into indices
+  };
+  PagedLists paged_lists(int batch, int max_chunks, const std::vector<int32_t>& slot_table,
+                         const std::vector<int32_t>& n_tokens, const std::vector<uint64_t>& attended,
+                         int64_t seq_words, int64_t row_words) const;
   void check_token(int32_t token, const char* where) const;
   void upload_weights();
   void allocate_pool();
@@ -200,6 +213,12 @@ class CudaLlamaDecoder {
   DeviceArray<uint64_t> attended_d_;
   DeviceArray<float> partial_, summary_partial_, mass_d_, full_d_, summary_mass_d_;
   DeviceArray<double> temperature_d_, uniform_d_;
+  // The paged kernel's inputs (variant 3): a plan and workspace per layer, for the restricted
+  // and the full lists.
+  std::vector<std::unique_ptr<SparseDecodeWorkspace>> paged_ws_, paged_full_ws_;
+  DeviceArray<int32_t> paged_lists_d_;
+  DeviceArray<float> paged_mass_d_, paged_full_d_;
+  DeviceArray<bf16> q_bf16_, attn_scratch_;
 };
 
 }  // namespace kvlab::cuda

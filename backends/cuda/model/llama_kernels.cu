@@ -205,6 +205,14 @@ __global__ void sample_kernel(SampleView v) {
   if (t == 0) v.tokens[r] = chosen == INT_MAX ? best_i : chosen;
 }
 
+__global__ void to_bf16_kernel(ToBf16View v) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= static_cast<int64_t>(v.n) * v.cols) return;
+  const int64_t r = idx / v.cols;
+  const int64_t j = idx % v.cols;
+  v.out[r * v.out_stride + j] = __float2bfloat16_rn(v.in[r * v.in_stride + j]);
+}
+
 unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 }  // namespace
@@ -239,6 +247,13 @@ void launch_swiglu(const SwigluView& v, cudaStream_t stream) {
   if (work == 0) return;
   swiglu_kernel<<<blocks_for(work, 256), 256, 0, stream>>>(v);
   KVLAB_CUDA_CHECK_LAUNCH("swiglu_kernel");
+}
+
+void launch_to_bf16(const ToBf16View& v, cudaStream_t stream) {
+  const int64_t work = static_cast<int64_t>(v.n) * v.cols;
+  if (work == 0) return;
+  to_bf16_kernel<<<blocks_for(work, 256), 256, 0, stream>>>(v);
+  KVLAB_CUDA_CHECK_LAUNCH("to_bf16_kernel");
 }
 
 void launch_argmax(const ArgmaxView& v, cudaStream_t stream) {

@@ -99,4 +99,16 @@ struct SampleView {
 };
 void launch_sample(const SampleView& v, cudaStream_t stream);
 
+/// out[r, j] = bf16(in[r, j]) for j < cols: the query part of fused QKV rows for kernels that
+/// read bf16 queries.
+struct ToBf16View {
+  const float* in = nullptr;
+  int64_t in_stride = 0;
+  bf16* out = nullptr;
+  int64_t out_stride = 0;
+  int n = 0;
+  int cols = 0;
+};
+void launch_to_bf16(const ToBf16View& v, cudaStream_t stream);
+
 }  // namespace kvlab::cuda

@@ -181,8 +181,10 @@ int run(const Options& o) {
       dec.prefill(ids.back(), random_prompt(prompt, vocab, static_cast<uint32_t>(100 + b)), CudaStepWants{false, false, false});
     }
     for (const int64_t batch : o.batches) {
-      // Variant 1 (general) against variant 2 (chunks <= 64 tokens) on full attention.
-      for (const auto& [keep, variant] : {std::pair{1.0, 2}, std::pair{1.0, 1}, std::pair{0.1, 2}}) {
+      // Decode attention kernels: 1 (general), 2 (chunks <= 64 tokens), 3 (backends/cuda/kernels'
+      // sparse paged kernel).
+      for (const auto& [keep, variant] : {std::pair{1.0, 2}, std::pair{1.0, 1}, std::pair{1.0, 3}, std::pair{0.1, 2},
+                                          std::pair{0.1, 3}}) {
         dec.set_decode_attention_variant(variant);
         const std::vector<SequenceId> sub(ids.begin(), ids.begin() + batch);
         const DecodeFigures f = time_decode(dec, sub, keep, o.warmup, o.steps);

@@ -313,6 +313,59 @@ TEST(CudaLlamaDecoder, SmolLm2ShapesWithRandomWeightsMatchCpuDecoder) {
   EXPECT_GE(agree, kSteps);
 }
 
+TEST(CudaLlamaDecoder, PagedKernelAgreesWithOwnKernelsAtSmolLm2Shapes) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = std::make_shared<const LlamaWeights>(synthetic_smollm2(4));
+  CudaDecoderOptions own_opt;
+  own_opt.kv_capacity_tokens = 8192;
+  own_opt.decode_attention_variant = 2;
+  CudaDecoderOptions paged_opt = own_opt;
+  paged_opt.decode_attention_variant = 3;
+  CudaLlamaDecoder own(weights, own_opt);
+  CudaLlamaDecoder paged(weights, paged_opt);
+  // Three sequences of different lengths (partial and complete last chunks), stepped together.
+  const std::vector<int64_t> lengths{700, 128, 1031};
+  std::vector<SequenceId> a, b;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    const auto prompt = random_tokens(lengths[i], weights->config.vocab, static_cast<uint32_t>(20 + i));
+    a.push_back(own.open());
+    own.prefill(a.back(), prompt);
+    b.push_back(paged.open());
+    paged.prefill(b.back(), prompt);
+  }
+  const int n_rows = weights->config.n_layers * weights->config.n_kv_heads;
+  std::mt19937 rng(5);
+  Worst worst;
+  for (int t = 0; t < 6; ++t) {
+    std::vector<Residency> res;
+    std::vector<CudaStepInput> in_a, in_b;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      const int64_t n_chunks = (own.n_tokens(a[i]) + 64) / 64;
+      res.push_back(residency_for(t + static_cast<int>(i), n_chunks, n_rows, rng));
+    }
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      StepRequest req;
+      req.residency = res[i].view;
+      req.full_reference_mass = t % 2 == 0;
+      const auto token = static_cast<int32_t>(rng() % 1000);
+      in_a.push_back({a[i], token, req});
+      in_b.push_back({b[i], token, req});
+    }
+    const auto oa = own.step(in_a);
+    const auto ob = paged.step(in_b);
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      worst.logits = std::max(worst.logits, rel_error(ob[i].logits, oa[i].logits));
+      worst.mass = std::max(worst.mass, rel_error(ob[i].chunk_mass, oa[i].chunk_mass));
+      if (t % 2 == 0) worst.full = std::max(worst.full, rel_error(ob[i].full_mass, oa[i].full_mass));
+      EXPECT_EQ(ob[i].n_chunks, oa[i].n_chunks);
+    }
+  }
+  worst.print("paged kernel (variant 3) against variant 2, SmolLM2 shapes");
+  EXPECT_LT(worst.logits, 2e-2);
+  EXPECT_LT(worst.mass, 2e-2);
+  EXPECT_LT(worst.full, 2e-2);
+}
+
 // ---- the real model --------------------------------------------------------------------
 
 struct RealModel {
