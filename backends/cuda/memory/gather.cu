@@ -3,12 +3,11 @@
 namespace kvlab::cuda {
 namespace {
 
-constexpr int kUnroll = 4;  // 16-byte loads in flight per thread before the first store
-
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return static_cast<uint32_t>(float_to_bf16(lo)) | (static_cast<uint32_t>(float_to_bf16(hi)) << 16);
 }
 
+template <int kUnroll>
 __device__ void gather_bf16(const GatherPiece& p) {
   const auto* src = reinterpret_cast<const uint4*>(p.src);
   auto* dst = reinterpret_cast<uint4*>(p.dst);
@@ -30,6 +29,7 @@ __device__ void gather_bf16(const GatherPiece& p) {
 }
 
 // fp8: each thread turns 16 codes (one 16-byte load) into 16 bf16 values (two 16-byte stores).
+template <int kUnroll>
 __device__ void gather_fp8(const GatherPiece& p, int group) {
   const auto* codes = reinterpret_cast<const uint4*>(p.src);
   const auto* scales = reinterpret_cast<const float*>(p.src + p.elems);
@@ -65,6 +65,7 @@ __device__ void gather_fp8(const GatherPiece& p, int group) {
 }
 
 // int4: each thread turns 16 bytes (32 values, low nibble first) into four 16-byte stores.
+template <int kUnroll>
 __device__ void gather_int4(const GatherPiece& p, int group) {
   const auto* codes = reinterpret_cast<const uint4*>(p.src);
   const auto* scales = reinterpret_cast<const float*>(p.src + p.elems / 2);
@@ -101,17 +102,37 @@ __device__ void gather_int4(const GatherPiece& p, int group) {
   }
 }
 
-template <MirrorFormat F>
-__global__ void gather_pages_kernel(const GatherPiece* __restrict__ pieces, int n, int group) {
+template <MirrorFormat F, int kUnroll>
+__global__ void gather_pages_kernel(const GatherPiece* __restrict__ pieces, int n, int group, uint32_t* landed,
+                                    uint32_t seq) {
   for (int p = blockIdx.x; p < n; p += gridDim.x) {
     const GatherPiece piece = pieces[p];
     if constexpr (F == MirrorFormat::Bf16) {
-      gather_bf16(piece);
+      gather_bf16<kUnroll>(piece);
     } else if constexpr (F == MirrorFormat::Fp8E4m3) {
-      gather_fp8(piece, group);
+      gather_fp8<kUnroll>(piece, group);
     } else {
-      gather_int4(piece, group);
+      gather_int4<kUnroll>(piece, group);
     }
+    if (landed != nullptr) {
+      // Every thread's stores are ordered before the flag: fence, barrier, then one store.
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        __threadfence_system();
+        *static_cast<volatile uint32_t*>(landed + p) = seq;
+      }
+    }
+  }
+}
+
+template <MirrorFormat F>
+void launch_format(const GatherPiece* pieces, int n, int group, int grid, int threads, cudaStream_t stream,
+                   int unroll, uint32_t* landed, uint32_t seq) {
+  if (unroll >= 8) {
+    gather_pages_kernel<F, 8><<<grid, threads, 0, stream>>>(pieces, n, group, landed, seq);
+  } else {
+    gather_pages_kernel<F, 4><<<grid, threads, 0, stream>>>(pieces, n, group, landed, seq);
   }
 }
 
@@ -172,18 +193,18 @@ __global__ void fill_random_bf16_kernel(uint16_t* dst, int64_t elems, uint64_t s
 }  // namespace
 
 cudaError_t launch_gather(const GatherPiece* pieces, int n, MirrorSpec spec, int blocks, int threads,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, int unroll, uint32_t* landed, uint32_t seq) {
   if (n <= 0) return cudaSuccess;
   const int grid = blocks <= 0 || blocks > n ? n : blocks;
   switch (spec.format) {
     case MirrorFormat::Bf16:
-      gather_pages_kernel<MirrorFormat::Bf16><<<grid, threads, 0, stream>>>(pieces, n, spec.group);
+      launch_format<MirrorFormat::Bf16>(pieces, n, spec.group, grid, threads, stream, unroll, landed, seq);
       break;
     case MirrorFormat::Fp8E4m3:
-      gather_pages_kernel<MirrorFormat::Fp8E4m3><<<grid, threads, 0, stream>>>(pieces, n, spec.group);
+      launch_format<MirrorFormat::Fp8E4m3>(pieces, n, spec.group, grid, threads, stream, unroll, landed, seq);
       break;
     case MirrorFormat::Int4:
-      gather_pages_kernel<MirrorFormat::Int4><<<grid, threads, 0, stream>>>(pieces, n, spec.group);
+      launch_format<MirrorFormat::Int4>(pieces, n, spec.group, grid, threads, stream, unroll, landed, seq);
       break;
   }
   return cudaGetLastError();

@@ -34,9 +34,12 @@ struct MirrorWrite {
 };
 
 /// Gathers `n` pieces (descriptors in device memory) on `stream` with `blocks` blocks of
-/// `threads` threads (blocks <= 0: one per piece). Returns the launch error.
+/// `threads` threads (blocks <= 0: one per piece), `unroll` (4 or 8) 16-byte loads in flight
+/// per thread. When `landed` is given (device view of mapped host memory, n entries), the
+/// block that finishes piece p writes `seq` into landed[p] after the page is written: the
+/// host sees each page arrive. Returns the launch error.
 cudaError_t launch_gather(const GatherPiece* pieces, int n, MirrorSpec spec, int blocks, int threads,
-                          cudaStream_t stream);
+                          cudaStream_t stream, int unroll = 4, uint32_t* landed = nullptr, uint32_t seq = 0);
 
 /// Writes `n` mirror ranges (descriptors in device memory), quantising as spec says.
 cudaError_t launch_mirror_write(const MirrorWrite* writes, int n, MirrorSpec spec, cudaStream_t stream);

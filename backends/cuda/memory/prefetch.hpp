@@ -1,17 +1,17 @@
 // The prefetch engine: plan fetches (FetchOrders from RequestPages::apply) run on a copy
-// stream of their own as gather kernels over the mapped host mirror, overlapped with attention
-// on the compute stream; arrival is tracked with one event per batch.
+// stream of their own as one gather kernel per issue() over the mapped host mirror,
+// overlapped with attention on the compute stream.
 //
-// Two ways to use arrival (measured-arrival mode):
-//   poll_landed()   at attention time: the fetches whose batch has completed; the caller
-//                   marks them landed (RequestPages::land) and attends over resident pages
-//                   only; the rest are late fetches and stay in flight.
-//   wait_all(s)     the compute stream waits for every fetch in flight; the time it waited is
-//                   stall time (stall_ms()), measured by events around the wait.
-// Batches complete in issue order (one stream), so polling stops at the first one still
-// on the link. The copy stream has the highest priority, so gather blocks are scheduled ahead
-// of a compute kernel's remaining blocks; a small persistent grid (max_blocks) leaves most
-// multiprocessors to attention.
+// Arrival (measured-arrival mode), two ways:
+//   poll_landed()   at attention time: the pages that have arrived. Each gather block writes
+//                   a flag into mapped host memory as it finishes a page, so arrival is known
+//                   page by page; the caller marks them landed (RequestPages::land) and attends
+//                   over resident pages only; the rest are late fetches and stay in flight.
+//   wait_all(s)     the compute stream waits for every fetch in flight (an event per issue);
+//                   the time it waited is stall time (stall_ms()), timed by events around it.
+// The copy stream has the highest priority, so gather blocks are scheduled ahead of a compute
+// kernel's remaining blocks; a small persistent grid (max_blocks) leaves most multiprocessors
+// to attention (NOTES.md has the trade-off measured on the H200).
 //
 // Lifecycle: PrefetchEngine(pool, mirror) → per step: issue(orders, request) ... poll_landed()
 // or wait_all(compute) → destructor (synchronises the copy stream).
@@ -38,10 +38,10 @@ struct IssuedFetch {
 class PrefetchEngine {
  public:
   struct Options {
-    int max_blocks = 32;          // persistent gather grid (<= 0: one block per page)
+    int max_blocks = 32;           // persistent gather grid (<= 0: one block per page)
     int threads = 256;
-    int64_t batch_pages = 512;    // pages per event: the granularity of measured arrival
-    int64_t ring_pages = 1 << 18; // descriptors staged at once (pinned + device)
+    int unroll = 4;                // 16-byte loads in flight per thread (4 or 8)
+    int64_t ring_pages = 1 << 18;  // descriptors staged at once; a larger issue is split
   };
 
   PrefetchEngine(DevicePagePool& pool, PinnedHostTier& mirror, Options options);
@@ -50,14 +50,18 @@ class PrefetchEngine {
   PrefetchEngine(const PrefetchEngine&) = delete;
   PrefetchEngine& operator=(const PrefetchEngine&) = delete;
 
-  /// Queues the fetches of `request` on the copy stream, in order, `batch_pages` at a time.
+  /// Queues the fetches of `request` on the copy stream: one descriptor copy and one gather.
   void issue(std::span<const FetchOrder> orders, int64_t request);
-  /// The fetches that have arrived since the last poll, in issue order.
+  /// The fetches that have arrived since the last poll (in issue order within each issue).
   [[nodiscard]] std::vector<IssuedFetch> poll_landed();
   /// Makes `compute` wait for every fetch issued so far; the wait is timed as stall.
   void wait_all(cudaStream_t compute);
   /// Stall time of all waits so far, in milliseconds (waits for the recorded waits to pass).
   [[nodiscard]] double stall_ms();
+  /// Copy-stream time of the issues that completed so far, from descriptor copy to the last
+  /// page (bytes_landed() / link_ms() is the achieved link bandwidth).
+  [[nodiscard]] double link_ms() const { return link_ms_; }
+  [[nodiscard]] int64_t bytes_landed() const { return bytes_landed_; }
   /// Blocks the host until every issued fetch has arrived.
   void synchronize();
 
@@ -66,33 +70,47 @@ class PrefetchEngine {
   [[nodiscard]] cudaStream_t copy_stream() const { return copy_; }
 
  private:
-  struct Batch {
+  struct Issue {
     int64_t ring_begin;
     int64_t n;
+    uint32_t seq;
+    cudaEvent_t start;
     cudaEvent_t done;
+  };
+  struct Pending {
+    IssuedFetch fetch;
+    int64_t ring_index;
+    uint32_t seq;
   };
   struct Wait {
     cudaEvent_t begin;
     cudaEvent_t end;
   };
 
+  void issue_chunk(std::span<const FetchOrder> orders, int64_t request);
   int64_t reserve_ring(int64_t n);
+  void retire_completed(bool block_until, const Issue* upto);
   cudaEvent_t take_event();
-  void retire_front();
 
   DevicePagePool* pool_;
   PinnedHostTier* mirror_;
   Options options_;
   cudaStream_t copy_ = nullptr;
-  GatherPiece* staging_ = nullptr;  // pinned, ring_pages descriptors
-  GatherPiece* device_ = nullptr;   // device copy the kernel reads
+  GatherPiece* staging_ = nullptr;   // pinned, ring_pages descriptors
+  GatherPiece* device_ = nullptr;    // device copy the kernel reads
+  uint32_t* flags_host_ = nullptr;   // mapped pinned, ring_pages arrival flags
+  uint32_t* flags_device_ = nullptr;
   int64_t ring_head_ = 0;
-  std::deque<Batch> batches_;
-  std::deque<IssuedFetch> pending_;  // in issue order, batch by batch
+  uint32_t next_seq_ = 1;
+  std::deque<Issue> issues_;
+  std::vector<Pending> pending_;        // in issue order
+  std::vector<IssuedFetch> completed_;  // arrived, not yet reported by poll_landed
   std::vector<cudaEvent_t> free_events_;
   std::vector<Wait> waits_;
   double stall_ms_ = 0;
+  double link_ms_ = 0;
   int64_t bytes_issued_ = 0;
+  int64_t bytes_landed_ = 0;
 };
 
 /// Writes new tokens' K and V (AppendOrders) from their HBM pages into the host mirror on a

@@ -7,9 +7,12 @@
 //   baseline      one large cudaMemcpyAsync from pinned memory (the link's ceiling)
 //   memcpy_async  one cudaMemcpyAsync per page (pages scattered in host and device memory)
 //   gather        the gather kernel over mapped pinned memory, per grid size
-//   engine        PrefetchEngine::issue (descriptor staging + gather + events), default options
+//   memcpy_batch  one cudaMemcpyBatchAsync over all pages (copy engines)
+//   engine        PrefetchEngine::issue (descriptor staging + gather + page flags + events)
 //   gather_fp8/int4  compressed mirror pages dequantised on the way (link bytes and bf16 bytes)
-//   overlap       the engine's fetch while a streaming copy kernel runs on the compute stream
+//   overlap       a fetch while a streaming copy kernel (1 GiB → 1 GiB, HBM-bound, the stand-in
+//                 for attention) runs back to back on the compute stream: the fetch's bandwidth
+//                 and how much slower the compute launches inside the fetch window ran
 // Page shapes: a layer row and a (layer, KV head) row of llama3-8b and smollm2-135m, 64-token
 // chunks; each fetch is 512 chunks of every row (capped at 4 GiB). Medians of --reps timed
 // runs after warm-up, CUDA events, random data.
@@ -171,19 +174,95 @@ std::vector<GatherPiece> pieces_for(const std::vector<FetchOrder>& orders, const
   return v;
 }
 
+// The stand-in for attention on the compute stream, timed alone and while a fetch runs.
+struct ComputeLoad {
+  uint4* a = nullptr;
+  uint4* b = nullptr;
+  int64_t bytes = int64_t{1} << 30;
+  double alone_ms = 0;
+  cudaStream_t stream = nullptr;
+
+  void launch() const {
+    const int64_t n16 = bytes / 16;
+    stream_copy_kernel<<<static_cast<int>((n16 + 1023) / 1024), 256, 0, stream>>>(a, b, n16);
+  }
+};
+
+struct OverlapResult {
+  double fetch_ms = 0;
+  double slowdown = 0;  // compute launches inside the fetch window vs alone
+};
+
+// Runs the compute load back to back over the whole fetch window; `fetch(copy_stream)` enqueues
+// the fetch. Median over reps.
+template <class Fetch>
+OverlapResult overlap(const ComputeLoad& load, cudaStream_t copy, double expect_ms, int reps, Fetch&& fetch) {
+  const int launches = static_cast<int>(expect_ms / load.alone_ms) + 6;
+  std::vector<cudaEvent_t> ev(static_cast<size_t>(launches) + 1);
+  for (auto& e : ev) KVLAB_CUDA_CHECK(cudaEventCreate(&e));
+  cudaEvent_t f0, f1;
+  KVLAB_CUDA_CHECK(cudaEventCreate(&f0));
+  KVLAB_CUDA_CHECK(cudaEventCreate(&f1));
+  std::vector<double> fetch_ms, slow;
+  for (int rep = 0; rep < reps; ++rep) {
+    KVLAB_CUDA_CHECK(cudaDeviceSynchronize());
+    KVLAB_CUDA_CHECK(cudaEventRecord(ev[0], load.stream));
+    for (int i = 0; i < 2; ++i) {
+      load.launch();
+      KVLAB_CUDA_CHECK(cudaEventRecord(ev[static_cast<size_t>(i) + 1], load.stream));
+    }
+    KVLAB_CUDA_CHECK(cudaEventRecord(f0, copy));
+    fetch(copy);
+    KVLAB_CUDA_CHECK(cudaEventRecord(f1, copy));
+    for (int i = 2; i < launches; ++i) {
+      load.launch();
+      KVLAB_CUDA_CHECK(cudaEventRecord(ev[static_cast<size_t>(i) + 1], load.stream));
+    }
+    KVLAB_CUDA_CHECK(cudaDeviceSynchronize());
+    float t = 0, fs = 0, fe = 0;
+    KVLAB_CUDA_CHECK(cudaEventElapsedTime(&t, f0, f1));
+    KVLAB_CUDA_CHECK(cudaEventElapsedTime(&fs, ev[0], f0));
+    KVLAB_CUDA_CHECK(cudaEventElapsedTime(&fe, ev[0], f1));
+    fetch_ms.push_back(t);
+    double inside = 0;
+    int count = 0;
+    for (int i = 1; i < launches; ++i) {
+      float s0 = 0, s1 = 0;
+      KVLAB_CUDA_CHECK(cudaEventElapsedTime(&s0, ev[0], ev[static_cast<size_t>(i)]));
+      KVLAB_CUDA_CHECK(cudaEventElapsedTime(&s1, ev[0], ev[static_cast<size_t>(i) + 1]));
+      if (s0 >= fs && s1 <= fe) {
+        inside += s1 - s0;
+        ++count;
+      }
+    }
+    if (count > 0) slow.push_back(inside / count / load.alone_ms - 1);
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  cudaEventDestroy(f0);
+  cudaEventDestroy(f1);
+  return {median(fetch_ms), slow.empty() ? -1 : median(slow)};
+}
+
 void run_shape(const Shape& s, PinnedHostTier& host, int reps, double baseline_gbps, cudaStream_t copy,
-               cudaStream_t compute, int sms) {
+               const ComputeLoad& load, int sms) {
   const int64_t host_bytes = host.slots().capacity_bytes();
   const int64_t page = s.page.page_bytes();
   const int64_t max_bytes = int64_t{4} << 30;
   const int64_t n = std::min<int64_t>(512 * s.rows, max_bytes / page);
   const std::string tag = "shape=" + s.name + " rows=" + s.row_kind + " page_KiB=" + std::to_string(page / 1024) +
                           " pages=" + std::to_string(n);
+  auto of_base = [&](int64_t bytes, double ms) { return fmt("%.3f", gbps(bytes, ms) / baseline_gbps); };
+  auto overlap_row = [&](const std::string& method, int64_t bytes, double alone_ms, const OverlapResult& o) {
+    table("overlap " + tag + " method=" + method + " fetch_GBps_alone=" + fmt("%.2f", gbps(bytes, alone_ms)) +
+          " fetch_GBps_overlapped=" + fmt("%.2f", gbps(bytes, o.fetch_ms)) + " of_baseline=" + of_base(bytes, o.fetch_ms) +
+          " compute_ms_alone=" + fmt("%.3f", load.alone_ms) + " compute_TBps_alone=" +
+          fmt("%.2f", 2.0 * static_cast<double>(load.bytes) / (load.alone_ms * 1e9)) + " compute_slowdown_pct=" +
+          (o.slowdown < 0 ? std::string("n/a") : fmt("%.1f", 100 * o.slowdown)));
+  };
   for (MirrorSpec spec : {MirrorSpec{}, MirrorSpec{MirrorFormat::Fp8E4m3, 32}, MirrorSpec{MirrorFormat::Int4, 32}}) {
     const int64_t mpage = spec.page_bytes(s.page.page_elems());
-    const int64_t host_slots = host_bytes / mpage;
     // One pinning for every shape and format: a tier of this page size over the same memory.
-    PinnedHostTier tier(host_slots, s.page.page_elems(), spec, host.host_base(), host.device_base());
+    PinnedHostTier tier(host_bytes / mpage, s.page.page_elems(), spec, host.host_base(), host.device_base());
     DevicePagePool pool(page, PoolSize{std::min<int64_t>(n * 2, (int64_t{6} << 30) / page) * page, 0});
     KVLAB_CUDA_CHECK(cudaMemset(pool.base(), 0, static_cast<size_t>(pool.slots().capacity_bytes())));
     const std::vector<FetchOrder> orders =
@@ -195,122 +274,94 @@ void run_shape(const Shape& s, PinnedHostTier& host, int reps, double baseline_g
     KVLAB_CUDA_CHECK(cudaMalloc(&d_pieces, host_pieces.size() * sizeof(GatherPiece)));
     KVLAB_CUDA_CHECK(cudaMemcpy(d_pieces, host_pieces.data(), host_pieces.size() * sizeof(GatherPiece),
                                 cudaMemcpyHostToDevice));
-    if (spec.format == MirrorFormat::Bf16) {
-      // Per-page cudaMemcpyAsync (at most 2048 pages: small pieces are slow).
-      const int64_t m = std::min<int64_t>(n, 2048);
-      const double ms = time_ms(copy, std::max(3, reps / 2), [&] {
-        for (int64_t i = 0; i < m; ++i) {
-          const FetchOrder& o = orders[static_cast<size_t>(i)];
-          KVLAB_CUDA_CHECK(cudaMemcpyAsync(pool.page(o.hbm_slot), tier.host_page(o.host_slot), static_cast<size_t>(page),
-                                           cudaMemcpyHostToDevice, copy));
-        }
-      });
-      table("fetch " + tag + " method=memcpy_async pieces=" + std::to_string(m) + " GBps=" +
-            fmt("%.2f", gbps(m * page, ms)) + " of_baseline=" + fmt("%.3f", gbps(m * page, ms) / baseline_gbps));
-      for (int blocks : {16, 32, 64, sms, 2 * sms, 0}) {
+    if (spec.format != MirrorFormat::Bf16) {
+      for (int unroll : {4, 8}) {
         const double gms = time_ms(copy, reps, [&] {
-          KVLAB_CUDA_CHECK(launch_gather(d_pieces, static_cast<int>(n), spec, blocks, 256, copy));
+          KVLAB_CUDA_CHECK(launch_gather(d_pieces, static_cast<int>(n), spec, 32, 256, copy, unroll));
+        });
+        table("fetch " + tag + " method=gather_" + spec.name() + " blocks=32 unroll=" + std::to_string(unroll) +
+              " link_GBps=" + fmt("%.2f", gbps(link_bytes, gms)) + " bf16_GBps=" + fmt("%.2f", gbps(bf16_bytes, gms)) +
+              " of_baseline=" + of_base(link_bytes, gms));
+      }
+      KVLAB_CUDA_CHECK(cudaFree(d_pieces));
+      continue;
+    }
+    // Per-page cudaMemcpyAsync (at most 2048 pages: small pieces are slow).
+    const int64_t m = std::min<int64_t>(n, 2048);
+    const double ms = time_ms(copy, std::max(3, reps / 2), [&] {
+      for (int64_t i = 0; i < m; ++i) {
+        const FetchOrder& o = orders[static_cast<size_t>(i)];
+        KVLAB_CUDA_CHECK(cudaMemcpyAsync(pool.page(o.hbm_slot), tier.host_page(o.host_slot), static_cast<size_t>(page),
+                                         cudaMemcpyHostToDevice, copy));
+      }
+    });
+    table("fetch " + tag + " method=memcpy_async pieces=" + std::to_string(m) + " GBps=" + fmt("%.2f", gbps(m * page, ms)) +
+          " of_baseline=" + of_base(m * page, ms));
+    // One cudaMemcpyBatchAsync for all pages (copy engines, no multiprocessors).
+    std::vector<void*> dsts;
+    std::vector<const void*> srcs;
+    std::vector<size_t> sizes(static_cast<size_t>(n), static_cast<size_t>(page));
+    for (const FetchOrder& o : orders) {
+      dsts.push_back(pool.page(o.hbm_slot));
+      srcs.push_back(tier.host_page(o.host_slot));
+    }
+    cudaMemcpyAttributes attr{};
+    attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    attr.srcLocHint.type = cudaMemLocationTypeHost;
+    attr.dstLocHint.type = cudaMemLocationTypeDevice;
+    attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+    size_t attr_index = 0;
+    auto batch = [&](cudaStream_t st) {
+      KVLAB_CUDA_CHECK(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), static_cast<size_t>(n), &attr,
+                                            &attr_index, 1, st));
+    };
+    const double bms = time_ms(copy, reps, [&] { batch(copy); });
+    table("fetch " + tag + " method=memcpy_batch GBps=" + fmt("%.2f", gbps(bf16_bytes, bms)) +
+          " of_baseline=" + of_base(bf16_bytes, bms));
+    overlap_row("memcpy_batch", bf16_bytes, bms, overlap(load, copy, bms, std::max(3, reps / 2), batch));
+
+    for (int unroll : {4, 8}) {
+      for (int blocks : {8, 16, 32, sms, 0}) {
+        const double gms = time_ms(copy, reps, [&] {
+          KVLAB_CUDA_CHECK(launch_gather(d_pieces, static_cast<int>(n), spec, blocks, 256, copy, unroll));
         });
         table("fetch " + tag + " method=gather blocks=" + (blocks == 0 ? std::string("all") : std::to_string(blocks)) +
-              " GBps=" + fmt("%.2f", gbps(link_bytes, gms)) + " of_baseline=" +
-              fmt("%.3f", gbps(link_bytes, gms) / baseline_gbps));
+              " unroll=" + std::to_string(unroll) + " GBps=" + fmt("%.2f", gbps(link_bytes, gms)) +
+              " of_baseline=" + of_base(link_bytes, gms));
       }
-      // Check once that the gather moved the right bytes (first and last page).
-      for (size_t i : {size_t{0}, orders.size() - 1}) {
-        std::vector<uint8_t> got(static_cast<size_t>(page));
-        KVLAB_CUDA_CHECK(cudaMemcpy(got.data(), pool.page(orders[i].hbm_slot), got.size(), cudaMemcpyDeviceToHost));
-        if (std::memcmp(got.data(), tier.host_page(orders[i].host_slot), got.size()) != 0) {
-          std::fprintf(stderr, "fetch_bench: gathered page %zu differs from its host page\n", i);
-          std::exit(1);
-        }
+    }
+    // Check once that the gather moved the right bytes (first and last page).
+    for (size_t i : {size_t{0}, orders.size() - 1}) {
+      std::vector<uint8_t> got(static_cast<size_t>(page));
+      KVLAB_CUDA_CHECK(cudaMemcpy(got.data(), pool.page(orders[i].hbm_slot), got.size(), cudaMemcpyDeviceToHost));
+      if (std::memcmp(got.data(), tier.host_page(orders[i].host_slot), got.size()) != 0) {
+        std::fprintf(stderr, "fetch_bench: gathered page %zu differs from its host page\n", i);
+        std::exit(1);
       }
-    } else {
-      const double gms = time_ms(copy, reps, [&] {
-        KVLAB_CUDA_CHECK(launch_gather(d_pieces, static_cast<int>(n), spec, 32, 256, copy));
-      });
-      table("fetch " + tag + " method=gather_" + spec.name() + " blocks=32 link_GBps=" +
-            fmt("%.2f", gbps(link_bytes, gms)) + " bf16_GBps=" + fmt("%.2f", gbps(bf16_bytes, gms)) +
-            " of_baseline=" + fmt("%.3f", gbps(link_bytes, gms) / baseline_gbps));
     }
     KVLAB_CUDA_CHECK(cudaFree(d_pieces));
-    if (spec.format != MirrorFormat::Bf16) continue;
 
-    // The engine path (descriptor staging, batches with events), alone and overlapped.
-    for (int blocks : {32, sms}) {
+    // The engine path (descriptor staging, page flags, events), alone and overlapped.
+    for (auto [blocks, unroll] : {std::pair{8, 8}, std::pair{16, 8}, std::pair{32, 4}, std::pair{32, 8}}) {
       PrefetchEngine::Options opt;
       opt.max_blocks = blocks;
+      opt.unroll = unroll;
       PrefetchEngine engine(pool, tier, opt);
+      const std::string method = "engine blocks=" + std::to_string(blocks) + " unroll=" + std::to_string(unroll);
       const double ems = time_ms(engine.copy_stream(), reps, [&] {
         engine.issue(orders, 0);
         (void)engine.poll_landed();
       });
       engine.synchronize();
       (void)engine.poll_landed();
-      table("fetch " + tag + " method=engine blocks=" + std::to_string(blocks) + " GBps=" +
-            fmt("%.2f", gbps(link_bytes, ems)) + " of_baseline=" + fmt("%.3f", gbps(link_bytes, ems) / baseline_gbps));
-
-      // Overlap: streaming copies on the compute stream over the whole fetch window.
-      const int64_t copy_bytes = int64_t{1} << 30;
-      uint4 *a = nullptr, *b = nullptr;
-      KVLAB_CUDA_CHECK(cudaMalloc(&a, static_cast<size_t>(copy_bytes)));
-      KVLAB_CUDA_CHECK(cudaMalloc(&b, static_cast<size_t>(copy_bytes)));
-      KVLAB_CUDA_CHECK(launch_fill_random_bf16(reinterpret_cast<uint16_t*>(a), copy_bytes / 2, 5, compute));
-      const int64_t n16 = copy_bytes / 16;
-      const int grid = static_cast<int>((n16 + 1023) / 1024);
-      auto dummy = [&] { stream_copy_kernel<<<grid, 256, 0, compute>>>(a, b, n16); };
-      const double dms = time_ms(compute, reps, dummy);
-      const int launches = static_cast<int>(ems / dms) + 4;
-      std::vector<cudaEvent_t> ev(static_cast<size_t>(launches) + 1);
-      for (auto& e : ev) KVLAB_CUDA_CHECK(cudaEventCreate(&e));
-      cudaEvent_t f0, f1;
-      KVLAB_CUDA_CHECK(cudaEventCreate(&f0));
-      KVLAB_CUDA_CHECK(cudaEventCreate(&f1));
-      std::vector<double> fetch_ms, slow;
-      for (int rep = 0; rep < std::max(3, reps / 2); ++rep) {
-        KVLAB_CUDA_CHECK(cudaDeviceSynchronize());
-        KVLAB_CUDA_CHECK(cudaEventRecord(ev[0], compute));
-        dummy();
-        KVLAB_CUDA_CHECK(cudaEventRecord(ev[1], compute));
-        KVLAB_CUDA_CHECK(cudaEventRecord(f0, engine.copy_stream()));
-        engine.issue(orders, 0);
-        KVLAB_CUDA_CHECK(cudaEventRecord(f1, engine.copy_stream()));
-        for (int i = 1; i < launches; ++i) {
-          dummy();
-          KVLAB_CUDA_CHECK(cudaEventRecord(ev[static_cast<size_t>(i) + 1], compute));
-        }
-        KVLAB_CUDA_CHECK(cudaDeviceSynchronize());
-        (void)engine.poll_landed();
-        float t = 0;
-        KVLAB_CUDA_CHECK(cudaEventElapsedTime(&t, f0, f1));
-        fetch_ms.push_back(t);
-        // Compute launches entirely inside the fetch window, against the launch alone.
-        float fs = 0, fe = 0;
-        KVLAB_CUDA_CHECK(cudaEventElapsedTime(&fs, ev[0], f0));
-        KVLAB_CUDA_CHECK(cudaEventElapsedTime(&fe, ev[0], f1));
-        double inside = 0;
-        int count = 0;
-        for (int i = 1; i < launches; ++i) {
-          float s0 = 0, s1 = 0;
-          KVLAB_CUDA_CHECK(cudaEventElapsedTime(&s0, ev[0], ev[static_cast<size_t>(i)]));
-          KVLAB_CUDA_CHECK(cudaEventElapsedTime(&s1, ev[0], ev[static_cast<size_t>(i) + 1]));
-          if (s0 >= fs && s1 <= fe) {
-            inside += s1 - s0;
-            ++count;
-          }
-        }
-        if (count > 0) slow.push_back(inside / count / dms - 1);
-      }
-      const double fms = median(fetch_ms);
-      table("overlap " + tag + " blocks=" + std::to_string(blocks) + " fetch_GBps_alone=" +
-            fmt("%.2f", gbps(link_bytes, ems)) + " fetch_GBps_overlapped=" + fmt("%.2f", gbps(link_bytes, fms)) +
-            " of_baseline=" + fmt("%.3f", gbps(link_bytes, fms) / baseline_gbps) + " compute_kernel_ms=" +
-            fmt("%.3f", dms) + " compute_TBps=" + fmt("%.2f", 2.0 * copy_bytes / (dms * 1e9)) +
-            " compute_slowdown_pct=" + (slow.empty() ? std::string("n/a") : fmt("%.1f", 100 * median(slow))));
-      for (auto& e : ev) cudaEventDestroy(e);
-      cudaEventDestroy(f0);
-      cudaEventDestroy(f1);
-      KVLAB_CUDA_CHECK(cudaFree(a));
-      KVLAB_CUDA_CHECK(cudaFree(b));
+      table("fetch " + tag + " method=" + method + " GBps=" + fmt("%.2f", gbps(link_bytes, ems)) +
+            " of_baseline=" + of_base(link_bytes, ems) + " engine_link_GBps=" +
+            fmt("%.2f", static_cast<double>(engine.bytes_landed()) / (engine.link_ms() * 1e6)));
+      overlap_row(method, link_bytes, ems, overlap(load, engine.copy_stream(), ems, std::max(3, reps / 2), [&](cudaStream_t) {
+                    engine.issue(orders, 0);
+                  }));
+      engine.synchronize();
+      (void)engine.poll_landed();
     }
   }
 }
@@ -361,7 +412,13 @@ int main(int argc, char** argv) {
     KVLAB_CUDA_CHECK(cudaFree(d));
     table("fetch baseline method=memcpy_1GiB GBps=" + fmt("%.2f", baseline) + " pin_GiB=" +
           std::to_string(args.host_gib) + " pin_s=" + fmt("%.2f", host.pin_seconds()));
-    for (const Shape& s : shapes()) run_shape(s, host, args.reps, baseline, copy, compute, dev.multiprocessors);
+    ComputeLoad load;
+    load.stream = compute;
+    KVLAB_CUDA_CHECK(cudaMalloc(&load.a, static_cast<size_t>(load.bytes)));
+    KVLAB_CUDA_CHECK(cudaMalloc(&load.b, static_cast<size_t>(load.bytes)));
+    KVLAB_CUDA_CHECK(launch_fill_random_bf16(reinterpret_cast<uint16_t*>(load.a), load.bytes / 2, 5, compute));
+    load.alone_ms = time_ms(compute, args.reps, [&] { load.launch(); });
+    for (const Shape& s : shapes()) run_shape(s, host, args.reps, baseline, copy, load, dev.multiprocessors);
     if (g_tsv != nullptr) std::fclose(g_tsv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kvlab_fetch_bench: error: %s\n", e.what());
