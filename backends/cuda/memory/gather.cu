@@ -102,10 +102,26 @@ __device__ void gather_int4(const GatherPiece& p, int group) {
   }
 }
 
+// Publishes the arrival of the block's last `count` pages (the last one at index `last`, the
+// others gridDim.x apart): every thread's stores are ordered before the flags by a fence and a
+// barrier, then one thread writes them.
+__device__ void publish_landed(uint32_t* landed, int last, int count, uint32_t seq) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence_system();
+    for (int k = 0; k < count; ++k) {
+      *static_cast<volatile uint32_t*>(landed + last - k * static_cast<int>(gridDim.x)) = seq;
+    }
+  }
+}
+
 template <MirrorFormat F, int kUnroll>
 __global__ void gather_pages_kernel(const GatherPiece* __restrict__ pieces, int n, int group, uint32_t* landed,
-                                    uint32_t seq) {
-  for (int p = blockIdx.x; p < n; p += gridDim.x) {
+                                    uint32_t seq, int flag_every) {
+  int since = 0;
+  int p = blockIdx.x;
+  for (; p < n; p += gridDim.x) {
     const GatherPiece piece = pieces[p];
     if constexpr (F == MirrorFormat::Bf16) {
       gather_bf16<kUnroll>(piece);
@@ -114,25 +130,21 @@ __global__ void gather_pages_kernel(const GatherPiece* __restrict__ pieces, int 
     } else {
       gather_int4<kUnroll>(piece, group);
     }
-    if (landed != nullptr) {
-      // Every thread's stores are ordered before the flag: fence, barrier, then one store.
-      __threadfence();
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        __threadfence_system();
-        *static_cast<volatile uint32_t*>(landed + p) = seq;
-      }
+    if (landed != nullptr && ++since >= flag_every) {
+      publish_landed(landed, p, since, seq);
+      since = 0;
     }
   }
+  if (landed != nullptr && since > 0) publish_landed(landed, p - static_cast<int>(gridDim.x), since, seq);
 }
 
 template <MirrorFormat F>
 void launch_format(const GatherPiece* pieces, int n, int group, int grid, int threads, cudaStream_t stream,
-                   int unroll, uint32_t* landed, uint32_t seq) {
+                   int unroll, uint32_t* landed, uint32_t seq, int flag_every) {
   if (unroll >= 8) {
-    gather_pages_kernel<F, 8><<<grid, threads, 0, stream>>>(pieces, n, group, landed, seq);
+    gather_pages_kernel<F, 8><<<grid, threads, 0, stream>>>(pieces, n, group, landed, seq, flag_every);
   } else {
-    gather_pages_kernel<F, 4><<<grid, threads, 0, stream>>>(pieces, n, group, landed, seq);
+    gather_pages_kernel<F, 4><<<grid, threads, 0, stream>>>(pieces, n, group, landed, seq, flag_every);
   }
 }
 
@@ -193,18 +205,19 @@ __global__ void fill_random_bf16_kernel(uint16_t* dst, int64_t elems, uint64_t s
 }  // namespace
 
 cudaError_t launch_gather(const GatherPiece* pieces, int n, MirrorSpec spec, int blocks, int threads,
-                          cudaStream_t stream, int unroll, uint32_t* landed, uint32_t seq) {
+                          cudaStream_t stream, int unroll, uint32_t* landed, uint32_t seq, int flag_every) {
   if (n <= 0) return cudaSuccess;
+  if (flag_every < 1) flag_every = 1;
   const int grid = blocks <= 0 || blocks > n ? n : blocks;
   switch (spec.format) {
     case MirrorFormat::Bf16:
-      launch_format<MirrorFormat::Bf16>(pieces, n, spec.group, grid, threads, stream, unroll, landed, seq);
+      launch_format<MirrorFormat::Bf16>(pieces, n, spec.group, grid, threads, stream, unroll, landed, seq, flag_every);
       break;
     case MirrorFormat::Fp8E4m3:
-      launch_format<MirrorFormat::Fp8E4m3>(pieces, n, spec.group, grid, threads, stream, unroll, landed, seq);
+      launch_format<MirrorFormat::Fp8E4m3>(pieces, n, spec.group, grid, threads, stream, unroll, landed, seq, flag_every);
       break;
     case MirrorFormat::Int4:
-      launch_format<MirrorFormat::Int4>(pieces, n, spec.group, grid, threads, stream, unroll, landed, seq);
+      launch_format<MirrorFormat::Int4>(pieces, n, spec.group, grid, threads, stream, unroll, landed, seq, flag_every);
       break;
   }
   return cudaGetLastError();

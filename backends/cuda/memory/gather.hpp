@@ -36,10 +36,13 @@ struct MirrorWrite {
 /// Gathers `n` pieces (descriptors in device memory) on `stream` with `blocks` blocks of
 /// `threads` threads (blocks <= 0: one per piece), `unroll` (4 or 8) 16-byte loads in flight
 /// per thread. When `landed` is given (device view of mapped host memory, n entries), the
-/// block that finishes piece p writes `seq` into landed[p] after the page is written: the
-/// host sees each page arrive. Returns the launch error.
+/// block that finishes piece p writes `seq` into landed[p] once the page is written, for every
+/// `flag_every` pages it finishes (one fence per flag group: fences wait for the block's
+/// stores, which costs most on small pages under contention): the host sees pages arrive.
+/// Returns the launch error.
 cudaError_t launch_gather(const GatherPiece* pieces, int n, MirrorSpec spec, int blocks, int threads,
-                          cudaStream_t stream, int unroll = 4, uint32_t* landed = nullptr, uint32_t seq = 0);
+                          cudaStream_t stream, int unroll = 4, uint32_t* landed = nullptr, uint32_t seq = 0,
+                          int flag_every = 1);
 
 /// Writes `n` mirror ranges (descriptors in device memory), quantising as spec says.
 cudaError_t launch_mirror_write(const MirrorWrite* writes, int n, MirrorSpec spec, cudaStream_t stream);

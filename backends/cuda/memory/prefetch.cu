@@ -121,8 +121,11 @@ void PrefetchEngine::issue_chunk(std::span<const FetchOrder> orders, int64_t req
   KVLAB_CUDA_CHECK(cudaEventRecord(b.start, copy_));
   KVLAB_CUDA_CHECK(cudaMemcpyAsync(device_ + at, staging_ + at, static_cast<size_t>(n) * sizeof(GatherPiece),
                                    cudaMemcpyHostToDevice, copy_));
+  const int64_t flag_every =
+      options_.flag_bytes > 0 ? std::max<int64_t>(1, options_.flag_bytes / pool_->page_bytes()) : 1;
   KVLAB_CUDA_CHECK(launch_gather(device_ + at, static_cast<int>(n), mirror_->spec(), options_.max_blocks,
-                                 options_.threads, copy_, options_.unroll, flags_device_ + at, seq));
+                                 options_.threads, copy_, options_.unroll, flags_device_ + at, seq,
+                                 static_cast<int>(flag_every)));
   KVLAB_CUDA_CHECK(cudaEventRecord(b.done, copy_));
   issues_.push_back(b);
 }

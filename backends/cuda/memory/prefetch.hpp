@@ -40,7 +40,9 @@ class PrefetchEngine {
   struct Options {
     int max_blocks = 32;           // persistent gather grid (<= 0: one block per page)
     int threads = 256;
-    int unroll = 4;                // 16-byte loads in flight per thread (4 or 8)
+    int unroll = 8;                // 16-byte loads in flight per thread (4 or 8)
+    int64_t flag_bytes = 0;        // a block publishes arrivals once per this many bytes of its
+                                   // pages (0: every page, the measured default; NOTES.md)
     int64_t ring_pages = 1 << 18;  // descriptors staged at once; a larger issue is split
   };
 

@@ -111,6 +111,7 @@ TEST_P(MemoryGpuSanitize, EvictFetchRoundTripMatchesTheCpuReference) {
   opt.ring_pages = 16;  // the descriptor ring wraps several times
   opt.max_blocks = 5;
   opt.unroll = rt.chunk_tokens == 16 ? 8 : 4;
+  opt.flag_bytes = rt.chunk_tokens == 64 ? 0 : 3 * shape.page_bytes();  // flags per page, or per 3
   PrefetchEngine engine(pool, mirror, opt);
   engine.issue(orders, 0);
   engine.synchronize();
@@ -147,7 +148,9 @@ __global__ void spin_kernel(float* out, int64_t n) {
 // A 256 MiB fetch needs at least 4.8 ms on a 55 GB/s link: a host polling in a loop sees the
 // pages arrive a few at a time (page flags, not one event per fetch), each exactly once; a
 // compute stream that waits for the fetch right away stalls for more than 1 ms.
-TEST(MemoryGpu, MeasuredArrivalPageByPageAndStall) {
+class MemoryGpuArrival : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(MemoryGpuArrival, PageByPageAndStall) {
   SKIP_WITHOUT_GPU();
   const Geometry g = Geometry::preset("llama3-8b");
   const RowLayout rows{g.n_layers, 1};
@@ -161,7 +164,9 @@ TEST(MemoryGpu, MeasuredArrivalPageByPageAndStall) {
   }
   cudaStream_t compute = nullptr;
   KVLAB_CUDA_CHECK(cudaStreamCreate(&compute));
-  PrefetchEngine engine(pool, mirror);
+  PrefetchEngine::Options opt;
+  opt.flag_bytes = GetParam();
+  PrefetchEngine engine(pool, mirror, opt);
   engine.issue(orders, 3);
   EXPECT_EQ(engine.bytes_issued(), pages * shape.page_bytes());
   std::vector<int> seen(static_cast<size_t>(pages), 0);
@@ -203,6 +208,10 @@ TEST(MemoryGpu, MeasuredArrivalPageByPageAndStall) {
   KVLAB_CUDA_CHECK(cudaFree(buf));
   KVLAB_CUDA_CHECK(cudaStreamDestroy(compute));
 }
+
+// Flags for every page, and for every 5 pages of a block (1024 pages over 32 blocks leave a
+// last group of 2: the tail is published too).
+INSTANTIATE_TEST_SUITE_P(FlagGroups, MemoryGpuArrival, ::testing::Values(int64_t{0}, int64_t{5} << 18));
 
 TEST(MemoryGpu, PoolsThatDoNotFitAreRefusedWithByteCounts) {
   SKIP_WITHOUT_GPU();

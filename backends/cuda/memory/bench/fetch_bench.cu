@@ -342,12 +342,19 @@ void run_shape(const Shape& s, PinnedHostTier& host, int reps, double baseline_g
     KVLAB_CUDA_CHECK(cudaFree(d_pieces));
 
     // The engine path (descriptor staging, page flags, events), alone and overlapped.
-    for (auto [blocks, unroll] : {std::pair{8, 8}, std::pair{16, 8}, std::pair{32, 4}, std::pair{32, 8}}) {
+    struct EngineConfig {
+      int blocks, unroll;
+      int64_t flag_bytes;
+    };
+    for (EngineConfig c : {EngineConfig{16, 8, 0}, EngineConfig{32, 4, 0}, EngineConfig{32, 8, 0},
+                           EngineConfig{32, 8, 256 << 10}, EngineConfig{32, 8, 1 << 20}}) {
       PrefetchEngine::Options opt;
-      opt.max_blocks = blocks;
-      opt.unroll = unroll;
+      opt.max_blocks = c.blocks;
+      opt.unroll = c.unroll;
+      opt.flag_bytes = c.flag_bytes;
       PrefetchEngine engine(pool, tier, opt);
-      const std::string method = "engine blocks=" + std::to_string(blocks) + " unroll=" + std::to_string(unroll);
+      const std::string method = "engine blocks=" + std::to_string(c.blocks) + " unroll=" + std::to_string(c.unroll) +
+                                 " flag_KiB=" + std::to_string(c.flag_bytes >> 10);
       const double ems = time_ms(engine.copy_stream(), reps, [&] {
         engine.issue(orders, 0);
         (void)engine.poll_landed();
