@@ -1,5 +1,7 @@
 #include "backends/cuda/memory/page_book.hpp"
 
+#include "core/backend.hpp"
+
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -194,23 +196,31 @@ void RequestPages::land(int row, int64_t chunk) {
   resident_[r].set(chunk);
 }
 
-std::vector<FetchOrder> RequestPages::apply(const StepDeltas& deltas) {
+std::vector<FetchOrder> RequestPages::apply(const PageDeltas& deltas) {
   // The new token's K and V exist before the policy decides (as in Ledger::begin_step), so a
   // full pool fails here even when the plan would free pages.
   grow_to(deltas.n_tokens);
+  std::vector<RowChunk> land_later;
+  for (const RowChunk& rc : deltas.landed) {
+    if (state(rc.row, rc.chunk) == PageState::InFlight) {
+      land(rc.row, rc.chunk);
+    } else {
+      land_later.push_back(rc);  // fetched in this step
+    }
+  }
   for (const RowChunk& rc : deltas.dropped) evict(rc, true);
   for (const RowChunk& rc : deltas.evicted_to_host) evict(rc, false);
   for (const RowChunk& rc : deltas.cancelled) cancel(rc);
   std::vector<FetchOrder> orders;
   orders.reserve(deltas.fetched.size());
   for (const RowChunk& rc : deltas.fetched) orders.push_back(fetch(rc));
-  for (const RowChunk& rc : deltas.landed) land(rc.row, rc.chunk);
+  for (const RowChunk& rc : land_later) land(rc.row, rc.chunk);
   return orders;
 }
 
-StepDeltas RequestPages::diff(int64_t n_tokens, const Residency& hbm, const Residency& in_flight,
+PageDeltas RequestPages::diff(int64_t n_tokens, const Residency& hbm, const Residency& in_flight,
                               EvictTo evict_to) const {
-  StepDeltas d;
+  PageDeltas d;
   d.n_tokens = n_tokens;
   const int64_t chunks = hbm.n_chunks();
   for (int r = 0; r < rows_.rows(); ++r) {
@@ -238,6 +248,28 @@ StepDeltas RequestPages::diff(int64_t n_tokens, const Residency& hbm, const Resi
       }
     }
   }
+  return d;
+}
+
+namespace {
+
+void append_rows(const Residency* set, RowLayout rows, std::vector<RowChunk>& out) {
+  if (set == nullptr) return;
+  for (int r = 0; r < rows.rows(); ++r) {
+    set->row(r).for_each([&](int64_t c) { out.push_back({r, c}); });
+  }
+}
+
+}  // namespace
+
+PageDeltas page_deltas(const StepIO& io, RowLayout rows, bool include_landed) {
+  PageDeltas d;
+  d.n_tokens = io.n_tokens;
+  append_rows(io.evicted, rows, d.evicted_to_host);
+  append_rows(io.dropped, rows, d.dropped);
+  append_rows(io.cancelled, rows, d.cancelled);
+  append_rows(io.fetched, rows, d.fetched);
+  if (include_landed) append_rows(io.landed, rows, d.landed);
   return d;
 }
 

@@ -29,6 +29,10 @@
 #include "core/plan.hpp"
 #include "core/residency.hpp"
 
+namespace kvlab {
+struct StepIO;
+}
+
 namespace kvlab::cuda {
 
 /// The byte shape of a page at a geometry and row layout.
@@ -50,9 +54,9 @@ struct RowChunk {
   bool operator==(const RowChunk&) const = default;
 };
 
-/// What changed for one request in one step, row by row (the engine's per-step I/O, or the
-/// difference between two Ledger states from RequestPages::diff).
-struct StepDeltas {
+/// What changed for one request in one step, row by row: the engine's per-step I/O
+/// (page_deltas(StepIO)), or the difference between two Ledger states (RequestPages::diff).
+struct PageDeltas {
   int64_t n_tokens = 0;                  // context length after this step's new token
   std::vector<RowChunk> evicted_to_host; // HBM page freed, host copy kept
   std::vector<RowChunk> dropped;         // both freed (from HBM or from host)
@@ -80,6 +84,11 @@ struct AppendOrder {
   int64_t token_end = 0;
 };
 
+/// The engine's step I/O (core/backend.hpp) as row lists, uniform sets expanded to every row.
+/// With include_landed false (measured arrival: the backend lands what it measured itself,
+/// RequestPages::land), io.landed is left out.
+[[nodiscard]] PageDeltas page_deltas(const StepIO& io, RowLayout rows, bool include_landed);
+
 enum class PageState : uint8_t { Absent, Resident, InFlight, HostOnly, Dropped };
 
 class RequestPages {
@@ -92,17 +101,18 @@ class RequestPages {
   RequestPages(const RequestPages&) = delete;
   RequestPages& operator=(const RequestPages&) = delete;
 
-  /// Applies one step: the new tokens first (new chunks get pages in both tiers), then frees
-  /// (drops, evictions, cancelled fetches), then fetches (HBM pages reserved), then landings.
+  /// Applies one step: the new tokens first (new chunks get pages in both tiers), landings of
+  /// fetches from earlier steps (one may have landed and then been evicted), then frees (drops,
+  /// evictions, cancelled fetches), then fetches (HBM pages reserved), then landings of those.
   /// Returns the fetches to issue. Throws CapacityError when a pool is full, std::logic_error
   /// for a delta that does not match the state (e.g. fetching a dropped chunk).
-  std::vector<FetchOrder> apply(const StepDeltas& deltas);
+  std::vector<FetchOrder> apply(const PageDeltas& deltas);
 
   /// The deltas that take this book to a Ledger's state. Call it after Ledger::begin_step (new
   /// chunks, fetches that landed before the step) and again after Ledger::apply (the plan):
   /// chunks that left HBM went to `evict_to` (the plan's), in-flight chunks that left went back
   /// to host (a cancelled fetch), in-flight chunks now in HBM landed.
-  [[nodiscard]] StepDeltas diff(int64_t n_tokens, const Residency& hbm, const Residency& in_flight,
+  [[nodiscard]] PageDeltas diff(int64_t n_tokens, const Residency& hbm, const Residency& in_flight,
                                 EvictTo evict_to) const;
 
   /// Marks an in-flight page as arrived (measured-arrival mode).

@@ -97,13 +97,13 @@ TEST_P(MemoryGpuSanitize, EvictFetchRoundTripMatchesTheCpuReference) {
       all.push_back({r, c});
     }
   }
-  StepDeltas evict;
+  PageDeltas evict;
   evict.n_tokens = prompt;
   evict.evicted_to_host = all;
   book.apply(evict);
   KVLAB_CUDA_CHECK(cudaMemset(pool.base(), 0xff, static_cast<size_t>(pool.slots().capacity_bytes())));
 
-  StepDeltas fetch;
+  PageDeltas fetch;
   fetch.n_tokens = prompt;
   fetch.fetched = {all.rbegin(), all.rend()};  // another order than the slots were handed out
   const std::vector<FetchOrder> orders = book.apply(fetch);

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "backends/cuda/memory/page_book.hpp"
+#include "core/backend.hpp"
 #include "core/ledger.hpp"
 
 namespace kvlab::cuda {
@@ -40,7 +41,9 @@ Plan random_plan(const Ledger& ledger, RowLayout rows, std::mt19937_64& rng, boo
   if (per_row) {
     for (int r = 0; r < rows.rows(); ++r) edit(plan.keep.mutable_row(r));
   } else {
-    edit(plan.keep.make_uniform());
+    ChunkMask shared = plan.keep.row(0);  // rows agree: the last plans were uniform too
+    edit(shared);
+    plan.keep.make_uniform() = shared;
   }
   return plan;
 }
@@ -83,13 +86,13 @@ TEST_P(PageBookVsLedger, OccupancyEqualsLedgerEveryStep) {
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t n_tokens = prompt + t + 1;
     ledger.begin_step(t, n_tokens);
-    const StepDeltas arrived = book.diff(n_tokens, ledger.resident(), ledger.in_flight(), EvictTo::Host);
+    const PageDeltas arrived = book.diff(n_tokens, ledger.resident(), ledger.in_flight(), EvictTo::Host);
     ASSERT_TRUE(book.apply(arrived).empty());
     ASSERT_TRUE(arrived.evicted_to_host.empty() && arrived.dropped.empty() && arrived.cancelled.empty());
     landed_later += static_cast<int64_t>(arrived.landed.size());
     const Plan plan = random_plan(ledger, sc.rows, rng, sc.per_row_plans);
     ledger.apply(plan);
-    const StepDeltas d = book.diff(n_tokens, ledger.resident(), ledger.in_flight(), plan.evict_to);
+    const PageDeltas d = book.diff(n_tokens, ledger.resident(), ledger.in_flight(), plan.evict_to);
     const std::vector<FetchOrder> orders = book.apply(d);
     fetched += static_cast<int64_t>(orders.size());
     cancelled += static_cast<int64_t>(d.cancelled.size());
@@ -123,6 +126,73 @@ TEST_P(PageBookVsLedger, OccupancyEqualsLedgerEveryStep) {
   EXPECT_GT(dropped, 0);
 }
 
+// The same sequence through the engine's step I/O (the Ledger's own per-row deltas), in both
+// arrival modes: modelled (the Ledger lands fetches by its clock) and measured (the backend
+// reports a random part of what is in flight as landed, as the prefetch engine's flags would).
+TEST_P(PageBookVsLedger, StepIoDeltasKeepOccupancyEqualInBothArrivalModes) {
+  const Scenario sc = GetParam();
+  const Geometry g = small_geometry(sc.chunk_tokens);
+  const PageShape shape = PageShape::of(g, sc.rows);
+  FetchTiming timing;
+  timing.step_overhead_s = 1e-3;
+  timing.link_bytes_per_s = static_cast<double>(g.chunk_tokens * g.bytes_per_token()) / 1.5e-3;
+  const int64_t prompt = 5 * sc.chunk_tokens + 3;
+  const int64_t steps = 3 * sc.chunk_tokens + 5;
+  const int64_t max_chunks = g.chunks_for(prompt + steps);
+  for (ArrivalMode mode : {ArrivalMode::Modelled, ArrivalMode::Measured}) {
+    SlotAllocator hbm(max_chunks * sc.rows.rows(), shape.page_bytes(), "HBM page pool");
+    SlotAllocator host(max_chunks * sc.rows.rows(), shape.page_bytes(), "pinned host tier");
+    Ledger ledger(g, sc.rows, prompt, timing, mode);
+    RequestPages book(hbm, &host, shape, sc.rows, prompt, 1);
+    std::mt19937_64 rng(7);
+    int64_t landed_total = 0;
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t n_tokens = prompt + t + 1;
+      ledger.begin_step(t, n_tokens);
+      const Plan plan = random_plan(ledger, sc.rows, rng, sc.per_row_plans);
+      ledger.apply(plan);
+      StepIO io;
+      io.step = t;
+      io.n_tokens = n_tokens;
+      io.fetched = &ledger.deltas().fetched;
+      io.evicted = &ledger.deltas().evicted;
+      io.dropped = &ledger.deltas().dropped;
+      io.cancelled = &ledger.deltas().cancelled;
+      io.landed = &ledger.deltas().landed;
+      const bool measured = mode == ArrivalMode::Measured;
+      (void)book.apply(page_deltas(io, sc.rows, !measured));
+      if (measured) {
+        Residency landed(sc.rows, ledger.n_chunks());
+        std::bernoulli_distribution arrive(0.4);
+        for (int r = 0; r < sc.rows.rows(); ++r) {
+          ledger.in_flight().row(r).for_each([&](int64_t c) {
+            if (arrive(rng)) {
+              landed.mutable_row(r).set(c);
+              book.land(r, c);
+              ++landed_total;
+            }
+          });
+        }
+        ledger.land_reported(landed);
+      } else {
+        landed_total += ledger.deltas().landed.rows() > 0 ? [&] {
+          int64_t n = 0;
+          for (int r = 0; r < sc.rows.rows(); ++r) n += ledger.deltas().landed.row(r).count();
+          return n;
+        }() : 0;
+      }
+      const TierBytes b = ledger.bytes();
+      ASSERT_EQ(book.resident_bytes(), b.hbm_kv) << arrival_mode_name(mode) << " step " << t;
+      ASSERT_EQ(book.mirror_bytes(), b.hbm_kv + b.host) << arrival_mode_name(mode) << " step " << t;
+      ASSERT_EQ(book.dropped_bytes(), b.dropped) << arrival_mode_name(mode) << " step " << t;
+      ASSERT_EQ(book.hbm_pages(), hbm.used());
+      expect_same_rows(book, ledger, sc.rows, t);
+      ledger.end_step();
+    }
+    EXPECT_GT(landed_total, 0) << arrival_mode_name(mode);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Layouts, PageBookVsLedger,
                          ::testing::Values(Scenario{{30, 1}, 16, false}, Scenario{{30, 1}, 16, true},
                                            Scenario{{30, 3}, 8, true}, Scenario{{30, 3}, 64, false}));
@@ -135,7 +205,7 @@ TEST(PageBook, NewTokensAreAppendedToBothTiers) {
   SlotAllocator host(16, shape.page_bytes(), "pinned host tier");
   RequestPages book(hbm, &host, shape, rows, 6, 0);  // chunks 0 (full) and 1 (2 of 4 tokens)
   EXPECT_EQ(book.hbm_pages(), 4);
-  StepDeltas d;
+  PageDeltas d;
   d.n_tokens = 9;  // tokens 6..8: the rest of chunk 1 and the first of chunk 2
   ASSERT_TRUE(book.apply(d).empty());
   ASSERT_EQ(book.appends().size(), 4U);
@@ -161,7 +231,7 @@ TEST(PageBook, EvictFreesOnlyHbmDropFreesBoth) {
   SlotAllocator hbm(8, shape.page_bytes(), "HBM page pool");
   SlotAllocator host(8, shape.page_bytes(), "pinned host tier");
   RequestPages book(hbm, &host, shape, rows, 12, 0);
-  StepDeltas d;
+  PageDeltas d;
   d.n_tokens = 12;
   d.evicted_to_host = {{0, 0}};
   d.dropped = {{0, 1}};
@@ -170,7 +240,7 @@ TEST(PageBook, EvictFreesOnlyHbmDropFreesBoth) {
   EXPECT_EQ(book.state(0, 1), PageState::Dropped);
   EXPECT_EQ(hbm.used(), 1);
   EXPECT_EQ(host.used(), 2);
-  StepDeltas f;
+  PageDeltas f;
   f.n_tokens = 12;
   f.fetched = {{0, 0}};
   const auto orders = book.apply(f);
@@ -180,7 +250,7 @@ TEST(PageBook, EvictFreesOnlyHbmDropFreesBoth) {
   EXPECT_EQ(book.resident_bytes(), 4 * g.bytes_per_token());  // in flight is not resident yet
   book.land(0, 0);
   EXPECT_EQ(book.state(0, 0), PageState::Resident);
-  StepDeltas bad;
+  PageDeltas bad;
   bad.n_tokens = 12;
   bad.fetched = {{0, 1}};
   EXPECT_THROW(book.apply(bad), std::logic_error);  // a dropped chunk cannot come back
@@ -209,7 +279,7 @@ TEST(PageBook, WithoutMirrorEvictionDrops) {
   const RowLayout rows{1, 1};
   SlotAllocator hbm(8, PageShape::of(g, rows).page_bytes(), "HBM page pool");
   RequestPages book(hbm, nullptr, PageShape::of(g, rows), rows, 8, 0);
-  StepDeltas d;
+  PageDeltas d;
   d.n_tokens = 8;
   d.evicted_to_host = {{0, 0}};
   book.apply(d);
