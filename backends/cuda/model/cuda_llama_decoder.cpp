@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -102,6 +103,9 @@ CudaLlamaDecoder::CudaLlamaDecoder(std::shared_ptr<const LlamaWeights> weights, 
   KVLAB_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   check_cublas(cublasCreate(&cublas_), "cublasCreate");
   check_cublas(cublasSetStream(cublas_, stream_), "cublasSetStream");
+  // A workspace of our own: cuBLAS then allocates nothing while a step is captured in a graph.
+  cublas_workspace_.reset(32U << 20);
+  check_cublas(cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()), "cublasSetWorkspace");
   for (cudaEvent_t* e : {&ev_start_, &ev_end_}) KVLAB_CUDA_CHECK(cudaEventCreate(e));
   attn_events_.resize(2 * static_cast<size_t>(config().n_layers));
   for (cudaEvent_t& e : attn_events_) KVLAB_CUDA_CHECK(cudaEventCreate(&e));
@@ -130,6 +134,7 @@ CudaLlamaDecoder::~CudaLlamaDecoder() {
   for (cudaEvent_t e : attn_events_) {
     if (e != nullptr) cudaEventDestroy(e);
   }
+  if (graph_exec_ != nullptr) cudaGraphExecDestroy(graph_exec_);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -319,6 +324,38 @@ CudaLlamaDecoder::PagedLists CudaLlamaDecoder::paged_lists(int batch, int max_ch
     lists.layer_begin.push_back(static_cast<int64_t>(lists.indices.size()));
   }
   return lists;
+}
+
+void CudaLlamaDecoder::run_graph(const std::vector<int64_t>& key, const std::function<void()>& forward) {
+  if (graph_exec_ == nullptr || key != graph_key_) {
+    if (graph_exec_ != nullptr) cudaGraphExecDestroy(graph_exec_);
+    graph_exec_ = nullptr;
+    cudaGraph_t graph = nullptr;
+    KVLAB_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      forward();
+    } catch (const std::exception&) {
+      // Something in the pass cannot be captured here: end the capture, run without graphs.
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      graphs_failed_ = true;
+      forward();
+      return;
+    }
+    KVLAB_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    const cudaError_t err = cudaGraphInstantiate(&graph_exec_, graph, 0);
+    cudaGraphDestroy(graph);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      graph_exec_ = nullptr;
+      graphs_failed_ = true;
+      forward();
+      return;
+    }
+    graph_key_ = key;
+  }
+  KVLAB_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
 }
 
 void CudaLlamaDecoder::read_timing() {
@@ -709,60 +746,88 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     run_sparse_decode(pool, rows, full_out, paged_full_ws_[static_cast<size_t>(l)]->view(), stream_);
   };
 
-  KVLAB_CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
-  if (options_.fp32_lm_head) {
-    launch_embedding(EmbeddingView<float>{embd_f32_.get(), tokens_d_.get(), x_.get(), batch, c.hidden}, stream_);
-  } else {
-    launch_embedding(EmbeddingView<bf16>{embd_bf16_.get(), tokens_d_.get(), x_.get(), batch, c.hidden}, stream_);
-  }
-  layers(batch, positions_d_.get(), 0, slot_table_d_.get(), max_chunks, true, 0, [&](int l, const KvPoolView& pool) {
-    if (paged) {
-      paged_attention(l);
-      return;
-    }
-    DecodeAttentionView d;
-    d.q = qkv_.get();
-    d.q_stride = qkv_dim;
-    d.batch = batch;
-    d.n_heads = c.n_heads;
-    d.pool = pool;
-    d.layer = l;
-    d.slot_table = slot_table_d_.get();
-    d.slot_stride = max_chunks;
-    d.n_tokens = ntok_d_.get();
-    d.max_chunks = max_chunks;
-    d.attended = any_restricted ? attended_d_.get() : nullptr;
-    d.attended_seq_stride = seq_words;
-    d.attended_row_stride = row_words;
-    d.summary_chunks = max_groups > 0 ? summary_chunks_d_.get() : nullptr;
-    d.max_groups = max_groups;
-    d.partial = partial_.get();
-    d.summary_partial = max_groups > 0 ? summary_partial_.get() : nullptr;
-    d.out = attn_.get();
-    d.out_stride = q_dim;
-    d.mass = mass_d_.get();
-    d.full_mass = any_full ? full_d_.get() : nullptr;
-    d.mass_seq_stride = static_cast<int64_t>(n_rows) * max_chunks;
-    d.mass_row_stride = max_chunks;
-    d.summary_mass = summary_mass_d_.get();
-    d.summary_seq_stride = n_rows;
-    d.variant = options_.decode_attention_variant;
-    launch_decode_attention(d, stream_);
-  });
-  lm_head(batch);
+  // Everything the forward pass writes is sized before it, so that it can be captured into a
+  // CUDA graph (no allocation inside) and replayed while the shapes and buffers stay put.
   next_d_.reserve(nb);
+  logits_.reserve(nb * c.vocab);
+  features_.reserve(nb * c.hidden);
+  if (options_.fp32_lm_head) {
+    head_in_f32_.reserve(nb * c.hidden);
+  } else {
+    head_in_bf16_.reserve(nb * c.hidden);
+  }
   if (any_sampled) {
     temperature_d_.reserve(nb);
     uniform_d_.reserve(nb);
     temperature_d_.upload(temperature.data(), nb, stream_);
     uniform_d_.upload(uniform.data(), nb, stream_);
-    launch_sample(SampleView{logits_.get(), temperature_d_.get(), uniform_d_.get(), next_d_.get(), batch, c.vocab, c.vocab},
-                  stream_);
-  } else {
-    launch_argmax(ArgmaxView{logits_.get(), next_d_.get(), batch, c.vocab, c.vocab}, stream_);
   }
-  KVLAB_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
-
+  auto forward = [&] {
+    KVLAB_CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
+    if (options_.fp32_lm_head) {
+      launch_embedding(EmbeddingView<float>{embd_f32_.get(), tokens_d_.get(), x_.get(), batch, c.hidden}, stream_);
+    } else {
+      launch_embedding(EmbeddingView<bf16>{embd_bf16_.get(), tokens_d_.get(), x_.get(), batch, c.hidden}, stream_);
+    }
+    layers(batch, positions_d_.get(), 0, slot_table_d_.get(), max_chunks, true, 0, [&](int l, const KvPoolView& pool) {
+      if (paged) {
+        paged_attention(l);
+        return;
+      }
+      DecodeAttentionView d;
+      d.q = qkv_.get();
+      d.q_stride = qkv_dim;
+      d.batch = batch;
+      d.n_heads = c.n_heads;
+      d.pool = pool;
+      d.layer = l;
+      d.slot_table = slot_table_d_.get();
+      d.slot_stride = max_chunks;
+      d.n_tokens = ntok_d_.get();
+      d.max_chunks = max_chunks;
+      d.attended = any_restricted ? attended_d_.get() : nullptr;
+      d.attended_seq_stride = seq_words;
+      d.attended_row_stride = row_words;
+      d.summary_chunks = max_groups > 0 ? summary_chunks_d_.get() : nullptr;
+      d.max_groups = max_groups;
+      d.partial = partial_.get();
+      d.summary_partial = max_groups > 0 ? summary_partial_.get() : nullptr;
+      d.out = attn_.get();
+      d.out_stride = q_dim;
+      d.mass = mass_d_.get();
+      d.full_mass = any_full ? full_d_.get() : nullptr;
+      d.mass_seq_stride = static_cast<int64_t>(n_rows) * max_chunks;
+      d.mass_row_stride = max_chunks;
+      d.summary_mass = summary_mass_d_.get();
+      d.summary_seq_stride = n_rows;
+      d.variant = options_.decode_attention_variant;
+      launch_decode_attention(d, stream_);
+    });
+    lm_head(batch);
+    if (any_sampled) {
+      launch_sample(SampleView{logits_.get(), temperature_d_.get(), uniform_d_.get(), next_d_.get(), batch, c.vocab, c.vocab},
+                    stream_);
+    } else {
+      launch_argmax(ArgmaxView{logits_.get(), next_d_.get(), batch, c.vocab, c.vocab}, stream_);
+    }
+    KVLAB_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
+  };
+  if (options_.cuda_graphs && !paged && !graphs_failed_) {
+    const std::vector<int64_t> key{batch, max_chunks, max_groups, any_restricted, any_full, any_sampled,
+                                   options_.decode_attention_variant, seq_words,
+                                   reinterpret_cast<int64_t>(x_.get()), reinterpret_cast<int64_t>(qkv_.get()),
+                                   reinterpret_cast<int64_t>(slot_table_d_.get()), reinterpret_cast<int64_t>(attended_d_.get()),
+                                   reinterpret_cast<int64_t>(partial_.get()), reinterpret_cast<int64_t>(summary_partial_.get()),
+                                   reinterpret_cast<int64_t>(mass_d_.get()), reinterpret_cast<int64_t>(full_d_.get()),
+                                   reinterpret_cast<int64_t>(logits_.get()), reinterpret_cast<int64_t>(features_.get()),
+                                   reinterpret_cast<int64_t>(summary_chunks_d_.get()), reinterpret_cast<int64_t>(ntok_d_.get()),
+                                   reinterpret_cast<int64_t>(next_d_.get()), reinterpret_cast<int64_t>(temperature_d_.get()),
+                                   reinterpret_cast<int64_t>(uniform_d_.get()), reinterpret_cast<int64_t>(head_in_f32_.get()),
+                                   reinterpret_cast<int64_t>(head_in_bf16_.get()), reinterpret_cast<int64_t>(summary_mass_d_.get())};
+    run_graph(key, forward);
+  } else {
+    forward();
+  }
   std::vector<int32_t> next;
   download(next, next_d_.get(), nb, stream_);
   std::vector<float> logits, mass, full, summary_mass, features;

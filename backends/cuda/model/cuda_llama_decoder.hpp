@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <unordered_map>
@@ -60,6 +61,10 @@ struct CudaDecoderOptions {
   /// (CSR page lists per (sequence, layer, KV head) row; steps with summary entries fall back
   /// to 0).
   int decode_attention_variant = 0;
+  /// Replay decode steps from a CUDA graph while batch, chunk count and buffers stay the same
+  /// (re-captured when they change; not with variant 3). Falls back to plain launches if a
+  /// capture fails.
+  bool cuda_graphs = false;
 };
 
 using SequenceId = int64_t;
@@ -137,6 +142,9 @@ class CudaLlamaDecoder {
   [[nodiscard]] const CudaStepTiming& last_timing() const { return timing_; }
   /// For benchmarks comparing kernels on the same cache (see CudaDecoderOptions).
   void set_decode_attention_variant(int variant) { options_.decode_attention_variant = variant; }
+  void set_cuda_graphs(bool on) { options_.cuda_graphs = on; }
+  /// True once a graph capture failed (steps then launch kernels directly).
+  [[nodiscard]] bool graphs_failed() const { return graphs_failed_; }
 
   /// Mean post-RoPE key of the feature layer over a complete chunk, all KV heads concatenated.
   [[nodiscard]] std::vector<float> chunk_features(SequenceId sequence, int64_t chunk) const;
@@ -172,6 +180,7 @@ class CudaLlamaDecoder {
   void gemm(const bf16* w, int out, int in, const bf16* x, int rows, float* y, bool accumulate);
   void lm_head(int rows);
   void read_timing();
+  void run_graph(const std::vector<int64_t>& key, const std::function<void()>& forward);
   /// The transformer layers over `rows` rows already embedded in x_; `attention` runs
   /// the layer's attention into attn_.
   template <class Attention>
@@ -187,6 +196,10 @@ class CudaLlamaDecoder {
   cudaEvent_t ev_start_ = nullptr, ev_end_ = nullptr;
   std::vector<cudaEvent_t> attn_events_;  // per layer: before and after attention
   CudaStepTiming timing_;
+  DeviceArray<char> cublas_workspace_;
+  cudaGraphExec_t graph_exec_ = nullptr;
+  std::vector<int64_t> graph_key_;
+  bool graphs_failed_ = false;
 
   // Weights.
   std::vector<LayerWeights> layers_;

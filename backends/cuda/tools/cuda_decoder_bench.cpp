@@ -199,6 +199,19 @@ int run(const Options& o) {
         first = false;
       }
       dec.set_decode_attention_variant(0);
+      // Launch overhead: the same step replayed from a CUDA graph.
+      dec.set_cuda_graphs(true);
+      const std::vector<SequenceId> sub(ids.begin(), ids.begin() + batch);
+      const DecodeFigures f = time_decode(dec, sub, 1.0, o.warmup, o.steps);
+      dec.set_cuda_graphs(false);
+      const double tps = static_cast<double>(batch) / (f.wall_ms / 1e3);
+      std::printf("TABLE decode ctx %5lld batch %3lld full    graphs : %9.0f tokens/s  step %7.3f ms (device %7.3f, "
+                  "attention %7.3f)%s\n",
+                  static_cast<long long>(ctx), static_cast<long long>(batch), tps, f.wall_ms, f.device_ms,
+                  f.attention_ms, dec.graphs_failed() ? " [capture failed: plain launches]" : "");
+      json << ", {\"context\": " << ctx << ", \"batch\": " << batch
+           << ", \"keep\": 1, \"cuda_graphs\": true, \"tokens_per_s\": " << tps << ", \"step_ms\": " << f.wall_ms
+           << ", \"device_ms\": " << f.device_ms << ", \"attention_ms\": " << f.attention_ms << "}";
     }
     for (SequenceId id : ids) dec.close(id);
   }

@@ -366,6 +366,43 @@ TEST(CudaLlamaDecoder, PagedKernelAgreesWithOwnKernelsAtSmolLm2Shapes) {
   EXPECT_LT(worst.full, 2e-2);
 }
 
+TEST(CudaLlamaDecoder, GraphReplayEqualsPlainLaunches) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = tiny_weights(11);
+  CudaDecoderOptions plain_opt = tiny_options();
+  CudaDecoderOptions graph_opt = plain_opt;
+  graph_opt.cuda_graphs = true;
+  CudaLlamaDecoder plain(weights, plain_opt);
+  CudaLlamaDecoder graphed(weights, graph_opt);
+  const auto prompt = random_tokens(13, weights->config.vocab, 12);
+  const SequenceId a = plain.open();
+  const SequenceId b = graphed.open();
+  plain.prefill(a, prompt);
+  graphed.prefill(b, prompt);
+  const int n_rows = weights->config.n_layers * weights->config.n_kv_heads;
+  std::mt19937 rng(13);
+  for (int t = 0; t < 20; ++t) {  // crosses chunk boundaries: the graph is captured again
+    const int64_t n_chunks = (plain.n_tokens(a) + 8) / 8;
+    Residency res = residency_for(t / 4, n_chunks, n_rows, rng);  // same residency for 4 steps
+    StepRequest req;
+    req.residency = res.view;
+    req.full_reference_mass = t % 8 < 4;
+    const auto token = static_cast<int32_t>(rng() % 50);
+    const auto x = plain.step(std::vector<CudaStepInput>{{a, token, req}}).at(0);
+    const auto y = graphed.step(std::vector<CudaStepInput>{{b, token, req}}).at(0);
+    // The same kernels with the same arguments: equal up to what cuBLAS's algorithm choice
+    // inside a capture could change.
+    EXPECT_LT(rel_error(y.logits, x.logits), 1e-6) << "step " << t;
+    EXPECT_LT(rel_error(y.chunk_mass, x.chunk_mass), 1e-6) << "step " << t;
+    EXPECT_EQ(x.full_mass.size(), y.full_mass.size());
+    if (req.full_reference_mass) {
+      EXPECT_LT(rel_error(y.full_mass, x.full_mass), 1e-6) << "step " << t;
+    }
+    EXPECT_EQ(x.next_token, y.next_token);
+  }
+  EXPECT_FALSE(graphed.graphs_failed());
+}
+
 // ---- the real model --------------------------------------------------------------------
 
 struct RealModel {
