@@ -66,6 +66,22 @@ if want tests; then
   fi
 fi
 
+# 1b. Kernel versions not yet verified on a device (tests named *Candidate*, which skip unless
+# KVLAB_GPU_CANDIDATES=1), in processes of their own so a fault cannot touch the verified runs.
+if want candidates; then
+  if [[ -x "$bin/kvlab_gpu_tests" ]]; then
+    KVLAB_GPU_CANDIDATES=1 "$bin/kvlab_gpu_tests" --gtest_filter='*Candidate*' --gtest_brief=1 >"$out_dir/gpu_candidates.log" 2>&1
+    rc=$?
+    row "candidate kernel tests" "rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out_dir/gpu_candidates.log" | tr '\n' ' ')"
+    if [[ $sanitize -eq 1 ]] && command -v compute-sanitizer >/dev/null 2>&1; then
+      KVLAB_GPU_CANDIDATES=1 compute-sanitizer --tool memcheck --error-exitcode 99 "$bin/kvlab_gpu_tests" \
+        --gtest_filter='*CandidateSanitize*' --gtest_brief=1 >"$out_dir/sanitizer_candidates.log" 2>&1
+      rc=$?
+      row "candidate memcheck" "rc=$rc $(grep -E 'ERROR SUMMARY' "$out_dir/sanitizer_candidates.log" | tail -n 1)"
+    fi
+  fi
+fi
+
 # 2. compute-sanitizer over the kernels' tests (a filter keeps it within minutes).
 if want sanitizer && [[ $sanitize -eq 1 ]]; then
   if command -v compute-sanitizer >/dev/null 2>&1 && [[ -x "$bin/kvlab_gpu_tests" ]]; then
@@ -86,6 +102,7 @@ BENCHES=(
   "fetch|$bin/kvlab_fetch_bench --out \$OUT_DIR/bench_fetch.tsv"
   "cuda_decoder|\"$bin/kvlab_cuda_decoder_bench\" --out \"\$OUT_DIR/bench_cuda_decoder.json\""
   "kernels|$bin/kvlab_kernel_bench --out \$OUT_DIR/bench_kernels.tsv"
+  "kernel_candidates|$bin/kvlab_kernel_bench --only candidates --out \$OUT_DIR/bench_kernel_candidates.tsv"
   "torch|PYTHONUNBUFFERED=1 python3 experiments/gpu/bench_torch.py --kernels-tsv \$OUT_DIR/bench_kernels.tsv --out \$OUT_DIR/bench_torch.tsv"
 )
 export OUT_DIR="$out_dir"

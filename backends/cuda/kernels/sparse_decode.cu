@@ -81,8 +81,163 @@ __device__ __forceinline__ float warp_max_xor(float x, int first) {
   return x;
 }
 
-/// Per work item: every warp runs an online softmax (log2 domain) over its units; the CTA
-/// merges the warps and writes the item's normalised partial output and log-sum-exp.
+/// One warp's online-softmax state (log2 domain) for its GMAX query heads; each lane holds 8
+/// dims of q and of the accumulator, and partial sums over its own token group.
+template <int GMAX>
+struct WarpState {
+  float q[GMAX][8];
+  float acc[GMAX][8];
+  float m[GMAX];
+  float l[GMAX];
+  float unit_sum[GMAX];  // sum of 2^(s − m) over the current unit's tokens (for its mass)
+};
+
+template <int HD, int GMAX>
+__device__ __forceinline__ void init_state(WarpState<GMAX>& w, const SparseDecodeRowsView& rows, int r, int d0) {
+  const float qscale = rows.scale * kLog2e;
+#pragma unroll
+  for (int h = 0; h < GMAX; ++h) {
+    if (h < rows.group) {
+      unpack_bf16x8(load_16(rows.q + r * rows.q_row_stride + h * HD + d0), w.q[h]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) w.q[h][i] *= qscale;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) w.q[h][i] = 0.0F;
+    }
+    w.m[h] = kNegInf;
+    w.l[h] = 0.0F;
+    w.unit_sum[h] = 0.0F;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w.acc[h][i] = 0.0F;
+  }
+}
+
+/// One step of T::kTokens tokens whose K and V (8 dims per lane) are in kr/vr.
+template <class T, int GMAX>
+__device__ __forceinline__ void consume_step(WarpState<GMAX>& w, const uint4 (&kr)[T::kUnroll],
+                                             const uint4 (&vr)[T::kUnroll], const bool (&valid)[T::kUnroll],
+                                             const float (&bias)[T::kUnroll], int G) {
+  float s[T::kUnroll][GMAX];
+#pragma unroll
+  for (int x = 0; x < T::kUnroll; ++x) {
+    float kf[8];
+    unpack_bf16x8(kr[x], kf);
+#pragma unroll
+    for (int h = 0; h < GMAX; ++h) {
+      float dot = 0.0F;
+      if (h < G) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) dot = fmaf(w.q[h][i], kf[i], dot);
+      }
+      s[x][h] = dot;
+    }
+  }
+#pragma unroll
+  for (int x = 0; x < T::kUnroll; ++x) {
+#pragma unroll
+    for (int h = 0; h < GMAX; ++h) {
+      if (h < G) s[x][h] = warp_sum_xor<T::kLanes>(s[x][h], 1);
+      s[x][h] = valid[x] ? s[x][h] + bias[x] : kNegInf;
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < GMAX; ++h) {
+    if (h >= G) continue;
+    float mt = s[0][h];
+#pragma unroll
+    for (int x = 1; x < T::kUnroll; ++x) mt = fmaxf(mt, s[x][h]);
+    mt = warp_max_xor<32>(mt, T::kLanes);
+    const float m_new = fmaxf(w.m[h], mt);  // finite: token 0 of lane group 0 is valid
+    const float alpha = exp2f(w.m[h] - m_new);
+    w.m[h] = m_new;
+    w.l[h] *= alpha;
+    w.unit_sum[h] *= alpha;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w.acc[h][i] *= alpha;
+  }
+#pragma unroll
+  for (int x = 0; x < T::kUnroll; ++x) {
+    float vf[8];
+    unpack_bf16x8(vr[x], vf);
+#pragma unroll
+    for (int h = 0; h < GMAX; ++h) {
+      if (h >= G) continue;
+      const float p = exp2f(s[x][h] - w.m[h]);  // 0 for invalid tokens (s = -inf)
+      w.l[h] += p;
+      w.unit_sum[h] += p;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) w.acc[h][i] = fmaf(p, vf[i], w.acc[h][i]);
+    }
+  }
+}
+
+/// End of a unit: its log-sum-exp per head (for the mass), then a fresh unit sum.
+template <class T, int GMAX>
+__device__ __forceinline__ void finish_unit(WarpState<GMAX>& w, const SparseDecodeWorkspaceView& ws, int64_t unit,
+                                            int G, bool want_mass) {
+  if (want_mass) {
+#pragma unroll
+    for (int h = 0; h < GMAX; ++h) {
+      if (h >= G) continue;
+      const float total = warp_sum_xor<32>(w.unit_sum[h], T::kLanes);  // add the token groups
+      if ((threadIdx.x & 31) == 0) ws.unit_lse[unit * G + h] = log2f(total) + w.m[h];
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < GMAX; ++h) w.unit_sum[h] = 0.0F;
+}
+
+/// Merges the CTA's warps and writes the item's normalised partial output and log-sum-exp.
+template <class T, int HD, int GMAX>
+__device__ __forceinline__ void merge_and_store(WarpState<GMAX>& w, const SparseDecodeWorkspaceView& ws, int G) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int sub = lane % T::kLanes;
+  const int grp = lane / T::kLanes;
+  const int d0 = sub * T::kDims;
+  // Each lane's l and acc cover its token group only: add the groups.
+#pragma unroll
+  for (int h = 0; h < GMAX; ++h) {
+    w.l[h] = warp_sum_xor<32>(w.l[h], T::kLanes);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w.acc[h][i] = warp_sum_xor<32>(w.acc[h][i], T::kLanes);
+  }
+  __shared__ float sm_m[kWarps][GMAX];
+  __shared__ float sm_l[kWarps][GMAX];
+  __shared__ float sm_acc[kWarps][GMAX][HD];
+  if (grp == 0) {
+#pragma unroll
+    for (int h = 0; h < GMAX; ++h) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sm_acc[warp][h][d0 + i] = w.acc[h][i];
+      if (sub == 0) {
+        sm_m[warp][h] = w.m[h];
+        sm_l[warp][h] = w.l[h];
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
+    const int h = idx / HD;
+    const int d = idx % HD;
+    float mx = kNegInf;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, sm_m[v][h]);
+    float lsum = 0.0F, o = 0.0F;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) {
+      const float f = exp2f(sm_m[v][h] - mx);  // 0 for a warp that had no unit
+      lsum += sm_l[v][h] * f;
+      o += sm_acc[v][h][d] * f;
+    }
+    ws.partial_o[(int64_t{blockIdx.x} * G + h) * HD + d] = o / lsum;
+    if (d == 0) ws.partial_lse[int64_t{blockIdx.x} * G + h] = mx + log2f(lsum);
+  }
+}
+
+/// v1 (verified on the H200, the default): K and V loaded straight into registers, kUnroll
+/// loads of each in flight per lane.
 template <int HD, int GMAX, int UNROLL>
 __global__ void __launch_bounds__(kThreads) sparse_decode_split_kernel(PagedKvPoolView pool, SparseDecodeRowsView rows,
                                                                        SparseDecodeWorkspaceView ws, bool want_mass) {
@@ -247,6 +402,363 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_kernel(PagedKvPo
   }
 }
 
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/// Shared memory of the v2 kernel: per warp, STAGES steps of kUnroll × (K, V) × 32 lanes × 16 B.
+template <int UNROLL, int STAGES>
+constexpr size_t async_smem_bytes() {
+  return size_t{kWarps} * STAGES * UNROLL * 2 * 32 * sizeof(uint4);
+}
+
+/// v2: the same math, with K and V copied to shared memory by cp.async STAGES − 1 steps ahead
+/// of their use, so loads stay in flight while the warp computes. Each lane reads back only
+/// the 16-byte pieces it copied itself, so a wait on its own copy groups is the only
+/// synchronisation the pipeline needs.
+template <int HD, int GMAX, int UNROLL, int STAGES>
+__global__ void __launch_bounds__(kThreads) sparse_decode_split_async_kernel(PagedKvPoolView pool,
+                                                                             SparseDecodeRowsView rows,
+                                                                             SparseDecodeWorkspaceView ws,
+                                                                             bool want_mass) {
+  using T = TileShape<HD, GMAX, UNROLL>;
+  extern __shared__ uint4 pipe[];
+  const DecodeWorkItem item = ws.items[blockIdx.x];
+  const int r = item.row;
+  const int G = rows.group;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int grp = lane / T::kLanes;
+  const int d0 = (lane % T::kLanes) * T::kDims;
+  uint4* mine = pipe + static_cast<size_t>(warp) * STAGES * UNROLL * 2 * 32 + lane;
+  auto slot = [&](int s, int x, int kv) { return mine + ((s * UNROLL + x) * 2 + kv) * 32; };
+
+  WarpState<GMAX> w;
+  init_state<HD>(w, rows, r, d0);
+  const int32_t unit_base = ws.row_unit_indptr[r];
+  const int end = item.unit_end;
+
+  // Producer cursor: the next step to copy.
+  int pu = item.unit_begin + warp;
+  int pt = 0;
+  Unit pun{};
+  if (pu < end) pun = resolve_unit<HD>(pool, rows, r, pu);
+  int ps = 0;  // its stage slot
+  auto produce = [&]() {
+    if (pu < end) {
+#pragma unroll
+      for (int x = 0; x < T::kUnroll; ++x) {
+        const int tok = pt + x * T::kTpw + grp;
+        const bool valid = tok < pun.n;
+        const int64_t off = valid ? tok * pun.stride + d0 : 0;
+        cp_async_16(slot(ps, x, 0), pun.k + off, valid ? 16 : 0);
+        cp_async_16(slot(ps, x, 1), pun.v + off, valid ? 16 : 0);
+      }
+      pt += T::kTokens;
+      if (pt >= pun.n) {
+        pt = 0;
+        pu += kWarps;
+        if (pu < end) pun = resolve_unit<HD>(pool, rows, r, pu);
+      }
+    }
+    cp_async_commit();  // an empty group past the end keeps the group count uniform
+    ps = ps + 1 == STAGES ? 0 : ps + 1;
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) produce();
+
+  // Consumer cursor.
+  int cu = item.unit_begin + warp;
+  int ct = 0;
+  int cs = 0;
+  Unit cun{};
+  if (cu < end) cun = resolve_unit<HD>(pool, rows, r, cu);
+  while (cu < end) {
+    produce();
+    cp_async_wait<STAGES - 1>();
+    uint4 kr[T::kUnroll], vr[T::kUnroll];
+    float bias[T::kUnroll];
+    bool valid[T::kUnroll];
+#pragma unroll
+    for (int x = 0; x < T::kUnroll; ++x) {
+      const int tok = ct + x * T::kTpw + grp;
+      valid[x] = tok < cun.n;
+      kr[x] = *slot(cs, x, 0);
+      vr[x] = *slot(cs, x, 1);
+      bias[x] = valid[x] && cun.counts != nullptr ? log2f(static_cast<float>(__ldg(cun.counts + tok))) : 0.0F;
+    }
+    consume_step<T>(w, kr, vr, valid, bias, G);
+    cs = cs + 1 == STAGES ? 0 : cs + 1;
+    ct += T::kTokens;
+    if (ct >= cun.n) {
+      finish_unit<T>(w, ws, int64_t{unit_base} + cu, G, want_mass);
+      ct = 0;
+      cu += kWarps;
+      if (cu < end) cun = resolve_unit<HD>(pool, rows, r, cu);
+    }
+  }
+  cp_async_wait<0>();
+  merge_and_store<T, HD>(w, ws, G);
+}
+
+// ---- v3: tensor cores ------------------------------------------------------------------------
+//
+// Per warp and step of 16 tokens: S[16 × 16] = Q[16 heads (G used) × d] · K^T with
+// mma.m16n8k16 (bf16 in, fp32 out; q is bf16 already, so nothing is rounded that the
+// reference does not round, and the scale is applied to S in fp32), the online softmax on the
+// S fragments, P rounded to bf16 as the A operand of O[16 × d] += P · V. K and V tiles come
+// through shared memory by cp.async (rows padded by 16 bytes so ldmatrix is conflict-free).
+
+constexpr int kMmaTokens = 16;
+
+template <int HD>
+constexpr int mma_row_bytes() {
+  return HD * 2 + 16;
+}
+
+template <int HD, int STAGES>
+constexpr size_t mma_smem_bytes() {
+  return size_t{kWarps} * STAGES * 2 * kMmaTokens * mma_row_bytes<HD>();
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+  const auto a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+  const auto a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (low 16 bits)
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ float2 unpack_bf16x2(uint32_t w) {
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000U));
+}
+
+template <int HD, int STAGES>
+__global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(PagedKvPoolView pool, SparseDecodeRowsView rows,
+                                                                           SparseDecodeWorkspaceView ws, bool want_mass) {
+  constexpr int kChunks = HD / 16;   // k-chunks of q·k, and pairs of 8-dim n-tiles of p·v
+  constexpr int kNTiles = HD / 8;
+  constexpr int kRow = mma_row_bytes<HD>();
+  constexpr int kTile = kMmaTokens * kRow;  // one K (or V) tile of a stage
+  constexpr int kPieces = kMmaTokens * HD / 8 / 32;  // 16-byte copies per lane per tile
+  extern __shared__ __align__(16) unsigned char mma_pipe[];
+  const DecodeWorkItem item = ws.items[blockIdx.x];
+  const int r = item.row;
+  const int G = rows.group;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;  // the head this lane's fragments hold (rows ≥ G are padding)
+  const int t = lane & 3;
+  unsigned char* mine = mma_pipe + static_cast<size_t>(warp) * STAGES * 2 * kTile;
+  auto k_tile = [&](int s) { return mine + (2 * s) * kTile; };
+  auto v_tile = [&](int s) { return mine + (2 * s + 1) * kTile; };
+
+  // Q as A fragments (rows g and g+8; g+8 ≥ 8 > G is always padding, so a1 = a3 = 0).
+  uint32_t qa[kChunks][2];
+  {
+    const __nv_bfloat16* qrow = rows.q + r * rows.q_row_stride + g * HD;
+#pragma unroll
+    for (int kc = 0; kc < kChunks; ++kc) {
+      qa[kc][0] = g < G ? __ldg(reinterpret_cast<const uint32_t*>(qrow + kc * 16 + 2 * t)) : 0U;
+      qa[kc][1] = g < G ? __ldg(reinterpret_cast<const uint32_t*>(qrow + kc * 16 + 8 + 2 * t)) : 0U;
+    }
+  }
+  const float qk_scale = rows.scale * kLog2e;
+  float o[kNTiles][4];
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0F;
+  float m = kNegInf, l = 0.0F, unit_sum = 0.0F;
+
+  const int32_t unit_base = ws.row_unit_indptr[r];
+  const int end = item.unit_end;
+  int pu = item.unit_begin + warp;
+  int pt = 0;
+  Unit pun{};
+  if (pu < end) pun = resolve_unit<HD>(pool, rows, r, pu);
+  int ps = 0;
+  auto produce = [&]() {
+    if (pu < end) {
+#pragma unroll
+      for (int i = 0; i < kPieces; ++i) {
+        const int c = lane + 32 * i;
+        const int tok_in = c / (HD / 8);
+        const int piece = c % (HD / 8);
+        const int tok = pt + tok_in;
+        const bool valid = tok < pun.n;
+        const int64_t off = valid ? tok * pun.stride + piece * 8 : 0;
+        cp_async_16(k_tile(ps) + tok_in * kRow + piece * 16, pun.k + off, valid ? 16 : 0);
+        cp_async_16(v_tile(ps) + tok_in * kRow + piece * 16, pun.v + off, valid ? 16 : 0);
+      }
+      pt += kMmaTokens;
+      if (pt >= pun.n) {
+        pt = 0;
+        pu += kWarps;
+        if (pu < end) pun = resolve_unit<HD>(pool, rows, r, pu);
+      }
+    }
+    cp_async_commit();
+    ps = ps + 1 == STAGES ? 0 : ps + 1;
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) produce();
+
+  int cu = item.unit_begin + warp;
+  int ct = 0;
+  int cs = 0;
+  Unit cun{};
+  if (cu < end) cun = resolve_unit<HD>(pool, rows, r, cu);
+  // ldmatrix row addresses (lane l gives row l % 8 of matrix l / 8).
+  const int mat = lane >> 3;
+  const int mrow = lane & 7;
+  const int k_off = ((mat >> 1) * 8 + mrow) * kRow + (mat & 1) * 16;  // K: matrices (tok 0-7|8-15) x (dim 0-7|8-15)
+  const int v_off = ((mat & 1) * 8 + mrow) * kRow + (mat >> 1) * 16;  // V: matrices (tok 0-7|8-15) x (dim 0-7|8-15)
+  while (cu < end) {
+    __syncwarp();  // every lane is done reading the slot produce() refills
+    produce();
+    cp_async_wait<STAGES - 1>();
+    __syncwarp();  // the step's tiles, copied by all lanes, are visible to all
+    const unsigned char* kt = k_tile(cs);
+    const unsigned char* vt = v_tile(cs);
+
+    // S = Q K^T for tokens ct .. ct+15: n-tile 0 = tokens 0-7, n-tile 1 = tokens 8-15.
+    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+    for (int kc = 0; kc < kChunks; ++kc) {
+      uint32_t b[4];
+      ldmatrix_x4(b, kt + k_off + kc * 32);
+      mma_bf16_16816(s[0], qa[kc][0], 0U, qa[kc][1], 0U, b[0], b[1]);
+      mma_bf16_16816(s[1], qa[kc][0], 0U, qa[kc][1], 0U, b[2], b[3]);
+    }
+    // Scores of head g at tokens ct + j*8 + 2t + e.
+    float sc[2][2];
+    float mt = kNegInf;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tok = ct + j * 8 + 2 * t + e;
+        float v = kNegInf;
+        if (tok < cun.n) {
+          v = s[j][e] * qk_scale;
+          if (cun.counts != nullptr) v += log2f(static_cast<float>(__ldg(cun.counts + tok)));
+        }
+        sc[j][e] = v;
+        mt = fmaxf(mt, v);
+      }
+    }
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffU, mt, 1));
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffU, mt, 2));
+    const float m_new = fmaxf(m, mt);  // finite: token ct is valid
+    const float alpha = exp2f(m - m_new);
+    m = m_new;
+    uint32_t pa[2];
+    float psum = 0.0F;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      pa[j] = pack_bf16(exp2f(sc[j][0] - m), exp2f(sc[j][1] - m));
+      const float2 pr = unpack_bf16x2(pa[j]);  // normalise with the values the product uses
+      psum += pr.x + pr.y;
+    }
+    l = l * alpha + psum;
+    unit_sum = unit_sum * alpha + psum;
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      o[j][0] *= alpha;
+      o[j][1] *= alpha;
+    }
+    // O += P V: A = P (k = tokens: a0 = tokens 0-7, a2 = tokens 8-15), B = V from ldmatrix.trans.
+#pragma unroll
+    for (int dc = 0; dc < kChunks; ++dc) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, vt + v_off + dc * 32);
+      mma_bf16_16816(o[2 * dc], pa[0], 0U, pa[1], 0U, b[0], b[1]);
+      mma_bf16_16816(o[2 * dc + 1], pa[0], 0U, pa[1], 0U, b[2], b[3]);
+    }
+
+    cs = cs + 1 == STAGES ? 0 : cs + 1;
+    ct += kMmaTokens;
+    if (ct >= cun.n) {
+      if (want_mass) {
+        float total = unit_sum + __shfl_xor_sync(0xffffffffU, unit_sum, 1);
+        total += __shfl_xor_sync(0xffffffffU, total, 2);
+        if (t == 0 && g < G) ws.unit_lse[(int64_t{unit_base} + cu) * G + g] = log2f(total) + m;
+      }
+      unit_sum = 0.0F;
+      ct = 0;
+      cu += kWarps;
+      if (cu < end) cun = resolve_unit<HD>(pool, rows, r, cu);
+    }
+  }
+  cp_async_wait<0>();
+
+  // Merge the warps: row sums over the 4 lanes of a head, then the CTA combine, in the
+  // pipeline's shared memory (free once every warp has left its loop).
+  l += __shfl_xor_sync(0xffffffffU, l, 1);
+  l += __shfl_xor_sync(0xffffffffU, l, 2);
+  static_assert(kWarps * kSparseDecodeMaxGroup * (HD + 2) * sizeof(float) <= mma_smem_bytes<HD, 2>(),
+                "the merge reuses the pipeline buffer");
+  __syncthreads();
+  auto* sm_acc = reinterpret_cast<float (*)[kSparseDecodeMaxGroup][HD]>(mma_pipe);
+  auto* sm_m = reinterpret_cast<float (*)[kSparseDecodeMaxGroup]>(mma_pipe + sizeof(float) * kWarps * kSparseDecodeMaxGroup * HD);
+  auto* sm_l = sm_m + kWarps;
+  if (g < G) {
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      sm_acc[warp][g][j * 8 + 2 * t] = o[j][0];
+      sm_acc[warp][g][j * 8 + 2 * t + 1] = o[j][1];
+    }
+    if (t == 0) {
+      sm_m[warp][g] = m;
+      sm_l[warp][g] = l;
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
+    const int h = idx / HD;
+    const int d = idx % HD;
+    float mx = kNegInf;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, sm_m[v][h]);
+    float lsum = 0.0F, acc = 0.0F;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) {
+      const float f = exp2f(sm_m[v][h] - mx);  // 0 for a warp that had no unit
+      lsum += sm_l[v][h] * f;
+      acc += sm_acc[v][h][d] * f;
+    }
+    ws.partial_o[(int64_t{blockIdx.x} * G + h) * HD + d] = acc / lsum;
+    if (d == 0) ws.partial_lse[int64_t{blockIdx.x} * G + h] = mx + log2f(lsum);
+  }
+}
+
 constexpr int kReduceThreads = 128;
 constexpr int kReduceChunk = 32;  // items whose weights sit in shared memory at a time
 
@@ -331,36 +843,101 @@ __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(Sp
   }
 }
 
-/// Loads in flight per lane and step: 8 heads' q and accumulators leave registers for 2.
-template <int GMAX>
-constexpr int default_unroll() {
-  return GMAX > 4 ? 2 : 4;
+/// What launch_sparse_decode runs (NOTES.md: why).
+constexpr SparseDecodeVariant kDefaultVariant = SparseDecodeVariant::kRegistersUnroll4;
+
+template <int HD, int GMAX, int UNROLL>
+cudaError_t launch_split_registers(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
+                                   const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream) {
+  sparse_decode_split_kernel<HD, GMAX, UNROLL><<<ws.n_items, kThreads, 0, stream>>>(pool, rows, ws, want_mass);
+  return cudaGetLastError();
 }
 
-template <int HD, int GMAX, int UNROLL = default_unroll<GMAX>()>
-cudaError_t launch_pair(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,
-                        const SparseDecodeWorkspaceView& ws, cudaStream_t stream) {
-  const bool want_mass = out.page_mass != nullptr || out.summary_mass != nullptr;
-  sparse_decode_split_kernel<HD, GMAX, UNROLL><<<ws.n_items, kThreads, 0, stream>>>(pool, rows, ws, want_mass);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
+template <int HD, int GMAX, int UNROLL, int STAGES>
+cudaError_t launch_split_async(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
+                               const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream) {
+  constexpr size_t smem = async_smem_bytes<UNROLL, STAGES>();
+  // Once per instantiation: above 48 KB a kernel needs the opt-in.
+  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_async_kernel<HD, GMAX, UNROLL, STAGES>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (raised != cudaSuccess) return raised;
+  sparse_decode_split_async_kernel<HD, GMAX, UNROLL, STAGES><<<ws.n_items, kThreads, smem, stream>>>(pool, rows, ws, want_mass);
+  return cudaGetLastError();
+}
+
+template <int HD, int STAGES>
+cudaError_t launch_split_mma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
+                             const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream) {
+  constexpr size_t smem = mma_smem_bytes<HD, STAGES>();
+  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_mma_kernel<HD, STAGES>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (raised != cudaSuccess) return raised;
+  sparse_decode_split_mma_kernel<HD, STAGES><<<ws.n_items, kThreads, smem, stream>>>(pool, rows, ws, want_mass);
+  return cudaGetLastError();
+}
+
+template <int HD>
+cudaError_t launch_reduce(const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,
+                          const SparseDecodeWorkspaceView& ws, cudaStream_t stream) {
   sparse_decode_reduce_kernel<HD><<<rows.n_rows, kReduceThreads, 0, stream>>>(rows, out, ws);
   return cudaGetLastError();
 }
 
-/// The one place run-time head_dim and group become template arguments.
+bool wants_mass(const SparseDecodeOutView& out) { return out.page_mass != nullptr || out.summary_mass != nullptr; }
+
+/// The one place run-time head_dim and group become template arguments: the split kernel of
+/// a variant. Tensor-core variants and kAsyncUnroll4Stages4 exist for every supported shape;
+/// the others for head_dim 128 with 3-4 query heads per KV head.
+cudaError_t dispatch_variant(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
+                             const SparseDecodeWorkspaceView& ws, bool mass, SparseDecodeVariant v, cudaStream_t stream) {
+  const bool big = rows.head_dim == 128;
+  switch (v) {
+    case SparseDecodeVariant::kMmaStages2:
+      return big ? launch_split_mma<128, 2>(pool, rows, ws, mass, stream) : launch_split_mma<64, 2>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kMmaStages3:
+      return big ? launch_split_mma<128, 3>(pool, rows, ws, mass, stream) : launch_split_mma<64, 3>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kMmaStages4:
+      return big ? launch_split_mma<128, 4>(pool, rows, ws, mass, stream) : launch_split_mma<64, 4>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kRegistersUnroll4: {  // every shape (group 5-8 with unroll 2)
+      const int g = rows.group;
+      if (big) {
+        if (g <= 2) return launch_split_registers<128, 2, 4>(pool, rows, ws, mass, stream);
+        if (g <= 4) return launch_split_registers<128, 4, 4>(pool, rows, ws, mass, stream);
+        return launch_split_registers<128, 8, 2>(pool, rows, ws, mass, stream);
+      }
+      if (g <= 2) return launch_split_registers<64, 2, 4>(pool, rows, ws, mass, stream);
+      if (g <= 4) return launch_split_registers<64, 4, 4>(pool, rows, ws, mass, stream);
+      return launch_split_registers<64, 8, 2>(pool, rows, ws, mass, stream);
+    }
+    case SparseDecodeVariant::kAsyncUnroll4Stages4: {  // every shape (group 5-8 with unroll 2)
+      const int g = rows.group;
+      if (big) {
+        if (g <= 2) return launch_split_async<128, 2, 4, 4>(pool, rows, ws, mass, stream);
+        if (g <= 4) return launch_split_async<128, 4, 4, 4>(pool, rows, ws, mass, stream);
+        return launch_split_async<128, 8, 2, 4>(pool, rows, ws, mass, stream);
+      }
+      if (g <= 2) return launch_split_async<64, 2, 4, 4>(pool, rows, ws, mass, stream);
+      if (g <= 4) return launch_split_async<64, 4, 4, 4>(pool, rows, ws, mass, stream);
+      return launch_split_async<64, 8, 2, 4>(pool, rows, ws, mass, stream);
+    }
+    default: break;
+  }
+  if (!big || rows.group < 3 || rows.group > 4) return cudaErrorInvalidValue;
+  switch (v) {
+    case SparseDecodeVariant::kAsyncUnroll4Stages3: return launch_split_async<128, 4, 4, 3>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kAsyncUnroll4Stages6: return launch_split_async<128, 4, 4, 6>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kAsyncUnroll2Stages8: return launch_split_async<128, 4, 2, 8>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kAsyncUnroll8Stages3: return launch_split_async<128, 4, 8, 3>(pool, rows, ws, mass, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 cudaError_t dispatch_sparse_decode(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                                    const SparseDecodeOutView& out, const SparseDecodeWorkspaceView& ws,
                                    cudaStream_t stream) {
-  const int g = rows.group;
-  if (rows.head_dim == 128) {
-    if (g <= 2) return launch_pair<128, 2>(pool, rows, out, ws, stream);
-    if (g <= 4) return launch_pair<128, 4>(pool, rows, out, ws, stream);
-    return launch_pair<128, 8>(pool, rows, out, ws, stream);
-  }
-  if (g <= 2) return launch_pair<64, 2>(pool, rows, out, ws, stream);
-  if (g <= 4) return launch_pair<64, 4>(pool, rows, out, ws, stream);
-  return launch_pair<64, 8>(pool, rows, out, ws, stream);
+  const cudaError_t err = dispatch_variant(pool, rows, ws, wants_mass(out), kDefaultVariant, stream);
+  if (err != cudaSuccess) return err;
+  return rows.head_dim == 128 ? launch_reduce<128>(rows, out, ws, stream) : launch_reduce<64>(rows, out, ws, stream);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15U) == 0; }
@@ -415,17 +992,70 @@ cudaError_t launch_sparse_decode(const PagedKvPoolView& pool, const SparseDecode
   return dispatch_sparse_decode(pool, rows, out, ws, stream);
 }
 
-cudaError_t launch_sparse_decode_unroll(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
-                                        const SparseDecodeOutView& out, const SparseDecodeWorkspaceView& ws,
-                                        int unroll, cudaStream_t stream) {
+cudaError_t launch_sparse_decode_variant(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
+                                         const SparseDecodeOutView& out, const SparseDecodeWorkspaceView& ws,
+                                         SparseDecodeVariant variant, cudaStream_t stream) {
   if (!sparse_decode_invalid(pool, rows, out, ws).empty()) return cudaErrorInvalidValue;
-  if (rows.head_dim != 128 || rows.group < 3 || rows.group > 4) return dispatch_sparse_decode(pool, rows, out, ws, stream);
-  switch (unroll) {
-    case 2: return launch_pair<128, 4, 2>(pool, rows, out, ws, stream);
-    case 4: return launch_pair<128, 4, 4>(pool, rows, out, ws, stream);
-    case 8: return launch_pair<128, 4, 8>(pool, rows, out, ws, stream);
-    default: return cudaErrorInvalidValue;
+  if (variant == SparseDecodeVariant::kDefault) return dispatch_sparse_decode(pool, rows, out, ws, stream);
+  const cudaError_t err = dispatch_variant(pool, rows, ws, wants_mass(out), variant, stream);
+  if (err != cudaSuccess) return err;
+  return rows.head_dim == 128 ? launch_reduce<128>(rows, out, ws, stream) : launch_reduce<64>(rows, out, ws, stream);
+}
+
+namespace {
+
+/// The split kernel a variant launches at a shape, and its dynamic shared memory.
+std::pair<const void*, size_t> split_kernel_of(SparseDecodeVariant v, int head_dim, int group) {
+  const bool big = head_dim == 128;
+  auto fn = [](auto k) { return reinterpret_cast<const void*>(k); };
+  if (v == SparseDecodeVariant::kDefault) v = kDefaultVariant;
+  switch (v) {
+    case SparseDecodeVariant::kMmaStages2:
+      return {big ? fn(sparse_decode_split_mma_kernel<128, 2>) : fn(sparse_decode_split_mma_kernel<64, 2>),
+              big ? mma_smem_bytes<128, 2>() : mma_smem_bytes<64, 2>()};
+    case SparseDecodeVariant::kMmaStages3:
+      return {big ? fn(sparse_decode_split_mma_kernel<128, 3>) : fn(sparse_decode_split_mma_kernel<64, 3>),
+              big ? mma_smem_bytes<128, 3>() : mma_smem_bytes<64, 3>()};
+    case SparseDecodeVariant::kMmaStages4:
+      return {big ? fn(sparse_decode_split_mma_kernel<128, 4>) : fn(sparse_decode_split_mma_kernel<64, 4>),
+              big ? mma_smem_bytes<128, 4>() : mma_smem_bytes<64, 4>()};
+    case SparseDecodeVariant::kRegistersUnroll4: return {fn(sparse_decode_split_kernel<128, 4, 4>), 0};
+    case SparseDecodeVariant::kAsyncUnroll4Stages3:
+      return {fn(sparse_decode_split_async_kernel<128, 4, 4, 3>), async_smem_bytes<4, 3>()};
+    case SparseDecodeVariant::kAsyncUnroll4Stages4:
+      return {fn(sparse_decode_split_async_kernel<128, 4, 4, 4>), async_smem_bytes<4, 4>()};
+    case SparseDecodeVariant::kAsyncUnroll4Stages6:
+      return {fn(sparse_decode_split_async_kernel<128, 4, 4, 6>), async_smem_bytes<4, 6>()};
+    case SparseDecodeVariant::kAsyncUnroll2Stages8:
+      return {fn(sparse_decode_split_async_kernel<128, 4, 2, 8>), async_smem_bytes<2, 8>()};
+    case SparseDecodeVariant::kAsyncUnroll8Stages3:
+      return {fn(sparse_decode_split_async_kernel<128, 4, 8, 3>), async_smem_bytes<8, 3>()};
+    default: break;
   }
+  (void)group;
+  return {nullptr, 0};
+}
+
+}  // namespace
+
+SparseDecodePlanOptions sparse_decode_plan_options(int head_dim, int group, SparseDecodeVariant variant) {
+  SparseDecodePlanOptions opt;
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return opt;
+  }
+  opt.multiprocessors = prop.multiProcessorCount;
+  const auto [fn, smem] = split_kernel_of(variant, head_dim, group);
+  int blocks = 0;
+  if (fn != nullptr &&
+      cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) == cudaSuccess &&
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kThreads, smem) == cudaSuccess && blocks > 0) {
+    opt.ctas_per_multiprocessor = blocks;
+  }
+  cudaGetLastError();
+  return opt;
 }
 
 void run_sparse_decode(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,

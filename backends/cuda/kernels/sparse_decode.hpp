@@ -7,9 +7,10 @@
 // The function computed is kvlab::attention::sparse_decode_reference (its header states it);
 // the CPU reference on bf16-rounded inputs is what the gpu tests compare against.
 //
-// Kernels: sparse_decode_split_kernel (one CTA per work item of sparse_decode_plan.hpp, 4
-// warps; each warp takes whole units, round robin, with an online softmax in registers, and
-// the CTA merges its warps into one partial (o, lse)), then sparse_decode_reduce_kernel (one
+// Kernels: sparse_decode_split_async_kernel (one CTA per work item of sparse_decode_plan.hpp,
+// 4 warps; each warp takes whole units, round robin, copies K/V into shared memory with
+// cp.async a few steps ahead, runs an online softmax in registers, and the CTA merges its
+// warps into one partial (o, lse)), then sparse_decode_reduce_kernel (one
 // CTA per row merges the row's partials, writes bf16 output, and turns per-unit log-sum-exps
 // into per-page and summary mass).
 //
@@ -122,12 +123,33 @@ class SparseDecodeWorkspace {
                                                const SparseDecodeOutView& out, const SparseDecodeWorkspaceView& ws,
                                                cudaStream_t stream);
 
-/// Tuning only (benchmarks): launch_sparse_decode with `unroll` ∈ {2, 4, 8} loads of K and V
-/// in flight per lane for head_dim 128 with 3-4 query heads per KV head (other shapes take
-/// the default).
-[[nodiscard]] cudaError_t launch_sparse_decode_unroll(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
-                                                      const SparseDecodeOutView& out, const SparseDecodeWorkspaceView& ws,
-                                                      int unroll, cudaStream_t stream);
+/// Kernel versions, for benchmarks and tests (NOTES.md has their figures). kDefault is what
+/// launch_sparse_decode runs; the tensor-core variants and kAsyncUnroll4Stages4 exist for
+/// every supported shape, the others for head_dim 128 with 3-4 query heads per KV head only.
+enum class SparseDecodeVariant {
+  kDefault,
+  kRegistersUnroll4,     // v1: loads straight into registers, 4 of K and V in flight per lane
+  kAsyncUnroll4Stages3,  // v2: cp.async into shared memory, STAGES − 1 steps ahead
+  kAsyncUnroll4Stages4,
+  kAsyncUnroll4Stages6,
+  kAsyncUnroll2Stages8,
+  kAsyncUnroll8Stages3,
+  kMmaStages2,  // v3: tensor cores (mma.m16n8k16 for q·K^T and P·V), cp.async tiles of 16 tokens
+  kMmaStages3,
+  kMmaStages4,
+};
+
+/// launch_sparse_decode with a chosen kernel version; cudaErrorInvalidValue for a variant
+/// that does not exist for the shape.
+[[nodiscard]] cudaError_t launch_sparse_decode_variant(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
+                                                       const SparseDecodeOutView& out, const SparseDecodeWorkspaceView& ws,
+                                                       SparseDecodeVariant variant, cudaStream_t stream);
+
+/// Plan options for the current device and the default kernel at this shape: its
+/// multiprocessor count and how many CTAs of the split kernel are resident on one, so that
+/// plans make whole waves. Falls back to the H200 defaults when no device answers.
+[[nodiscard]] SparseDecodePlanOptions sparse_decode_plan_options(int head_dim, int group,
+                                                                SparseDecodeVariant variant = SparseDecodeVariant::kDefault);
 
 /// launch_sparse_decode that throws: UsageError with sparse_decode_invalid()'s reason, or
 /// CudaError naming the kernel.

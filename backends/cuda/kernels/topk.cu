@@ -1,5 +1,6 @@
 #include "backends/cuda/kernels/topk.hpp"
 
+#include <cooperative_groups.h>
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
@@ -43,8 +44,34 @@ __device__ __forceinline__ void hist_add(uint32_t* hist, uint32_t digit) {
   if (static_cast<int>(threadIdx.x & 31) == __ffs(peers) - 1 && digit < kBins) atomicAdd(&hist[digit], __popc(peers));
 }
 
+/// The cluster path's histogram add: into the warp's private histogram (no other warp touches
+/// it), one atomic of 32 when the whole warp holds one digit, else one per lane. Every lane of
+/// the warp must call it; digit kBins adds nothing.
+__device__ __forceinline__ void hist_add_private(uint32_t* warp_hist, uint32_t digit) {
+  const uint32_t first = __shfl_sync(0xffffffffU, digit, 0);
+  if (__all_sync(0xffffffffU, digit == first)) {
+    if ((threadIdx.x & 31) == 0 && first < kBins) atomicAdd(&warp_hist[first], 32U);
+  } else if (digit < kBins) {
+    atomicAdd(&warp_hist[digit], 1U);
+  }
+}
+
+/// hist[b] = Σ over the CTA's warps of their private histograms (then a barrier).
+template <int THREADS>
+__device__ void sum_warp_hists(const uint32_t* warp_hists, uint32_t* hist) {
+  for (int b = threadIdx.x; b < kBins; b += THREADS) {
+    uint32_t total = 0;
+#pragma unroll
+    for (int w = 0; w < THREADS / 32; ++w) total += warp_hists[w * kBins + b];
+    hist[b] = total;
+  }
+  __syncthreads();
+}
+
 /// Histogram of the digit at `shift` over the keys in [begin, end) that match st's prefix.
-template <int THREADS, class KeyAt>
+/// kPrivate: `hist` is one private histogram per warp (hist_add_private), else one shared
+/// histogram (hist_add).
+template <int THREADS, class KeyAt, bool kPrivate = false>
 __device__ void histogram_range(KeyAt key_at, int64_t begin, int64_t end, const SelectState& st, int shift,
                                 uint32_t* hist) {
   for (int64_t base = begin; base < end; base += int64_t{THREADS} * kIlp) {
@@ -59,7 +86,12 @@ __device__ void histogram_range(KeyAt key_at, int64_t begin, int64_t end, const 
 #pragma unroll
     for (int j = 0; j < kIlp; ++j) {
       const bool cand = ok[j] && (key[j] & st.mask) == st.prefix;
-      hist_add(hist, cand ? (key[j] >> shift) & 0xffU : kBins);
+      const uint32_t digit = cand ? (key[j] >> shift) & 0xffU : kBins;
+      if constexpr (kPrivate) {
+        hist_add_private(hist + (threadIdx.x >> 5) * kBins, digit);
+      } else {
+        hist_add(hist, digit);
+      }
     }
   }
 }
@@ -198,6 +230,102 @@ __global__ void __launch_bounds__(kSingleThreads) topk_single_kernel(TopkView v)
                                   v.out_indices, v.out_values, tmp);
 }
 
+// ---- one cluster -----------------------------------------------------------------------------
+//
+// C CTAs of one thread-block cluster (C = 1, 2, 4 or 8), each holding a contiguous slice of at
+// most kClusterSlice keys in shared memory. Per pass every CTA histograms its slice, the
+// cluster synchronises, and every CTA sums the C histograms through distributed shared memory
+// and picks the same digit (so no second barrier is needed to share it; histograms alternate
+// between two buffers so that a fast CTA never clears one a slow CTA is still reading). The
+// write pass takes its offsets from the counts of the lower-ranked CTAs.
+
+constexpr int kClusterThreads = 512;
+constexpr int kClusterSlice = 16384;  // keys per CTA: 64 KB of shared memory
+
+struct ClusterShared {
+  uint32_t keys[kClusterSlice];
+  uint32_t warp_hists[kClusterThreads / 32][kBins];
+  uint32_t hist[2][kBins];  // this CTA's histogram of the current pass, by pass parity
+  uint32_t total[kBins];    // the cluster's
+  int32_t counts[2];        // this CTA's keys above / at the threshold
+  SelectState st;
+};
+
+__global__ void __launch_bounds__(kClusterThreads) topk_cluster_kernel(TopkView v, int slice) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ __align__(16) unsigned char cluster_smem[];
+  auto& sh = *reinterpret_cast<ClusterShared*>(cluster_smem);
+  __shared__ typename BlockScanInt<kClusterThreads>::TempStorage tmp;
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int csize = static_cast<int>(cluster.num_blocks());
+  const int64_t begin = int64_t{rank} * slice;
+  const int64_t end = std::min<int64_t>(v.n, begin + slice);
+  const int64_t len = std::max<int64_t>(0, end - begin);
+
+  // Stage the slice's keys.
+  for (int64_t base = 0; base < len; base += int64_t{kClusterThreads} * kIlp) {
+    float f[kIlp];
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) {
+      const int64_t i = base + int64_t{j} * kClusterThreads + threadIdx.x;
+      f[j] = i < len ? __ldg(v.scores + begin + i) : 0.0F;
+    }
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) {
+      const int64_t i = base + int64_t{j} * kClusterThreads + threadIdx.x;
+      if (i < len) sh.keys[i] = order_key(f[j]);
+    }
+  }
+  auto key_at = [&](int64_t i) { return sh.keys[i]; };
+  if (threadIdx.x == 0) sh.st = {0U, 0U, v.k, 0};
+
+  for (int pass = 0; pass < 4; ++pass) {
+    const int shift = 24 - 8 * pass;
+    for (int i = threadIdx.x; i < kBins * (kClusterThreads / 32); i += kClusterThreads) (&sh.warp_hists[0][0])[i] = 0;
+    __syncthreads();
+    histogram_range<kClusterThreads, decltype(key_at), true>(key_at, 0, len, sh.st, shift, &sh.warp_hists[0][0]);
+    __syncthreads();
+    sum_warp_hists<kClusterThreads>(&sh.warp_hists[0][0], sh.hist[pass & 1]);
+    cluster.sync();  // every CTA's histogram of this pass is complete
+    for (int b = threadIdx.x; b < kBins; b += kClusterThreads) {
+      uint32_t t = 0;
+      for (int c = 0; c < csize; ++c) t += cluster.map_shared_rank(&sh.hist[pass & 1][0], c)[b];
+      sh.total[b] = t;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) select_digit(sh.total, sh.st, shift);
+    __syncthreads();
+  }
+  const SelectState fin = sh.st;
+  const bool all_ties = fin.k_rem == fin.eq_total;
+
+  // Offsets: keys above T and ties at T in the lower-ranked CTAs' slices.
+  int gt = 0, eq = 0;
+  for (int64_t i = threadIdx.x; i < len; i += kClusterThreads) {
+    gt += sh.keys[i] > fin.prefix ? 1 : 0;
+    eq += sh.keys[i] == fin.prefix ? 1 : 0;
+  }
+  if (threadIdx.x == 0) sh.counts[0] = sh.counts[1] = 0;
+  __syncthreads();
+  if (gt != 0) atomicAdd(&sh.counts[0], gt);
+  if (eq != 0) atomicAdd(&sh.counts[1], eq);
+  cluster.sync();  // every CTA's counts are complete
+  int64_t out_base = 0, tie_base = 0;
+  for (int c = 0; c < rank; ++c) {
+    const int32_t* rc = cluster.map_shared_rank(&sh.counts[0], c);
+    const int c_gt = rc[0], c_eq = rc[1];
+    const int64_t take = all_ties ? c_eq : std::min<int64_t>(c_eq, std::max<int64_t>(0, fin.k_rem - tie_base));
+    out_base += c_gt + take;
+    tie_base += c_eq;
+  }
+  // write_selection numbers keys globally, from `begin`.
+  auto key_global = [&](int64_t i) { return sh.keys[i - begin]; };
+  write_selection<kClusterThreads>(key_global, begin, begin + len, fin.prefix, fin.k_rem, all_ties, out_base, tie_base,
+                                   v.out_indices, v.out_values, tmp);
+  cluster.sync();  // no CTA leaves while another may still read its counts
+}
+
 // ---- a grid -----------------------------------------------------------------------------------
 
 /// Multi-CTA scratch, carved from TopkView::workspace.
@@ -333,7 +461,6 @@ __global__ void __launch_bounds__(kMultiThreads) topk_write_kernel(TopkView v, M
 
 int64_t multi_ctas(int64_t n) { return (n + kMultiSlice - 1) / kMultiSlice; }
 
-bool use_multi(int64_t n, bool force_multi) { return force_multi || n > kTopkSingleCtaMax; }
 
 cudaError_t launch_single(const TopkView& v, cudaStream_t stream) {
   if (v.n <= kStagedMax) {
@@ -347,6 +474,30 @@ cudaError_t launch_single(const TopkView& v, cudaStream_t stream) {
     topk_single_kernel<false><<<1, kSingleThreads, 0, stream>>>(v);
   }
   return cudaGetLastError();
+}
+
+cudaError_t launch_cluster(const TopkView& v, cudaStream_t stream) {
+  int csize = 1;
+  while (int64_t{csize} * kClusterSlice < v.n) csize *= 2;
+  const int slice = static_cast<int>((v.n + csize - 1) / csize);
+  constexpr size_t smem = sizeof(ClusterShared);
+  // Once per process: raising the limit is a host call that would sit between timed launches.
+  static const cudaError_t raised =
+      cudaFuncSetAttribute(topk_cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (raised != cudaSuccess) return raised;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(csize));
+  cfg.blockDim = dim3(kClusterThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = static_cast<unsigned>(csize);
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, topk_cluster_kernel, v, slice);
 }
 
 cudaError_t launch_multi(const TopkView& v, cudaStream_t stream) {
@@ -404,11 +555,15 @@ __global__ void __launch_bounds__(kScoreThreads) indexer_scores_kernel(const __n
 
 }  // namespace
 
-size_t topk_workspace_bytes(int64_t n, bool force_multi) {
-  return use_multi(n, force_multi) ? MultiLayout(multi_ctas(n)).bytes : 0;
+bool on_grid(int64_t n, TopkPath path) {
+  return path == TopkPath::kGrid || (path == TopkPath::kAuto && n > kTopkSingleCtaMax);
 }
 
-size_t topk_workspace_bytes(int64_t n) { return topk_workspace_bytes(n, false); }
+size_t topk_workspace_bytes(int64_t n, TopkPath path) {
+  return on_grid(n, path) ? MultiLayout(multi_ctas(n)).bytes : 0;
+}
+
+size_t topk_workspace_bytes(int64_t n) { return topk_workspace_bytes(n, TopkPath::kAuto); }
 
 std::string topk_invalid(const TopkView& v) {
   if (v.n < 1 || v.n > INT32_MAX) return "top-k: n " + std::to_string(v.n) + " must be in 1..2^31-1";
@@ -417,14 +572,17 @@ std::string topk_invalid(const TopkView& v) {
   return {};
 }
 
-cudaError_t launch_topk(const TopkView& v, bool force_multi, cudaStream_t stream) {
+cudaError_t launch_topk(const TopkView& v, TopkPath path, cudaStream_t stream) {
   if (!topk_invalid(v).empty()) return cudaErrorInvalidValue;
-  if (!use_multi(v.n, force_multi)) return launch_single(v, stream);
-  if (v.workspace == nullptr || v.workspace_bytes < topk_workspace_bytes(v.n, true)) return cudaErrorInvalidValue;
+  if (path == TopkPath::kCluster) {
+    return v.n <= kTopkClusterMax ? launch_cluster(v, stream) : cudaErrorInvalidValue;
+  }
+  if (!on_grid(v.n, path)) return launch_single(v, stream);
+  if (v.workspace == nullptr || v.workspace_bytes < topk_workspace_bytes(v.n, TopkPath::kGrid)) return cudaErrorInvalidValue;
   return launch_multi(v, stream);
 }
 
-cudaError_t launch_topk(const TopkView& v, cudaStream_t stream) { return launch_topk(v, false, stream); }
+cudaError_t launch_topk(const TopkView& v, cudaStream_t stream) { return launch_topk(v, TopkPath::kAuto, stream); }
 
 cudaError_t launch_indexer_scores(const __nv_bfloat16* emb, int64_t n, int dim, int64_t row_stride, const float* query,
                                   float* scores, cudaStream_t stream) {

@@ -40,7 +40,7 @@ struct TopkView {
   size_t workspace_bytes = 0;
 };
 
-/// Device scratch the multi-CTA path needs for n scores (0 on the single-CTA path).
+/// Device scratch the default path needs for n scores (0 up to kTopkSingleCtaMax).
 [[nodiscard]] size_t topk_workspace_bytes(int64_t n);
 
 /// Empty when `view` can be launched, else a one-line reason naming the field.
@@ -50,9 +50,16 @@ struct TopkView {
 /// topk_invalid() is non-empty, else the first launch error.
 [[nodiscard]] cudaError_t launch_topk(const TopkView& view, cudaStream_t stream);
 
-/// Tuning and tests: force the multi-CTA path at any n (needs topk_workspace_bytes(n, true)).
-[[nodiscard]] size_t topk_workspace_bytes(int64_t n, bool force_multi);
-[[nodiscard]] cudaError_t launch_topk(const TopkView& view, bool force_multi, cudaStream_t stream);
+/// Which implementation: kAuto (the default: one CTA up to kTopkSingleCtaMax, else the grid),
+/// or one forced, for tests and benchmarks. kCluster (n ≤ kTopkClusterMax) keeps the keys in
+/// the shared memory of a thread-block cluster of 1-8 CTAs, passes meeting at cluster
+/// barriers and adding histograms through distributed shared memory: one launch, no L2
+/// round trips. It is a candidate: NOTES.md says what has been measured of it.
+enum class TopkPath { kAuto, kOneCta, kGrid, kCluster };
+inline constexpr int64_t kTopkClusterMax = 131072;  // 8 CTAs x 16384 keys
+
+[[nodiscard]] size_t topk_workspace_bytes(int64_t n, TopkPath path);
+[[nodiscard]] cudaError_t launch_topk(const TopkView& view, TopkPath path, cudaStream_t stream);
 
 /// scores[i] = Σ_d emb[i·row_stride + d]·query[d] for i < n; dim a multiple of 8 up to 1024,
 /// row_stride a multiple of 8, emb 16-byte aligned. Returns cudaErrorInvalidValue on bad sizes.

@@ -1,8 +1,11 @@
 // Benchmarks of the CUDA kernels (not tests): sparse paged decode attention (dense and sparse
 // page lists, one layer or all layers of a step in one launch) and top-k / indexer scoring.
 //
-//   kvlab_kernel_bench [--out FILE.tsv] [--quick]
+//   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates]
 //
+// --only candidates times the kernel versions not yet verified on a device (every sparse
+// decode variant, the cluster top-k), kept out of the default run so that a fault in one
+// cannot cost the verified figures.
 // Timing: CUDA events around each call, the stream first backed up by a short spin kernel so
 // that host launch overhead is not timed as GPU idle; warm-up first; the median of the reps.
 // Inputs: random bf16 K/V (never zeros) in one page pool; successive reps rotate over page
@@ -140,7 +143,7 @@ struct RowSet {
     q = device_alloc<__nv_bfloat16>(static_cast<size_t>(n_rows) * kGroup * kHeadDim);
     out = device_alloc<__nv_bfloat16>(static_cast<size_t>(n_rows) * kGroup * kHeadDim);
     launch_random_fill_bf16(q, int64_t{n_rows} * kGroup * kHeadDim, 11, 1.0F, stream);
-    plan = plan_sparse_decode(ip, {}, kPageTokens);
+    plan = plan_sparse_decode(ip, {}, kPageTokens, sparse_decode_plan_options(kHeadDim, kGroup));
     ws.upload(plan, kGroup, kHeadDim, stream);
   }
   ~RowSet() {
@@ -153,7 +156,7 @@ struct RowSet {
   RowSet(const RowSet&) = delete;
   RowSet& operator=(const RowSet&) = delete;
   [[nodiscard]] double kv_bytes() const { return static_cast<double>(pages) * kPageBytes; }
-  void launch(const PagedKvPoolView& pool, int unroll, cudaStream_t stream) const {
+  void launch(const PagedKvPoolView& pool, SparseDecodeVariant variant, cudaStream_t stream) const {
     SparseDecodeRowsView rows;
     rows.n_rows = n_rows;
     rows.group = kGroup;
@@ -165,8 +168,7 @@ struct RowSet {
     rows.page_indices = indices;
     rows.last_page_tokens = last;
     const SparseDecodeOutView o{out, int64_t{kGroup} * kHeadDim, nullptr, nullptr};
-    const cudaError_t err = unroll == 0 ? launch_sparse_decode(pool, rows, o, ws.view(), stream)
-                                        : launch_sparse_decode_unroll(pool, rows, o, ws.view(), unroll, stream);
+    const cudaError_t err = launch_sparse_decode_variant(pool, rows, o, ws.view(), variant, stream);
     throw_on_cuda_error(err, "launch_sparse_decode", __FILE__, __LINE__);
   }
 };
@@ -236,9 +238,10 @@ struct Bench {
   }
 
   /// Times one launch configuration, rotating over `sets` (each a RowSet over different pages).
-  double time_sets(const Pool& pool, std::vector<std::unique_ptr<RowSet>>& sets, int unroll) {
+  double time_sets(const Pool& pool, std::vector<std::unique_ptr<RowSet>>& sets,
+                   SparseDecodeVariant variant = SparseDecodeVariant::kDefault) {
     const int reps = quick ? 5 : 15;
-    return timer.median_ms([&](int i) { sets[static_cast<size_t>(i) % sets.size()]->launch(pool.view(), unroll, timer.stream); },
+    return timer.median_ms([&](int i) { sets[static_cast<size_t>(i) % sets.size()]->launch(pool.view(), variant, timer.stream); },
                            3, reps);
   }
 
@@ -260,7 +263,7 @@ struct Bench {
     for (const int64_t ctx : {int64_t{32} << 10, int64_t{128} << 10, int64_t{512} << 10, int64_t{1} << 20}) {
       for (const int batch : {1, 8}) {
         auto sets = rotating(batch * kKvHeads, ctx, Select::kDense, 1.0, pool.slots, 100);
-        const double ms = time_sets(pool, sets, 0);
+        const double ms = time_sets(pool, sets);
         const double bytes = sets[0]->kv_bytes();
         const std::string point = "ctx=" + ctx_name(ctx) + " batch=" + std::to_string(batch);
         tsv.row("dense_layer", point, "kvlab", ms, bytes, "items=" + std::to_string(sets[0]->plan.n_items()));
@@ -270,15 +273,33 @@ struct Bench {
     }
   }
 
-  void unroll_variants(const Pool& pool) {
-    for (const int64_t ctx : {int64_t{32} << 10, int64_t{512} << 10}) {
-      auto sets = rotating(kKvHeads, ctx, Select::kDense, 1.0, pool.slots, 200);
-      for (const int unroll : {2, 4, 8}) {
-        const double ms = time_sets(pool, sets, unroll);
-        const double bytes = sets[0]->kv_bytes();
-        tsv.row("dense_layer_unroll", "ctx=" + ctx_name(ctx) + " batch=1", "unroll" + std::to_string(unroll), ms, bytes);
-        std::printf("TABLE variant unroll=%d ctx=%s batch=1: %.3f ms %.2f TB/s\n", unroll, ctx_name(ctx).c_str(), ms,
-                    bytes / (ms * 1e-3) / 1e12);
+  void variants(const Pool& pool) {
+    const std::pair<SparseDecodeVariant, const char*> all[] = {
+        {SparseDecodeVariant::kRegistersUnroll4, "v1 registers u4"},
+        {SparseDecodeVariant::kAsyncUnroll4Stages3, "v2 cp.async u4 s3"},
+        {SparseDecodeVariant::kAsyncUnroll4Stages4, "v2 cp.async u4 s4"},
+        {SparseDecodeVariant::kAsyncUnroll4Stages6, "v2 cp.async u4 s6"},
+        {SparseDecodeVariant::kAsyncUnroll2Stages8, "v2 cp.async u2 s8"},
+        {SparseDecodeVariant::kAsyncUnroll8Stages3, "v2 cp.async u8 s3"},
+        {SparseDecodeVariant::kMmaStages2, "v3 mma s2"},
+        {SparseDecodeVariant::kMmaStages3, "v3 mma s3"},
+        {SparseDecodeVariant::kMmaStages4, "v3 mma s4"},
+    };
+    struct Point {
+      int rows;
+      int64_t ctx;
+      const char* name;
+    };
+    const Point points[] = {{kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=1"},
+                            {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
+                            {kLayers * kKvHeads, int64_t{32} << 10, "32 layers ctx=32K batch=1"}};
+    for (const Point& pt : points) {
+      auto sets = rotating(pt.rows, pt.ctx, Select::kDense, 1.0, pool.slots, 200);
+      const double bytes = sets[0]->kv_bytes();
+      for (const auto& [v, name] : all) {
+        const double ms = time_sets(pool, sets, v);
+        tsv.row("dense_variant", pt.name, name, ms, bytes);
+        std::printf("TABLE variant %-26s %-18s %8.3f ms %5.2f TB/s\n", pt.name, name, ms, bytes / (ms * 1e-3) / 1e12);
       }
     }
   }
@@ -286,7 +307,7 @@ struct Bench {
   void all_layers(const Pool& pool) {
     for (const int64_t ctx : {int64_t{32} << 10, int64_t{128} << 10}) {
       auto sets = rotating(kLayers * kKvHeads, ctx, Select::kDense, 1.0, pool.slots, 300);
-      const double ms = time_sets(pool, sets, 0);
+      const double ms = time_sets(pool, sets);
       const double bytes = sets[0]->kv_bytes();
       const std::string point = "ctx=" + ctx_name(ctx) + " batch=1";
       tsv.row("dense_all_layers", point, "kvlab", ms, bytes, "rows=" + std::to_string(kLayers * kKvHeads));
@@ -299,13 +320,13 @@ struct Bench {
       for (const int layers : {kLayers, 1}) {
         const int n_rows = layers * kKvHeads;
         auto dense_sets = rotating(n_rows, ctx, Select::kDense, 1.0, pool.slots, 400);
-        const double dense_ms = time_sets(pool, dense_sets, 0);
+        const double dense_ms = time_sets(pool, dense_sets);
         const double dense_bytes = dense_sets[0]->kv_bytes();
         dense_sets.clear();
         for (const double frac : {0.05, 0.15}) {
           for (const Select sel : {Select::kRandom, Select::kClustered}) {
             auto sets = rotating(n_rows, ctx, sel, frac, pool.slots, 500);
-            const double ms = time_sets(pool, sets, 0);
+            const double ms = time_sets(pool, sets);
             const double bytes = sets[0]->kv_bytes();
             const double speedup = dense_ms / ms;
             const double reduction = dense_bytes / bytes;
@@ -323,7 +344,7 @@ struct Bench {
     }
   }
 
-  void topk() {
+  void topk(bool candidates) {
     const int64_t max_n = int64_t{1} << 20;
     const int copies = 8;
     std::vector<float*> scores;
@@ -336,25 +357,36 @@ struct Bench {
     }
     int32_t* idx = device_alloc<int32_t>(max_n);
     float* val = device_alloc<float>(max_n);
-    const size_t ws_bytes = topk_workspace_bytes(max_n, true);
+    const size_t ws_bytes = topk_workspace_bytes(max_n, TopkPath::kGrid);
     void* ws = device_alloc<char>(ws_bytes);
     const int reps = quick ? 10 : 50;
     for (const int64_t n : {int64_t{16} << 10, int64_t{64} << 10, int64_t{1} << 20}) {
       for (const int32_t k : {64, 256, 4096}) {
-        for (const bool multi : {false, true}) {
-          if (multi && n > kTopkSingleCtaMax) continue;  // the default is the grid there
+        const std::vector<std::pair<TopkPath, const char*>> paths =
+            candidates ? std::vector<std::pair<TopkPath, const char*>>{{TopkPath::kCluster, "cluster"}}
+                       : std::vector<std::pair<TopkPath, const char*>>{{TopkPath::kAuto, n > kTopkSingleCtaMax ? "grid" : "one-cta"},
+                                                                       {TopkPath::kGrid, "grid"}};
+        for (const auto& [path, path_name] : paths) {
+          if (path == TopkPath::kGrid && n > kTopkSingleCtaMax) continue;  // the default is the grid there
+          if (path == TopkPath::kCluster && n > kTopkClusterMax) continue;
           const double ms = timer.median_ms(
               [&](int i) {
                 const TopkView v{scores[static_cast<size_t>(i % copies)], n, k, idx, val, ws, ws_bytes};
-                throw_on_cuda_error(launch_topk(v, multi, timer.stream), "launch_topk", __FILE__, __LINE__);
+                throw_on_cuda_error(launch_topk(v, path, timer.stream), "launch_topk", __FILE__, __LINE__);
               },
               5, reps);
-          const std::string path = multi || n > kTopkSingleCtaMax ? "grid" : "one-cta";
           const std::string point = "n=" + ctx_name(n) + " k=" + std::to_string(k);
-          tsv.row("topk", point, path, ms, static_cast<double>(n) * 4);
-          std::printf("TABLE topk %-14s %-8s %7.1f us\n", point.c_str(), path.c_str(), ms * 1e3);
+          tsv.row(candidates ? "topk_candidate" : "topk", point, path_name, ms, static_cast<double>(n) * 4);
+          std::printf("TABLE topk %-14s %-8s %7.1f us\n", point.c_str(), path_name, ms * 1e3);
         }
       }
+    }
+    if (candidates) {
+      for (float* s : scores) cudaFree(s);
+      cudaFree(idx);
+      cudaFree(val);
+      cudaFree(ws);
+      return;
     }
     // Indexer scoring (bf16 embeddings, dim 128) then top-k, as a refresh does.
     const int dim = 128;
@@ -395,7 +427,7 @@ int run(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk]\n");
+      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates]\n");
       return 2;
     }
   }
@@ -408,16 +440,22 @@ int run(int argc, char** argv) {
               static_cast<long long>(dev.l2_bytes >> 20));
   Bench b(out, quick);
   b.copy_ceiling();
+  if (only == "candidates") {
+    // Kernel versions not yet verified on a device, in their own process (device-check.sh).
+    const Pool pool((int64_t{8} << 30) / kPageBytes);
+    b.variants(pool);
+    b.topk(true);
+    return 0;
+  }
   if (only.empty() || only == "attention") {
     // 64 GiB of pages: all 32 layers at 512K for one request, or 1M x 8 requests of one layer.
     const int64_t slots = (int64_t{64} << 30) / kPageBytes;
     const Pool pool(slots);
     b.dense(pool);
-    b.unroll_variants(pool);
     b.all_layers(pool);
     b.sparse(pool);
   }
-  if (only.empty() || only == "topk") b.topk();
+  if (only.empty() || only == "topk") b.topk(false);
   return 0;
 }
 

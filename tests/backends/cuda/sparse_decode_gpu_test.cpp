@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -27,6 +29,16 @@ namespace {
   do {                                                           \
     const DeviceReport r = probe_device();                       \
     if (!r.usable) GTEST_SKIP() << "no sm_90 GPU: " << r.reason; \
+  } while (0)
+
+// Kernel versions not yet verified on a device run only when asked for, in a process of their
+// own (scripts/device-check.sh does so), so that a fault in one cannot take the verified
+// tests down with it.
+#define KVLAB_REQUIRE_CANDIDATES()                                                          \
+  do {                                                                                      \
+    KVLAB_REQUIRE_GPU();                                                                    \
+    const char* on = std::getenv("KVLAB_GPU_CANDIDATES");                                   \
+    if (on == nullptr || std::string(on) != "1") GTEST_SKIP() << "candidate kernels: set KVLAB_GPU_CANDIDATES=1"; \
   } while (0)
 
 template <class T>
@@ -154,7 +166,7 @@ Expected reference(const HostProblem& p) {
 
 /// Runs the kernel on `p` and checks it against the reference; returns the output's
 /// relative error.
-double run_and_check(const HostProblem& p) {
+double run_and_check(const HostProblem& p, SparseDecodeVariant variant = SparseDecodeVariant::kDefault) {
   const Case& c = p.c;
   const size_t n_rows = c.rows.size();
   DeviceBuffer<__nv_bfloat16> k(p.pool_k), v(p.pool_v), q(p.q), sk(p.sum_k), sv(p.sum_v);
@@ -189,7 +201,11 @@ double run_and_check(const HostProblem& p) {
   rows.summary_counts = cnt.ptr;
   SparseDecodeOutView outs{out.ptr, int64_t{c.group} * c.head_dim, c.mass ? page_mass.ptr : nullptr,
                            c.mass ? summary_mass.ptr : nullptr};
-  run_sparse_decode(pool, rows, outs, ws.view(), nullptr);
+  if (variant == SparseDecodeVariant::kDefault) {
+    run_sparse_decode(pool, rows, outs, ws.view(), nullptr);
+  } else {
+    KVLAB_CUDA_CHECK(launch_sparse_decode_variant(pool, rows, outs, ws.view(), variant, nullptr));
+  }
   KVLAB_CUDA_CHECK(cudaDeviceSynchronize());
 
   const Expected e = reference(p);
@@ -252,8 +268,7 @@ TEST(SparseDecode, EveryGroupSizeUpToEight) {
   }
 }
 
-TEST(SparseDecode, LongRowsSplitOverManyItemsMatchReference) {
-  KVLAB_REQUIRE_GPU();
+void check_long_rows(SparseDecodeVariant v) {
   for (const int hd : {64, 128}) {
     Case c;
     c.head_dim = hd;
@@ -264,8 +279,13 @@ TEST(SparseDecode, LongRowsSplitOverManyItemsMatchReference) {
     const HostProblem p = make_problem(c);
     const SparseDecodePlan plan = plan_sparse_decode(p.page_indptr, p.summary_indptr, c.page_tokens);
     EXPECT_GT(plan.row_item_indptr[2] - plan.row_item_indptr[1], 1);  // the row is really split
-    run_and_check(p);
+    run_and_check(p, v);
   }
+}
+
+TEST(SparseDecode, LongRowsSplitOverManyItemsMatchReference) {
+  KVLAB_REQUIRE_GPU();
+  check_long_rows(SparseDecodeVariant::kDefault);
 }
 
 TEST(SparseDecode, WithoutMassOutputsTheOutputIsTheSame) {
@@ -280,6 +300,53 @@ TEST(SparseDecode, FreshInputsGiveFreshOutputs) {
   // Two seeds, same shapes: both match their own reference, so nothing is cached or constant.
   run_and_check(make_problem(mixed_case(128, 4, 51)));
   run_and_check(make_problem(mixed_case(128, 4, 52)));
+}
+
+// ---- candidate versions (cp.async v2, tensor-core v3): NOTES.md ---------------------------
+
+/// Versions that exist for every shape, and those for head_dim 128 with group 3-4 only.
+const SparseDecodeVariant kAllShapes[] = {SparseDecodeVariant::kMmaStages2, SparseDecodeVariant::kMmaStages3,
+                                          SparseDecodeVariant::kMmaStages4, SparseDecodeVariant::kAsyncUnroll4Stages4};
+const SparseDecodeVariant kLlamaShapeOnly[] = {SparseDecodeVariant::kAsyncUnroll4Stages3,
+                                               SparseDecodeVariant::kAsyncUnroll4Stages6,
+                                               SparseDecodeVariant::kAsyncUnroll2Stages8,
+                                               SparseDecodeVariant::kAsyncUnroll8Stages3};
+
+TEST(SparseDecodeCandidateSanitize, SmallRowsOddPages) {
+  KVLAB_REQUIRE_CANDIDATES();
+  for (const SparseDecodeVariant v : {SparseDecodeVariant::kMmaStages3, SparseDecodeVariant::kAsyncUnroll4Stages4}) {
+    SCOPED_TRACE("variant " + std::to_string(static_cast<int>(v)));
+    Case c = mixed_case(128, 4, 500 + static_cast<int>(v));
+    c.page_tokens = 7;
+    c.rows = {{2, 7, 0}, {5, 3, 2}, {1, 5, 9}};
+    run_and_check(make_problem(c), v);
+  }
+}
+
+TEST(SparseDecodeCandidate, EveryShapeMatchesReference) {
+  KVLAB_REQUIRE_CANDIDATES();
+  for (const SparseDecodeVariant v : kAllShapes) {
+    for (int g = 1; g <= kSparseDecodeMaxGroup; ++g) {
+      for (const int hd : {64, 128}) {
+        SCOPED_TRACE("variant " + std::to_string(static_cast<int>(v)) + " group " + std::to_string(g) + " head_dim " +
+                     std::to_string(hd));
+        run_and_check(make_problem(mixed_case(hd, g, 600 + g * 7 + hd + static_cast<int>(v))), v);
+      }
+    }
+    check_long_rows(v);
+  }
+}
+
+TEST(SparseDecodeCandidate, LlamaShapeVersionsMatchReference) {
+  KVLAB_REQUIRE_CANDIDATES();
+  for (const SparseDecodeVariant v : kLlamaShapeOnly) {
+    SCOPED_TRACE("variant " + std::to_string(static_cast<int>(v)));
+    run_and_check(make_problem(mixed_case(128, 4, 300 + static_cast<int>(v))), v);
+    Case c = mixed_case(128, 3, 400 + static_cast<int>(v));
+    c.page_tokens = 64;
+    c.rows = {{300, 33, 0}, {41, 64, 70}, {2, 1, 0}};
+    run_and_check(make_problem(c), v);
+  }
 }
 
 }  // namespace
