@@ -10,7 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "backends/cpu/live_backend.hpp"
+#include "backends/cpu/cpu_decoder.hpp"
+#include "backends/live/live_backend.hpp"
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/live_common.hpp"
@@ -161,7 +162,6 @@ int run_generate(const Argv& argv) {
                                                                    " tokens) with --max-tokens");
 
   LiveOptions options;
-  options.decoder = decoder;
   options.temperature = temperature;
   options.sampling_seed = static_cast<uint64_t>(seed);
   options.reference_mass = false;  // nothing reads recall here
@@ -170,7 +170,7 @@ int run_generate(const Argv& argv) {
   request.info.workload = "generate";
   request.info.decode_steps = max_tokens - 1;  // prefill yields the first token
   request.prompt = tokens;
-  LiveBackend backend(model.weights, model.stop_tokens, {request}, options);
+  LiveBackend backend(cpu_decoder_factory(model.weights, decoder), model.stop_tokens, {request}, options);
   EngineOptions engine;
   engine.threads = 1;  // the decoder itself uses every core
   const std::vector<PolicyResult> results = run_engine(backend, {policy}, engine);

@@ -2,6 +2,7 @@
 
 #include <iostream>
 
+#include "backends/cpu/llama_decoder.hpp"
 #include "backends/model/llama_weights.hpp"
 #include "core/error.hpp"
 

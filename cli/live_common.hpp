@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "backends/cpu/live_model.hpp"
+#include "backends/live/live_model.hpp"
 #include "cli/args.hpp"
 #include "core/registry.hpp"
 

@@ -3,7 +3,8 @@
 #include <iomanip>
 #include <iostream>
 
-#include "backends/cpu/live_record.hpp"
+#include "backends/cpu/cpu_decoder.hpp"
+#include "backends/live/live_record.hpp"
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/live_common.hpp"
@@ -77,10 +78,9 @@ int run_record(const Argv& argv) {
   std::vector<LiveRequest> requests = task_requests(*model.tokenizer, task, context, static_cast<int>(samples),
                                                     static_cast<uint64_t>(seed), steps);
   LiveOptions options;
-  options.decoder = decoder;
   options.stop_at_eos = false;
   options.reference_mass = false;  // every chunk is resident: the observed mass is full attention
-  LiveBackend backend(model.weights, model.stop_tokens, std::move(requests), options);
+  LiveBackend backend(cpu_decoder_factory(model.weights, decoder), model.stop_tokens, std::move(requests), options);
 
   ProgressBar bar("record");
   record.progress = [&bar](int64_t done, int64_t total) { bar.update(done, total); };

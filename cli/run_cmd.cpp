@@ -22,7 +22,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "backends/cpu/live_backend.hpp"
+#include "backends/cpu/cpu_decoder.hpp"
+#include "backends/live/live_backend.hpp"
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/live_common.hpp"
@@ -178,10 +179,9 @@ int run_run(const Argv& argv) {
                                                     static_cast<int>(samples), static_cast<uint64_t>(seed),
                                                     max_tokens - 1, &task_samples);
   LiveOptions options;
-  options.decoder = decoder;
   options.keep_log_probs = agreement;
   options.arrival = arrival == "measured" ? ArrivalMode::Measured : ArrivalMode::Modelled;
-  LiveBackend backend(model.weights, model.stop_tokens, std::move(requests), options);
+  LiveBackend backend(cpu_decoder_factory(model.weights, decoder), model.stop_tokens, std::move(requests), options);
 
   const auto start = std::chrono::steady_clock::now();
   std::vector<Totals> totals(policies.size());

@@ -7,14 +7,22 @@
 //      a. on_refresh(StepContext, Plan&)   only when refresh_interval() > 0 and
 //         t % refresh_interval() == 0, before on_step (LSA's every-τ hook).
 //      b. on_step(StepContext, Plan&)      decide the resident set for step t.
-//         The engine then applies the plan, enforces budget_bytes() and accounts the bytes.
+//         The engine then applies the plan to the ledger, enforces budget_bytes() and accounts
+//         the bytes. On a live backend it hands the backend the plan's deltas and tiers
+//         (StepIO, core/backend.hpp), so the plan is what runs: plan.tiers.summary_ratio is
+//         the summary tier attention reads, whatever the policy's parameters are called.
+//         Fetched chunks are resident once they arrive (modelled or measured, core/ledger.hpp).
 //      c. on_attention(FeedbackContext)    the attention step t computed over the chunks that
 //         were actually resident (renormalised over them), when wants_attention() is true.
+// The policies of one request run in lockstep, each with its own Policy object and ledger;
+// live, each also has its own session, all started from one prefill of the request.
 //
 // Causality: a step context carries only what a real system has at step t: the current query
 // features, the features of complete chunks, the policy's own residency, and (through
 // on_attention) attention over chunks that were resident. Oracle policies, and only they, get
 // `oracle` with the true attention of step t (and of later steps up to oracle_lookahead()).
+// A live backend computes a step's attention only after the plan, so the engine refuses
+// oracles there before anything is prefilled.
 #pragma once
 
 #include <cstdint>

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <initializer_list>
 #include <limits>
 #include <string>
 
 #include <Eigen/Dense>
 
+#include "backends/attention/sparse_decode_reference.hpp"
 #include "core/error.hpp"
 
 #ifdef _OPENMP
@@ -511,175 +513,67 @@ StepResult LlamaDecoder::step(int32_t token, const StepRequest& request) {
   return out;
 }
 
-void LlamaDecoder::decode_attention(int layer, const float* q, const StepRequest& request,
-                                    float* attn_out, StepResult& out) {
+void LlamaDecoder::decode_attention(int layer, const float* q, const StepRequest& request, float* attn_out,
+                                    StepResult& out) {
   const LlamaConfig& c = config();
   const int hd = c.head_dim;
   const int ct = options_.chunk_tokens;
   const int group = c.n_heads / c.n_kv_heads;
   const int n_kv = c.n_kv_heads;
   const int64_t n_chunks = cache_.n_chunks(layer);
-  const int q_dim = c.n_heads * hd;
-  const int64_t n_slots = n_chunks * ct;
   const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const auto inv_group = 1.0F / static_cast<float>(group);
-
-  // attended[g][ch]: chunk read by the restricted softmax of KV head g.
-  std::vector<std::vector<char>> attended(static_cast<size_t>(n_kv),
-                                          std::vector<char>(static_cast<size_t>(n_chunks), 1));
-  if (!request.residency.all_resident()) {
-    for (int g = 0; g < n_kv; ++g) {
-      const ResidentChunks* row = request.residency.row(layer * n_kv + g);
-      for (int64_t ch = 0; ch + 1 < n_chunks; ++ch) {
-        attended[static_cast<size_t>(g)][static_cast<size_t>(ch)] = row->test(ch) ? 1 : 0;
-      }
-    }
-  }
-
-  // Scores of every needed (kv head, chunk): [n_kv × group × n_slots], position-indexed.
   const bool need_all = request.full_reference_mass;
-  std::vector<std::pair<int, int64_t>> tasks;
-  tasks.reserve(static_cast<size_t>(n_kv * n_chunks));
+  const int last_tokens = cache_.chunk_token_count(layer, n_chunks - 1);
+  const bool parallel = n_chunks * ct * n_kv * hd > (1 << 15);
+
+  // One KV head (its group of query heads) per task: the reference over the head's pages. An
+  // exception must not leave an OpenMP region, so the first one is carried out of it.
+  std::exception_ptr error;
+#pragma omp parallel for schedule(static) num_threads(threads_) if (parallel)
   for (int g = 0; g < n_kv; ++g) {
-    for (int64_t ch = 0; ch < n_chunks; ++ch) {
-      if (need_all || attended[static_cast<size_t>(g)][static_cast<size_t>(ch)] != 0) {
-        tasks.emplace_back(g, ch);
-      }
-    }
-  }
-  RowMatrix scores(static_cast<Eigen::Index>(n_kv) * group, n_slots);
-  const auto n_tasks = static_cast<int64_t>(tasks.size());
-  const bool parallel = n_slots * n_kv * hd > (1 << 15);
-#pragma omp parallel for schedule(static) num_threads(threads_) if (parallel)
-  for (int64_t t = 0; t < n_tasks; ++t) {
-    const auto [g, ch] = tasks[static_cast<size_t>(t)];
-    const int cnt = cache_.chunk_token_count(layer, ch);
-    ConstRowMap qg(q + static_cast<ptrdiff_t>(g) * group * hd, group, hd);
-    ConstRowMap kc(cache_.keys(layer, ch, g), cnt, hd);
-    scores.block(static_cast<Eigen::Index>(g) * group, ch * ct, group, cnt).noalias() =
-        (qg * scale) * kc.transpose();
-  }
-
-  // Summary entries per KV head: mean key/value over each group's non-attended chunks.
-  struct Summary {
-    Eigen::VectorXf key, value;
-    float bias = 0.0F;
-  };
-  std::vector<std::vector<Summary>> summaries(static_cast<size_t>(n_kv));
-  if (request.include_summaries) {
-    const int64_t per = request.summary_ratio / ct;
-    for (int g = 0; g < n_kv; ++g) {
-      for (int64_t first = 0; first < n_chunks; first += per) {
-        Summary s{Eigen::VectorXf::Zero(hd), Eigen::VectorXf::Zero(hd), 0.0F};
-        int64_t count = 0;
-        for (int64_t ch = first; ch < std::min(first + per, n_chunks); ++ch) {
-          if (attended[static_cast<size_t>(g)][static_cast<size_t>(ch)] != 0) continue;
-          s.key += ConstVecMap(cache_.key_sum(layer, ch, g), hd);
-          s.value += ConstVecMap(cache_.value_sum(layer, ch, g), hd);
-          count += cache_.chunk_token_count(layer, ch);
-        }
-        if (count == 0) continue;
-        s.key /= static_cast<float>(count);
-        s.value /= static_cast<float>(count);
-        s.bias = static_cast<float>(std::log(static_cast<double>(count)));
-        summaries[static_cast<size_t>(g)].push_back(std::move(s));
-      }
-    }
-  }
-
-  // Softmax per query head over attended chunks (+ summaries), and optionally over all chunks.
-  // Each head's probabilities overwrite its scores in `probs`.
-  RowMatrix probs(scores.rows(), n_slots);
-  std::vector<Eigen::VectorXf> summary_p(static_cast<size_t>(c.n_heads));
-  RowMatrix head_mass = RowMatrix::Zero(c.n_heads, n_chunks);
-  RowMatrix head_full = need_all ? RowMatrix::Zero(c.n_heads, n_chunks) : RowMatrix();
-  Eigen::VectorXf head_summary_mass = Eigen::VectorXf::Zero(c.n_heads);
-#pragma omp parallel for schedule(static) num_threads(threads_) if (parallel)
-  for (int head = 0; head < c.n_heads; ++head) {
-    const int g = head / group;
-    const auto& att = attended[static_cast<size_t>(g)];
-    const auto& sums = summaries[static_cast<size_t>(g)];
-    ConstVecMap qh(q + static_cast<ptrdiff_t>(head) * hd, hd);
-    auto srow = scores.row(head);
-    Eigen::VectorXf sp(static_cast<Eigen::Index>(sums.size()));
-    for (size_t i = 0; i < sums.size(); ++i) {
-      sp(static_cast<Eigen::Index>(i)) = scale * qh.dot(sums[i].key) + sums[i].bias;
-    }
-    float m = sp.size() > 0 ? sp.maxCoeff() : kNegInf;
-    float m_all = kNegInf;
-    for (int64_t ch = 0; ch < n_chunks; ++ch) {
-      const int cnt = cache_.chunk_token_count(layer, ch);
-      const bool in = att[static_cast<size_t>(ch)] != 0;
-      if (!in && !need_all) continue;
-      const float cm = srow.segment(ch * ct, cnt).maxCoeff();
-      if (in) m = std::max(m, cm);
-      m_all = std::max(m_all, cm);
-    }
-    // Restricted softmax.
-    double denom = 0.0;
-    auto prow = probs.row(head);
-    for (int64_t ch = 0; ch < n_chunks; ++ch) {
-      if (att[static_cast<size_t>(ch)] == 0) continue;
-      const int cnt = cache_.chunk_token_count(layer, ch);
-      prow.segment(ch * ct, cnt) = (srow.segment(ch * ct, cnt).array() - m).exp().matrix();
-      const float chunk_sum = prow.segment(ch * ct, cnt).sum();
-      head_mass(head, ch) = chunk_sum;
-      denom += chunk_sum;
-    }
-    sp = (sp.array() - m).exp().matrix();
-    denom += sp.sum();
-    const auto inv = static_cast<float>(1.0 / denom);
-    for (int64_t ch = 0; ch < n_chunks; ++ch) {
-      if (att[static_cast<size_t>(ch)] == 0) continue;
-      const int cnt = cache_.chunk_token_count(layer, ch);
-      prow.segment(ch * ct, cnt) *= inv;
-    }
-    head_mass.row(head) *= inv;
-    sp *= inv;
-    head_summary_mass(head) = sp.sum();
-    summary_p[static_cast<size_t>(head)] = sp;
-    // Reference softmax over every chunk, from the same scores.
-    if (need_all) {
-      double denom_all = 0.0;
+    try {
+      std::vector<const float*> keys(static_cast<size_t>(n_chunks)), values(keys.size());
+      std::vector<const float*> key_sums(keys.size()), value_sums(keys.size());
+      std::vector<int64_t> attended;
+      attended.reserve(keys.size());
+      const ResidentChunks* row = request.residency.row(layer * n_kv + g);
       for (int64_t ch = 0; ch < n_chunks; ++ch) {
-        const int cnt = cache_.chunk_token_count(layer, ch);
-        const float s = (srow.segment(ch * ct, cnt).array() - m_all).exp().sum();
-        head_full(head, ch) = s;
-        denom_all += s;
+        const auto i = static_cast<size_t>(ch);
+        keys[i] = cache_.keys(layer, ch, g);
+        values[i] = cache_.values(layer, ch, g);
+        key_sums[i] = cache_.key_sum(layer, ch, g);
+        value_sums[i] = cache_.value_sum(layer, ch, g);
+        // The chunk being written is always attended.
+        if (row == nullptr || ch + 1 == n_chunks || row->test(ch)) attended.push_back(ch);
       }
-      head_full.row(head) *= static_cast<float>(1.0 / denom_all);
+      attention::SparseDecodeInputs in;
+      in.query = q + static_cast<ptrdiff_t>(g) * group * hd;
+      in.group = group;
+      in.head_dim = hd;
+      in.scale = scale;
+      in.kv = {keys, values, ct, last_tokens, hd};
+      in.attended = attended;
+      attention::OwnedSummaries summaries;
+      if (request.include_summaries) {
+        summaries =
+            attention::summarize_unattended(in.kv, {key_sums, value_sums}, hd, attended, request.summary_ratio / ct);
+        in.summaries = summaries.view();
+      }
+      const Eigen::Index r = static_cast<Eigen::Index>(layer) * n_kv + g;
+      std::vector<float> chunk_mass(static_cast<size_t>(n_chunks));
+      std::vector<float> full_mass(need_all ? chunk_mass.size() : 0);
+      float summary_mass = 0.0F;
+      attention::sparse_decode_reference(in, {attn_out + static_cast<ptrdiff_t>(g) * group * hd, chunk_mass.data(),
+                                              &summary_mass, need_all ? full_mass.data() : nullptr});
+      out.chunk_mass.row(r).head(n_chunks) = ConstVecMap(chunk_mass.data(), n_chunks).transpose();
+      out.summary_mass(r) = summary_mass;
+      if (need_all) out.full_mass.row(r).head(n_chunks) = ConstVecMap(full_mass.data(), n_chunks).transpose();
+    } catch (...) {
+#pragma omp critical(kvlab_decode_attention_error)
+      if (!error) error = std::current_exception();
     }
   }
-
-  // Output: Σ_chunks P_c V_c (+ Σ summaries p_s v̄_s), split over (kv head, chunk) tasks with
-  // one accumulator per thread.
-  RowMatrix partial = RowMatrix::Zero(threads_, q_dim);
-#pragma omp parallel for schedule(static) num_threads(threads_) if (parallel)
-  for (int64_t t = 0; t < n_tasks; ++t) {
-    const auto [g, ch] = tasks[static_cast<size_t>(t)];
-    if (attended[static_cast<size_t>(g)][static_cast<size_t>(ch)] == 0) continue;
-    const int cnt = cache_.chunk_token_count(layer, ch);
-    ConstRowMap vc(cache_.values(layer, ch, g), cnt, hd);
-    RowMap acc(partial.row(thread_id()).data() + static_cast<ptrdiff_t>(g) * group * hd, group, hd);
-    acc.noalias() += probs.block(static_cast<Eigen::Index>(g) * group, ch * ct, group, cnt) * vc;
-  }
-  VecMap out_vec(attn_out, q_dim);
-  out_vec = partial.colwise().sum().transpose();
-  for (int head = 0; head < c.n_heads; ++head) {
-    const auto& sums = summaries[static_cast<size_t>(head / group)];
-    for (size_t i = 0; i < sums.size(); ++i) {
-      out_vec.segment(static_cast<Eigen::Index>(head) * hd, hd) +=
-          summary_p[static_cast<size_t>(head)](static_cast<Eigen::Index>(i)) * sums[i].value;
-    }
-  }
-
-  // Reports: average the query heads of each group.
-  for (int head = 0; head < c.n_heads; ++head) {
-    const Eigen::Index row = static_cast<Eigen::Index>(layer) * n_kv + head / group;
-    out.chunk_mass.row(row).head(n_chunks) += head_mass.row(head) * inv_group;
-    out.summary_mass(row) += head_summary_mass(head) * inv_group;
-    if (need_all) out.full_mass.row(row).head(n_chunks) += head_full.row(head) * inv_group;
-  }
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace kvlab

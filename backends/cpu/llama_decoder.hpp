@@ -13,9 +13,14 @@
 // probability summed over a chunk's tokens and over the query heads that share that KV head,
 // divided by the group size, so a row sums to 1.
 //
+// Options, residency views and per-step switches are the live decoder interface's
+// (backends/live/decoder.hpp); CpuDecoder (cpu_decoder.hpp) puts this class behind it.
+// Decode attention is the standalone reference (backends/attention/sparse_decode_reference.hpp)
+// over the paged cache, so the CPU decoder and the GPU kernels compute one definition.
+//
 // Threading: OpenMP. Projections in prefill are Eigen GEMMs (Eigen threads them); decode
 // projections are split by output rows across threads; attention is split by (head, query
-// block) in prefill and by (kv head, chunk) in decode.
+// block) in prefill and by KV head in decode.
 #pragma once
 
 #include <cstdint>
@@ -26,76 +31,10 @@
 #include <Eigen/Core>
 
 #include "backends/cpu/kv_cache.hpp"
+#include "backends/live/decoder.hpp"
 #include "backends/model/llama_weights.hpp"
 
 namespace kvlab {
-
-/// Stretching RoPE past the trained context. Linear divides positions by `factor`; NTK-aware
-/// raises the base to base·factor^(d/(d−2)), which keeps high-frequency dims intact.
-struct RopeScaling {
-  enum class Kind { kNone, kLinear, kNtk };
-  Kind kind = Kind::kNone;
-  double factor = 1.0;
-};
-
-/// What each chunk's feature vector is: the mean of the feature layer's cached keys
-/// (post-RoPE, all KV heads concatenated: n_kv_heads·head_dim floats) or the mean of the
-/// residual stream entering that layer (hidden floats).
-enum class ChunkFeatureSource { kKeys, kHidden };
-
-struct DecoderOptions {
-  int chunk_tokens = 64;
-  /// Prompt tokens per prefill block: larger blocks mean bigger GEMMs and more scratch memory.
-  int prefill_block = 256;
-  /// Layer whose input residual stream is the step's query feature and whose keys (or input
-  /// hidden states) make the chunk features. -1 picks n_layers / 2.
-  int feature_layer = -1;
-  ChunkFeatureSource chunk_feature_source = ChunkFeatureSource::kKeys;
-  RopeScaling rope_scaling;
-  /// Threads for the decoder's OpenMP regions; 0 keeps the OpenMP default (all cores).
-  /// A positive value also sets Eigen's GEMM thread count, which is process-wide.
-  int threads = 0;
-};
-
-/// One row's resident chunks as a bitmap: bit c of bits[c / 64] set ⇔ chunk c resident.
-/// Chunks at or beyond n_chunks are not resident. Non-owning (kvlab::ChunkMask::words()).
-struct ResidentChunks {
-  const uint64_t* bits = nullptr;
-  int64_t n_chunks = 0;
-
-  [[nodiscard]] bool test(int64_t c) const {
-    return c < n_chunks && ((bits[c >> 6] >> (c & 63)) & 1U) != 0;
-  }
-};
-
-/// Residency for every row. Three forms: all resident (rows empty), uniform (one row applies
-/// to every (layer, kv_head)), or per row (n_layers·n_kv_heads rows, row = layer·n_kv + head).
-struct ResidencyView {
-  std::span<const ResidentChunks> rows;
-
-  [[nodiscard]] bool all_resident() const { return rows.empty(); }
-  [[nodiscard]] const ResidentChunks* row(int r) const {
-    if (rows.empty()) return nullptr;
-    return rows.size() == 1 ? &rows[0] : &rows[static_cast<size_t>(r)];
-  }
-};
-
-/// Per-step switches.
-struct StepRequest {
-  /// Which chunks attention may read. The chunk that holds the token being decoded is always
-  /// attended (it is being written, and a softmax needs at least the token itself).
-  ResidencyView residency;
-  /// Compressed tier: for each group of `summary_ratio` tokens (a multiple of chunk_tokens),
-  /// one extra entry whose key and value are the means over the group's NON-resident chunks,
-  /// with an additive log(count) score bias (it weighs like `count` copies of its mean key).
-  /// A fully resident group therefore contributes nothing, and a partially resident one
-  /// covers exactly its evicted tokens, so no token is counted twice.
-  bool include_summaries = false;
-  int summary_ratio = 128;
-  /// Also compute the mass every chunk would get if all were resident (a second softmax over
-  /// the same query; costs reading the non-resident keys).
-  bool full_reference_mass = false;
-};
 
 /// What one step (or the prefill's last token) reports. Matrices are [rows × n_chunks] with
 /// rows = n_layers·n_kv_heads; n_chunks is the chunk count after the token was appended.

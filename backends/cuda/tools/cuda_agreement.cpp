@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "backends/cpu/live_model.hpp"
+#include "backends/live/live_model.hpp"
 #include "backends/cpu/llama_decoder.hpp"
 #include "backends/cuda/model/cuda_llama_decoder.hpp"
 #include "backends/model/llama_weights.hpp"

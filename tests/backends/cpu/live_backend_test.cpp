@@ -2,7 +2,7 @@
 // backend, full residency reproduces plain decoding, restricted residency changes the model's
 // output, observed mass is a distribution over the resident chunks, and recording writes a
 // valid trace that replays with recall 1 under full attention.
-#include "backends/cpu/live_backend.hpp"
+#include "backends/live/live_backend.hpp"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,8 @@
 #include <filesystem>
 #include <random>
 
-#include "backends/cpu/live_record.hpp"
+#include "backends/cpu/cpu_decoder.hpp"
+#include "backends/live/live_record.hpp"
 #include "backends/replay/replay_backend.hpp"
 #include "core/engine.hpp"
 #include "core/error.hpp"
@@ -38,10 +39,17 @@ std::vector<int32_t> tokens(int64_t n, uint32_t seed) {
   return t;
 }
 
+DecoderOptions decoder_options() {
+  DecoderOptions d;
+  d.chunk_tokens = kChunk;
+  d.threads = 1;
+  return d;
+}
+
+DecoderFactory tiny_decoder() { return cpu_decoder_factory(tiny_weights(), decoder_options()); }
+
 LiveOptions options() {
   LiveOptions o;
-  o.decoder.chunk_tokens = kChunk;
-  o.decoder.threads = 1;
   o.keep_log_probs = true;
   return o;
 }
@@ -57,7 +65,7 @@ std::unique_ptr<LiveBackend> backend(int n_requests = 1, LiveOptions o = options
     r.prompt = tokens(kPrompt + i, 100 + static_cast<uint32_t>(i));
     requests.push_back(std::move(r));
   }
-  return std::make_unique<LiveBackend>(tiny_weights(), std::vector<int32_t>{}, std::move(requests), o);
+  return std::make_unique<LiveBackend>(tiny_decoder(), std::vector<int32_t>{}, std::move(requests), o);
 }
 
 int32_t argmax(const Eigen::VectorXf& v) {
@@ -118,7 +126,7 @@ TEST(LiveBackend, FullResidencyThroughTheEngineEqualsPlainDecoding) {
   ASSERT_EQ(out.tokens.size(), static_cast<size_t>(kSteps + 1));
   ASSERT_EQ(out.log_probs.size(), static_cast<size_t>(kSteps));
 
-  LlamaDecoder plain(tiny_weights(), options().decoder);
+  LlamaDecoder plain(tiny_weights(), decoder_options());
   StepResult r = plain.prefill(b->request(0).prompt);
   std::vector<int32_t> expected = {argmax(r.logits)};
   for (int64_t t = 0; t < kSteps; ++t) {
@@ -302,7 +310,7 @@ TEST(LiveBackend, StopTokensEndFreeRunningRequests) {
   const LiveOutput free = b->output(0);
   // Make the third generated token a stop token: the run ends before feeding it.
   std::vector<LiveRequest> requests = {b->request(0)};
-  LiveBackend stopping(tiny_weights(), {free.tokens[2]}, requests, options());
+  LiveBackend stopping(tiny_decoder(), {free.tokens[2]}, requests, options());
   (void)run_engine(stopping, {full}, engine_options());
   const LiveOutput out = stopping.output(0);
   const auto first_stop = std::find(free.tokens.begin(), free.tokens.end(), free.tokens[2]) - free.tokens.begin();
@@ -343,10 +351,10 @@ TEST(LiveBackend, TooLongRequestsAndEmptyPromptsAreInputErrors) {
   r.info.id = "long";
   r.info.decode_steps = 8;
   r.prompt = tokens(30, 1);
-  EXPECT_THROW(LiveBackend(w, {}, {r}, options()), InputError);
+  EXPECT_THROW(LiveBackend(cpu_decoder_factory(w, decoder_options()), {}, {r}, options()), InputError);
   r.prompt.clear();
   r.info.decode_steps = 1;
-  EXPECT_THROW(LiveBackend(tiny_weights(), {}, {r}, options()), InputError);
+  EXPECT_THROW(LiveBackend(tiny_decoder(), {}, {r}, options()), InputError);
 }
 
 TEST(LiveBackend, PolicyWithSmallBudgetRunsAndDiffersFromFull) {
@@ -392,7 +400,7 @@ TEST_P(LiveRecord, WritesAValidTraceThatReplaysWithRecallOne) {
   std::vector<float> q;
   req->read_query(0, q);
   // Step 0's query feature is the feature layer's input for the last prompt token.
-  LlamaDecoder plain(tiny_weights(), o.decoder);
+  LlamaDecoder plain(tiny_weights(), decoder_options());
   const StepResult r = plain.prefill(b->request(0).prompt);
   ASSERT_EQ(q.size(), static_cast<size_t>(r.query_features.size()));
   for (size_t i = 0; i < q.size(); ++i) EXPECT_FLOAT_EQ(q[i], r.query_features(static_cast<Eigen::Index>(i)));

@@ -10,7 +10,7 @@
 #include <iostream>
 #include <random>
 
-#include "backends/cpu/live_model.hpp"
+#include "backends/live/live_model.hpp"
 #include "backends/model/tokenizer.hpp"
 #include "core/chunk_mask.hpp"
 #include "core/error.hpp"

@@ -1,4 +1,4 @@
-#include "backends/cpu/live_record.hpp"
+#include "backends/live/live_record.hpp"
 
 #include <algorithm>
 

@@ -1,11 +1,11 @@
-#include "backends/cpu/live_backend.hpp"
+#include "backends/live/live_backend.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <random>
 
-#include "backends/cpu/residency_view.hpp"
+#include "backends/live/residency_view.hpp"
 #include "core/error.hpp"
 
 namespace kvlab {
@@ -15,23 +15,21 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-int32_t argmax(const Eigen::VectorXf& v) {
-  Eigen::Index i = 0;
-  v.maxCoeff(&i);
-  return static_cast<int32_t>(i);
+int32_t argmax(std::span<const float> v) {
+  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
 /// A uniform double in [0, 1) from the top 53 bits: the same on every standard library.
 double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
 /// Samples from softmax(logits / temperature).
-int32_t sample(const Eigen::VectorXf& logits, double temperature, std::mt19937_64& rng) {
-  const double m = logits.maxCoeff();
-  std::vector<double> p(static_cast<size_t>(logits.size()));
+int32_t sample(std::span<const float> logits, double temperature, std::mt19937_64& rng) {
+  const double m = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(logits.size());
   double z = 0;
-  for (Eigen::Index i = 0; i < logits.size(); ++i) {
-    p[static_cast<size_t>(i)] = std::exp((logits(i) - m) / temperature);
-    z += p[static_cast<size_t>(i)];
+  for (size_t i = 0; i < logits.size(); ++i) {
+    p[i] = std::exp((logits[i] - m) / temperature);
+    z += p[i];
   }
   double u = uniform01(rng) * z;
   for (size_t i = 0; i < p.size(); ++i) {
@@ -41,38 +39,39 @@ int32_t sample(const Eigen::VectorXf& logits, double temperature, std::mt19937_6
   return argmax(logits);  // rounding left u at the end: take the likeliest
 }
 
-std::vector<float> log_softmax(const Eigen::VectorXf& logits) {
-  const double m = logits.maxCoeff();
+std::vector<float> log_softmax(std::span<const float> logits) {
+  const double m = *std::max_element(logits.begin(), logits.end());
   double z = 0;
-  for (Eigen::Index i = 0; i < logits.size(); ++i) z += std::exp(static_cast<double>(logits(i)) - m);
+  for (float l : logits) z += std::exp(static_cast<double>(l) - m);
   const double lz = m + std::log(z);
-  std::vector<float> out(static_cast<size_t>(logits.size()));
-  for (Eigen::Index i = 0; i < logits.size(); ++i) out[static_cast<size_t>(i)] = static_cast<float>(logits(i) - lz);
+  std::vector<float> out(logits.size());
+  for (size_t i = 0; i < logits.size(); ++i) out[i] = static_cast<float>(logits[i] - lz);
   return out;
 }
 
-Geometry geometry_of(const LlamaConfig& c, int chunk_tokens) {
+Geometry geometry_of(const DecoderShape& s) {
   Geometry g = Geometry::preset("smollm2-135m");
-  if (c.n_layers != g.n_layers || c.n_kv_heads != g.n_kv_heads || c.head_dim != g.head_dim) {
-    g.model = c.name.empty() ? "llama" : c.name;
+  if (s.n_layers != g.n_layers || s.n_kv_heads != g.n_kv_heads || s.head_dim != g.head_dim) {
+    g.model = s.model.empty() ? "llama" : s.model;
   }
-  g.n_layers = c.n_layers;
-  g.n_kv_heads = c.n_kv_heads;
-  g.head_dim = c.head_dim;
+  g.n_layers = s.n_layers;
+  g.n_kv_heads = s.n_kv_heads;
+  g.head_dim = s.head_dim;
   g.kv_dtype_bytes = 2;  // bf16 accounting, as a GPU serving stack would store it
-  g.chunk_tokens = chunk_tokens;
+  g.chunk_tokens = s.chunk_tokens;
   return g;
 }
 
 /// Copies a decoder's [rows × chunks] report into dense StepMass rows.
-void fill_mass(const RowMatrix& m, RowLayout layout, bool renormalise, StepMass& out) {
-  out.reset_dense(layout, m.cols());
+void fill_mass(const DecodeOutput& d, bool full, RowLayout layout, bool renormalise, StepMass& out) {
+  out.reset_dense(layout, d.n_chunks);
   for (int r = 0; r < layout.rows(); ++r) {
+    const std::span<const float> src = full ? d.full_mass_row(r) : d.chunk_mass_row(r);
     std::span<float> row = out.dense_row(r);
     double sum = 0;
-    for (Eigen::Index c = 0; c < m.cols(); ++c) {
-      row[static_cast<size_t>(c)] = m(r, c);
-      sum += m(r, c);
+    for (size_t c = 0; c < src.size(); ++c) {
+      row[c] = src[c];
+      sum += src[c];
     }
     if (renormalise && sum > 0) {
       for (float& v : row) v = static_cast<float>(v / sum);
@@ -83,8 +82,8 @@ void fill_mass(const RowMatrix& m, RowLayout layout, bool renormalise, StepMass&
 /// Request i's prompt after prefill: the decoder holding its cache, and the prefill's result.
 struct LivePrefill final : PrefilledRequest {
   int64_t index = 0;
-  std::unique_ptr<const LlamaDecoder> decoder;
-  StepResult result;
+  std::unique_ptr<const Decoder> decoder;
+  DecodeOutput result;
   double seconds = 0;
 };
 
@@ -100,7 +99,7 @@ class LiveSession final : public RequestSession {
     forced_ = backend_.forced_[static_cast<size_t>(index)];
     forced_steps_ = backend_.forced_steps_[static_cast<size_t>(index)];
     rng_.seed(o.sampling_seed * 0x9E3779B97F4A7C15ULL + info_.seed + static_cast<uint64_t>(index));
-    decoder_ = std::make_unique<LlamaDecoder>(*prefill.decoder);  // shares the prompt's chunks
+    decoder_ = prefill.decoder->fork();  // shares the prompt's chunks
     out_.prefill_seconds = prefill.seconds;
     query_ = prefill.result.query_features;
     out_.tokens.push_back(forced_.empty() ? choose(prefill.result.logits) : forced_[0]);
@@ -109,8 +108,8 @@ class LiveSession final : public RequestSession {
   ~LiveSession() override { backend_.store_output(index_, std::move(out_)); }
 
   [[nodiscard]] const RequestInfo& info() const override { return info_; }
-  [[nodiscard]] int64_t d_query() const override { return decoder_->config().hidden; }
-  [[nodiscard]] int64_t d_key() const override { return decoder_->chunk_feature_size(); }
+  [[nodiscard]] int64_t d_query() const override { return backend_.shape_.hidden; }
+  [[nodiscard]] int64_t d_key() const override { return backend_.shape_.chunk_feature_size; }
 
   bool begin_step(int64_t t) override {
     if (t != out_.steps) {
@@ -123,18 +122,18 @@ class LiveSession final : public RequestSession {
   }
 
   [[nodiscard]] const StepMass* reference() const override { return has_reference_ ? &reference_ : nullptr; }
-  [[nodiscard]] std::span<const float> query() const override {
-    return {query_.data(), static_cast<size_t>(query_.size())};
-  }
+  [[nodiscard]] std::span<const float> query() const override { return query_; }
 
   [[nodiscard]] FeatureRows chunk_features() const override {
     const int64_t complete = decoder_->n_complete_chunks();
-    const int64_t d = decoder_->chunk_feature_size();
-    for (int64_t c = features_rows_; c < complete; ++c) {
-      const Eigen::VectorXf f = decoder_->chunk_features(c);
-      features_.insert(features_.end(), f.data(), f.data() + f.size());
+    const int64_t d = backend_.shape_.chunk_feature_size;
+    if (complete > features_rows_) {
+      features_.resize(static_cast<size_t>(complete * d));
+      for (int64_t c = features_rows_; c < complete; ++c) {
+        decoder_->chunk_features(c, std::span<float>(features_).subspan(static_cast<size_t>(c * d), static_cast<size_t>(d)));
+      }
+      features_rows_ = complete;
     }
-    features_rows_ = std::max(features_rows_, complete);
     return FeatureRows{features_.data(), features_rows_, d};
   }
 
@@ -145,13 +144,12 @@ class LiveSession final : public RequestSession {
       throw InputError("live backend: request " + info_.id + ": finish(" + std::to_string(t) + ") out of order");
     }
     const LiveOptions& o = backend_.options_;
-    const LlamaConfig& c = decoder_->config();
-    const ResidencyRows rows(*io.resident, c.n_layers, c.n_kv_heads);
+    const DecoderShape& shape = backend_.shape_;
+    const ResidencyRows rows(*io.resident, shape.n_layers, shape.n_kv_heads);
     const int summary_ratio = io.tiers.summary_ratio;
-    if (summary_ratio < 0 || summary_ratio % o.decoder.chunk_tokens != 0) {
+    if (summary_ratio < 0 || summary_ratio % shape.chunk_tokens != 0) {
       throw UsageError("live backend: the plan's summary_ratio " + std::to_string(summary_ratio) +
-                       " must be 0 (off) or a positive multiple of chunk_tokens " +
-                       std::to_string(o.decoder.chunk_tokens));
+                       " must be 0 (off) or a positive multiple of chunk_tokens " + std::to_string(shape.chunk_tokens));
     }
     StepRequest request;
     request.residency = rows.view();
@@ -162,27 +160,25 @@ class LiveSession final : public RequestSession {
 
     const auto t0 = Clock::now();
     const int32_t token = out_.tokens[static_cast<size_t>(t)];
-    StepResult r = decoder_->step(token, request);
+    decoder_->step(token, request, result_);
     out_.decode_seconds += seconds_since(t0);
 
     const RowLayout layout = backend_.rows();
-    fill_mass(r.chunk_mass, layout, /*renormalise=*/request.include_summaries, observed_);
+    fill_mass(result_, /*full=*/false, layout, /*renormalise=*/request.include_summaries, observed_);
     has_reference_ = o.reference_mass;
-    if (has_reference_) fill_mass(r.full_mass, layout, false, reference_);
-    if (o.keep_log_probs) out_.log_probs.push_back(log_softmax(r.logits));
-    query_ = std::move(r.query_features);
+    if (has_reference_) fill_mass(result_, /*full=*/true, layout, false, reference_);
+    if (o.keep_log_probs) out_.log_probs.push_back(log_softmax(result_.logits));
+    query_ = result_.query_features;
     ++out_.steps;
     const auto next = static_cast<size_t>(t + 1);
-    out_.tokens.push_back(!forced_.empty() && next < forced_.size() ? forced_[next] : choose(r.logits));
+    out_.tokens.push_back(!forced_.empty() && next < forced_.size() ? forced_[next] : choose(result_.logits));
     return &observed_;
   }
 
-  /// The decoder, for callers that drive a session directly (recording reads its cache).
-  [[nodiscard]] const LlamaDecoder& decoder() const { return *decoder_; }
   [[nodiscard]] const LiveOutput& output() const { return out_; }
 
  private:
-  int32_t choose(const Eigen::VectorXf& logits) {
+  int32_t choose(std::span<const float> logits) {
     const double temperature = backend_.options_.temperature;
     return temperature > 0 ? sample(logits, temperature, rng_) : argmax(logits);
   }
@@ -190,11 +186,12 @@ class LiveSession final : public RequestSession {
   LiveBackend& backend_;
   int64_t index_;
   RequestInfo info_;
-  std::unique_ptr<LlamaDecoder> decoder_;
+  std::unique_ptr<Decoder> decoder_;
+  DecodeOutput result_;
   std::vector<int32_t> forced_;
   int64_t forced_steps_ = 0;
   std::mt19937_64 rng_;
-  Eigen::VectorXf query_;
+  std::vector<float> query_;
   StepMass observed_;
   StepMass reference_;
   bool has_reference_ = false;
@@ -205,28 +202,29 @@ class LiveSession final : public RequestSession {
 
 // ---- backend --------------------------------------------------------------------------
 
-LiveBackend::LiveBackend(std::shared_ptr<const LlamaWeights> weights, std::vector<int32_t> stop_tokens,
+LiveBackend::LiveBackend(DecoderFactory make_decoder, std::vector<int32_t> stop_tokens,
                          std::vector<LiveRequest> requests, LiveOptions options)
-    : weights_(std::move(weights)),
+    : make_decoder_(std::move(make_decoder)),
       stop_tokens_(std::move(stop_tokens)),
       requests_(std::move(requests)),
       options_(options) {
-  if (!weights_) throw InputError("live backend: no weights given");
+  if (!make_decoder_) throw InputError("live backend: no decoder given");
   if (!(options_.temperature >= 0) || !std::isfinite(options_.temperature)) {
     throw UsageError("live backend: temperature must be a finite number >= 0");
   }
-  const LlamaDecoder probe(weights_, options_.decoder);  // validates weights and options
-  geometry_ = geometry_of(weights_->config, options_.decoder.chunk_tokens);
+  const std::unique_ptr<Decoder> probe = make_decoder_();  // validates weights and options
+  shape_ = probe->shape();
+  geometry_ = geometry_of(shape_);
   for (LiveRequest& r : requests_) {
     if (r.prompt.empty()) throw InputError("live backend: request " + r.info.id + ": the prompt is empty");
     if (r.info.decode_steps < 0) throw UsageError("live backend: request " + r.info.id + ": negative decode steps");
     r.info.prompt_tokens = static_cast<int64_t>(r.prompt.size());
     const int64_t needed = r.info.prompt_tokens + r.info.decode_steps;
-    if (needed > probe.max_context()) {
+    if (needed > probe->max_context()) {
       throw InputError("live backend: request " + r.info.id + ": " + std::to_string(r.info.prompt_tokens) +
                        " prompt tokens plus " + std::to_string(r.info.decode_steps) + " decode steps need " +
                        std::to_string(needed) + " positions, beyond the model's usable context of " +
-                       std::to_string(probe.max_context()) + " (rope scaling extends it)");
+                       std::to_string(probe->max_context()) + " (rope scaling extends it)");
     }
   }
   forced_.resize(requests_.size());
@@ -242,8 +240,7 @@ const LiveRequest& LiveBackend::request(int64_t index) const {
 }
 
 std::string LiveBackend::describe() const {
-  const LlamaConfig& c = weights_->config;
-  return "live:cpu:" + (c.name.empty() ? std::string("llama") : c.name);
+  return "live:" + shape_.device + ":" + (shape_.model.empty() ? std::string("llama") : shape_.model);
 }
 
 void LiveBackend::set_forced_tokens(int64_t index, std::vector<int32_t> tokens, int64_t steps) {
@@ -279,9 +276,9 @@ bool LiveBackend::is_stop(int32_t token) const {
 std::shared_ptr<const PrefilledRequest> LiveBackend::prefill(int64_t index) {
   auto p = std::make_shared<LivePrefill>();
   p->index = index;
-  auto decoder = std::make_unique<LlamaDecoder>(weights_, options_.decoder);
+  std::unique_ptr<Decoder> decoder = make_decoder_();
   const auto t0 = Clock::now();
-  p->result = decoder->prefill(request(index).prompt);
+  decoder->prefill(request(index).prompt, p->result);
   p->seconds = seconds_since(t0);
   p->decoder = std::move(decoder);
   return p;

@@ -8,7 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "backends/cpu/live_backend.hpp"
+#include "backends/live/live_backend.hpp"
+#include "backends/model/llama_weights.hpp"
 #include "backends/model/tokenizer.hpp"
 #include "traces/tasks/tasks.hpp"
 

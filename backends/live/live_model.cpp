@@ -1,4 +1,4 @@
-#include "backends/cpu/live_model.hpp"
+#include "backends/live/live_model.hpp"
 
 #include <algorithm>
 #include <cstdio>

@@ -14,7 +14,7 @@
 #include <functional>
 #include <string>
 
-#include "backends/cpu/live_backend.hpp"
+#include "backends/live/live_backend.hpp"
 #include "traces/trace.hpp"
 
 namespace kvlab {

@@ -1,4 +1,4 @@
-#include "backends/cpu/residency_view.hpp"
+#include "backends/live/residency_view.hpp"
 
 #include <gtest/gtest.h>
 

@@ -3,7 +3,7 @@
 
 #include <vector>
 
-#include "backends/cpu/llama_decoder.hpp"
+#include "backends/live/decoder.hpp"
 #include "core/residency.hpp"
 
 namespace kvlab {

@@ -1,8 +1,10 @@
-// The live (closed-loop) CPU backend: the real model behind kvlab::Backend. At every decode
-// step the engine applies a policy's plan and hands the session its step I/O (core/backend.hpp);
-// the session runs one LlamaDecoder step whose attention reads only the resident chunks, so
-// the policy changes what the model generates. Copies are synchronous: launch() does nothing,
-// finish() runs the step, and with measured arrival every in-flight chunk has landed.
+// The live (closed-loop) backend: a real model behind kvlab::Backend, whatever device decodes
+// it (backends/live/decoder.hpp; the CPU decoder is backends/cpu/cpu_decoder.hpp). At every
+// decode step the engine applies a policy's plan and hands the session its step I/O
+// (core/backend.hpp); the session runs one decoder step whose attention reads only the
+// resident chunks, so the policy changes what the model generates. The decoder computes
+// synchronously: launch() does nothing, finish() runs the step, and with measured arrival
+// every in-flight chunk has landed by then.
 //
 // Steps (same geometry as a trace, traces/FORMAT.md): the prompt has P tokens; prefill runs
 // positions 0..P-1 with full attention and yields the first generated token x_P. Step t feeds
@@ -32,8 +34,8 @@
 // request i's sessions feed the given tokens instead of their own choices for `steps` steps.
 //
 // Prefill is the same for every policy (all chunks are resident until the first plan):
-// prefill(i) runs it once, and every session opened from it starts from a copy of the decoder
-// whose cache shares the prompt's complete chunks (PagedKvCache copies are copy-on-write).
+// prefill(i) runs it once, and every session opened from it starts from a fork of that
+// decoder, which shares the prompt's complete KV chunks.
 #pragma once
 
 #include <cstdint>
@@ -42,7 +44,7 @@
 #include <string>
 #include <vector>
 
-#include "backends/cpu/llama_decoder.hpp"
+#include "backends/live/decoder.hpp"
 #include "core/backend.hpp"
 
 namespace kvlab {
@@ -54,7 +56,6 @@ struct LiveRequest {
 };
 
 struct LiveOptions {
-  DecoderOptions decoder;
   /// Free-running sessions end at a stop token (accuracy, generate); false runs every planned
   /// step whatever is generated (recording fixed-length traces).
   bool stop_at_eos = true;
@@ -83,10 +84,11 @@ struct LiveOutput {
 
 class LiveBackend final : public Backend {
  public:
-  /// `stop_tokens` end free-running generation (EOS, <|im_end|>). Throws InputError for an
-  /// empty prompt or a prompt plus its steps longer than the decoder's usable context.
-  LiveBackend(std::shared_ptr<const LlamaWeights> weights, std::vector<int32_t> stop_tokens,
-              std::vector<LiveRequest> requests, LiveOptions options);
+  /// `make_decoder` makes an empty decoder per prefill. `stop_tokens` end free-running
+  /// generation (EOS, <|im_end|>). Throws InputError for an empty prompt or a prompt plus its
+  /// steps longer than the decoder's usable context.
+  LiveBackend(DecoderFactory make_decoder, std::vector<int32_t> stop_tokens, std::vector<LiveRequest> requests,
+              LiveOptions options);
 
   [[nodiscard]] const Geometry& geometry() const override { return geometry_; }
   [[nodiscard]] RowLayout rows() const override { return RowLayout{geometry_.n_layers, geometry_.n_kv_heads}; }
@@ -102,7 +104,7 @@ class LiveBackend final : public Backend {
 
   [[nodiscard]] const LiveRequest& request(int64_t index) const;
   [[nodiscard]] const LiveOptions& options() const { return options_; }
-  [[nodiscard]] const LlamaConfig& config() const { return weights_->config; }
+  [[nodiscard]] const DecoderShape& shape() const { return shape_; }
 
   void set_keep_log_probs(bool keep) { options_.keep_log_probs = keep; }
   /// Teacher forcing for request `index`: feed tokens[t] at step t (tokens[0] = x_P) for
@@ -120,7 +122,8 @@ class LiveBackend final : public Backend {
   [[nodiscard]] bool is_stop(int32_t token) const;
   void store_output(int64_t index, LiveOutput out);
 
-  std::shared_ptr<const LlamaWeights> weights_;
+  DecoderFactory make_decoder_;
+  DecoderShape shape_;
   std::vector<int32_t> stop_tokens_;
   std::vector<LiveRequest> requests_;
   LiveOptions options_;
