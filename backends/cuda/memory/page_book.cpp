@@ -80,7 +80,49 @@ int32_t RequestPages::host_slot(int row, int64_t chunk) const {
   return host_slot_[static_cast<size_t>(row)][static_cast<size_t>(chunk)];
 }
 
-void RequestPages::grow_to(int64_t n_tokens) {
+RequestPages::RequestPages(SlotAllocator& hbm, SlotAllocator& host, PageShape shape, RowLayout rows,
+                           int64_t prompt_tokens, int64_t request, StreamedPrefill)
+    : hbm_(&hbm), host_(&host), shape_(shape), rows_(rows), request_(request) {
+  const auto n = static_cast<size_t>(rows_.rows());
+  hbm_slot_.resize(n);
+  host_slot_.resize(n);
+  for (auto* masks : {&resident_, &in_flight_, &host_only_, &dropped_}) masks->resize(n);
+  try {
+    grow_to(prompt_tokens, /*new_chunks_in_hbm=*/false);
+  } catch (...) {
+    release_all();
+    throw;
+  }
+  appends_.clear();
+}
+
+void RequestPages::materialize(const std::vector<RowChunk>& chunks) {
+  for (const RowChunk& rc : chunks) {
+    check_row_chunk(rc, "materialize");
+    const auto r = static_cast<size_t>(rc.row);
+    if (!host_only_[r].test(rc.chunk)) {
+      throw std::logic_error("materialize of " + page_name(rc.row, rc.chunk) + ", which is not in host memory only");
+    }
+    hbm_slot_[r][static_cast<size_t>(rc.chunk)] = hbm_->allocate(page_name(rc.row, rc.chunk));
+    ++hbm_pages_;
+    host_only_[r].reset(rc.chunk);
+    resident_[r].set(rc.chunk);
+  }
+}
+
+std::vector<AppendOrder> RequestPages::prompt_as_mirror_writes(int32_t source_slot) const {
+  std::vector<AppendOrder> out;
+  for (int r = 0; r < rows_.rows(); ++r) {
+    const auto ri = static_cast<size_t>(r);
+    host_only_[ri].for_each([&](int64_t c) {
+      const int64_t tokens = std::min(n_tokens_ - c * shape_.chunk_tokens, shape_.chunk_tokens);
+      out.push_back({r, c, source_slot, host_slot_[ri][static_cast<size_t>(c)], 0, tokens});
+    });
+  }
+  return out;
+}
+
+void RequestPages::grow_to(int64_t n_tokens, bool new_chunks_in_hbm) {
   appends_.clear();
   if (n_tokens < n_tokens_) {
     throw std::logic_error(page_name(0, 0) + ": context shrank from " + std::to_string(n_tokens_) + " to " +
@@ -99,9 +141,13 @@ void RequestPages::grow_to(int64_t n_tokens) {
   for (int64_t c = n_chunks_; c < chunks; ++c) {
     for (int r = 0; r < rows_.rows(); ++r) {
       const auto ri = static_cast<size_t>(r);
-      hbm_slot_[ri][c] = hbm_->allocate(page_name(r, c));
-      ++hbm_pages_;
-      resident_[ri].set(c);
+      if (new_chunks_in_hbm) {
+        hbm_slot_[ri][c] = hbm_->allocate(page_name(r, c));
+        ++hbm_pages_;
+        resident_[ri].set(c);
+      } else {
+        host_only_[ri].set(c);
+      }
       if (host_ != nullptr) {
         host_slot_[ri][c] = host_->allocate(page_name(r, c));
         ++host_pages_;

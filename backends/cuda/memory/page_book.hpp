@@ -97,6 +97,21 @@ class RequestPages {
   /// `request` names the request in out-of-pages errors. The allocators must outlive this.
   RequestPages(SlotAllocator& hbm, SlotAllocator* host, PageShape shape, RowLayout rows, int64_t prompt_tokens,
                int64_t request = 0);
+
+  /// Streamed prefill, for prompts larger than the pool: every prompt chunk gets a host page
+  /// only (HostOnly). The caller writes the mirror (prompt_as_mirror_writes) and then gives the
+  /// chunks that stay in HBM after the first plan their pages with materialize(): what the
+  /// Ledger counts as resident from the first step on, with no fetch and no copy.
+  struct StreamedPrefill {};
+  RequestPages(SlotAllocator& hbm, SlotAllocator& host, PageShape shape, RowLayout rows, int64_t prompt_tokens,
+               int64_t request, StreamedPrefill);
+  /// HostOnly → Resident without a fetch (an HBM page is taken; its content is the caller's).
+  /// Throws std::logic_error for a chunk that is not HostOnly, CapacityError when the pool is full.
+  void materialize(const std::vector<RowChunk>& chunks);
+  /// The mirror writes of a streamed prefill: every host-only prompt page in full, read from
+  /// the HBM slot `source_slot` (any slot with valid content: the values stand in for the
+  /// prompt's K/V, which kvlab's trace-driven execution does not compute).
+  [[nodiscard]] std::vector<AppendOrder> prompt_as_mirror_writes(int32_t source_slot) const;
   ~RequestPages();
   RequestPages(const RequestPages&) = delete;
   RequestPages& operator=(const RequestPages&) = delete;
@@ -142,7 +157,7 @@ class RequestPages {
   [[nodiscard]] int64_t host_pages() const { return host_pages_; }
 
  private:
-  void grow_to(int64_t n_tokens);
+  void grow_to(int64_t n_tokens, bool new_chunks_in_hbm = true);
   void release_all();
   void evict(const RowChunk& rc, bool drop);
   void cancel(const RowChunk& rc);

@@ -304,3 +304,59 @@ TEST(SlotAllocator, FreeListReusesAndRefusesDoubleRelease) {
 
 }  // namespace
 }  // namespace kvlab::cuda
+
+namespace kvlab::cuda {
+namespace {
+
+// Streamed prefill: the prompt starts in the mirror only; materialising what the first plan
+// keeps leaves the book exactly where a full prefill followed by the plan's evictions would,
+// while the pool never held the whole prompt.
+TEST(PageBook, StreamedPrefillMatchesFullPrefillAfterTheFirstPlan) {
+  const Geometry g = small_geometry(16);
+  const RowLayout rows{g.n_layers, 1};
+  const PageShape shape = PageShape::of(g, rows);
+  const int64_t prompt = 16 * 40 + 5;  // 41 chunks, the last partial
+  SlotAllocator hbm_full(4096, shape.page_bytes(), "HBM page pool"), host_full(4096, shape.page_bytes(), "mirror");
+  SlotAllocator hbm_streamed(4096, shape.page_bytes(), "HBM page pool"),
+      host_streamed(4096, shape.page_bytes(), "mirror");
+  RequestPages full(hbm_full, &host_full, shape, rows, prompt);
+  RequestPages streamed(hbm_streamed, host_streamed, shape, rows, prompt, 0, RequestPages::StreamedPrefill{});
+  EXPECT_EQ(streamed.resident_bytes(), 0);
+  EXPECT_EQ(streamed.hbm_pages(), 0);
+  EXPECT_EQ(streamed.mirror_bytes(), full.mirror_bytes());
+  EXPECT_EQ(static_cast<int64_t>(streamed.prompt_as_mirror_writes(0).size()), 41 * rows.rows());
+
+  // The first plan keeps chunks 0, 7 and 40 (the partial one) of every row, drops chunk 3.
+  StepDeltas first;
+  first.n_tokens = prompt + 1;
+  std::vector<RowChunk> keep;
+  for (int r = 0; r < rows.rows(); ++r) {
+    for (int64_t c = 0; c < 41; ++c) {
+      if (c == 0 || c == 7 || c == 40) {
+        keep.push_back({r, c});
+      } else if (c == 3) {
+        first.dropped.push_back({r, c});
+      } else {
+        first.evicted_to_host.push_back({r, c});
+      }
+    }
+  }
+  (void)full.apply(first);
+  streamed.materialize(keep);
+  StepDeltas rest = first;
+  rest.evicted_to_host.clear();  // already host-only
+  (void)streamed.apply(rest);
+  for (int r = 0; r < rows.rows(); ++r) {
+    EXPECT_EQ(streamed.resident_row(r), full.resident_row(r)) << r;
+    for (int64_t c = 0; c < 41; ++c) EXPECT_EQ(streamed.state(r, c), full.state(r, c)) << r << " " << c;
+  }
+  EXPECT_EQ(streamed.resident_bytes(), full.resident_bytes());
+  EXPECT_EQ(streamed.mirror_bytes(), full.mirror_bytes());
+  EXPECT_EQ(streamed.dropped_bytes(), full.dropped_bytes());
+  EXPECT_EQ(hbm_streamed.used(), hbm_full.used());
+  EXPECT_LT(hbm_streamed.peak_used(), hbm_full.peak_used());  // never the whole prompt
+  EXPECT_THROW(streamed.materialize({{0, 0}}), std::logic_error);  // already resident
+}
+
+}  // namespace
+}  // namespace kvlab::cuda
