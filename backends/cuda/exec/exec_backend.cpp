@@ -7,13 +7,6 @@ namespace kvlab::cuda {
 
 namespace {
 
-void append_rows(const Residency* set, std::vector<RowChunk>& out) {
-  if (set == nullptr) return;
-  for (int r = 0; r < set->rows(); ++r) {
-    set->row(r).for_each([&](int64_t c) { out.push_back({r, c}); });
-  }
-}
-
 /// The trace's attention restricted to `resident` and renormalised per row: what open-loop
 /// replay shows a policy (engine.cpp's RestrictedAttention), as a StepMass.
 void restrict_mass(const StepMass& full, const Residency& resident, StepMass& out) {
@@ -56,7 +49,10 @@ class CudaExecSession final : public RequestSession {
   [[nodiscard]] FeatureRows chunk_features() const override { return source_->chunk_features(); }
   [[nodiscard]] bool closed_loop() const override { return true; }
 
-  void launch(int64_t t, const StepIO& io) override { executor_.launch(page_deltas(io, rows_), io.evict_to); }
+  void launch(int64_t t, const StepIO& io) override {
+    // Measured arrival: landings are what report_arrivals told the ledger, already applied.
+    executor_.launch(page_deltas(io, rows_, io.arrival == ArrivalMode::Modelled), io.evict_to);
+  }
 
   void report_arrivals(int64_t t, const Residency& in_flight, Residency& landed) override {
     for (const RowChunk& rc : executor_.poll_landed()) arrived_.insert({rc.row, rc.chunk});
@@ -117,18 +113,6 @@ class CudaExecSession final : public RequestSession {
 };
 
 }  // namespace
-
-StepDeltas page_deltas(const StepIO& io, RowLayout rows) {
-  StepDeltas d;
-  d.n_tokens = io.n_tokens;
-  const bool drop = io.evict_to == EvictTo::Drop;
-  append_rows(io.evicted, drop ? d.dropped : d.evicted_to_host);
-  append_rows(io.dropped, d.dropped);
-  append_rows(io.cancelled, d.cancelled);
-  append_rows(io.fetched, d.fetched);
-  append_rows(io.landed, d.landed);
-  return d;
-}
 
 CudaExecBackend::CudaExecBackend(std::unique_ptr<Backend> source, const ExecOptions& options, ArrivalMode arrival)
     : source_(std::move(source)), arrival_(arrival), resources_(std::make_unique<GpuExecResources>(options)) {}

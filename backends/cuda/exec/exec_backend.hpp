@@ -61,7 +61,4 @@ class CudaExecBackend final : public Backend {
   std::vector<int> sessions_opened_;  // per request
 };
 
-/// Converts the engine's per-step I/O (sets over rows) into the page book's lists.
-[[nodiscard]] StepDeltas page_deltas(const StepIO& io, RowLayout rows);
-
 }  // namespace kvlab::cuda

@@ -142,7 +142,7 @@ struct TraceExecutor::Staging {
 TraceExecutor::TraceExecutor(GpuExecResources& resources, int64_t prompt_tokens, int64_t request)
     : resources_(&resources), request_(request), staging_(std::make_unique<Staging>()), prompt_tokens_(prompt_tokens) {}
 
-void TraceExecutor::create_replicas(const StepDeltas& first) {
+void TraceExecutor::create_replicas(const PageDeltas& first) {
   auto& d = resources_->impl();
   const ExecOptions& o = resources_->options();
   // The ledger starts with the whole prompt in HBM and the first plan evicts most of it. With
@@ -151,7 +151,7 @@ void TraceExecutor::create_replicas(const StepDeltas& first) {
   // (a 1M-token context) still runs. Without a mirror nothing can leave to host, and the prompt
   // is placed in HBM.
   std::vector<RowChunk> keep;
-  StepDeltas rest = first;
+  PageDeltas rest = first;
   if (d.mirror) {
     const int64_t prompt_chunks = o.geometry.chunks_for(prompt_tokens_);
     std::vector<ChunkMask> leaves(static_cast<size_t>(o.rows.rows()), ChunkMask(prompt_chunks));
@@ -241,7 +241,7 @@ TraceExecutor::~TraceExecutor() {
   cudaStreamSynchronize(d.compute);
 }
 
-void TraceExecutor::launch(const StepDeltas& deltas, EvictTo evict_to) {
+void TraceExecutor::launch(const PageDeltas& deltas, EvictTo evict_to) {
   auto& d = resources_->impl();
   if (evict_to == EvictTo::Host && !deltas.evicted_to_host.empty() && !d.mirror) {
     throw std::invalid_argument("--execute cuda: the policy evicts to host memory, but the run has no host mirror "
@@ -256,7 +256,7 @@ void TraceExecutor::launch(const StepDeltas& deltas, EvictTo evict_to) {
     return;
   }
   // Landings the executor already recorded (measured arrival) are not landings again.
-  StepDeltas own = deltas;
+  PageDeltas own = deltas;
   std::erase_if(own.landed, [&](const RowChunk& rc) {
     return replicas_.front()->state(rc.row, rc.chunk) != PageState::InFlight;
   });

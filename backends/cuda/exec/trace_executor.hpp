@@ -108,7 +108,7 @@ class TraceExecutor {
   TraceExecutor& operator=(const TraceExecutor&) = delete;
 
   /// Step t's plan has been applied: moves the pages of every replica and starts the copies.
-  void launch(const StepDeltas& deltas, EvictTo evict_to);
+  void launch(const PageDeltas& deltas, EvictTo evict_to);
   /// Fetches whose copies (in every replica) have completed: usable by this step's attention.
   [[nodiscard]] std::vector<RowChunk> poll_landed();
   /// Marks in-flight chunks as arrived (the ledger's final word for the step).
@@ -125,7 +125,7 @@ class TraceExecutor {
  private:
   struct Staging;
   void write_new_tokens();
-  void create_replicas(const StepDeltas& first);
+  void create_replicas(const PageDeltas& first);
   void build_page_lists(int64_t n_tokens, const Residency& resident, const TierSpec& tiers);
 
   GpuExecResources* resources_;

@@ -327,7 +327,7 @@ TEST(PageBook, StreamedPrefillMatchesFullPrefillAfterTheFirstPlan) {
   EXPECT_EQ(static_cast<int64_t>(streamed.prompt_as_mirror_writes(0).size()), 41 * rows.rows());
 
   // The first plan keeps chunks 0, 7 and 40 (the partial one) of every row, drops chunk 3.
-  StepDeltas first;
+  PageDeltas first;
   first.n_tokens = prompt + 1;
   std::vector<RowChunk> keep;
   for (int r = 0; r < rows.rows(); ++r) {
@@ -343,7 +343,7 @@ TEST(PageBook, StreamedPrefillMatchesFullPrefillAfterTheFirstPlan) {
   }
   (void)full.apply(first);
   streamed.materialize(keep);
-  StepDeltas rest = first;
+  PageDeltas rest = first;
   rest.evicted_to_host.clear();  // already host-only
   (void)streamed.apply(rest);
   for (int r = 0; r < rows.rows(); ++r) {
