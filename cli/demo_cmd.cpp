@@ -10,9 +10,9 @@
 #include "cli/output.hpp"
 #include "cli/replay_run.hpp"
 #include "core/error.hpp"
-#include "learn/indexer_io.hpp"
-#include "learn/trace_dataset.hpp"
-#include "learn/trainer.hpp"
+#include "indexer/inference/indexer_io.hpp"
+#include "indexer/training/trace_dataset.hpp"
+#include "indexer/training/trainer.hpp"
 #include "traces/synthetic.hpp"
 
 namespace kvlab::cli {

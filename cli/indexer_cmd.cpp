@@ -14,9 +14,10 @@
 #include "cli/progress.hpp"
 #include "cli/version.hpp"
 #include "core/error.hpp"
-#include "learn/indexer_io.hpp"
-#include "learn/trace_dataset.hpp"
-#include "learn/trainer.hpp"
+#include "core/params.hpp"
+#include "indexer/inference/indexer_io.hpp"
+#include "indexer/training/trace_dataset.hpp"
+#include "indexer/training/trainer.hpp"
 
 namespace kvlab::cli {
 namespace {
@@ -38,11 +39,12 @@ const CommandSpec kTrainSpec{
      {"width", "N", "hidden width per tower", "256"},
      {"skip", "on|off", "towers with depth > 0 get a linear input-to-output path", "off"},
      {"loss", "NAME", "binary or listwise", "listwise"},
-     {"tau", "N", "lookahead horizon in decode steps", "64"},
-     {"window", "N", "recent tokens that are never candidates", "2048"},
-     {"sinks", "N", "initial tokens that are never candidates", "64"},
+     {"tau", "N", "lookahead horizon in decode steps", std::to_string(LabelOptions{}.tau)},
+     {"window", "N", "recent tokens that are never candidates", std::to_string(LabelOptions{}.window)},
+     {"sinks", "N", "initial tokens that are never candidates", std::to_string(LabelOptions{}.sinks)},
      {"stride", "N", "steps between training refresh points", "16"},
-     {"critical-mass", "P", "p of the critical sets that define positives", "0.9"},
+     {"critical-mass", "P", "p of the critical sets that define positives",
+      param_number_text(LabelOptions{}.critical_mass)},
      {"query-pool", "N", "the query at a refresh is the mean of the last N steps' query features",
       std::to_string(kDefaultQueryPool)},
      {"negatives", "N", "negatives kept per training refresh point, sampled (0 = all)", "512"},

@@ -19,7 +19,7 @@ install(TARGETS kvlab_core EXPORT kvlabTargets
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 # Other kvlab libraries the installed executable needs at run time, if they are shared.
-foreach(lib kvlab_traces kvlab_backends kvlab_learn kvlab_model kvlab_cpu kvlab_experiments kvlab_analysis)
+foreach(lib kvlab_traces kvlab_backends kvlab_indexer kvlab_indexer_training kvlab_model kvlab_cpu kvlab_experiments kvlab_analysis)
   if(TARGET ${lib})
     get_target_property(kvlab_lib_type ${lib} TYPE)
     if(kvlab_lib_type STREQUAL "SHARED_LIBRARY")

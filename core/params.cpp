@@ -142,6 +142,8 @@ ParamSpec ParamSpec::with_role(ParamRole r) const {
   return s;
 }
 
+std::string param_number_text(double value) { return number_text(value); }
+
 std::string param_range_text(const ParamRange& r) {
   if (r.min && r.max) {
     return std::string("in ") + (r.min_exclusive ? "(" : "[") + number_text(*r.min) + ", " + number_text(*r.max) + "]";

@@ -106,6 +106,9 @@ class Params {
 bool param_value_valid(ParamType type, const std::string& text);
 std::string_view param_type_name(ParamType type);
 std::string_view param_role_name(ParamRole role);
+/// A number as parameter text, shortest form ("%g": 0.9 → "0.9"), e.g. for a default taken from
+/// a constant.
+std::string param_number_text(double value);
 /// The range as text, e.g. ">= 0" or "in (0, 1]"; empty when unbounded.
 std::string param_range_text(const ParamRange& range);
 

@@ -1,6 +1,9 @@
 #include "core/policy_support.hpp"
 
 #include <algorithm>
+#include <iostream>
+#include <mutex>
+#include <set>
 
 #include "core/error.hpp"
 
@@ -28,6 +31,13 @@ int64_t budget_tokens(const TokenAmount& amount, const StepContext& step) {
 
 int64_t budget_tokens(const TokenAmount& amount, const StepContext& step, const std::string&) {
   return budget_tokens(amount, step);
+}
+
+void policy_warning(const std::string& message) {
+  static std::mutex mutex;
+  static std::set<std::string> said;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (said.insert(message).second) std::cerr << "warning: " << message << "\n";
 }
 
 BudgetedPolicy::BudgetedPolicy(const Params& params, const std::string& key) : budget_(params.get_tokens(key)) {}

@@ -42,6 +42,10 @@ int64_t tokens_in_mask(const StepContext& step, const ChunkMask& mask);
 int64_t add_within_budget(const StepContext& step, std::span<const int64_t> ranked, int64_t budget_tokens,
                           ChunkMask& mask);
 
+/// Writes "warning: <message>" to stderr, once per distinct message in the process (policies are
+/// made per request, and one bad setting should say so once). Thread-safe.
+void policy_warning(const std::string& message);
+
 /// Base for a policy whose footprint is bounded by a token budget parameter (budget_param()):
 /// reads the amount and supplies budget_bytes(), so a budgeted policy only decides.
 class BudgetedPolicy : public Policy {

@@ -1,18 +1,18 @@
 // lsa: Lookahead Sparse Attention with the learned Neural Memory Indexer.
 // Paper: "FlashMemory-DeepSeek-V4: Lightning Index for Ultra-Long Context via Lookahead Sparse
-// Attention" (technical report; summary in shared/seeds/). The shared mechanics are in
+// Attention" (technical report, arXiv:2606.09079). The shared mechanics are in
 // policies/lsa.hpp; this file adds the dual-encoder scoring.
 //
 // Each chunk's key embedding is computed once, when the chunk completes (at the first refresh
 // after), and cached on the GPU: that cache is the policy's hbm_index tier. A refresh embeds
 // the query once and scores every candidate with a dot product: O(chunks × dim). The query is
 // the mean of the last few steps' query features, pooled as the checkpoint says its indexer
-// was trained (learn/query_pool.hpp); the policy sees every step's query to keep the pool.
+// was trained (indexer/inference/query_pool.hpp); the policy sees every step's query to keep the pool.
 #include <Eigen/Core>
 #include <memory>
 
-#include "learn/indexer_io.hpp"
-#include "learn/query_pool.hpp"
+#include "indexer/inference/indexer_io.hpp"
+#include "indexer/inference/query_pool.hpp"
 #include "policies/lsa.hpp"
 
 namespace kvlab {
@@ -63,6 +63,10 @@ class LsaPolicy final : public LsaPolicyBase {
   void on_step(const StepContext& step, Plan& plan) override {
     query_pool_.add(step.step, step.query);
     LsaPolicyBase::on_step(step, plan);
+    // After the first step has planned, so a run that fails on its setup (e.g. a budget below
+    // the fixed tiers) reports only its error.
+    if (!checked_labels_) warn_on_label_mismatch();
+    checked_labels_ = true;
   }
 
  protected:
@@ -85,6 +89,25 @@ class LsaPolicy final : public LsaPolicyBase {
   }
 
  private:
+  /// The indexer ranks chunks by what the next `tau` steps need among the chunks outside sinks
+  /// and window, as its labels defined them. A policy that refreshes at another interval or
+  /// keeps another window asks it a question it was not trained for: allowed, but said.
+  void warn_on_label_mismatch() const {
+    const LabelOptions& trained = indexer_->labels;
+    std::string differ;
+    auto check = [&](const char* key, int64_t ours, int64_t theirs) {
+      if (ours == theirs) return;
+      differ += (differ.empty() ? "" : ", ") + std::string(key) + "=" + std::to_string(ours) + " (labels: " +
+                std::to_string(theirs) + ")";
+    };
+    check("tau", tau(), trained.tau);
+    check("window", window(), trained.window);
+    check("sinks", sinks(), trained.sinks);
+    if (differ.empty()) return;
+    policy_warning("policy lsa: indexer " + path_ + " was trained on labels made with other options than this policy's: " +
+                   differ + "; it ranks chunks for a different lookahead than the policy uses");
+  }
+
   void embed_new_chunks(const FeatureRows& features) {
     if (features.n_rows <= embedded_) return;
     const Eigen::Map<const DualEncoder::Matrix> rows(features.data + embedded_ * features.n_cols,
@@ -101,6 +124,7 @@ class LsaPolicy final : public LsaPolicyBase {
   std::vector<float> pooled_query_;
   std::vector<float> key_embeddings_;  // row-major [embedded_ × dim]
   int64_t embedded_ = 0;
+  bool checked_labels_ = false;
 };
 
 KVLAB_REGISTER_POLICY(LsaPolicy, "lsa");

@@ -1,6 +1,6 @@
 // Lookahead Sparse Attention (LSA), shared by `lsa` (learned indexer) and `lsa_oracle` (true
 // lookahead labels). Paper: "FlashMemory-DeepSeek-V4: Lightning Index for Ultra-Long Context via
-// Lookahead Sparse Attention" (technical report; see shared/seeds/).
+// Lookahead Sparse Attention" (technical report, arXiv:2606.09079).
 //
 // Resident at every step: the attention sinks, a recent window, a compressed summary tier (one
 // entry per `summary_ratio` tokens, always resident) and the chunks chosen at the last refresh.

@@ -3,14 +3,19 @@
 #include <numeric>
 
 #include "core/lookahead.hpp"
+#include "indexer/inference/label_options.hpp"
 #include "policies/lsa.hpp"
 
 namespace kvlab {
 
 std::vector<ParamSpec> LsaPolicyBase::common_params() {
-  return {ParamSpec{"tau", ParamType::Int, "64", "decode steps between refreshes (the lookahead horizon)"}.at_least(1),
-          window_param("2048", "recent tokens always resident"),
-          sinks_param("64", "initial tokens always resident (attention sinks)"),
+  // The defaults are the indexer's label defaults, so a default policy refreshes with the
+  // horizon and candidate set a default-trained indexer predicts.
+  const LabelOptions d;
+  return {ParamSpec{"tau", ParamType::Int, std::to_string(d.tau), "decode steps between refreshes (the lookahead horizon)"}
+              .at_least(1),
+          window_param(std::to_string(d.window), "recent tokens always resident"),
+          sinks_param(std::to_string(d.sinks), "initial tokens always resident (attention sinks)"),
           budget_param("0.1"),
           ParamSpec{"summary_ratio", ParamType::Int, "128",
                     "context tokens per always-resident summary entry; 0 = no summary tier"}

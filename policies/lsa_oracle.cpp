@@ -2,8 +2,9 @@
 // learned indexer: the ceiling a better indexer could reach with the same budget, window,
 // summary tier and refresh interval. Reads the next τ steps' attention, so it is an oracle.
 // Paper: "FlashMemory-DeepSeek-V4: Lightning Index for Ultra-Long Context via Lookahead Sparse
-// Attention" (technical report; summary in shared/seeds/).
+// Attention" (technical report, arXiv:2606.09079).
 #include "core/lookahead.hpp"
+#include "indexer/inference/label_options.hpp"
 #include "policies/lsa.hpp"
 
 namespace kvlab {
@@ -14,7 +15,8 @@ class LsaOraclePolicy final : public LsaPolicyBase {
   static constexpr bool kOracle = true;
   static std::vector<ParamSpec> param_specs() {
     auto specs = common_params();
-    specs.push_back(ParamSpec{"critical_mass", ParamType::Float, "0.9", "p of the critical sets that define the label"}
+    specs.push_back(ParamSpec{"critical_mass", ParamType::Float, param_number_text(LabelOptions{}.critical_mass),
+                              "p of the critical sets that define the label"}
                         .greater_than(0)
                         .at_most(1));
     return specs;

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "learn/named_tensor.hpp"
+#include "traces/named_tensor.hpp"
 
 namespace kvlab {
 

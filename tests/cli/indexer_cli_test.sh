@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LSA from the command line: kvlab indexer train | eval and the lsa policy in replay and policy
 # check, with the exit codes and one-line errors of the CLI conventions (0 ok, 1 bad input file,
-# 2 usage) for the bad inputs the LSA issue names, and the checkpoint's atomic write.
+# 2 usage) for the bad inputs a user can give, and the checkpoint's atomic write.
 # usage: indexer_cli_test.sh PATH/TO/kvlab
 set -uo pipefail
 

@@ -6,7 +6,7 @@
 
 #include "core/conformance.hpp"
 #include "core/registry.hpp"
-#include "learn/indexer_io.hpp"
+#include "indexer/inference/indexer_io.hpp"
 
 using namespace kvlab;
 

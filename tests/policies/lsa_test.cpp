@@ -1,13 +1,15 @@
 // LSA and lsa_oracle: the refresh mechanics, the tiers they pay for, conformance with a real
-// indexer checkpoint, and the bad inputs the issue names.
+// indexer checkpoint, the bad inputs a user can give, and the warning when the policy's
+// lookahead differs from the one its indexer's labels were made with.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 
 #include "core/error.hpp"
-#include "learn/indexer_io.hpp"
+#include "indexer/inference/indexer_io.hpp"
 #include "policy_test_support.hpp"
 
 using namespace kvlab;
@@ -157,6 +159,30 @@ TEST(Lsa, BadInputsGiveOneLineErrorsNamingTheParameter) {
   expect_error("lsa_oracle:budget=99999999", "larger than the context", true);
   expect_error("lsa_oracle:budget=1.5", "larger than the whole context", true);
   expect_error("lsa_oracle:budget=512,window=1024", "smaller than sinks + window", true);
+}
+
+// The indexer predicts what the next `tau` steps need outside sinks and window, as its labels
+// defined them; a policy that refreshes or windows differently is allowed but warned, once.
+TEST(Lsa, WarnsWhenItsLookaheadDiffersFromTheIndexersLabels) {
+  const std::string idx = write_indexer("mismatch_idx.h5");  // default labels: tau 64, window 2048, sinks 64
+  const LabelOptions trained;
+  const auto data = make_conformance_data(27);
+  auto make = [&](const std::string& extra) {
+    const auto policy = PolicyRegistry::instance().resolve("lsa:indexer=" + idx + ",budget=0.5" + extra);
+    MemoryBackend backend(data.geometry, data.rows, data.requests);
+    ::testing::internal::CaptureStderr();
+    (void)run_engine(backend, {policy}, {});
+    return ::testing::internal::GetCapturedStderr();
+  };
+  EXPECT_EQ(make(""), "") << "the defaults are the label defaults";
+  const std::string warned = make(",tau=8,window=1024");
+  EXPECT_EQ(warned.rfind("warning: policy lsa: indexer " + idx, 0), 0U) << "one line naming the checkpoint: " << warned;
+  EXPECT_EQ(std::count(warned.begin(), warned.end(), '\n'), 1) << warned;
+  EXPECT_NE(warned.find("tau=8 (labels: " + std::to_string(trained.tau) + ")"), std::string::npos) << warned;
+  EXPECT_NE(warned.find("window=1024 (labels: " + std::to_string(trained.window) + ")"), std::string::npos) << warned;
+  EXPECT_EQ(warned.find("sinks"), std::string::npos) << "sinks match: " << warned;
+  EXPECT_EQ(make(",tau=8,window=1024"), "") << "said once per process, not per request";
+  EXPECT_NE(make(",sinks=0").find("sinks=0 (labels: 64)"), std::string::npos);
 }
 
 TEST(Lsa, TraceWithoutFeaturesIsRejected) {

@@ -1,0 +1,119 @@
+// The Neural Memory Indexer of Lookahead Sparse Attention as a dual encoder: a query tower
+// embeds the decoder's query features at a refresh, a key tower embeds each KV chunk's features
+// once (when the chunk completes), and a chunk's score is the dot product of the two.
+//
+// Lifecycle in a policy: embed_keys() for each completed chunk, caching the row; every tau
+// steps embed_query() once and score_embeddings() against the cache: O(chunks × dim).
+// Features are standardised with per-feature mean/std fitted on the training data; the
+// stats travel in the checkpoint with the weights.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "indexer/inference/mlp.hpp"
+#include "traces/named_tensor.hpp"
+
+namespace kvlab {
+
+struct DualEncoderConfig {
+  int d_query = 0;  ///< query feature size
+  int d_key = 0;    ///< chunk (key) feature size
+  int dim = 64;     ///< embedding size shared by the towers
+  int depth = 2;    ///< hidden layers per tower
+  int width = 256;  ///< hidden width per tower
+  MlpActivation activation = MlpActivation::Gelu;
+  bool scale_scores = true;  ///< divide dot products by sqrt(dim)
+  bool skip = false;         ///< towers with depth > 0 get a linear skip path (indexer/inference/mlp.hpp)
+
+  /// Throws UsageError naming the first bad field.
+  void validate() const;
+  [[nodiscard]] MlpConfig query_tower() const;
+  [[nodiscard]] MlpConfig key_tower() const;
+};
+
+/// x ↦ (x − mean) / stddev, per feature.
+template <typename Scalar>
+struct FeatureNormT {
+  VectorT<Scalar> mean;
+  VectorT<Scalar> stddev;
+
+  static FeatureNormT identity(int features);
+};
+
+/// Streams rows and returns their per-feature mean and standard deviation (Welford, in
+/// double). A feature whose deviation is below 1e-6 gets stddev 1 so it is only centred.
+class FeatureStats {
+ public:
+  explicit FeatureStats(int features);
+  void add(std::span<const float> row);
+  [[nodiscard]] int64_t count() const { return count_; }
+  [[nodiscard]] FeatureNormT<float> finish() const;
+
+ private:
+  int64_t count_ = 0;
+  std::vector<double> mean_;
+  std::vector<double> m2_;
+};
+
+template <typename Scalar>
+class DualEncoderT {
+ public:
+  using Matrix = RowMatrixT<Scalar>;
+  using Vector = VectorT<Scalar>;
+  using Norm = FeatureNormT<Scalar>;
+
+  /// Fresh towers seeded from `seed`; identity normalisation until set_*_norm.
+  DualEncoderT(const DualEncoderConfig& config, uint64_t seed);
+  /// From a checkpoint: every tensor parameters() would return must be present with its
+  /// shape, and no other. Throws InputError naming the tensor at fault.
+  DualEncoderT(const DualEncoderConfig& config, const std::vector<NamedTensor>& tensors);
+
+  [[nodiscard]] const DualEncoderConfig& config() const { return config_; }
+
+  void set_query_norm(Norm norm);
+  void set_key_norm(Norm norm);
+  [[nodiscard]] const Norm& query_norm() const { return query_norm_; }
+  [[nodiscard]] const Norm& key_norm() const { return key_norm_; }
+
+  /// rows: n × d_key raw chunk features → n × dim embeddings.
+  [[nodiscard]] Matrix embed_keys(const Matrix& rows) const;
+  /// d_query raw features → dim embedding.
+  [[nodiscard]] Vector embed_query(const Vector& query) const;
+  /// One score per cached key embedding (rows of key_embeddings, n × dim).
+  [[nodiscard]] Vector score_embeddings(const Vector& query_embedding,
+                                        const Eigen::Ref<const Matrix>& key_embeddings) const;
+  /// embed_query + score_embeddings.
+  [[nodiscard]] Vector score_chunks(const Vector& query,
+                                    const Eigen::Ref<const Matrix>& key_embeddings) const;
+  /// 1/sqrt(dim) or 1.
+  [[nodiscard]] Scalar score_scale() const;
+
+  /// Weights ("query_tower.layers.0.weight", …) then the normalisation stats
+  /// ("query_norm.mean", "query_norm.stddev", "key_norm.mean", "key_norm.stddev").
+  [[nodiscard]] std::vector<NamedTensor> parameters() const;
+
+  // ---- training access: trainable values are [query tower | key tower] -----------------
+  [[nodiscard]] std::size_t num_trainable() const;
+  /// The two towers' flat buffers, in that order; optimisers update them in place.
+  [[nodiscard]] std::vector<std::span<Scalar>> trainable_blocks();
+  [[nodiscard]] const MlpT<Scalar>& query_tower() const { return query_tower_; }
+  [[nodiscard]] const MlpT<Scalar>& key_tower() const { return key_tower_; }
+  [[nodiscard]] Matrix normalize_queries(const Matrix& rows) const;
+  [[nodiscard]] Matrix normalize_keys(const Matrix& rows) const;
+
+ private:
+  DualEncoderConfig config_;
+  MlpT<Scalar> query_tower_;
+  MlpT<Scalar> key_tower_;
+  Norm query_norm_;
+  Norm key_norm_;
+};
+
+using DualEncoder = DualEncoderT<float>;
+using FeatureNorm = FeatureNormT<float>;
+
+}  // namespace kvlab

@@ -1,0 +1,36 @@
+// The LSA indexer checkpoint: a DualEncoder's weights and feature normalisation, its config,
+// the label options it was trained for, the training traces' fingerprints and the final
+// validation metrics, in one HDF5 file (traces/checkpoint.hpp; kind "lsa_indexer").
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "indexer/inference/dual_encoder.hpp"
+#include "indexer/inference/label_options.hpp"
+
+namespace kvlab {
+
+inline constexpr const char* kIndexerCheckpointKind = "lsa_indexer";
+
+struct LoadedIndexer {
+  DualEncoder model;
+  LabelOptions labels;          // what it was trained to predict
+  std::string config_json;      // tower shapes, labels, training options
+  std::string metrics_json;     // final validation metrics
+  std::string provenance_json;  // training traces' fingerprints
+};
+
+/// Writes the checkpoint atomically. `training_json` and `metrics_json` are JSON objects
+/// (training options; validation metrics) stored as given; `provenance_json` likewise.
+void save_indexer(const std::string& path, const DualEncoder& model, const LabelOptions& labels,
+                  const std::string& training_json, const std::string& metrics_json,
+                  const std::string& provenance_json);
+
+/// Reads and validates a checkpoint. Throws InputError naming the file and what is wrong.
+LoadedIndexer load_indexer(const std::string& path);
+
+/// load_indexer, cached by path for the life of the process (policies are made per request).
+std::shared_ptr<const LoadedIndexer> load_indexer_shared(const std::string& path);
+
+}  // namespace kvlab

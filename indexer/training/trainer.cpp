@@ -1,0 +1,361 @@
+#include "indexer/training/trainer.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <string>
+
+#include "core/error.hpp"
+#include "indexer/training/adam.hpp"
+#include "indexer/training/parallel.hpp"
+#include "core/random.hpp"
+
+namespace kvlab {
+
+namespace {
+
+// Seed streams, so that changing one use of randomness leaves the others alone.
+constexpr uint64_t kSplitStream = 2;
+constexpr uint64_t kShuffleStream = 3;
+
+using RowMatrixF = RowMatrixT<float>;
+
+template <typename Features>
+RowMatrixF gather_rows(const Features& features, const std::vector<int>& rows) {
+  RowMatrixF out(static_cast<Eigen::Index>(rows.size()), features.cols());
+  for (std::size_t i = 0; i < rows.size(); ++i) out.row(static_cast<Eigen::Index>(i)) = features.row(rows[i]);
+  return out;
+}
+
+Eigen::VectorXf target_vector(const std::vector<float>& target) {
+  return Eigen::Map<const Eigen::VectorXf>(target.data(), static_cast<Eigen::Index>(target.size()));
+}
+
+std::string where(std::size_t request, std::size_t group) {
+  return "indexer data: request " + std::to_string(request) + " group " + std::to_string(group);
+}
+
+}  // namespace
+
+void IndexerTrainOptions::validate() const {
+  auto fail = [](const std::string& message) { throw UsageError("indexer train: " + message); };
+  if (epochs < 1) fail("epochs must be >= 1, got " + std::to_string(epochs));
+  if (batch < 1) fail("batch must be >= 1, got " + std::to_string(batch));
+  if (!(val_fraction >= 0 && val_fraction < 1)) fail("val_fraction must be in [0, 1), got " + std::to_string(val_fraction));
+  if (patience < 0) fail("patience must be >= 0, got " + std::to_string(patience));
+  if (recall_ks.empty()) fail("recall_ks must not be empty");
+  for (const int k : recall_ks) {
+    if (k < 1) fail("recall_ks must be positive, got " + std::to_string(k));
+  }
+  if (std::find(recall_ks.begin(), recall_ks.end(), primary_k) == recall_ks.end()) {
+    fail("primary_k " + std::to_string(primary_k) + " is not one of recall_ks");
+  }
+  DualEncoderConfig{1, 1, dim, depth, width, activation, scale_scores, skip}.validate();
+  AdamOptions{lr, 0.9, 0.999, 1e-8, weight_decay, grad_clip}.validate();
+}
+
+IndexerSplit split_requests(std::size_t requests, double val_fraction, uint64_t seed) {
+  std::vector<std::size_t> order(requests);
+  for (std::size_t i = 0; i < requests; ++i) order[i] = i;
+  LearnRng rng(mix_seed(seed, kSplitStream));
+  rng.shuffle(order);
+  auto n_val = static_cast<std::size_t>(std::llround(val_fraction * static_cast<double>(requests)));
+  if (val_fraction > 0 && requests >= 2) n_val = std::clamp<std::size_t>(n_val, 1, requests - 1);
+  if (requests < 2) n_val = 0;
+  IndexerSplit split;
+  split.val.assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n_val));
+  split.train.assign(order.begin() + static_cast<std::ptrdiff_t>(n_val), order.end());
+  std::sort(split.val.begin(), split.val.end());
+  std::sort(split.train.begin(), split.train.end());
+  return split;
+}
+
+void validate_indexer_data(const std::vector<IndexerRequest>& data) {
+  if (data.empty()) throw InputError("indexer data: no requests");
+  const Eigen::Index d_key = data[0].key_features.cols();
+  Eigen::Index d_query = -1;
+  for (std::size_t r = 0; r < data.size(); ++r) {
+    const IndexerRequest& request = data[r];
+    const std::string at = "indexer data: request " + std::to_string(r);
+    if (request.key_features.cols() == 0) throw InputError(at + ": key_features has no columns");
+    if (request.key_features.cols() != d_key) {
+      throw InputError(at + ": key_features has " + std::to_string(request.key_features.cols()) +
+                       " columns, request 0 has " + std::to_string(d_key));
+    }
+    if (!request.key_features.allFinite()) throw InputError(at + ": key_features holds a non-finite value");
+    const auto rows = static_cast<int64_t>(request.key_features.rows());
+    for (std::size_t g = 0; g < request.groups.size(); ++g) {
+      const IndexerGroup& group = request.groups[g];
+      if (d_query < 0) d_query = group.query.size();
+      if (group.query.size() == 0 || group.query.size() != d_query) {
+        throw InputError(where(r, g) + ": query has " + std::to_string(group.query.size()) +
+                         " features, the first group has " + std::to_string(d_query));
+      }
+      if (!group.query.allFinite()) throw InputError(where(r, g) + ": query holds a non-finite value");
+      if (group.target.size() != group.candidate_rows.size()) {
+        throw InputError(where(r, g) + ": " + std::to_string(group.target.size()) + " targets for " +
+                         std::to_string(group.candidate_rows.size()) + " candidates");
+      }
+      for (std::size_t c = 0; c < group.candidate_rows.size(); ++c) {
+        const int row = group.candidate_rows[c];
+        if (row < 0 || row >= rows) {
+          throw InputError(where(r, g) + ": candidate row " + std::to_string(row) + " is outside [0, " +
+                           std::to_string(rows) + ")");
+        }
+        if (!std::isfinite(group.target[c]) || group.target[c] < 0) {
+          throw InputError(where(r, g) + ": target " + std::to_string(c) + " must be finite and >= 0");
+        }
+      }
+    }
+  }
+  if (d_query < 0) throw InputError("indexer data: no groups");
+}
+
+template <typename Scalar>
+Scalar group_loss_and_gradient(const DualEncoderT<Scalar>& model, const VectorT<Scalar>& query,
+                               const RowMatrixT<Scalar>& candidate_keys, const VectorT<Scalar>& target,
+                               const IndexerLossOptions& loss, std::span<Scalar> grad) {
+  using Matrix = RowMatrixT<Scalar>;
+  const std::size_t query_params = model.query_tower().num_parameters();
+  if (grad.size() != model.num_trainable()) {
+    throw InputError("indexer: gradient buffer has " + std::to_string(grad.size()) + " values, expected " +
+                     std::to_string(model.num_trainable()));
+  }
+  typename MlpT<Scalar>::Cache query_cache;
+  typename MlpT<Scalar>::Cache key_cache;
+  const Matrix query_emb = model.query_tower().forward(model.normalize_queries(query.transpose()), query_cache);
+  const Matrix key_emb = model.key_tower().forward(model.normalize_keys(candidate_keys), key_cache);
+  const Scalar scale = model.score_scale();
+  const VectorT<Scalar> scores = (key_emb * query_emb.row(0).transpose()) * scale;
+  const LossValue<Scalar> value = indexer_loss(scores, target, loss);
+  // score_i = scale · <k_i, q>: d/dq = scale · Σ g_i k_i, d/dk_i = scale · g_i q.
+  const Matrix d_query = (value.grad.transpose() * key_emb) * scale;
+  const Matrix d_keys = (value.grad * query_emb) * scale;
+  model.query_tower().backward(query_cache, d_query, grad.subspan(0, query_params));
+  model.key_tower().backward(key_cache, d_keys, grad.subspan(query_params));
+  return value.loss;
+}
+
+template float group_loss_and_gradient(const DualEncoderT<float>&, const VectorT<float>&, const RowMatrixT<float>&,
+                                       const VectorT<float>&, const IndexerLossOptions&, std::span<float>);
+template double group_loss_and_gradient(const DualEncoderT<double>&, const VectorT<double>&,
+                                        const RowMatrixT<double>&, const VectorT<double>&,
+                                        const IndexerLossOptions&, std::span<double>);
+
+RecallCounts evaluate_indexer(const DualEncoder& model, const std::vector<IndexerRequest>& data,
+                              const std::vector<std::size_t>& requests, const std::vector<int>& ks, int threads) {
+  std::vector<std::size_t> ids = requests;
+  if (ids.empty()) {
+    for (std::size_t r = 0; r < data.size(); ++r) ids.push_back(r);
+  }
+  const EigenSerialScope serial;
+  // Each chunk is embedded once per request, as a policy would cache it.
+  std::vector<RowMatrixF> embeddings(ids.size());
+  parallel_for(ids.size(), threads, [&](std::size_t i) {
+    const Eigen::MatrixXf& features = data.at(ids[i]).key_features;
+    embeddings[i] = model.embed_keys(RowMatrixF(features));
+  });
+  std::vector<std::pair<std::size_t, std::size_t>> groups;  // (position in ids, group)
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    for (std::size_t g = 0; g < data[ids[i]].groups.size(); ++g) groups.emplace_back(i, g);
+  }
+  std::vector<RecallCounts> per_group(groups.size(), RecallCounts(ks));
+  parallel_for(groups.size(), threads, [&](std::size_t j) {
+    const auto [i, g] = groups[j];
+    const IndexerGroup& group = data[ids[i]].groups[g];
+    const RowMatrixF candidates = gather_rows(embeddings[i], group.candidate_rows);
+    const Eigen::VectorXf scores = model.score_chunks(group.query, candidates);
+    count_recall(scores, target_vector(group.target), per_group[j]);
+  });
+  RecallCounts total(ks);
+  for (const RecallCounts& counts : per_group) total.merge(counts);
+  return total;
+}
+
+namespace {
+
+struct TrainItem {
+  std::size_t request;
+  std::size_t group;
+};
+
+std::vector<TrainItem> usable_groups(const std::vector<IndexerRequest>& data, const std::vector<std::size_t>& ids,
+                                     const IndexerLossOptions& loss, int64_t& skipped) {
+  std::vector<TrainItem> items;
+  for (const std::size_t r : ids) {
+    for (std::size_t g = 0; g < data[r].groups.size(); ++g) {
+      const IndexerGroup& group = data[r].groups[g];
+      double mass = 0;
+      for (const float t : group.target) mass += t;
+      const bool informative = !group.candidate_rows.empty() && (loss.kind == IndexerLossKind::Binary || mass > 0);
+      if (informative) {
+        items.push_back({r, g});
+      } else {
+        ++skipped;
+      }
+    }
+  }
+  return items;
+}
+
+void fit_normalisation(DualEncoder& model, const std::vector<IndexerRequest>& data,
+                       const std::vector<std::size_t>& ids) {
+  FeatureStats queries(model.config().d_query);
+  FeatureStats keys(model.config().d_key);
+  std::vector<float> row;
+  for (const std::size_t r : ids) {
+    const Eigen::MatrixXf& features = data[r].key_features;
+    row.resize(static_cast<std::size_t>(features.cols()));
+    for (Eigen::Index i = 0; i < features.rows(); ++i) {
+      Eigen::Map<Eigen::RowVectorXf>(row.data(), features.cols()) = features.row(i);
+      keys.add(row);
+    }
+    for (const IndexerGroup& group : data[r].groups) {
+      queries.add(std::span<const float>(group.query.data(), static_cast<std::size_t>(group.query.size())));
+    }
+  }
+  model.set_query_norm(queries.finish());
+  model.set_key_norm(keys.finish());
+}
+
+std::vector<double> recalls(const RecallCounts& counts) {
+  std::vector<double> out;
+  for (std::size_t i = 0; i < counts.ks.size(); ++i) out.push_back(counts.recall(i));
+  return out;
+}
+
+}  // namespace
+
+IndexerTrainResult train_indexer(const std::vector<IndexerRequest>& data, const IndexerTrainOptions& options,
+                                 const IndexerProgressFn& progress) {
+  options.validate();
+  validate_indexer_data(data);
+  const int threads = resolve_threads(options.threads);
+  const EigenSerialScope serial;
+
+  IndexerSplit split = split_requests(data.size(), options.val_fraction, options.seed);
+  int64_t skipped = 0;
+  std::vector<TrainItem> items = usable_groups(data, split.train, options.loss, skipped);
+  if (items.empty()) throw InputError("indexer train: the training requests hold no usable group");
+
+  int d_query = 0;
+  for (const IndexerRequest& request : data) {
+    if (!request.groups.empty()) {
+      d_query = static_cast<int>(request.groups[0].query.size());
+      break;
+    }
+  }
+  const DualEncoderConfig config{d_query, static_cast<int>(data[0].key_features.cols()),
+                                 options.dim, options.depth, options.width, options.activation,
+                                 options.scale_scores, options.skip};
+  DualEncoder model(config, options.seed);
+  fit_normalisation(model, data, split.train);
+
+  Adam adam(AdamOptions{options.lr, 0.9, 0.999, 1e-8, options.weight_decay, options.grad_clip},
+            model.num_trainable());
+  const std::size_t primary = static_cast<std::size_t>(
+      std::find(options.recall_ks.begin(), options.recall_ks.end(), options.primary_k) - options.recall_ks.begin());
+  const bool validating = !split.val.empty();
+  auto validate_model = [&](const DualEncoder& m) {
+    return validating ? recalls(evaluate_indexer(m, data, split.val, options.recall_ks, threads))
+                      : std::vector<double>{};
+  };
+
+  std::vector<IndexerEpoch> history;
+  history.push_back({0, std::numeric_limits<double>::quiet_NaN(), validate_model(model), 0.0});
+  DualEncoder best = model;
+  int best_epoch = 0;
+  double best_recall = validating ? history[0].val_recall[primary] : 0.0;
+  double last_recall = validating ? best_recall : std::numeric_limits<double>::quiet_NaN();
+  int stale_epochs = 0;
+
+  const std::size_t n_params = model.num_trainable();
+  const auto batch = static_cast<std::size_t>(options.batch);
+  std::vector<float> slots(batch * n_params);
+  std::vector<float> grad(n_params);
+  std::vector<double> losses(batch);
+  LearnRng shuffle_rng(mix_seed(options.seed, kShuffleStream));
+  const auto steps_per_epoch = static_cast<int64_t>((items.size() + batch - 1) / batch);
+  double train_seconds = 0;
+  int64_t groups_seen = 0;
+  int64_t candidates_seen = 0;
+
+  for (int epoch = 1; epoch <= options.epochs; ++epoch) {
+    shuffle_rng.shuffle(items);
+    const auto start = std::chrono::steady_clock::now();
+    double loss_sum = 0;
+    for (int64_t step = 0; step < steps_per_epoch; ++step) {
+      const std::size_t first = static_cast<std::size_t>(step) * batch;
+      const std::size_t count = std::min(batch, items.size() - first);
+      parallel_for(count, threads, [&](std::size_t b) {
+        const TrainItem& item = items[first + b];
+        const IndexerRequest& request = data[item.request];
+        const IndexerGroup& group = request.groups[item.group];
+        const std::span<float> slot(slots.data() + b * n_params, n_params);
+        std::fill(slot.begin(), slot.end(), 0.0F);
+        losses[b] = group_loss_and_gradient(model, Eigen::VectorXf(group.query),
+                                            gather_rows(request.key_features, group.candidate_rows),
+                                            target_vector(group.target), options.loss, slot);
+      });
+      // Sum the slots in batch order: each parameter's sum is independent of the threads.
+      constexpr std::size_t kBlock = 4096;
+      parallel_for((n_params + kBlock - 1) / kBlock, threads, [&](std::size_t block) {
+        const std::size_t end = std::min(n_params, (block + 1) * kBlock);
+        for (std::size_t j = block * kBlock; j < end; ++j) {
+          float sum = 0.0F;
+          for (std::size_t b = 0; b < count; ++b) sum += slots[b * n_params + j];
+          grad[j] = sum / static_cast<float>(count);
+        }
+      });
+      for (std::size_t b = 0; b < count; ++b) {
+        loss_sum += losses[b];
+        candidates_seen += static_cast<int64_t>(data[items[first + b].request].groups[items[first + b].group].candidate_rows.size());
+      }
+      if (!std::isfinite(loss_sum)) {
+        throw InputError("indexer train: the loss became non-finite at epoch " + std::to_string(epoch) + " step " +
+                         std::to_string(step + 1) + " (try a lower lr)");
+      }
+      adam.step(model.trainable_blocks(), grad);
+      groups_seen += static_cast<int64_t>(count);
+      if (progress) {
+        progress({epoch, options.epochs, step + 1, steps_per_epoch,
+                  loss_sum / static_cast<double>(first + count), last_recall, false});
+      }
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    train_seconds += seconds;
+    history.push_back({epoch, loss_sum / static_cast<double>(items.size()), validate_model(model), seconds});
+
+    bool stop = false;
+    if (validating) {
+      last_recall = history.back().val_recall[primary];
+      if (last_recall > best_recall) {
+        best_recall = last_recall;
+        best = model;
+        best_epoch = epoch;
+        stale_epochs = 0;
+      } else if (options.patience > 0 && ++stale_epochs >= options.patience) {
+        stop = true;
+      }
+    } else {
+      best = model;
+      best_epoch = epoch;
+    }
+    if (progress) {
+      progress({epoch, options.epochs, steps_per_epoch, steps_per_epoch, history.back().train_loss, last_recall, true});
+    }
+    if (stop) break;
+  }
+
+  IndexerTrainResult result{std::move(best), std::move(split), std::move(history), best_epoch,
+                            static_cast<int64_t>(items.size()), skipped, 0.0, 0.0};
+  if (train_seconds > 0) {
+    result.samples_per_second = static_cast<double>(groups_seen) / train_seconds;
+    result.candidates_per_second = static_cast<double>(candidates_seen) / train_seconds;
+  }
+  return result;
+}
+
+}  // namespace kvlab
