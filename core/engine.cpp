@@ -8,17 +8,10 @@
 #include <thread>
 
 #include "core/error.hpp"
+#include "core/random.hpp"
 
 namespace kvlab {
 namespace {
-
-uint64_t mix_seed(uint64_t a, uint64_t b) {
-  // splitmix64 finaliser over the combination: distinct inputs give unrelated streams.
-  uint64_t z = a * 0x9E3779B97F4A7C15ULL + b + 0x632BE59BD9B4E019ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
 
 /// Oracle access to the true attention of the current and later steps.
 class SessionOracle final : public OracleView {
@@ -132,7 +125,7 @@ class RequestRunner {
       }
       run.policy = run.resolved->instantiate();
       run.request = RequestContext{&geometry, rows, index_, info.id, info.workload, info.prompt_tokens,
-                                   info.decode_steps, mix_seed(mix_seed(options_.seed, info.seed), index_),
+                                   info.decode_steps, combine_seeds(combine_seeds(options_.seed, info.seed), index_),
                                    run.session->d_query(), run.session->d_key()};
       run.ledger = std::make_unique<Ledger>(geometry, rows, info.prompt_tokens, options_.timing, arrival);
       run.plan.keep = run.ledger->target();

@@ -74,7 +74,7 @@ MlpT<Scalar>::MlpT(const MlpConfig& config, uint64_t seed) : config_(config) {
   }
   params_.assign(offset, Scalar(0));
 
-  LearnRng rng(seed);
+  Rng rng(seed);
   auto fill_normal = [&](const ParamSlot& slot, double stddev) {
     for (std::size_t i = 0; i < slot.size; ++i) params_[slot.offset + i] = static_cast<Scalar>(stddev * rng.normal());
   };

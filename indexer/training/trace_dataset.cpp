@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <deque>
-#include <random>
 
 #include "core/error.hpp"
 #include "core/lookahead.hpp"
 #include "core/metrics.hpp"
+#include "core/random.hpp"
 #include "indexer/inference/query_pool.hpp"
 #include "traces/checkpoint.hpp"
 #include "traces/trace.hpp"
@@ -28,9 +28,9 @@ void sample_negatives(OpenWindow& w, int64_t max_negatives, uint64_t seed) {
   std::vector<int64_t> negatives;
   for (int64_t c : w.candidates) (w.labels.critical(c) ? positives : negatives).push_back(c);
   if (static_cast<int64_t>(negatives.size()) <= max_negatives) return;
-  std::mt19937_64 rng(seed);
+  Rng rng(seed);
   for (int64_t i = 0; i < max_negatives; ++i) {  // partial Fisher-Yates
-    const auto j = static_cast<size_t>(i) + static_cast<size_t>(rng() % (negatives.size() - static_cast<size_t>(i)));
+    const auto j = static_cast<size_t>(i) + static_cast<size_t>(rng.modulo_below(negatives.size() - static_cast<size_t>(i)));
     std::swap(negatives[static_cast<size_t>(i)], negatives[j]);
   }
   negatives.resize(static_cast<size_t>(max_negatives));

@@ -59,7 +59,7 @@ void IndexerTrainOptions::validate() const {
 IndexerSplit split_requests(std::size_t requests, double val_fraction, uint64_t seed) {
   std::vector<std::size_t> order(requests);
   for (std::size_t i = 0; i < requests; ++i) order[i] = i;
-  LearnRng rng(mix_seed(seed, kSplitStream));
+  Rng rng(mix_seed(seed, kSplitStream));
   rng.shuffle(order);
   auto n_val = static_cast<std::size_t>(std::llround(val_fraction * static_cast<double>(requests)));
   if (val_fraction > 0 && requests >= 2) n_val = std::clamp<std::size_t>(n_val, 1, requests - 1);
@@ -276,7 +276,7 @@ IndexerTrainResult train_indexer(const std::vector<IndexerRequest>& data, const 
   std::vector<float> slots(batch * n_params);
   std::vector<float> grad(n_params);
   std::vector<double> losses(batch);
-  LearnRng shuffle_rng(mix_seed(options.seed, kShuffleStream));
+  Rng shuffle_rng(mix_seed(options.seed, kShuffleStream));
   const auto steps_per_epoch = static_cast<int64_t>((items.size() + batch - 1) / batch);
   double train_seconds = 0;
   int64_t groups_seen = 0;

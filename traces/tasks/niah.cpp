@@ -4,7 +4,7 @@
 #include <utility>
 
 #include "traces/tasks/task_builders.hpp"
-#include "traces/tasks/task_random.hpp"
+#include "core/random.hpp"
 #include "traces/tasks/word_lists.hpp"
 
 namespace kvlab::task_detail {
@@ -21,7 +21,7 @@ std::string needle_text(const std::string& key, const std::string& value) {
   return "One of the special magic numbers for " + key + " is: " + value + ".";
 }
 
-std::vector<std::string> distinct_keys(TaskRng& rng, int count) {
+std::vector<std::string> distinct_keys(Rng& rng, int count) {
   std::vector<std::string> keys;
   std::unordered_set<std::string> seen;
   while (static_cast<int>(keys.size()) < count) {
@@ -34,7 +34,7 @@ std::vector<std::string> distinct_keys(TaskRng& rng, int count) {
 }
 
 // Seven-digit values, distinct so that no answer is credited for another needle's value.
-std::vector<std::string> distinct_values(TaskRng& rng, int count) {
+std::vector<std::string> distinct_values(Rng& rng, int count) {
   std::vector<std::string> values;
   while (static_cast<int>(values.size()) < count) {
     auto v = std::to_string(rng.between(1000000, 9999999));
@@ -60,9 +60,9 @@ std::string join_keys(const std::vector<std::string>& keys) {
 }  // namespace
 
 TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth) {
-  TaskRng key_rng(seed, kKeys);
-  TaskRng value_rng(seed, kValues);
-  TaskRng place_rng(seed, kPlacement);
+  Rng key_rng(seed, kKeys);
+  Rng value_rng(seed, kValues);
+  Rng place_rng(seed, kPlacement);
   const int needles = kind == NiahKind::Single ? 1 : kNeedlesPerMultiTask;
   const int key_count = kind == NiahKind::MultiValue ? 1 : needles;
   const auto keys = distinct_keys(key_rng, key_count);
@@ -75,7 +75,7 @@ TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth) {
   }
   std::vector<double> fractions;
   for (int i = 1; i < needles; ++i) {
-    fractions.push_back(place_rng.unit());
+    fractions.push_back(place_rng.uniform());
   }
 
   TaskDraft base;

@@ -7,7 +7,7 @@
 
 #include "core/error.hpp"
 #include "traces/tasks/task_builders.hpp"
-#include "traces/tasks/task_random.hpp"
+#include "core/random.hpp"
 
 namespace kvlab {
 
@@ -175,7 +175,7 @@ TaskSample make_task(const std::string& task, int64_t target_tokens, uint64_t se
     throw UsageError("task generator: template_tokens must not be negative");
   }
   if (depth < 0.0) {
-    depth = TaskRng(seed, kDepthStream).unit();
+    depth = Rng(seed, kDepthStream).uniform();
   }
   const TaskPlan plan = plan_for(task, seed, depth, target_tokens);
   Measured best = fit(task, plan, target_tokens, count_tokens, options);

@@ -27,7 +27,7 @@
 // no needle: needle_depth is -1 and the depth argument is ignored.
 //
 // Determinism: a sample depends only on (task, target_tokens, seed, depth, counter, options).
-// All draws use std::mt19937_64 through TaskRng, whose distributions are our own, so the same
+// All draws use std::mt19937_64 through kvlab::Rng (core/random.hpp), whose distributions are our own, so the same
 // arguments give the same sample on every platform and standard library.
 #pragma once
 

@@ -4,7 +4,7 @@
 #include <string_view>
 
 #include "traces/tasks/task_builders.hpp"
-#include "traces/tasks/task_random.hpp"
+#include "core/random.hpp"
 
 namespace kvlab::task_detail {
 
@@ -16,7 +16,7 @@ enum Stream : uint64_t { kNames = 1, kValue = 2, kPlacement = 3 };
 
 // Five capital consonants: such a name is no English word, so the case-insensitive substring
 // scoring cannot credit it by accident.
-std::string variable_name(TaskRng& rng) {
+std::string variable_name(Rng& rng) {
   static constexpr std::string_view kLetters = "BCDFGHJKLMNPQRSTVWXZ";
   std::string name;
   for (int i = 0; i < 5; ++i) {
@@ -28,9 +28,9 @@ std::string variable_name(TaskRng& rng) {
 }  // namespace
 
 TaskPlan vt_plan(uint64_t seed, double depth) {
-  TaskRng name_rng(seed, kNames);
-  TaskRng value_rng(seed, kValue);
-  TaskRng place_rng(seed, kPlacement);
+  Rng name_rng(seed, kNames);
+  Rng value_rng(seed, kValue);
+  Rng place_rng(seed, kPlacement);
   std::vector<std::string> names;
   while (static_cast<int>(names.size()) < kHops + 1) {
     auto n = variable_name(name_rng);
@@ -48,7 +48,7 @@ TaskPlan vt_plan(uint64_t seed, double depth) {
   // Sorted, so the assignments keep their order after the first one.
   std::vector<double> fractions;
   for (int i = 0; i < kHops; ++i) {
-    fractions.push_back(place_rng.unit());
+    fractions.push_back(place_rng.uniform());
   }
   std::sort(fractions.begin(), fractions.end());
 

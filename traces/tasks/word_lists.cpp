@@ -61,7 +61,7 @@ const std::vector<std::string_view>& common_words() {
   return words;
 }
 
-std::string key_word(TaskRng& rng) {
+std::string key_word(Rng& rng) {
   const auto& adj = adjectives();
   const auto& noun = nouns();
   std::string key(adj[rng.below(adj.size())]);
@@ -70,7 +70,7 @@ std::string key_word(TaskRng& rng) {
   return key;
 }
 
-std::string pseudo_word(TaskRng& rng, int syllables) {
+std::string pseudo_word(Rng& rng, int syllables) {
   // No 'y' or 'x' and plain vowels: the words tokenize like ordinary text and are easy to read.
   static constexpr std::string_view kConsonants = "bcdfghklmnprstvz";
   static constexpr std::string_view kVowels = "aeiou";
@@ -82,7 +82,7 @@ std::string pseudo_word(TaskRng& rng, int syllables) {
   return word;
 }
 
-std::vector<std::string> distinct_pseudo_words(TaskRng& rng, size_t count, int syllables,
+std::vector<std::string> distinct_pseudo_words(Rng& rng, size_t count, int syllables,
                                                std::unordered_set<std::string>& taken) {
   // 80 syllables per position; asking for more than a small part of the space would make the
   // rejection loop slow (and, past the whole space, endless).

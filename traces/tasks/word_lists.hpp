@@ -9,7 +9,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "traces/tasks/task_random.hpp"
+#include "core/random.hpp"
 
 namespace kvlab::task_words {
 
@@ -19,14 +19,14 @@ namespace kvlab::task_words {
 [[nodiscard]] const std::vector<std::string_view>& common_words();
 
 /// A "adjective-noun" key such as "quiet-harbor".
-[[nodiscard]] std::string key_word(TaskRng& rng);
+[[nodiscard]] std::string key_word(Rng& rng);
 
 /// A made-up word of `syllables` consonant-vowel syllables ("bakoli").
-[[nodiscard]] std::string pseudo_word(TaskRng& rng, int syllables);
+[[nodiscard]] std::string pseudo_word(Rng& rng, int syllables);
 
 /// `count` distinct made-up words none of which is in `taken`; they are added to `taken`.
 /// Drawn in sequence from rng, so the first k words do not depend on count.
-[[nodiscard]] std::vector<std::string> distinct_pseudo_words(TaskRng& rng, size_t count, int syllables,
+[[nodiscard]] std::vector<std::string> distinct_pseudo_words(Rng& rng, size_t count, int syllables,
                                                              std::unordered_set<std::string>& taken);
 
 }  // namespace kvlab::task_words

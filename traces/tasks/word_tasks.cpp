@@ -5,7 +5,7 @@
 #include <unordered_set>
 
 #include "traces/tasks/task_builders.hpp"
-#include "traces/tasks/task_random.hpp"
+#include "core/random.hpp"
 #include "traces/tasks/word_lists.hpp"
 
 namespace kvlab::task_detail {
@@ -41,7 +41,7 @@ CweFrequencies cwe_frequencies(int64_t target_tokens) {
 
 TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
   const CweFrequencies freq = cwe_frequencies(target_tokens);
-  TaskRng word_rng(seed, kWords);
+  Rng word_rng(seed, kWords);
   std::vector<std::string> words(task_words::common_words().begin(), task_words::common_words().end());
   word_rng.shuffle(words);
   std::vector<std::string> common(words.begin(), words.begin() + kCommonWords);
@@ -66,7 +66,7 @@ TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
     std::vector<std::string> rare(others.begin(),
                                   others.begin() + std::min<int64_t>(units, static_cast<int64_t>(others.size())));
     if (units > static_cast<int64_t>(others.size())) {
-      TaskRng extra_rng(seed, kExtraWords);
+      Rng extra_rng(seed, kExtraWords);
       auto taken = real;
       auto extra = task_words::distinct_pseudo_words(extra_rng, static_cast<size_t>(units) - others.size(), 3, taken);
       rare.insert(rare.end(), extra.begin(), extra.end());
@@ -78,7 +78,7 @@ TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
     for (const auto& w : rare) {
       entries.insert(entries.end(), static_cast<size_t>(freq.uncommon), &w);
     }
-    TaskRng arrange_rng(seed, kArrange);
+    Rng arrange_rng(seed, kArrange);
     arrange_rng.shuffle(entries);
     for (size_t i = 0; i < entries.size(); ++i) {
       if (i > 0) {
@@ -92,7 +92,7 @@ TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
 }
 
 TaskPlan fwe_plan(uint64_t seed) {
-  TaskRng word_rng(seed, kWords);
+  Rng word_rng(seed, kWords);
   std::unordered_set<std::string> taken;
   const auto vocab = task_words::distinct_pseudo_words(word_rng, kCodedVocabulary, kCodedSyllables, taken);
   std::vector<double> weight;
@@ -123,7 +123,7 @@ TaskPlan fwe_plan(uint64_t seed) {
       const auto count = static_cast<size_t>(std::floor(static_cast<double>(units) * weight[k] / total));
       words.insert(words.end(), count, &vocab[k]);
     }
-    TaskRng arrange_rng(seed, kArrange);
+    Rng arrange_rng(seed, kArrange);
     arrange_rng.shuffle(words);
     for (size_t i = 0; i < words.size(); ++i) {
       if (i > 0) {

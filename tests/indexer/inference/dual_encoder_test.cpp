@@ -13,7 +13,7 @@ namespace {
 
 template <typename Scalar>
 RowMatrixT<Scalar> random_rows(int rows, int cols, uint64_t seed) {
-  LearnRng rng(seed);
+  Rng rng(seed);
   RowMatrixT<Scalar> m(rows, cols);
   for (int i = 0; i < rows; ++i) {
     for (int j = 0; j < cols; ++j) m(i, j) = static_cast<Scalar>(rng.normal());

@@ -13,7 +13,7 @@ namespace {
 using MatrixD = RowMatrixT<double>;
 
 MatrixD random_matrix(int rows, int cols, uint64_t seed) {
-  LearnRng rng(seed);
+  Rng rng(seed);
   MatrixD m(rows, cols);
   for (int i = 0; i < rows; ++i) {
     for (int j = 0; j < cols; ++j) m(i, j) = rng.normal();

@@ -22,7 +22,7 @@ std::vector<IndexerRequest> synthetic_data(int requests, uint64_t seed) {
   constexpr int kCandidates = 40;
   constexpr int kGroups = 12;
   constexpr int kPositives = 4;
-  LearnRng rng(seed);
+  Rng rng(seed);
   Eigen::MatrixXf hidden(kKey, kQuery);
   for (int i = 0; i < kKey; ++i) {
     for (int j = 0; j < kQuery; ++j) hidden(i, j) = static_cast<float>(rng.normal());
