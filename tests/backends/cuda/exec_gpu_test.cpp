@@ -53,6 +53,7 @@ ExecOptions small_options(const Backend& source) {
   o.pool = PoolSize::gigabytes(2.0);
   o.host_limit_bytes = int64_t{4} << 30;
   o.max_tokens = 4096 + 37 + 24;
+  o.sessions = 3;  // the engine steps the three policies of a request together
   return o;
 }
 
