@@ -5,7 +5,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup configure build demo test model bench install clean
+.PHONY: all setup configure build demo test model bench install clean format lint format-check
 
 all: build
 
@@ -37,3 +37,14 @@ install: build
 
 clean:
 	rm -rf $(BUILD_DIR)
+
+# clang-format over every C++/CUDA source (.clang-format); format-check lists the changed files
+# that differ; lint runs clang-tidy (.clang-tidy) with the build's compile_commands.json.
+format:
+	scripts/format-check.sh format
+
+format-check:
+	scripts/format-check.sh check
+
+lint: configure
+	scripts/format-check.sh lint $(BUILD_DIR)
