@@ -98,6 +98,17 @@ class RequestSession {
   /// Chunk features of every chunk known so far; the engine passes policies complete ones only.
   [[nodiscard]] virtual FeatureRows chunk_features() const = 0;
 
+  /// Query/key vectors (RowVectors): the per-row width, 0 when the source has none.
+  [[nodiscard]] virtual int64_t qk_dim() const { return 0; }
+  /// The current step's query per row ([1 × rows × qk_dim]).
+  [[nodiscard]] virtual RowVectors query_vectors() const { return {}; }
+  /// Key summaries of every chunk known so far ([chunks × rows × qk_dim]); the engine passes
+  /// policies complete chunks only.
+  [[nodiscard]] virtual RowVectors chunk_keys(ChunkKeys which) const { return {}; }
+  /// Prefill observation (RequestContext::prefill), valid for the session's life; nullptr if none.
+  [[nodiscard]] virtual const StepMass* prefill_observation() const { return nullptr; }
+  [[nodiscard]] virtual int64_t prefill_window() const { return 0; }
+
   /// Oracle access to later steps: mass of step s for current <= s < current + horizon, where
   /// horizon was requested with set_lookahead. Open-loop sources only.
   virtual void set_lookahead(int64_t steps) {}

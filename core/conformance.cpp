@@ -7,6 +7,7 @@
 #include <random>
 
 #include "core/error.hpp"
+#include "core/synthetic_qk.hpp"
 
 namespace kvlab {
 namespace {
@@ -86,9 +87,31 @@ ConformanceData replace_future(const ConformanceData& data, int64_t cut, uint64_
     for (size_t i = static_cast<size_t>(visible * copy->d_key); i < copy->chunk_features.size(); ++i) {
       copy->chunk_features[i] = normal(rng);
     }
+    for (int64_t s = cut + 1; s < static_cast<int64_t>(copy->query_vectors.size()); ++s) {
+      for (float& q : copy->query_vectors[s]) q = normal(rng);
+    }
+    const size_t keys_visible = static_cast<size_t>(visible * data.rows.rows() * copy->qk_dim);
+    for (auto* keys : {&copy->key_min, &copy->key_max, &copy->key_repr}) {
+      for (size_t i = keys_visible; i < keys->size(); ++i) (*keys)[i] = normal(rng);
+    }
     out.requests.push_back(std::move(copy));
   }
   return out;
+}
+
+/// Query/key vectors (16 per row) and a 32-position prefill observation fitted to the mass.
+void add_query_keys_and_prefill(MemoryRequest& req, int rows, int64_t max_chunks, int64_t prompt_chunks, uint64_t seed) {
+  const SyntheticKeys keys = synthetic_chunk_keys(seed, rows, max_chunks, 16);
+  req.qk_dim = keys.dim;
+  req.key_min = keys.min;
+  req.key_max = keys.max;
+  req.key_repr = keys.repr;
+  req.query_vectors.resize(req.steps.size());
+  for (size_t t = 0; t < req.steps.size(); ++t) {
+    synthetic_query(keys, req.steps[t], seed, static_cast<int64_t>(t), req.query_vectors[t]);
+  }
+  synthetic_prefill_observation(req.steps.front(), prompt_chunks, seed, req.prefill);
+  req.prefill_window = 32;
 }
 
 ConformanceCheck check_causality(const ResolvedPolicy& policy, const ConformanceData& data,
@@ -158,6 +181,8 @@ ConformanceData make_conformance_data(uint64_t seed, int64_t d_query, int64_t d_
     }
     req->chunk_features.resize(static_cast<size_t>(max_chunks * d_key));
     for (float& x : req->chunk_features) x = normal(rng);
+    add_query_keys_and_prefill(*req, data.rows.rows(), max_chunks, data.geometry.chunks_for(req->info.prompt_tokens),
+                               seed * 31 + static_cast<uint64_t>(i));
     data.requests.push_back(std::move(req));
   }
   return data;

@@ -126,7 +126,8 @@ class RequestRunner {
       run.policy = run.resolved->instantiate();
       run.request = RequestContext{&geometry, rows, index_, info.id, info.workload, info.prompt_tokens,
                                    info.decode_steps, combine_seeds(combine_seeds(options_.seed, info.seed), index_),
-                                   run.session->d_query(), run.session->d_key()};
+                                   run.session->d_query(), run.session->d_key(), run.session->qk_dim(),
+                                   run.session->prefill_observation(), run.session->prefill_window()};
       run.ledger = std::make_unique<Ledger>(geometry, rows, info.prompt_tokens, options_.timing, arrival);
       run.plan.keep = run.ledger->target();
       run.policy->on_request(run.request, run.plan);
@@ -195,6 +196,12 @@ class RequestRunner {
       FeatureRows features = session.chunk_features();
       features.n_rows = std::min(features.n_rows, complete);  // complete chunks only
       return features;
+    };
+    ctx.read_query_vectors = [&session] { return session.query_vectors(); };
+    ctx.read_chunk_keys = [&session, complete = ctx.n_complete_chunks](ChunkKeys which) {
+      RowVectors keys = session.chunk_keys(which);
+      keys.items = std::min(keys.items, complete);  // complete chunks only
+      return keys;
     };
     ctx.resident = &ledger.resident();
     ctx.in_flight = &ledger.in_flight();

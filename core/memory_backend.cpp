@@ -25,6 +25,23 @@ class MemorySession final : public RequestSession {
     return {request_->chunk_features.data(),
             static_cast<int64_t>(request_->chunk_features.size()) / request_->d_key, request_->d_key};
   }
+  [[nodiscard]] int64_t qk_dim() const override { return request_->qk_dim; }
+  [[nodiscard]] RowVectors query_vectors() const override {
+    if (request_->qk_dim == 0) return {};
+    return {request_->query_vectors[step_].data(), 1, rows(), request_->qk_dim};
+  }
+  [[nodiscard]] RowVectors chunk_keys(ChunkKeys which) const override {
+    if (request_->qk_dim == 0) return {};
+    const std::vector<float>& keys = which == ChunkKeys::Min   ? request_->key_min
+                                     : which == ChunkKeys::Max ? request_->key_max
+                                                               : request_->key_repr;
+    const int64_t per_chunk = rows() * request_->qk_dim;
+    return {keys.data(), static_cast<int64_t>(keys.size()) / per_chunk, rows(), request_->qk_dim};
+  }
+  [[nodiscard]] const StepMass* prefill_observation() const override {
+    return request_->prefill_window > 0 ? &request_->prefill : nullptr;
+  }
+  [[nodiscard]] int64_t prefill_window() const override { return request_->prefill_window; }
   void set_lookahead(int64_t steps) override { lookahead_ = steps; }
   [[nodiscard]] const StepMass* lookahead(int64_t step) const override {
     // Everything is in memory; the declared horizon is still enforced so tests catch oracles
@@ -36,6 +53,8 @@ class MemorySession final : public RequestSession {
   }
 
  private:
+  [[nodiscard]] int rows() const { return request_->steps.empty() ? 0 : request_->steps.front().rows(); }
+
   std::shared_ptr<const MemoryRequest> request_;
   int64_t step_ = 0;
   int64_t lookahead_ = 0;

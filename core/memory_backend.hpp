@@ -17,6 +17,13 @@ struct MemoryRequest {
   std::vector<float> chunk_features;       // n_chunks_max × d_key, row-major (may be empty)
   int64_t d_query = 0;
   int64_t d_key = 0;
+  // Query/key vectors (see RowVectors), empty when qk_dim is 0.
+  int64_t qk_dim = 0;
+  std::vector<std::vector<float>> query_vectors;  // decode_steps × (rows × qk_dim)
+  std::vector<float> key_min, key_max, key_repr;  // n_chunks_max × rows × qk_dim
+  // Prefill observation (RequestContext::prefill); prefill_window 0 = none.
+  StepMass prefill;
+  int64_t prefill_window = 0;
 };
 
 class MemoryBackend final : public Backend {

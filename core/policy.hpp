@@ -50,6 +50,28 @@ struct FeatureRows {
   }
 };
 
+/// Per-row vectors of `dim` floats for each of `items` items (a chunk, or the step): row-major
+/// [items × rows × dim]. A row is a (layer, stored head) as in RowLayout; when heads are
+/// aggregated a row's vector is its layer's KV heads side by side, so a dot product over it is
+/// the sum of the heads' dot products.
+struct RowVectors {
+  const float* data = nullptr;
+  int64_t items = 0;
+  int rows = 0;
+  int64_t dim = 0;
+  [[nodiscard]] bool empty() const { return data == nullptr || items == 0; }
+  [[nodiscard]] std::span<const float> at(int64_t item, int row) const {
+    return {data + (item * rows + row) * dim, static_cast<size_t>(dim)};
+  }
+};
+
+/// Per-chunk key summaries a source may carry (traces: key_min, key_max, key_repr).
+enum class ChunkKeys {
+  Min,             // per-channel minimum of the chunk's keys (Quest's page metadata)
+  Max,             // per-channel maximum
+  Representative,  // mean of the chunk's representative keys (InfLLM's memory-unit keys)
+};
+
 /// Per-request facts, fixed for the whole request.
 struct RequestContext {
   const Geometry* geometry = nullptr;
@@ -62,6 +84,11 @@ struct RequestContext {
   uint64_t seed = 0;         // per-request seed for policies that draw random numbers
   int64_t d_query = 0;       // 0 when the source has no query features
   int64_t d_key = 0;         // 0 when the source has no chunk features
+  int64_t qk_dim = 0;        // per-row width of query and key vectors; 0 when the source has none
+  /// Prefill observation: per row, the attention of the last `prefill_window` prompt positions
+  /// over the prompt's chunks (their mean; rows sum to 1). nullptr when the source has none.
+  const StepMass* prefill = nullptr;
+  int64_t prefill_window = 0;
 };
 
 /// The true attention, for oracle policies only.
@@ -85,6 +112,14 @@ struct StepContext {
   /// on first use, since most policies never look at them.
   [[nodiscard]] FeatureRows chunk_features() const { return read_features ? read_features() : FeatureRows{}; }
   std::function<FeatureRows()> read_features;  // set by the engine; policies call chunk_features()
+  /// This step's query vector per row ([1 × rows × qk_dim]; empty when request->qk_dim is 0).
+  [[nodiscard]] RowVectors query_vectors() const { return read_query_vectors ? read_query_vectors() : RowVectors{}; }
+  /// Key summaries of the complete chunks ([n_complete_chunks × rows × qk_dim]), read on first use.
+  [[nodiscard]] RowVectors chunk_keys(ChunkKeys which) const {
+    return read_chunk_keys ? read_chunk_keys(which) : RowVectors{};
+  }
+  std::function<RowVectors()> read_query_vectors;       // set by the engine
+  std::function<RowVectors(ChunkKeys)> read_chunk_keys;  // set by the engine
   /// Chunks in HBM before this step's plan (arrived fetches included; in-flight ones not).
   const Residency* resident = nullptr;
   /// Chunks this policy has requested that are still on the link.

@@ -59,6 +59,48 @@ inline ConformanceData single_request(const Geometry& g, int64_t prompt, int64_t
                            [&](int64_t t, int, int64_t chunks) { return mass(t, chunks); });
 }
 
+/// Attaches query/key vectors to request 0: keys[c][r] = {min, max, repr} per chunk and row,
+/// query(t, r) per step and row. Chunks past keys.size() get zero vectors.
+struct ChunkKeyRow {
+  std::vector<float> min, max, repr;
+};
+inline void attach_query_keys(ConformanceData& data, int64_t dim, const std::vector<std::vector<ChunkKeyRow>>& keys,
+                              const std::function<std::vector<float>(int64_t step, int row)>& query) {
+  auto req = std::make_shared<MemoryRequest>(*data.requests.at(0));
+  const int rows = data.rows.rows();
+  const int64_t max_chunks = data.geometry.chunks_for(req->info.prompt_tokens + req->info.decode_steps);
+  req->qk_dim = dim;
+  for (auto* v : {&req->key_min, &req->key_max, &req->key_repr}) v->assign(static_cast<size_t>(max_chunks * rows * dim), 0.0F);
+  for (size_t c = 0; c < keys.size(); ++c) {
+    for (int r = 0; r < rows; ++r) {
+      const size_t at = (c * rows + r) * dim;
+      std::copy(keys[c][r].min.begin(), keys[c][r].min.end(), req->key_min.begin() + static_cast<std::ptrdiff_t>(at));
+      std::copy(keys[c][r].max.begin(), keys[c][r].max.end(), req->key_max.begin() + static_cast<std::ptrdiff_t>(at));
+      std::copy(keys[c][r].repr.begin(), keys[c][r].repr.end(), req->key_repr.begin() + static_cast<std::ptrdiff_t>(at));
+    }
+  }
+  req->query_vectors.clear();
+  for (int64_t t = 0; t < req->info.decode_steps; ++t) {
+    std::vector<float> q;
+    for (int r = 0; r < rows; ++r) {
+      const auto v = query(t, r);
+      q.insert(q.end(), v.begin(), v.end());
+    }
+    req->query_vectors.push_back(std::move(q));
+  }
+  data.requests[0] = std::move(req);
+}
+
+/// Runs `spec` over `data` and returns the one-line error it stops with ("" if none).
+inline std::string run_error(const std::string& spec, const ConformanceData& data) {
+  try {
+    (void)record(spec, data);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
 /// The hand-computed eviction example h2o_test and tova_test work through (16-token chunks,
 /// a 64-token prompt = chunks 0..3, chunk 4 opens at step 0, chunk 5 at 16, chunk 6 at 32).
 /// Steps 0..9: chunks 1..4 get 0.4 0.1 0.3 0.2. Steps 10..15: 0.1 0.5 0.2 0.2. From step 16:
