@@ -47,6 +47,11 @@ int trace_gen(const Argv& argv) {
         "write query and chunk features (LSA's indexer needs them; the mass is the same either way)", "on"},
        {"d-query", "N", "width of the query features", "64"},
        {"d-key", "N", "width of the chunk features", "64"},
+       {"qk-dim", "N",
+        "per-row width of query/key vectors fitted to the mass (query_vectors, key_min/max/repr; quest, infllm); 0 = none",
+        "0"},
+       {"prefill-window", "W", "write a prefill observation of the last W prompt positions (snapkv family); 0 = none",
+        "0"},
        {"geometry", geometries, "model geometry preset", "smollm2-135m"},
        {"chunk-tokens", "C", "tokens per chunk", "64"},
        {"heads", "aggregated|per-head", "one row per layer, or one per (layer, KV head)", "aggregated"},
@@ -74,6 +79,8 @@ int trace_gen(const Argv& argv) {
   const int64_t d_key = args.get_int("d-key");
   if (d_query < 1 || d_query > 65536) throw UsageError("--d-query must be between 1 and 65536");
   if (d_key < 1 || d_key > 65536) throw UsageError("--d-key must be between 1 and 65536");
+  config.qk_dim = args.get_int("qk-dim");
+  config.prefill_window = args.get_int("prefill-window");
   config.d_query = static_cast<int>(d_query);
   config.d_key = static_cast<int>(d_key);
   config.geometry = Geometry::preset(args.get("geometry"));

@@ -74,6 +74,19 @@ class ComputedAttention final : public ObservedAttention {
   const StepMass& mass_;
 };
 
+/// Stops the run when the source lacks data the policy declared it needs (never a fallback).
+void check_needs(const ResolvedPolicy& policy, const RequestContext& request, const std::string& source) {
+  for (const PolicyNeed need : policy.descriptor->traits.needs) {
+    const bool missing = (need == PolicyNeed::QueryKeyVectors && request.qk_dim == 0) ||
+                         (need == PolicyNeed::PrefillObservation && request.prefill == nullptr);
+    if (missing) {
+      throw InputError("policy " + policy.descriptor->name + " needs " + std::string(policy_need_name(need)) +
+                       " but request " + request.request_id + " of " + source + " has none: " +
+                       std::string(policy_need_source(need)));
+    }
+  }
+}
+
 /// One policy's run over one request.
 struct PolicyRun {
   const ResolvedPolicy* resolved = nullptr;
@@ -128,6 +141,7 @@ class RequestRunner {
                                    info.decode_steps, combine_seeds(combine_seeds(options_.seed, info.seed), index_),
                                    run.session->d_query(), run.session->d_key(), run.session->qk_dim(),
                                    run.session->prefill_observation(), run.session->prefill_window()};
+      check_needs(*run.resolved, run.request, backend_.describe());
       run.ledger = std::make_unique<Ledger>(geometry, rows, info.prompt_tokens, options_.timing, arrival);
       run.plan.keep = run.ledger->target();
       run.policy->on_request(run.request, run.plan);

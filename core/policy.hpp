@@ -154,7 +154,12 @@ enum class PolicyNeed {
   Indexer,        // a learned indexer checkpoint, named by the parameter with ParamRole::Indexer
   QueryFeatures,  // StepContext::query (RequestContext::d_query > 0)
   ChunkFeatures,  // StepContext::chunk_features() (RequestContext::d_key > 0)
+  QueryKeyVectors,     // StepContext::query_vectors() and chunk_keys() (RequestContext::qk_dim > 0)
+  PrefillObservation,  // RequestContext::prefill
 };
+/// Where a source that lacks `need` gets it: the datasets and the flags that write them (for
+/// the one-line error that stops a run).
+std::string_view policy_need_source(PolicyNeed need);
 std::string_view policy_need_name(PolicyNeed need);
 
 /// What a policy class declares about itself beyond its parameters (see Policy::traits()).

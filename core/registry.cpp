@@ -18,6 +18,21 @@ std::string_view policy_need_name(PolicyNeed need) {
     case PolicyNeed::Indexer: return "indexer";
     case PolicyNeed::QueryFeatures: return "query_features";
     case PolicyNeed::ChunkFeatures: return "chunk_features";
+    case PolicyNeed::QueryKeyVectors: return "query_key_vectors";
+    case PolicyNeed::PrefillObservation: return "prefill_observation";
+  }
+  return "?";
+}
+
+std::string_view policy_need_source(PolicyNeed need) {
+  switch (need) {
+    case PolicyNeed::Indexer: return "an indexer checkpoint (kvlab indexer train)";
+    case PolicyNeed::QueryFeatures: return "the 'query' dataset (kvlab trace gen --features on; kvlab record)";
+    case PolicyNeed::ChunkFeatures: return "the 'chunk_features' dataset (kvlab trace gen --features on; kvlab record)";
+    case PolicyNeed::QueryKeyVectors:
+      return "the datasets query_vectors, key_min, key_max, key_repr (kvlab trace gen --qk-dim N; kvlab record --qk on)";
+    case PolicyNeed::PrefillObservation:
+      return "the dataset prefill_mass (kvlab trace gen --prefill-window W; kvlab record --prefill-window W)";
   }
   return "?";
 }

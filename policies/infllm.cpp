@@ -26,38 +26,24 @@
 
 namespace kvlab {
 
-class InfLlmPolicy final : public Policy {
+class InfLlmPolicy final : public BudgetedPolicy {
  public:
   static constexpr const char* kDescription =
       "InfLLM: sinks + window + per step the chunks whose representative keys best match the query";
   static constexpr bool kOracle = false;
+  static PolicyTraits traits() { return {{PolicyNeed::QueryKeyVectors}, true}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
-            {"sinks", ParamType::Int, "128", "initial tokens always attended (paper: 128)"},
-            {"window", ParamType::Int, "2048", "recent tokens always attended (the paper's local window)"},
-            {"repr_tokens", ParamType::Int, "4", "representative keys kept on the GPU per chunk (paper r_k = 4)"}};
+            sinks_param("128", "initial tokens always attended (paper: 128)"),
+            window_param("2048", "recent tokens always attended (the paper's local window)"),
+            ParamSpec{"repr_tokens", ParamType::Int, "4", "representative keys kept on the GPU per chunk (paper r_k = 4)"}
+                .at_least(1)};
   }
 
   explicit InfLlmPolicy(const Params& p)
-      : budget_(p.get_tokens("budget")),
-        sinks_(p.get_int("sinks")),
-        window_(p.get_int("window")),
-        repr_tokens_(p.get_int("repr_tokens")) {
-    auto bad = [](const std::string& key, const std::string& why) {
-      throw UsageError("policy infllm: parameter '" + key + "' " + why);
-    };
-    if (budget_.value < 0) bad("budget", "must not be negative");
-    if (sinks_ < 0) bad("sinks", "must not be negative");
-    if (window_ < 0) bad("window", "must not be negative");
-    if (repr_tokens_ < 1) bad("repr_tokens", "must be at least 1");
-  }
+      : BudgetedPolicy(p), sinks_(p.get_int("sinks")), window_(p.get_int("window")), repr_tokens_(p.get_int("repr_tokens")) {}
 
   void on_request(const RequestContext& request, Plan& plan) override {
-    if (request.qk_dim == 0) {
-      throw InputError("policy infllm: request " + request.request_id +
-                       " has no query/key vectors (datasets query_vectors, key_repr); record them with "
-                       "kvlab record --qk on, or generate them with kvlab trace gen --qk-dim N");
-    }
     layout_ = request.rows;
     plan.evict_to = EvictTo::Host;
     // repr_tokens keys (K only: half a token of KV) per chunk, every layer and KV head.
@@ -72,9 +58,9 @@ class InfLlmPolicy final : public Policy {
     fixed_.set(step.n_chunks - 1);
     const int64_t bpt = step.request->geometry->bytes_per_token();
     const int64_t index_tokens = (step.n_complete_chunks * index_bytes_per_chunk_ + bpt - 1) / bpt;
-    const int64_t allowance = budget_tokens(budget_, step, "infllm") - index_tokens;
+    const int64_t allowance = budget_tokens_at(step) - index_tokens;
     if (tokens_in_mask(step, fixed_) > allowance) {
-      throw UsageError("policy infllm: parameter 'budget' (" + budget_.str() + ") is smaller than sinks + window + "
+      throw UsageError("policy infllm: parameter 'budget' (" + budget().str() + ") is smaller than sinks + window + "
                        "representative keys at step " + std::to_string(step.step) + "; raise it or lower window");
     }
     const RowVectors query = step.query_vectors();
@@ -86,10 +72,6 @@ class InfLlmPolicy final : public Policy {
       add_within_budget(step, ranked_, allowance, keep);
       for (int h = 1; h < layout_.heads_stored; ++h) plan.keep.mutable_row(layout_.row(layer, h)) = keep;
     }
-  }
-
-  [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override {
-    return tokens_to_bytes(budget_tokens(budget_, step, "infllm"), step);
   }
 
  private:
@@ -114,7 +96,6 @@ class InfLlmPolicy final : public Policy {
     std::stable_sort(ranked_.begin(), ranked_.end(), [&](int64_t a, int64_t b) { return score_[a] > score_[b]; });
   }
 
-  TokenAmount budget_;
   int64_t sinks_;
   int64_t window_;
   int64_t repr_tokens_;

@@ -28,18 +28,18 @@
 
 namespace kvlab {
 
-class QuestPolicy final : public Policy {
+class QuestPolicy final : public BudgetedPolicy {
  public:
   static constexpr const char* kDescription =
       "Quest: per step, the chunks with the largest query-key upper bound from per-chunk key min/max (index tier)";
   static constexpr bool kOracle = false;
+  static PolicyTraits traits() { return {{PolicyNeed::QueryKeyVectors}, true}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
             {"mode", ParamType::String, "host", "host: unselected chunks on host, fetched per step; resident: all in HBM (paper)"}};
   }
 
-  explicit QuestPolicy(const Params& p) : budget_(p.get_tokens("budget")) {
-    if (budget_.value < 0) throw UsageError("policy quest: parameter 'budget' must not be negative");
+  explicit QuestPolicy(const Params& p) : BudgetedPolicy(p) {
     const std::string& mode = p.get_string("mode");
     if (mode != "host" && mode != "resident") {
       throw UsageError("policy quest: parameter 'mode' must be host or resident, got '" + mode + "'");
@@ -48,11 +48,6 @@ class QuestPolicy final : public Policy {
   }
 
   void on_request(const RequestContext& request, Plan& plan) override {
-    if (request.qk_dim == 0) {
-      throw InputError("policy quest: request " + request.request_id +
-                       " has no query/key vectors (datasets query_vectors, key_min, key_max); record them with "
-                       "kvlab record --qk on, or generate them with kvlab trace gen --qk-dim N");
-    }
     plan.evict_to = EvictTo::Host;
     plan.tiers.index_bytes_per_chunk = request.geometry->bytes_per_token();  // K-min + K-max
   }
@@ -62,9 +57,9 @@ class QuestPolicy final : public Policy {
       plan.keep.set_all();
       return;
     }
-    const int64_t allowance = budget_tokens(budget_, step, "quest") - index_tokens(step);
+    const int64_t allowance = budget_tokens_at(step) - index_tokens(step);
     if (allowance < step.request->geometry->chunk_tokens) {
-      throw UsageError("policy quest: parameter 'budget' (" + budget_.str() + ") leaves less than one chunk beside the "
+      throw UsageError("policy quest: parameter 'budget' (" + budget().str() + ") leaves less than one chunk beside the "
                        "key bounds at step " + std::to_string(step.step) + "; raise it");
     }
     const RowVectors query = step.query_vectors();
@@ -80,8 +75,7 @@ class QuestPolicy final : public Policy {
   }
 
   [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override {
-    if (resident_mode_) return -1;
-    return tokens_to_bytes(budget_tokens(budget_, step, "quest"), step);
+    return resident_mode_ ? -1 : BudgetedPolicy::budget_bytes(step);
   }
 
  private:
@@ -103,7 +97,6 @@ class QuestPolicy final : public Policy {
     std::stable_sort(ranked_.begin(), ranked_.end(), [&](int64_t a, int64_t b) { return bound_[a] > bound_[b]; });
   }
 
-  TokenAmount budget_;
   bool resident_mode_ = false;
   std::vector<double> bound_;
   std::vector<int64_t> ranked_;

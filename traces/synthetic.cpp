@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "core/error.hpp"
+#include "core/synthetic_qk.hpp"
 
 namespace kvlab {
 
@@ -81,17 +82,37 @@ void generate_trace(const SyntheticConfig& config, const std::string& out_path) 
   auto writer = TraceWriter::create(out_path, config.resolved_geometry());
   StepMass mass;
   std::vector<float> q;
+  const Geometry g = config.resolved_geometry();
   for (int i = 0; i < config.requests; ++i) {
     const SyntheticRequestGenerator gen(config, i);
-    auto req = writer->add_request(gen.header(), config.storage);
+    RequestHeader header = gen.header();
+    header.qk_dim = config.qk_dim;
+    header.prefill_window = config.prefill_window;
+    auto req = writer->add_request(header, config.storage);
     if (config.features) req->write_chunk_features(gen.chunk_features());
+    const uint64_t qk_seed = derive(config.seed, 0x51CBULL, static_cast<uint64_t>(i));
+    const int rows = g.n_layers * config.heads_stored;
+    SyntheticKeys keys;
+    if (config.qk_dim > 0) keys = synthetic_chunk_keys(qk_seed, rows, header.n_chunks_max, config.qk_dim);
+    std::vector<float> query_vectors;
+    std::vector<float> step_query;
     for (int64_t t = 0; t < config.steps; ++t) {
       gen.step_mass(t, mass);
       req->write_step(t, mass);
+      if (t == 0 && config.prefill_window > 0) {
+        StepMass prefill;
+        synthetic_prefill_observation(mass, g.chunks_for(header.prompt_tokens), qk_seed, prefill);
+        req->write_prefill(prefill);
+      }
+      if (config.qk_dim > 0) {
+        synthetic_query(keys, mass, qk_seed, t, step_query);
+        query_vectors.insert(query_vectors.end(), step_query.begin(), step_query.end());
+      }
       if (!config.features) continue;
       gen.query(t, q);
       req->write_query(t, q);
     }
+    if (config.qk_dim > 0) req->write_query_keys(query_vectors, keys.min, keys.max, keys.repr);
     req->finish();
   }
   writer->commit();

@@ -68,6 +68,11 @@ struct SyntheticConfig {
   /// chunks, else sparse rows; generate_trace passes `storage` on to the TraceWriter, which
   /// converts rows to whatever layout it stores.
   MassStorage storage = MassStorage::Auto;
+  /// Per-row width of the query/key vectors written for query-aware policies (quest, infllm;
+  /// core/synthetic_qk.hpp fits them to the mass); 0 = none.
+  int64_t qk_dim = 0;
+  /// Prompt positions the prefill observation averages (snapkv, pyramidkv, ada_kv); 0 = none.
+  int64_t prefill_window = 0;
   /// Width of the stored mass values in files.
   MassDtype mass_dtype = MassDtype::Float16;
 

@@ -20,6 +20,10 @@ void SyntheticConfig::validate() const {
   if (chunk_tokens < 1) fail("--chunk-tokens", "must be at least 1, got " + std::to_string(chunk_tokens));
   if (d_query < 1) fail("--d-query", "must be at least 1, got " + std::to_string(d_query));
   if (d_key < 1) fail("--d-key", "must be at least 1, got " + std::to_string(d_key));
+  if (qk_dim < 0 || qk_dim > 4096) fail("--qk-dim", "must be between 0 and 4096, got " + std::to_string(qk_dim));
+  if (prefill_window < 0 || prefill_window > context_tokens) {
+    fail("--prefill-window", "must be between 0 and --context-tokens, got " + std::to_string(prefill_window));
+  }
   if (!(feature_noise >= 0.0) || !std::isfinite(feature_noise)) {
     fail("--feature-noise", "must be a finite value >= 0");
   }

@@ -29,6 +29,8 @@ struct RequestHeader {
   int64_t n_chunks_max = 0;  // chunks that exist at the last step
   int64_t d_query = 0;       // 0 = no `query` dataset
   int64_t d_key = 0;         // 0 = no `chunk_features` dataset
+  int64_t qk_dim = 0;          // 0 = no query_vectors / key_min / key_max / key_repr datasets
+  int64_t prefill_window = 0;  // 0 = no prefill_mass dataset
   bool sparse = false;       // mass stored as CSR (mass_indptr/mass_index/mass_value/mass_remainder)
   MassDtype mass_dtype = MassDtype::Float16;  // writer: what to store; reader: what is stored
 };
@@ -46,6 +48,12 @@ class RequestReader {
   virtual void read_query(int64_t t, std::vector<float>& out) = 0;
   /// Reads the whole chunk_features matrix, row-major [n_chunks_max × d_key].
   virtual void read_chunk_features(std::vector<float>& out) = 0;
+  /// Reads query_vectors [decode_steps × rows × qk_dim] and the key summaries key_min, key_max,
+  /// key_repr [n_chunks_max × rows × qk_dim] (header().qk_dim > 0).
+  virtual void read_query_keys(std::vector<float>& query, std::vector<float>& key_min, std::vector<float>& key_max,
+                               std::vector<float>& key_repr) = 0;
+  /// Reads prefill_mass [rows × chunks of the prompt] (header().prefill_window > 0), dense.
+  virtual void read_prefill(StepMass& out) = 0;
 };
 
 class TraceReader {
@@ -73,6 +81,12 @@ class RequestWriter {
   virtual void write_query(int64_t t, std::span<const float> features) = 0;
   /// Row-major [n_chunks_max × d_key].
   virtual void write_chunk_features(std::span<const float> features) = 0;
+  /// Query/key vectors (header qk_dim > 0): query [decode_steps × rows × qk_dim], key summaries
+  /// [n_chunks_max × rows × qk_dim] each.
+  virtual void write_query_keys(std::span<const float> query, std::span<const float> key_min,
+                                std::span<const float> key_max, std::span<const float> key_repr) = 0;
+  /// Prefill observation (header prefill_window > 0): rows × chunks_for(prompt_tokens), rows summing to 1.
+  virtual void write_prefill(const StepMass& prefill) = 0;
   /// Flushes the request's datasets; called before the next request is added.
   virtual void finish() = 0;
 };

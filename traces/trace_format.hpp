@@ -34,6 +34,13 @@ inline constexpr const char* kValue = "mass_value";
 inline constexpr const char* kRemainder = "mass_remainder";
 inline constexpr const char* kQuery = "query";
 inline constexpr const char* kChunkFeatures = "chunk_features";
+// Optional policy inputs (FORMAT.md, "Query/key vectors" and "Prefill observation").
+inline constexpr const char* kQueryVectors = "query_vectors";
+inline constexpr const char* kKeyMin = "key_min";
+inline constexpr const char* kKeyMax = "key_max";
+inline constexpr const char* kKeyRepr = "key_repr";
+inline constexpr const char* kPrefillMass = "prefill_mass";
+inline constexpr const char* kPrefillWindow = "prefill_window";  // attribute of prefill_mass
 
 /// Row-sum tolerance by stored value width.
 inline double sum_tolerance(int value_bytes) { return value_bytes == 2 ? 1e-2 : 1e-3; }

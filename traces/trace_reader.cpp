@@ -34,6 +34,9 @@ class H5RequestReader final : public RequestReader {
   void read_step(int64_t t, StepMass& out) override;
   void read_query(int64_t t, std::vector<float>& out) override;
   void read_chunk_features(std::vector<float>& out) override;
+  void read_query_keys(std::vector<float>& query, std::vector<float>& key_min, std::vector<float>& key_max,
+                       std::vector<float>& key_repr) override;
+  void read_prefill(StepMass& out) override;
 
  private:
   [[nodiscard]] std::string where(const std::string& dataset) const {
@@ -64,6 +67,8 @@ class H5RequestReader final : public RequestReader {
 
   h5::Group group_;
   h5::Dataset mass_, indptr_, index_, value_, remainder_, query_, features_;
+  void open_policy_inputs();
+  void read_matrix(const h5::Dataset& d, const char* name, std::vector<float>& out) const;
   int64_t nnz_ = 0;
 
   std::vector<uint16_t> raw_h_;
@@ -123,6 +128,84 @@ H5RequestReader::H5RequestReader(std::shared_ptr<const h5::File> file, const Geo
       throw InputError(where(fmt::kChunkFeatures) + ": not floating point");
     }
     header_.d_key = features_.dims()[1];
+  }
+  open_policy_inputs();
+}
+
+// Optional policy inputs: query/key vectors (all four or none) and the prefill observation.
+void H5RequestReader::open_policy_inputs() {
+  const int64_t rows = layout_.rows();
+  const char* qk[] = {fmt::kQueryVectors, fmt::kKeyMin, fmt::kKeyMax, fmt::kKeyRepr};
+  int present = 0;
+  for (const char* name : qk) present += group_.has_child(name) ? 1 : 0;
+  if (present > 0 && present < 4) {
+    throw InputError(where(fmt::kQueryVectors) + ": query_vectors, key_min, key_max and key_repr come together");
+  }
+  if (present == 4) {
+    for (const char* name : qk) {
+      const h5::Dataset d = group_.open_dataset(name);
+      const int64_t items = name == fmt::kQueryVectors ? header_.decode_steps : header_.n_chunks_max;
+      if (d.dims().size() != 3 || d.dims()[0] != items || d.dims()[1] != rows || d.dims()[2] < 1 ||
+          (header_.qk_dim > 0 && d.dims()[2] != header_.qk_dim)) {
+        throw InputError(where(name) + ": expected shape [" +
+                         std::string(name == fmt::kQueryVectors ? "decode_steps" : "n_chunks_max") + " = " +
+                         std::to_string(items) + ", rows = " + std::to_string(rows) + ", qk_dim] with one qk_dim");
+      }
+      if (!is_float(d.type())) throw InputError(where(name) + ": not floating point");
+      header_.qk_dim = d.dims()[2];
+    }
+  }
+  if (group_.has_child(fmt::kPrefillMass)) {
+    const h5::Dataset d = group_.open_dataset(fmt::kPrefillMass);
+    const int64_t chunks = geometry_.chunks_for(header_.prompt_tokens);
+    if (d.dims().size() != 2 || d.dims()[0] != rows || d.dims()[1] != chunks) {
+      throw InputError(where(fmt::kPrefillMass) + ": expected shape [rows = " + std::to_string(rows) +
+                       ", prompt chunks = " + std::to_string(chunks) + "]");
+    }
+    if (!is_float(d.type())) throw InputError(where(fmt::kPrefillMass) + ": not floating point");
+    header_.prefill_window = d.read_int(fmt::kPrefillWindow);
+    if (header_.prefill_window < 1) throw InputError(where(fmt::kPrefillMass) + ": attribute prefill_window must be >= 1");
+  }
+}
+
+void H5RequestReader::read_matrix(const h5::Dataset& d, const char* name, std::vector<float>& out) const {
+  int64_t n = 1;
+  for (int64_t x : d.dims()) n *= x;
+  out.resize(static_cast<size_t>(n));
+  const std::vector<int64_t> start(d.dims().size(), 0);
+  d.read(start, d.dims(), h5::Type::F32, out.data());
+  for (float v : out) {
+    if (!std::isfinite(v)) throw InputError(where(name) + ": not finite");
+  }
+}
+
+void H5RequestReader::read_query_keys(std::vector<float>& query, std::vector<float>& key_min,
+                                      std::vector<float>& key_max, std::vector<float>& key_repr) {
+  if (header_.qk_dim == 0) throw std::logic_error(where(fmt::kQueryVectors) + ": the request has no query/key vectors");
+  read_matrix(group_.open_dataset(fmt::kQueryVectors), fmt::kQueryVectors, query);
+  read_matrix(group_.open_dataset(fmt::kKeyMin), fmt::kKeyMin, key_min);
+  read_matrix(group_.open_dataset(fmt::kKeyMax), fmt::kKeyMax, key_max);
+  read_matrix(group_.open_dataset(fmt::kKeyRepr), fmt::kKeyRepr, key_repr);
+}
+
+void H5RequestReader::read_prefill(StepMass& out) {
+  if (header_.prefill_window == 0) throw std::logic_error(where(fmt::kPrefillMass) + ": the request has no prefill_mass");
+  std::vector<float> dense;
+  read_matrix(group_.open_dataset(fmt::kPrefillMass), fmt::kPrefillMass, dense);
+  const int64_t chunks = geometry_.chunks_for(header_.prompt_tokens);
+  out.reset_dense(layout_, chunks);
+  for (int r = 0; r < layout_.rows(); ++r) {
+    double sum = 0;
+    auto row = out.dense_row(r);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float v = dense[r * chunks + c];
+      if (v < 0) throw InputError(where(fmt::kPrefillMass) + ": negative mass in row " + std::to_string(r));
+      sum += row[c] = v;
+    }
+    if (std::abs(sum - 1.0) > 1e-2) {
+      throw InputError(where(fmt::kPrefillMass) + ": row " + std::to_string(r) + " sums to " + std::to_string(sum) +
+                       ", expected 1");
+    }
   }
 }
 

@@ -147,9 +147,13 @@ class H5RequestWriter final : public RequestWriter {
   void write_step(int64_t t, const StepMass& mass) override;
   void write_query(int64_t t, std::span<const float> features) override;
   void write_chunk_features(std::span<const float> features) override;
+  void write_query_keys(std::span<const float> query, std::span<const float> key_min, std::span<const float> key_max,
+                        std::span<const float> key_repr) override;
+  void write_prefill(const StepMass& prefill) override;
   void finish() override;
 
  private:
+  void write_matrix(const char* name, std::span<const float> values, const std::vector<int64_t>& dims);
   [[nodiscard]] std::string where(const std::string& what) const { return file_ + ": request " + header_.id + ": " + what; }
   void check_step(int64_t t, const StepMass& mass, int64_t exist) const;
   void store_dense(const StepMass& mass, int64_t exist);
@@ -164,6 +168,8 @@ class H5RequestWriter final : public RequestWriter {
   int64_t next_step_ = 0;
   int64_t next_query_ = 0;
   bool features_written_ = false;
+  bool query_keys_written_ = false;
+  bool prefill_written_ = false;
   bool done_ = false;
   std::shared_ptr<bool> finished_;
 
@@ -436,8 +442,55 @@ void H5RequestWriter::write_chunk_features(std::span<const float> features) {
   features_written_ = true;
 }
 
+void H5RequestWriter::write_matrix(const char* name, std::span<const float> values, const std::vector<int64_t>& dims) {
+  int64_t expected = 1;
+  for (int64_t d : dims) expected *= d;
+  if (static_cast<int64_t>(values.size()) != expected) {
+    throw InputError(where(std::string(name) + " has " + std::to_string(values.size()) + " values, expected " +
+                           std::to_string(expected)));
+  }
+  std::vector<int64_t> chunk = dims;
+  chunk[0] = fmt::rows_per_chunk(expected / dims[0] * 4, dims[0]);
+  h5::Dataset d = group_.create_dataset(name, {h5::Type::F32, dims, chunk, false, kCompression});
+  const std::vector<int64_t> start(dims.size(), 0);
+  d.write(start, dims, h5::Type::F32, values.data());
+}
+
+void H5RequestWriter::write_query_keys(std::span<const float> query, std::span<const float> key_min,
+                                       std::span<const float> key_max, std::span<const float> key_repr) {
+  if (done_ || query_keys_written_) throw std::logic_error(where("write_query_keys after finish() or twice"));
+  if (header_.qk_dim <= 0) throw std::logic_error(where("write_query_keys but the header has qk_dim = 0"));
+  const int64_t rows = layout_.rows();
+  write_matrix(fmt::kQueryVectors, query, {header_.decode_steps, rows, header_.qk_dim});
+  write_matrix(fmt::kKeyMin, key_min, {header_.n_chunks_max, rows, header_.qk_dim});
+  write_matrix(fmt::kKeyMax, key_max, {header_.n_chunks_max, rows, header_.qk_dim});
+  write_matrix(fmt::kKeyRepr, key_repr, {header_.n_chunks_max, rows, header_.qk_dim});
+  query_keys_written_ = true;
+}
+
+void H5RequestWriter::write_prefill(const StepMass& prefill) {
+  if (done_ || prefill_written_) throw std::logic_error(where("write_prefill after finish() or twice"));
+  if (header_.prefill_window <= 0) throw std::logic_error(where("write_prefill but the header has prefill_window = 0"));
+  const int64_t chunks = geometry_.chunks_for(header_.prompt_tokens);
+  if (prefill.rows() != layout_.rows() || prefill.n_chunks() != chunks) {
+    throw InputError(where("prefill_mass must be rows x prompt chunks (" + std::to_string(layout_.rows()) + " x " +
+                           std::to_string(chunks) + ")"));
+  }
+  std::vector<float> dense(static_cast<size_t>(layout_.rows() * chunks), 0.0F);
+  for (int r = 0; r < prefill.rows(); ++r) {
+    const MassRow row = prefill.row(r);
+    for (size_t i = 0; i < row.value.size(); ++i) dense[r * chunks + row.chunk_of(i)] = row.value[i];
+  }
+  write_matrix(fmt::kPrefillMass, dense, {layout_.rows(), chunks});
+  h5::Dataset d = group_.open_dataset(fmt::kPrefillMass);
+  d.write_int(fmt::kPrefillWindow, header_.prefill_window);
+  prefill_written_ = true;
+}
+
 void H5RequestWriter::finish() {
   if (done_) return;
+  if (header_.qk_dim > 0 && !query_keys_written_) throw std::logic_error(where("finish() before query/key vectors"));
+  if (header_.prefill_window > 0 && !prefill_written_) throw std::logic_error(where("finish() before prefill_mass"));
   if (next_step_ != header_.decode_steps) {
     throw std::logic_error(where("finish() after " + std::to_string(next_step_) + " of " +
                                  std::to_string(header_.decode_steps) + " steps"));

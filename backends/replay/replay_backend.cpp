@@ -46,6 +46,28 @@ class ReplaySession final : public RequestSession {
     return {features_.data(), known, d_key()};
   }
 
+  [[nodiscard]] int64_t qk_dim() const override { return reader_->header().qk_dim; }
+  [[nodiscard]] RowVectors query_vectors() const override {
+    if (qk_dim() == 0 || current_ < 0) return {};
+    load_query_keys();
+    const int rows = layout_rows();
+    return {query_vectors_.data() + current_ * rows * qk_dim(), 1, rows, qk_dim()};
+  }
+  [[nodiscard]] RowVectors chunk_keys(ChunkKeys which) const override {
+    if (qk_dim() == 0 || current_ < 0) return {};
+    load_query_keys();
+    const std::vector<float>& keys = which == ChunkKeys::Min ? key_min_ : which == ChunkKeys::Max ? key_max_ : key_repr_;
+    const int64_t known = geometry_.chunks_for(info_.prompt_tokens + current_ + 1);
+    return {keys.data(), known, layout_rows(), qk_dim()};
+  }
+  [[nodiscard]] const StepMass* prefill_observation() const override {
+    if (reader_->header().prefill_window == 0) return nullptr;
+    if (!prefill_read_) reader_->read_prefill(prefill_);
+    prefill_read_ = true;
+    return &prefill_;
+  }
+  [[nodiscard]] int64_t prefill_window() const override { return reader_->header().prefill_window; }
+
   void set_lookahead(int64_t steps) override {
     if (steps < 0) throw std::logic_error("replay: negative lookahead");
     if (steps == horizon_) return;
@@ -77,6 +99,12 @@ class ReplaySession final : public RequestSession {
     read_until_ = std::max(read_until_, last);
   }
 
+  [[nodiscard]] int layout_rows() const { return geometry_.n_layers * reader_->header().heads_stored; }
+  // Read on first use: whole arrays (query/key vectors are small per row, but not every policy reads them).
+  void load_query_keys() const {
+    if (query_vectors_.empty()) reader_->read_query_keys(query_vectors_, key_min_, key_max_, key_repr_);
+  }
+
   std::unique_ptr<RequestReader> reader_;
   Geometry geometry_;
   RequestInfo info_;
@@ -86,6 +114,9 @@ class ReplaySession final : public RequestSession {
   int64_t read_until_ = -1;  // last step read into the ring
   std::vector<float> query_;
   mutable std::vector<float> features_;  // filled on first chunk_features()
+  mutable std::vector<float> query_vectors_, key_min_, key_max_, key_repr_;
+  mutable StepMass prefill_;
+  mutable bool prefill_read_ = false;
 };
 
 }  // namespace

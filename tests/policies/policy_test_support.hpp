@@ -101,6 +101,19 @@ inline std::string run_error(const std::string& spec, const ConformanceData& dat
   return "";
 }
 
+/// Gives request 0 a prefill observation of `window` positions: obs(row) over the prompt chunks.
+inline void attach_prefill(ConformanceData& data, int64_t window, const std::function<std::vector<float>(int row)>& obs) {
+  auto req = std::make_shared<MemoryRequest>(*data.requests.at(0));
+  const int64_t chunks = data.geometry.chunks_for(req->info.prompt_tokens);
+  req->prefill.reset_dense(data.rows, chunks);
+  for (int r = 0; r < data.rows.rows(); ++r) {
+    const auto v = obs(r);
+    std::copy(v.begin(), v.end(), req->prefill.dense_row(r).begin());
+  }
+  req->prefill_window = window;
+  data.requests[0] = std::move(req);
+}
+
 /// The hand-computed eviction example h2o_test and tova_test work through (16-token chunks,
 /// a 64-token prompt = chunks 0..3, chunk 4 opens at step 0, chunk 5 at 16, chunk 6 at 32).
 /// Steps 0..9: chunks 1..4 get 0.4 0.1 0.3 0.2. Steps 10..15: 0.1 0.5 0.2 0.2. From step 16:
