@@ -18,6 +18,9 @@
 namespace kvlab::cli {
 namespace {
 
+constexpr int64_t kDemoQkDim = 16;          // query/key vector width per row (quest, infllm)
+constexpr int64_t kDemoPrefillWindow = 32;  // prompt positions of the prefill observation (snapkv family)
+
 /// The spec the demo uses for `d`, or an empty string (with `why`) if it cannot run by default.
 /// Roles come from the descriptor, never from parameter keys. A budgeted policy gets the shared
 /// budget. A windowed policy without one (a sliding window) gets a window that, with its sinks,
@@ -138,6 +141,10 @@ int run_demo(const Argv& argv) {
       std::cerr << "kvlab demo: no indexer for " << d->name << " (" << e.what() << ")\n";
     }
   }
+  // The replayed trace carries the zoo's inputs too (query/key vectors fitted to the mass, a
+  // prefill observation), so every registered policy can run on it.
+  config.qk_dim = kDemoQkDim;
+  config.prefill_window = kDemoPrefillWindow;
   std::vector<ResolvedPolicy> policies;
   for (const auto* d : PolicyRegistry::instance().all()) {
     std::string why;
@@ -152,7 +159,8 @@ int run_demo(const Argv& argv) {
 
   const std::string trace = (out_dir / ("mix_r" + std::to_string(config.requests) + "_t" +
                                         std::to_string(config.context_tokens) + "_s" + std::to_string(config.steps) +
-                                        "_seed" + std::to_string(config.seed) + ".h5"))
+                                        "_seed" + std::to_string(config.seed) + "_qk" + std::to_string(kDemoQkDim) +
+                                        "_pw" + std::to_string(kDemoPrefillWindow) + ".h5"))
                                 .string();
   if (std::filesystem::exists(trace)) {
     std::cout << "using the workload in " << trace << "\n";

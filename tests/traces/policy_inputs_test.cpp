@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "backends/replay/replay_backend.hpp"
+#include "core/error.hpp"
 #include "core/synthetic_qk.hpp"
 #include "traces/synthetic.hpp"
 
