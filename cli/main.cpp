@@ -33,6 +33,7 @@ const Command kCommands[] = {
     {"record", "record a real trace (full attention on the CPU model) for replay", kvlab::cli::run_record},
     {"calibrate", "fit replay's timing model to steps measured on a GPU and check the fit",
      kvlab::cli::run_calibrate},
+    {"sweep", "run a study from a TOML file (resumable, shardable, MPI) and merge its cells", kvlab::cli::run_sweep},
 };
 
 void print_usage(std::ostream& out) {

@@ -20,6 +20,9 @@ readonly PACKAGES=(
   "libgtest-dev:dpkg"
   "libbenchmark-dev:dpkg"
   "clang:cmd:clang++"   # the GGUF reader's libFuzzer smoke test (tests/fuzz)
+  "libtomlplusplus-dev:dpkg"  # kvlab sweep reads its study files with toml++
+  "libopenmpi-dev:dpkg"       # optional MPI dispatch of kvlab sweep (KVLAB_MPI=AUTO finds it)
+  "openmpi-bin:cmd:mpirun"    # the MPI sweep test runs under mpirun
 )
 
 is_present() {
