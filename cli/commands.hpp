@@ -21,6 +21,7 @@ int run_run(const Argv& argv);       // live: closed-loop task evaluation of pol
 int run_record(const Argv& argv);    // live: record a real trace with full attention
 int run_calibrate(const Argv& argv);  // fit replay's timing model to steps measured on a GPU
 int run_sweep(const Argv& argv);     // a study from a TOML file: cells, resume, shards, MPI, merge
+int run_report(const Argv& argv);    // a sweep's results as a self-contained HTML report
 
 /// Loads every --plugin library (in order). Throws InputError naming the file.
 void load_plugins(const std::vector<std::string>& paths);

@@ -34,6 +34,7 @@ const Command kCommands[] = {
     {"calibrate", "fit replay's timing model to steps measured on a GPU and check the fit",
      kvlab::cli::run_calibrate},
     {"sweep", "run a study from a TOML file (resumable, shardable, MPI) and merge its cells", kvlab::cli::run_sweep},
+    {"report", "render a sweep's results as a self-contained HTML report", kvlab::cli::run_report},
 };
 
 void print_usage(std::ostream& out) {
