@@ -3,6 +3,7 @@
 #include <fnmatch.h>
 #include <glob.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -142,10 +143,15 @@ std::vector<Artifact> read_artifacts(const Reader& r, const toml::table& root, c
   const toml::node* node = root.get("artifact");
   if (!node) return list;
   const toml::table& table = r.table(*node, "artifact");
-  for (auto&& [key, value] : table) {
+  // toml++ keeps a table's keys sorted; artifacts are built (and may refer back) in file order.
+  std::vector<std::pair<int, std::string>> order;
+  for (auto&& [key, value] : table) order.emplace_back(static_cast<int>(key.source().begin.line), std::string(key.str()));
+  std::sort(order.begin(), order.end());
+  for (const auto& [line, name] : order) {
+    const toml::node& value = *table.get(name);
     Artifact a;
-    a.name = std::string(key.str());
-    a.line = static_cast<int>(key.source().begin.line);
+    a.name = name;
+    a.line = line;
     const std::string where = "artifact." + a.name + ".";
     const toml::table& t = r.table(value, "artifact." + a.name);
     check_keys(r.file, t, where, {"command"});

@@ -3,11 +3,12 @@
 # after SIGKILL at random moments (results identical to an uninterrupted run, no finished cell
 # computed twice), --shard and SLURM_ARRAY_TASK_* shares, --merge, and MPI dispatch under
 # `mpirun -n 2 --oversubscribe` when kvlab was built with MPI and mpirun is present.
-# usage: sweep_cli_test.sh PATH/TO/kvlab HAVE_MPI(ON|OFF)
+# usage: sweep_cli_test.sh PATH/TO/kvlab HAVE_MPI(ON|OFF) [SOURCE_DIR]
 set -uo pipefail
 
 kvlab="$1"
 have_mpi="${2:-OFF}"
+source_dir="${3:-}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/kvlab_sweep_cli_test.XXXXXX")"
 trap 'rm -rf "${work}"' EXIT
 source "$(dirname "${BASH_SOURCE[0]}")/expect_lib.sh"
@@ -153,6 +154,16 @@ if [[ "${have_mpi}" == "ON" ]] && command -v mpirun >/dev/null; then
 else
   echo "skip: MPI dispatch (kvlab built with MPI: ${have_mpi}; mpirun: $(command -v mpirun || echo absent))"
   expect 1 "built without MPI" -- sweep --config "${work}/ref.toml" --mpi on
+fi
+
+# ---- the shipped studies are valid configs (checked completely by --dry-run) --------------
+if [[ -n "${source_dir}" ]]; then
+  for config in experiments/lsa/study.toml experiments/lsa/study_quick.toml experiments/live/accuracy_table.toml \
+                experiments/zoo/study.toml; do
+    checks=$((checks + 1))
+    (cd "${source_dir}" && "${kvlab}" sweep --config "${config}" --dry-run >"${work}/study.txt" 2>&1) ||
+      fail "${config}: $(tail -1 "${work}/study.txt")"
+  done
 fi
 
 echo "${checks} checks, ${failures} failures"
