@@ -209,9 +209,17 @@ std::string render_report(const std::string& dir) {
   if (!fs::exists(results_path, ec)) {
     throw InputError(results_path.string() + ": missing (finish the sweep, or kvlab sweep --merge " + dir + ")");
   }
-  const json rows = read_json(results_path.string());
+  json rows = read_json(results_path.string());
   if (!rows.is_array()) throw InputError(results_path.string() + ": not a sweep's results (expected an array)");
   const std::vector<Cell> cells = read_index(dir);
+  // Policies as the study wrote them: artifacts as "@name", not the long paths the cells ran.
+  std::map<std::string, std::string> symbolic;
+  for (const Cell& c : cells) symbolic[c.hash] = c.policy;
+  for (json& r : rows) {
+    if (!r.is_object()) continue;
+    const auto it = symbolic.find(r.value("cell", std::string()));
+    if (it != symbolic.end()) r["policy"] = it->second;
+  }
   std::string study = "?";
   try {
     study = read_json((fs::path(dir) / "sweep.json").string()).value("study", std::string("?"));
