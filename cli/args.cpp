@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -127,6 +128,21 @@ std::vector<std::string> Args::get_all(const std::string& flag) const {
 }
 
 int64_t Args::get_int(const std::string& flag) const { return parse_int(get(flag), "--" + flag); }
+
+int64_t Args::get_int_in(const std::string& flag, int64_t min, int64_t max) const {
+  const int64_t v = get_int(flag);
+  if (v < min || v > max) {
+    throw UsageError("--" + flag + " must be between " + std::to_string(min) + " and " + std::to_string(max) +
+                     ", got " + std::to_string(v));
+  }
+  return v;
+}
+
+int Args::get_int32(const std::string& flag) const {
+  return static_cast<int>(get_int_in(flag, std::numeric_limits<int>::min(), std::numeric_limits<int>::max()));
+}
+
+int Args::get_threads() const { return static_cast<int>(get_int_in("threads", 0, kMaxThreads)); }
 double Args::get_double(const std::string& flag) const { return parse_double(get(flag), "--" + flag); }
 
 std::map<std::string, std::vector<std::string>> Args::resolved() const {

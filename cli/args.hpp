@@ -11,6 +11,9 @@
 
 namespace kvlab::cli {
 
+/// The most threads any --threads flag accepts.
+inline constexpr int kMaxThreads = 4096;
+
 /// One flag a subcommand accepts.
 struct FlagSpec {
   std::string name;           // without the leading "--"
@@ -50,6 +53,13 @@ class Args {
   /// Typed getters; a value that does not parse is a UsageError naming the flag.
   [[nodiscard]] int64_t get_int(const std::string& flag) const;
   [[nodiscard]] double get_double(const std::string& flag) const;
+  /// get_int, refusing values outside [min, max] with a UsageError that quotes the value.
+  [[nodiscard]] int64_t get_int_in(const std::string& flag, int64_t min, int64_t max) const;
+  /// get_int for a flag held in an int: a value that does not fit is refused, not truncated.
+  [[nodiscard]] int get_int32(const std::string& flag) const;
+  /// --threads: 0 (all cores) to kMaxThreads; negative or larger is a usage error (OpenMP
+  /// runtimes crash on very large teams).
+  [[nodiscard]] int get_threads() const;
   [[nodiscard]] const std::vector<std::string>& positionals() const { return positionals_; }
   /// Every flag with its effective value (defaults included), for config.json.
   [[nodiscard]] std::map<std::string, std::vector<std::string>> resolved() const;

@@ -123,8 +123,7 @@ int run_demo(const Argv& argv) {
   config.steps = args.get_int("steps");
   config.seed = static_cast<uint64_t>(args.get_int("seed"));
   config.validate();
-  const int64_t threads = args.get_int("threads");
-  if (threads < 0 || threads > 4096) throw UsageError("--threads must be between 0 and 4096");
+  const int threads = args.get_threads();
   const std::string budget = args.get("budget");
   if (!param_value_valid(ParamType::Tokens, budget)) {
     throw UsageError("--budget: '" + budget + "' is not a token count or a fraction");
@@ -132,6 +131,7 @@ int run_demo(const Argv& argv) {
 
   // Resolve every policy before the (slower) generation, so a bad setup fails fast.
   const std::filesystem::path out_dir(args.get("out-dir"));
+  check_result_dir(out_dir.string(), "--out-dir");
   std::string indexer;
   for (const auto* d : PolicyRegistry::instance().all()) {
     if (!d->needs(PolicyNeed::Indexer) || !indexer.empty()) continue;

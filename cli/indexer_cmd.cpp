@@ -1,4 +1,5 @@
 // kvlab indexer train | eval: LSA's Neural Memory Indexer, trained backbone-free on traces.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include "indexer/inference/indexer_io.hpp"
 #include "indexer/training/trace_dataset.hpp"
 #include "indexer/training/trainer.hpp"
+#include "traces/validate.hpp"
 
 namespace kvlab::cli {
 namespace {
@@ -108,12 +110,30 @@ Argv expand_multi_value(const Argv& argv, const std::string& flag) {
   return out;
 }
 
+// Why training data came out empty, naming the traces and tau when the requests are too short.
+std::string no_refresh_points(const std::vector<std::string>& traces, const LabelOptions& labels) {
+  int64_t longest = 0;
+  for (const auto& path : traces) {
+    for (const RequestHeader& h : kvlab::trace_info(path).requests) longest = std::max(longest, h.decode_steps);
+  }
+  std::string names;
+  for (const auto& path : traces) names += (names.empty() ? "" : ", ") + path;
+  if (longest <= labels.tau) {
+    return "--traces " + names + ": no refresh points: the longest request has " + std::to_string(longest) +
+           " decode steps, not more than --tau = " + std::to_string(labels.tau) +
+           " (a label needs tau steps after its refresh)";
+  }
+  return "--traces " + names + ": no refresh points with a candidate chunk outside --window = " +
+         std::to_string(labels.window) + " and --sinks = " + std::to_string(labels.sinks);
+}
+
 int train(const Argv& argv) {
   const Args args = Args::parse(kTrainSpec, expand_multi_value(argv, "--traces"));
   if (args.help()) {
     std::cout << kTrainSpec.help_text();
     return 0;
   }
+  check_output_path(args.get("out"), "--out");  // before the training, not after it
   LabelOptions labels;
   labels.tau = args.get_int("tau");
   labels.window = args.get_int("window");
@@ -125,24 +145,25 @@ int train(const Argv& argv) {
   labels.validate();
 
   IndexerTrainOptions opt;
-  opt.epochs = static_cast<int>(args.get_int("epochs"));
+  opt.epochs = args.get_int32("epochs");
   opt.lr = args.get_double("lr");
-  opt.batch = static_cast<int>(args.get_int("batch"));
-  opt.dim = static_cast<int>(args.get_int("dim"));
-  opt.depth = static_cast<int>(args.get_int("depth"));
-  opt.width = static_cast<int>(args.get_int("width"));
+  opt.batch = args.get_int32("batch");
+  opt.dim = args.get_int32("dim");
+  opt.depth = args.get_int32("depth");
+  opt.width = args.get_int32("width");
   opt.skip = parse_on_off(args.get("skip"), "--skip");
   opt.loss.kind = parse_loss(args.get("loss"));
   opt.val_fraction = args.get_double("val-fraction");
-  opt.patience = static_cast<int>(args.get_int("patience"));
+  opt.patience = args.get_int32("patience");
   opt.seed = static_cast<uint64_t>(args.get_int("seed"));
-  opt.threads = static_cast<int>(args.get_int("threads"));
+  opt.threads = args.get_threads();
   opt.validate();
 
   const auto t0 = std::chrono::steady_clock::now();
   TraceDatasetSummary summary;
   const std::vector<std::string> traces = args.get_all("traces");
   const std::vector<IndexerRequest> data = load_indexer_data(traces, labels, &summary);
+  if (summary.groups == 0) throw InputError(no_refresh_points(traces, labels));
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::cerr << "indexer: " << summary.requests << " requests, " << summary.groups << " refresh points, "
             << summary.candidates << " candidates (" << summary.positives << " positive), d_query=" << summary.d_query
@@ -201,6 +222,7 @@ int eval(const Argv& argv) {
     std::cout << kEvalSpec.help_text();
     return 0;
   }
+  const int threads = args.get_threads();  // flags first, before any file is read
   const LoadedIndexer indexer = [&] {
     try {
       return load_indexer(args.get("indexer"));
@@ -224,7 +246,7 @@ int eval(const Argv& argv) {
   }
   const std::vector<int> ks = parse_ks(args.get("k"));
   const RecallCounts counts =
-      evaluate_indexer(indexer.model, data, {}, ks, static_cast<int>(args.get_int("threads")));
+      evaluate_indexer(indexer.model, data, {}, ks, threads);
   json out = recall_json(counts);
   out["indexer"] = args.get("indexer");
   out["trace"] = args.get("trace");

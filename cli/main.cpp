@@ -1,5 +1,8 @@
 // kvlab: the command-line front end. Dispatches to a subcommand and turns every error into
 // one line on stderr and an exit code (0 ok, 1 failure, 2 usage error); nothing escapes main.
+#include <unistd.h>
+
+#include <cstdlib>
 #include <exception>
 #include <iostream>
 #include <string>
@@ -75,9 +78,21 @@ int fail(const char* message, int code) {
   return code;
 }
 
+// OpenMP threads that wait actively spin a core each between parallel regions; two kvlab
+// processes on a shared 2-core machine then starve each other (decode fell to 0.5 tok/s).
+// libgomp reads OMP_WAIT_POLICY once, when it is loaded, before main runs: so when the user
+// has not chosen a policy, kvlab sets "passive" and executes itself again, once.
+void prefer_passive_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  if (::setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+  ::execv("/proc/self/exe", argv);
+  // exec failed (no /proc): carry on with the runtime's default policy.
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  prefer_passive_openmp(argv);
   try {
     return dispatch(Argv(argv + 1, argv + argc));
   } catch (const kvlab::UsageError& e) {

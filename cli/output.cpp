@@ -11,37 +11,22 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "traces/output_file.hpp"
 
 namespace kvlab::cli {
 
 namespace fs = std::filesystem;
 
-void write_file_atomic(const std::string& path, const std::string& content) {
-  const fs::path target(path);
-  std::error_code ec;
-  if (target.has_parent_path()) {
-    fs::create_directories(target.parent_path(), ec);
-    if (ec) throw InputError(path + ": cannot create folder (" + ec.message() + ")");
-  }
-  // The pid keeps concurrent writers of the same path from sharing a temporary.
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+void write_file_atomic(const std::string& path, const std::string& content, const std::string& what) {
+  TempOutput out(path, what);
   {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw InputError(path + ": cannot write (" + tmp + " could not be created)");
-    out << content;
-    out.flush();
-    if (!out) {
-      out.close();
-      fs::remove(tmp, ec);
-      throw InputError(path + ": write failed");
-    }
+    std::ofstream file(out.temp(), std::ios::binary | std::ios::trunc);
+    if (!file) throw InputError(what + " " + path + ": cannot write (" + out.temp() + " could not be created)");
+    file << content;
+    file.flush();
+    if (!file) throw InputError(what + " " + path + ": write failed");
   }
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    std::error_code ignore;
-    fs::remove(tmp, ignore);
-    throw InputError(path + ": cannot rename into place (" + ec.message() + ")");
-  }
+  out.commit();
 }
 
 namespace {
@@ -139,12 +124,33 @@ std::string human_bytes(double bytes) {
   return out.str();
 }
 
+std::string short_policy_label(const std::string& spec) {
+  // A parameter naming a file keeps only the file name (indexer=results/demo/x/lsa.h5 becomes
+  // indexer=.../lsa.h5): the full spec is in results.json and config.json.
+  std::string out;
+  size_t begin = 0;
+  while (begin <= spec.size()) {
+    size_t end = spec.find_first_of(":,", begin);
+    if (end == std::string::npos) end = spec.size();
+    std::string item = spec.substr(begin, end - begin);
+    const size_t eq = item.find('=');
+    const size_t slash = item.rfind('/');
+    if (eq != std::string::npos && slash != std::string::npos && slash > eq) {
+      item = item.substr(0, eq + 1) + ".../" + item.substr(slash + 1);
+    }
+    out += item;
+    if (end < spec.size()) out += spec[end];
+    begin = end + 1;
+  }
+  return out;
+}
+
 void print_results_table(std::ostream& out, const std::vector<PolicyResult>& results) {
   const std::vector<std::string> head = {"policy", "oracle", "footprint", "crit.recall", "mass recall",
                                          "fetch bytes", "late fetches"};
   std::vector<std::vector<std::string>> rows;
   for (const auto& r : results) {
-    rows.push_back({r.policy, r.oracle ? "yes" : "no", fixed(r.footprint_mean_ratio, 3),
+    rows.push_back({short_policy_label(r.policy), r.oracle ? "yes" : "no", fixed(r.footprint_mean_ratio, 3),
                     fixed(r.critical_recall, 4), fixed(r.mass_recall, 4),
                     human_bytes(static_cast<double>(r.fetch_bytes)), std::to_string(r.late_fetches)});
   }

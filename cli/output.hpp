@@ -8,19 +8,23 @@
 #include <nlohmann/json.hpp>
 
 #include "core/metrics.hpp"
+#include "traces/output_file.hpp"  // check_output_path, for checks before a run
 
 namespace kvlab::cli {
 
 /// Writes `content` to `path` via a temporary file in the same folder and a rename, so a
-/// reader never sees a half-written file. Creates missing parent folders. Throws InputError
-/// naming the path.
-void write_file_atomic(const std::string& path, const std::string& content);
+/// reader never sees a half-written file (traces/output_file.hpp: what may be replaced, and
+/// when temporaries are removed). Creates missing parent folders. Throws InputError naming
+/// `what` (the flag) and the path.
+void write_file_atomic(const std::string& path, const std::string& content, const std::string& what = "output");
 
 /// One JSON object per policy: every PolicyResult field (NaN becomes null).
 nlohmann::json results_json(const std::vector<PolicyResult>& results);
 /// Header line plus one line per policy, same fields as the JSON.
 std::string results_csv(const std::vector<PolicyResult>& results);
-/// The human-readable comparison table.
+/// A policy spec for the table: parameters holding a path keep only the file name.
+std::string short_policy_label(const std::string& spec);
+/// The human-readable comparison table (policies by short_policy_label).
 void print_results_table(std::ostream& out, const std::vector<PolicyResult>& results);
 
 /// `v` with `digits` decimals, or "n/a" when it is not finite (NaN: no reference attention).

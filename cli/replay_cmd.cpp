@@ -86,9 +86,7 @@ EngineOptions engine_options(const Args& args) {
   o.timing.link_bytes_per_s = link * 1e9;
   o.timing.hbm_bytes_per_s = hbm * 1e12;
   o.timing.step_overhead_s = overhead * 1e-6;
-  const int64_t threads = args.get_int("threads");
-  if (threads < 0 || threads > 4096) throw UsageError("--threads must be between 0 and 4096");
-  o.threads = static_cast<int>(threads);
+  o.threads = args.get_threads();
   const int64_t seed = args.get_int("seed");
   if (seed < 0) throw UsageError("--seed must not be negative");
   o.seed = static_cast<uint64_t>(seed);
@@ -106,6 +104,8 @@ int run_replay(const Argv& argv) {
   }
   // Everything the user typed is checked before the (possibly long) run starts.
   const EngineOptions options = engine_options(args);
+  if (args.has("csv")) check_output_path(args.get("csv"), "--csv");
+  if (args.has("out-dir")) check_result_dir(args.get("out-dir"), "--out-dir");
   load_plugins(args.get_all("plugin"));
   std::vector<ResolvedPolicy> policies;
   for (const auto& text : args.get_all("policy")) policies.push_back(PolicyRegistry::instance().resolve(text));
@@ -125,7 +125,7 @@ int run_replay(const Argv& argv) {
     for (size_t i = 0; i < results.size() && i < measured.size(); ++i) results[i]["execution"] = measured[i];
     if (args.has("steps-csv")) write_file_atomic(args.get("steps-csv"), execution->steps_csv(outcome.results));
   }
-  if (args.has("csv")) write_file_atomic(args.get("csv"), results_csv(outcome.results));
+  if (args.has("csv")) write_file_atomic(args.get("csv"), results_csv(outcome.results), "--csv");
   if (args.has("out-dir")) {
     nlohmann::json config = run_config_json(*backend, trace, policies, run_options);
     config["command"] = "replay";

@@ -8,7 +8,7 @@
 #include "cli/progress.hpp"
 #include "cli/version.hpp"
 #include "core/error.hpp"
-
+#include "traces/output_file.hpp"
 
 namespace kvlab::cli {
 
@@ -67,12 +67,24 @@ nlohmann::json run_config_json(const Backend& backend, const std::string& trace_
   };
 }
 
+const std::vector<std::string>& result_file_names() {
+  static const std::vector<std::string> names{"results.csv", "results.json", "config.json"};
+  return names;
+}
+
+void check_result_dir(const std::string& dir, const std::string& what) {
+  if (dir.empty()) throw UsageError(what + ": empty path");
+  for (const std::string& name : result_file_names()) {
+    check_output_path((std::filesystem::path(dir) / name).string(), what);
+  }
+}
+
 void write_result_files(const std::string& dir, const std::vector<PolicyResult>& results,
                         const nlohmann::json& config) {
   const std::filesystem::path base(dir);
-  write_file_atomic((base / "results.csv").string(), results_csv(results));
-  write_file_atomic((base / "results.json").string(), results_json(results).dump(2) + "\n");
-  write_file_atomic((base / "config.json").string(), config.dump(2) + "\n");
+  write_file_atomic((base / "results.csv").string(), results_csv(results), "--out-dir");
+  write_file_atomic((base / "results.json").string(), results_json(results).dump(2) + "\n", "--out-dir");
+  write_file_atomic((base / "config.json").string(), config.dump(2) + "\n", "--out-dir");
 }
 
 }  // namespace kvlab::cli

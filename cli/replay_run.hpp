@@ -32,6 +32,10 @@ ReplayOutcome replay(Backend& backend, const std::vector<ResolvedPolicy>& polici
 nlohmann::json run_config_json(const Backend& backend, const std::string& trace_path,
                                const std::vector<ResolvedPolicy>& policies, const EngineOptions& options);
 
+/// Checks, before a run, that results.csv, results.json and config.json can be written into
+/// `dir` (traces/output_file.hpp); `what` names the flag. Throws UsageError/InputError.
+void check_result_dir(const std::string& dir, const std::string& what);
+
 /// Writes results.csv, results.json and config.json into `dir` (each atomically).
 void write_result_files(const std::string& dir, const std::vector<PolicyResult>& results,
                         const nlohmann::json& config);

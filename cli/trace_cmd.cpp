@@ -16,6 +16,8 @@
 namespace kvlab::cli {
 namespace {
 
+constexpr int64_t kMaxGeneratedTokens = int64_t{1} << 30;
+
 std::string format_default(double x) {
   std::ostringstream out;
   out << x;
@@ -66,8 +68,9 @@ int trace_gen(const Argv& argv) {
   }
   SyntheticConfig config;
   config.workload = parse_workload(args.get("workload"));
-  config.context_tokens = args.get_int("context-tokens");
-  config.steps = args.get_int("steps");
+  // The generator holds a step's mass over every chunk in memory: far below the reader's limits.
+  config.context_tokens = args.get_int_in("context-tokens", 1, kMaxGeneratedTokens);
+  config.steps = args.get_int_in("steps", 1, kMaxGeneratedTokens);
   const int64_t requests = args.get_int("requests");
   if (requests < 1 || requests > 1'000'000) throw UsageError("--requests must be between 1 and 1000000");
   config.requests = static_cast<int>(requests);

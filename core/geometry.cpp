@@ -22,17 +22,26 @@ int64_t Geometry::tokens_in_chunk(int64_t chunk, int64_t tokens) const {
 }
 
 void Geometry::validate(std::string_view where) const {
-  auto need_positive = [&](const char* field, int value) {
-    if (value <= 0) {
-      throw InputError(std::string(where) + ": attribute '" + field + "' must be positive, got " +
-                       std::to_string(value));
+  // Limits far above any real model (Llama 3 405B: 126 layers, 8 KV heads, head_dim 128) that
+  // keep every row count and byte total derived from a geometry within 64 bits: rows fit in
+  // an int (2^12 · 2^12), and bytes_per_token (≤ 2^26) times a request's tokens (≤ 2^36) does
+  // not overflow.
+  auto need_range = [&](const char* field, int64_t value, int64_t limit) {
+    if (value <= 0 || value > limit) {
+      throw InputError(std::string(where) + ": attribute '" + field + "' must be between 1 and " +
+                       std::to_string(limit) + ", got " + std::to_string(value));
     }
   };
-  need_positive("n_layers", n_layers);
-  need_positive("n_kv_heads", n_kv_heads);
-  need_positive("head_dim", head_dim);
-  need_positive("kv_dtype_bytes", kv_dtype_bytes);
-  need_positive("chunk_tokens", chunk_tokens);
+  need_range("n_layers", n_layers, kMaxLayers);
+  need_range("n_kv_heads", n_kv_heads, kMaxKvHeads);
+  need_range("head_dim", head_dim, kMaxHeadDim);
+  need_range("kv_dtype_bytes", kv_dtype_bytes, kMaxKvDtypeBytes);
+  need_range("chunk_tokens", chunk_tokens, kMaxChunkTokens);
+  if (bytes_per_token() > kMaxBytesPerToken) {
+    throw InputError(std::string(where) + ": n_layers × n_kv_heads × head_dim × 2 × kv_dtype_bytes = " +
+                     std::to_string(bytes_per_token()) + " bytes per token is above the limit of " +
+                     std::to_string(kMaxBytesPerToken) + " (attributes n_layers, n_kv_heads, head_dim, kv_dtype_bytes)");
+  }
 }
 
 Geometry Geometry::preset(std::string_view name) {

@@ -105,7 +105,9 @@ std::string valid_keys(const std::vector<ParamSpec>& specs) {
 }  // namespace
 
 int64_t TokenAmount::resolve(int64_t context_tokens) const {
-  if (!fraction) return static_cast<int64_t>(value);
+  // Compared as doubles before any cast: a whole amount above the context (up to 2^63 - 1,
+  // which a double rounds up to 2^63) means the whole context.
+  if (!fraction) return value >= static_cast<double>(context_tokens) ? context_tokens : static_cast<int64_t>(value);
   return static_cast<int64_t>(std::floor(value * static_cast<double>(context_tokens)));
 }
 

@@ -25,7 +25,7 @@ ParamSpec sinks_param(const std::string& default_value, const std::string& help)
 }
 
 int64_t budget_tokens(const TokenAmount& amount, const StepContext& step) {
-  const int64_t tokens = amount.resolve(step.n_tokens);
+  const int64_t tokens = amount.resolve(step.n_tokens);  // at most the context
   return std::max<int64_t>(tokens, step.request->geometry->chunk_tokens);
 }
 

@@ -1,6 +1,8 @@
 // sliding_window: the chunks holding the first `sinks` tokens and the last `window` tokens.
 // With sinks > 0 this is StreamingLLM: Xiao et al., "Efficient Streaming Language Models with
 // Attention Sinks", ICLR 2024 (arXiv:2309.17453). Evicted chunks are dropped, as there.
+#include <algorithm>
+
 #include "core/policy_support.hpp"
 #include "core/registry.hpp"
 
@@ -26,7 +28,9 @@ class SlidingWindowPolicy final : public Policy {
   // Chunk granularity can add at most one chunk at each edge of the sinks and the window.
   [[nodiscard]] int64_t budget_bytes(const StepContext& step) const override {
     const int64_t c = step.request->geometry->chunk_tokens;
-    return tokens_to_bytes(sinks_ + window_ + 2 * c, step);
+    // Each part is at most the context, so a window of 2^63 - 1 ("everything") cannot overflow.
+    const int64_t kept = std::min(sinks_, step.n_tokens) + std::min(window_, step.n_tokens);
+    return tokens_to_bytes(kept + 2 * c, step);
   }
 
  private:

@@ -23,6 +23,7 @@ readonly PACKAGES=(
   "libtomlplusplus-dev:dpkg"  # kvlab sweep reads its study files with toml++
   "libopenmpi-dev:dpkg"       # optional MPI dispatch of kvlab sweep (KVLAB_MPI=AUTO finds it)
   "openmpi-bin:cmd:mpirun"    # the MPI sweep test runs under mpirun
+  "python3-h5py:dpkg"   # tests/cli/craft_traces.py writes test traces with plain h5py (/usr/bin/python3)
 )
 
 is_present() {

@@ -3,17 +3,20 @@
 #include <unistd.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include "core/error.hpp"
 #include "traces/hdf5.hpp"
+#include "traces/output_file.hpp"
 
 namespace kvlab {
 namespace {
 
-std::string temp_name(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
+// 2^28 float32 values (1 GiB): far above any indexer kvlab trains.
+constexpr int64_t kMaxTensorValues = int64_t{1} << 28;
 
 void write_tensor(h5::Group& group, const NamedTensor& t) {
   h5::DatasetSpec spec;
@@ -30,20 +33,33 @@ NamedTensor read_tensor(const h5::Group& group, const std::string& name) {
     throw InputError(ds.where() + ": tensor must be float32, found " + h5::type_name(ds.type()));
   }
   NamedTensor t{name, ds.dims(), {}};
+  // Checked before allocating: a tiny file may declare a huge, never-written dataset.
   int64_t count = 1;
-  for (int64_t d : t.shape) count *= d;
+  for (int64_t d : t.shape) {
+    if (d != 0 && count > kMaxTensorValues / d) {
+      throw InputError(ds.where() + ": tensor shape " + shape_string(t.shape) + " is above the limit of " +
+                       std::to_string(kMaxTensorValues) + " values");
+    }
+    count *= d;
+  }
   t.data.resize(static_cast<size_t>(count));
   const std::vector<int64_t> start(t.shape.size(), 0);
   ds.read(start, t.shape, h5::Type::F32, t.data.data());
+  for (size_t i = 0; i < t.data.size(); ++i) {
+    if (!std::isfinite(t.data[i])) {
+      throw InputError(ds.where() + ": tensor value " + std::to_string(i) + " is " + std::to_string(t.data[i]) +
+                       " (weights must be finite)");
+    }
+  }
   return t;
 }
 
 }  // namespace
 
 void write_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
-  const std::string tmp = temp_name(path);
-  try {
-    h5::File file = h5::File::create(tmp);
+  TempOutput tmp(path, "checkpoint");
+  {
+    h5::File file = h5::File::create(tmp.temp());
     file.write_int("kvlab_checkpoint_version", kCheckpointVersion);
     file.write_string("kind", checkpoint.kind);
     file.write_string("config_json", checkpoint.config_json);
@@ -51,17 +67,10 @@ void write_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
     file.write_string("provenance_json", checkpoint.provenance_json);
     h5::Group tensors = file.create_group("tensors");
     for (const auto& t : checkpoint.tensors) write_tensor(tensors, t);
+    tensors = h5::Group();
     file.close();
-  } catch (...) {
-    std::filesystem::remove(tmp);
-    throw;
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp);
-    throw InputError(path + ": cannot write checkpoint (" + ec.message() + ")");
-  }
+  tmp.commit();  // on any failure above, tmp's destructor removes the temporary
 }
 
 Checkpoint read_checkpoint(const std::string& path, const std::string& expected_kind) {

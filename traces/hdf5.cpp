@@ -1,8 +1,13 @@
 #include "traces/hdf5.hpp"
 
 #include <hdf5.h>
+#include <unistd.h>
 
+#include <cerrno>
+
+#include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <type_traits>
 
 #include "core/error.hpp"
@@ -13,17 +18,32 @@ static_assert(std::is_same_v<hid_t, int64_t>, "kvlab needs HDF5 >= 1.10 (64-bit 
 
 namespace {
 
-using Lock = std::lock_guard<std::recursive_mutex>;
-
-// Turns off HDF5's printing of its error stack to stderr (once, before the first call): we
-// report failures ourselves as one-line InputErrors.
+// Turns off HDF5's printing of its error stack to stderr: we report failures ourselves as
+// one-line InputErrors. In a thread-safe HDF5 build the setting (like the error stack) is per
+// thread, so every thread that makes an HDF5 call turns it off before its first call.
 void init_library() {
   static std::once_flag once;
-  std::call_once(once, [] {
-    H5open();
+  std::call_once(once, [] { H5open(); });
+  thread_local bool silenced = false;
+  if (!silenced) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  });
+    silenced = true;
+  }
 }
+
+std::recursive_mutex& the_mutex() {
+  static std::recursive_mutex mutex;
+  return mutex;
+}
+
+// Holds the library lock, with HDF5 initialised and its error printing off on this thread.
+class Lock {
+ public:
+  explicit Lock(std::recursive_mutex& mutex) : guard_(mutex) { init_library(); }
+
+ private:
+  std::lock_guard<std::recursive_mutex> guard_;
+};
 
 herr_t innermost_cb(unsigned n, const H5E_error2_t* err, void* data) {
   auto* out = static_cast<std::string*>(data);
@@ -127,10 +147,26 @@ Id untimed_plist(hid_t cls, const std::string& where) {
 
 }  // namespace
 
-std::recursive_mutex& library_mutex() {
-  static std::recursive_mutex mutex;
-  return mutex;
+std::string printable(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\r') out += "\\r";
+    else if (c < 0x20 || c == 0x7F) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      out += buf;
+    } else {
+      out += ch;
+    }
+  }
+  return out;
 }
+
+std::recursive_mutex& library_mutex() { return the_mutex(); }
 
 const char* type_name(Type type) {
   switch (type) {
@@ -179,7 +215,7 @@ void Id::reset() {
 
 // ---- Node: attributes --------------------------------------------------------------------
 
-std::string Node::where() const { return file_ + ":" + path_; }
+std::string Node::where() const { return file_ + ":" + printable(path_); }
 
 bool Node::has_attribute(const std::string& name) const {
   Lock lock(library_mutex());
@@ -198,17 +234,37 @@ Id open_attribute(const Node& node, const std::string& name) {
   return attr;
 }
 
-template <typename T>
-T read_integer_attribute(const Node& node, const std::string& name, hid_t mem) {
+// Reads an integer attribute of any width and sign exactly (HDF5's own conversion would
+// saturate: uint64 max read as int64 max, -1 read as uint64 0), so out-of-range values can be
+// reported with the number the file holds.
+struct StoredInteger {
+  bool negative = false;
+  uint64_t magnitude = 0;  // |value|
+  [[nodiscard]] std::string str() const {
+    std::string text = std::to_string(magnitude);
+    if (negative) text.insert(text.begin(), '-');
+    return text;
+  }
+};
+
+StoredInteger read_integer_attribute(const Node& node, const std::string& name) {
   Lock lock(library_mutex());
   Id attr = open_attribute(node, name);
   Id type(check(H5Aget_type(attr.get()), node.where(), "cannot read attribute '" + name + "'"));
   if (H5Tget_class(type.get()) != H5T_INTEGER) {
     throw InputError(node.where() + ": attribute '" + name + "' is not an integer");
   }
-  T value{};
-  check(H5Aread(attr.get(), mem, &value), node.where(), "cannot read attribute '" + name + "'");
-  return value;
+  StoredInteger out;
+  if (H5Tget_sign(type.get()) == H5T_SGN_2) {
+    int64_t value = 0;
+    check(H5Aread(attr.get(), H5T_NATIVE_INT64, &value), node.where(), "cannot read attribute '" + name + "'");
+    out.negative = value < 0;
+    out.magnitude = out.negative ? uint64_t{0} - static_cast<uint64_t>(value) : static_cast<uint64_t>(value);
+  } else {
+    check(H5Aread(attr.get(), H5T_NATIVE_UINT64, &out.magnitude), node.where(),
+          "cannot read attribute '" + name + "'");
+  }
+  return out;
 }
 
 void replace_attribute(Node& node, const std::string& name, hid_t file_t, hid_t mem_t, const void* buf) {
@@ -223,11 +279,18 @@ void replace_attribute(Node& node, const std::string& name, hid_t file_t, hid_t 
 }  // namespace
 
 int64_t Node::read_int(const std::string& name) const {
-  return read_integer_attribute<int64_t>(*this, name, H5T_NATIVE_INT64);
+  const StoredInteger v = read_integer_attribute(*this, name);
+  constexpr auto kMax = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  if (v.magnitude > kMax + (v.negative ? 1 : 0)) {
+    throw InputError(where() + ": attribute '" + name + "' = " + v.str() + " does not fit in int64");
+  }
+  return v.negative ? static_cast<int64_t>(uint64_t{0} - v.magnitude) : static_cast<int64_t>(v.magnitude);
 }
 
 uint64_t Node::read_uint(const std::string& name) const {
-  return read_integer_attribute<uint64_t>(*this, name, H5T_NATIVE_UINT64);
+  const StoredInteger v = read_integer_attribute(*this, name);
+  if (v.negative) throw InputError(where() + ": attribute '" + name + "' = " + v.str() + " must not be negative");
+  return v.magnitude;
 }
 
 std::string Node::read_string(const std::string& name) const {
@@ -430,14 +493,30 @@ File File::open(const std::string& path, bool writable) {
   Lock lock(library_mutex());
   init_library();
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) throw InputError(path + ": no such file");
-  if (!std::filesystem::is_regular_file(path, ec)) throw InputError(path + ": not a regular file");
+  const std::string name = printable(path);
+  if (!std::filesystem::exists(path, ec)) throw InputError(name + ": no such file");
+  if (!std::filesystem::is_regular_file(path, ec)) throw InputError(name + ": not a regular file");
+  if (::access(path.c_str(), writable ? (R_OK | W_OK) : R_OK) != 0 && errno == EACCES) {
+    throw InputError(name + ": permission denied");
+  }
   const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
   H5Eclear2(H5E_DEFAULT);
-  if (is_hdf5 <= 0) throw InputError(path + ": not an HDF5 file (corrupt or not a kvlab trace)");
+  if (is_hdf5 <= 0) throw InputError(name + ": not an HDF5 file (corrupt or not a kvlab trace)");
   Id id(check(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT), path,
               "cannot open HDF5 file (truncated or corrupt?)"));
   return File(std::move(id), path, "/");
+}
+
+File File::open_image(const std::string& name, const void* data, size_t size) {
+  Lock lock(library_mutex());
+  const std::string where = printable(name);
+  if (size == 0) throw InputError(where + ": not an HDF5 file (empty)");
+  Id fapl(check(H5Pcreate(H5P_FILE_ACCESS), where, "cannot create property list"));
+  check(H5Pset_fapl_core(fapl.get(), 1 << 16, 0), where, "cannot use the core driver");
+  check(H5Pset_file_image(fapl.get(), const_cast<void*>(data), size), where, "cannot set the file image");
+  Id id(check(H5Fopen(name.c_str(), H5F_ACC_RDONLY, fapl.get()), where,
+              "not an HDF5 file, or truncated or corrupt"));
+  return File(std::move(id), name, "/");
 }
 
 void File::flush() {

@@ -10,6 +10,7 @@
 // naming the file and object (and HDF5's innermost reason).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
 #include <span>
@@ -17,6 +18,10 @@
 #include <vector>
 
 namespace kvlab::h5 {
+
+/// `text` with control characters (newlines, tabs, escapes) written as \n, \t or \xHH, so a
+/// name read from a file can be echoed inside a one-line message.
+[[nodiscard]] std::string printable(const std::string& text);
 
 /// The lock every HDF5 call takes. Recursive, so wrappers may call each other.
 std::recursive_mutex& library_mutex();
@@ -131,6 +136,9 @@ class File : public Group {
   static File create(const std::string& path);
   /// Opens an existing file. Throws InputError when it is missing, not HDF5 or damaged.
   static File open(const std::string& path, bool writable = false);
+  /// Opens a read-only in-memory file image (HDF5's core driver; the bytes are copied), named
+  /// `name` in messages. Throws InputError when the bytes are not a readable HDF5 file.
+  static File open_image(const std::string& name, const void* data, size_t size);
   void flush();
   /// Closes the file now (all objects opened from it must be closed first).
   void close();

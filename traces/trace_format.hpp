@@ -56,6 +56,15 @@ inline constexpr int64_t kCsrChunkEntries = int64_t{64} << 10;
 /// chunk again, while memory stays independent of decode_steps.
 inline constexpr int64_t kChunkCacheBytes = int64_t{4} << 20;
 
+/// A request's prompt_tokens + decode_steps may not exceed this (2^36 tokens), so that every
+/// count and byte total derived from it fits in 64 bits.
+inline constexpr int64_t kMaxTokens = int64_t{1} << 36;
+/// Chunk indices are uint32, so a request may have at most 2^32 chunks.
+inline constexpr int64_t kMaxChunks = int64_t{1} << 32;
+/// One step's dense mass (rows × chunks), and a request's chunk_features matrix, may not exceed
+/// this many values (2^28, 1 GiB as float32); larger requests must be stored sparse.
+inline constexpr int64_t kMaxStepCells = int64_t{1} << 28;
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /// Leading-dimension extent of a chunk holding rows of `row_bytes`, at most `rows`.

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <new>
 
 #include "core/error.hpp"
 #include "traces/half.hpp"
@@ -40,7 +42,7 @@ class H5RequestReader final : public RequestReader {
 
  private:
   [[nodiscard]] std::string where(const std::string& dataset) const {
-    return file_->file() + ": request " + header_.id + ": " + dataset;
+    return file_->file() + ": request " + h5::printable(header_.id) + ": " + dataset;
   }
   [[nodiscard]] std::string where_step(const std::string& dataset, int64_t t) const {
     return where(dataset) + " step " + std::to_string(t);
@@ -51,11 +53,17 @@ class H5RequestReader final : public RequestReader {
   }
   void expect_dims(const h5::Dataset& d, const std::string& name, const std::vector<int64_t>& dims,
                    const std::vector<std::string>& meaning) const;
+  // mass_storage and n_heads_stored are optional: without them they follow from the datasets.
+  [[nodiscard]] std::string read_storage(const std::string& at) const;
+  [[nodiscard]] int64_t read_heads_stored(const std::string& at, bool sparse) const;
   void open_dense();
   void open_sparse();
   void read_dense(int64_t t, int64_t exist, StepMass& out);
   void read_sparse(int64_t t, int64_t exist, StepMass& out);
   void check_sum(int64_t t, const std::string& dataset, int r, double sum) const;
+  void check_no_repeats(int64_t t, int r, std::span<const uint32_t> chunks);
+  void check_step_cells(int64_t cells) const;
+  void check_features(const std::vector<float>& values, int64_t width, const std::string& what, int64_t first_row) const;
   // Decodes n stored values starting at `raw` element offset into floats.
   void decode(int64_t n, std::vector<float>& out);
 
@@ -77,33 +85,42 @@ class H5RequestReader final : public RequestReader {
   std::vector<uint32_t> idx_;
   std::vector<float> vals_;
   std::vector<float> rem_;
-  std::vector<uint32_t> seen_;  // per chunk: last (row stamp) that listed it, for duplicate checks
-  uint32_t stamp_ = 0;
+  std::vector<int64_t> idx_wide_;  // mass_index as stored (any integer type), before range checks
+  std::vector<uint32_t> row_sorted_;  // one row's chunks, sorted, for the duplicate check
 };
 
 H5RequestReader::H5RequestReader(std::shared_ptr<const h5::File> file, const Geometry& geometry, const std::string& id)
     : file_(std::move(file)), geometry_(geometry) {
   header_.id = id;
   group_ = file_->open_group(fmt::kRequests).open_group(id);
-  const std::string at = file_->file() + ": request " + id;
+  const std::string at = file_->file() + ": request " + h5::printable(id);
   header_.prompt_tokens = group_.read_int(fmt::kPromptTokens);
   header_.decode_steps = group_.read_int(fmt::kDecodeSteps);
   header_.workload = group_.read_string(fmt::kWorkload);
   header_.seed = group_.read_uint(fmt::kSeed);
-  const std::string storage = group_.read_string(fmt::kMassStorage);
-  const int64_t heads = group_.read_int(fmt::kHeadsStored);
   if (header_.prompt_tokens < 0) throw InputError(at + ": attribute prompt_tokens is negative");
   if (header_.decode_steps < 1) throw InputError(at + ": attribute decode_steps must be >= 1");
-  if (heads != 1 && heads != geometry.n_kv_heads) {
-    throw InputError(at + ": attribute n_heads_stored = " + std::to_string(heads) + ", expected 1 or n_kv_heads = " +
-                     std::to_string(geometry.n_kv_heads));
+  if (header_.prompt_tokens > fmt::kMaxTokens || header_.decode_steps > fmt::kMaxTokens - header_.prompt_tokens) {
+    throw InputError(at + ": attributes prompt_tokens + decode_steps = " +
+                     std::to_string(header_.prompt_tokens) + " + " + std::to_string(header_.decode_steps) +
+                     " exceed the limit of " + std::to_string(fmt::kMaxTokens) + " tokens");
   }
-  if (storage != "dense" && storage != "sparse") {
-    throw InputError(at + ": attribute mass_storage = '" + storage + "', expected 'dense' or 'sparse'");
+  const std::string storage = read_storage(at);
+  const int64_t heads = read_heads_stored(at, storage == "sparse");
+  if (heads != 1 && heads != geometry.n_kv_heads) {
+    const std::string name = group_.has_attribute(fmt::kHeadsStored) ? "attribute n_heads_stored"
+                                                                      : "n_heads_stored (from the mass datasets' shape)";
+    throw InputError(at + ": " + name + " = " + std::to_string(heads) + ", expected 1 or n_kv_heads = " +
+                     std::to_string(geometry.n_kv_heads));
   }
   header_.heads_stored = static_cast<int>(heads);
   header_.sparse = storage == "sparse";
   header_.n_chunks_max = geometry.chunks_for(header_.prompt_tokens + header_.decode_steps);
+  if (header_.n_chunks_max > fmt::kMaxChunks) {
+    throw InputError(at + ": attributes prompt_tokens + decode_steps give " + std::to_string(header_.n_chunks_max) +
+                     " chunks of chunk_tokens = " + std::to_string(geometry.chunk_tokens) + ", above the limit of " +
+                     std::to_string(fmt::kMaxChunks) + " (uint32 chunk indices)");
+  }
   layout_ = RowLayout{geometry.n_layers, header_.heads_stored};
   if (header_.sparse) open_sparse();
   else open_dense();
@@ -209,6 +226,45 @@ void H5RequestReader::read_prefill(StepMass& out) {
   }
 }
 
+std::string H5RequestReader::read_storage(const std::string& at) const {
+  const bool dense = group_.has_child(fmt::kMass);
+  const bool sparse = group_.has_child(fmt::kIndptr);
+  if (group_.has_attribute(fmt::kMassStorage)) {
+    const std::string storage = group_.read_string(fmt::kMassStorage);
+    if (storage != "dense" && storage != "sparse") {
+      throw InputError(at + ": attribute mass_storage = '" + h5::printable(storage) +
+                       "', expected 'dense' or 'sparse'");
+    }
+    return storage;
+  }
+  if (dense && !sparse) return "dense";
+  if (sparse && !dense) return "sparse";
+  throw InputError(at + ": no attribute mass_storage, and " +
+                   (dense ? std::string("both datasets mass and mass_indptr are present")
+                          : std::string("neither dataset mass nor mass_indptr is present")));
+}
+
+int64_t H5RequestReader::read_heads_stored(const std::string& at, bool sparse) const {
+  if (group_.has_attribute(fmt::kHeadsStored)) return group_.read_int(fmt::kHeadsStored);
+  if (!sparse) {
+    // mass is [decode_steps, n_layers, n_heads_stored, n_chunks_max].
+    const h5::Dataset mass = group_.open_dataset(fmt::kMass);
+    if (mass.dims().size() != 4) {
+      throw InputError(where(fmt::kMass) + ": has " + std::to_string(mass.dims().size()) +
+                       " dimensions, expected 4 (and no attribute n_heads_stored to check against)");
+    }
+    return mass.dims()[2];
+  }
+  // mass_indptr has decode_steps * n_layers * n_heads_stored + 1 entries.
+  const h5::Dataset indptr = group_.open_dataset(fmt::kIndptr);
+  const int64_t per_head = header_.decode_steps * geometry_.n_layers;
+  if (indptr.dims().size() != 1 || indptr.dims()[0] < 1 || (indptr.dims()[0] - 1) % per_head != 0) {
+    throw InputError(where(fmt::kIndptr) + ": length is not decode_steps*n_layers*n_heads_stored+1 for any "
+                     "n_heads_stored (no attribute n_heads_stored)");
+  }
+  return (indptr.dims()[0] - 1) / per_head;
+}
+
 void H5RequestReader::expect_dims(const h5::Dataset& d, const std::string& name, const std::vector<int64_t>& dims,
                                   const std::vector<std::string>& meaning) const {
   if (d.dims().size() != dims.size()) {
@@ -260,13 +316,53 @@ void H5RequestReader::open_sparse() {
                      std::to_string(nnz_));
   }
   header_.mass_dtype = value_.type() == h5::Type::F16 ? MassDtype::Float16 : MassDtype::Float32;
-  seen_.assign(static_cast<size_t>(header_.n_chunks_max), 0);
 }
 
 void H5RequestReader::check_sum(int64_t t, const std::string& dataset, int r, double sum) const {
   if (std::abs(sum - 1.0) > tolerance_) {
     throw InputError(where_step(dataset, t) + ": " + row_name(r) + " sums to " + format_number(sum) +
                      ", expected 1 (tolerance " + format_number(tolerance_) + ")");
+  }
+}
+
+// Resizes `v` to n values, turning an allocation failure into an InputError naming the field.
+template <typename V>
+void sized(V& v, int64_t n, const std::string& what) {
+  try {
+    v.resize(static_cast<size_t>(n));
+  } catch (const std::bad_alloc&) {
+    throw InputError(what + ": cannot allocate memory for " + std::to_string(n) + " values");
+  } catch (const std::length_error&) {
+    throw InputError(what + ": cannot allocate memory for " + std::to_string(n) + " values");
+  }
+}
+
+void H5RequestReader::check_step_cells(int64_t cells) const {
+  if (cells > fmt::kMaxStepCells) {
+    throw InputError(where(fmt::kMass) + ": one step holds " + std::to_string(cells) +
+                     " cells (n_layers × n_heads_stored × n_chunks_max), above the dense limit of " +
+                     std::to_string(fmt::kMaxStepCells) + "; store such a request sparse");
+  }
+}
+
+void H5RequestReader::check_no_repeats(int64_t t, int r, std::span<const uint32_t> chunks) {
+  row_sorted_.assign(chunks.begin(), chunks.end());
+  std::sort(row_sorted_.begin(), row_sorted_.end());
+  const auto repeat = std::adjacent_find(row_sorted_.begin(), row_sorted_.end());
+  if (repeat != row_sorted_.end()) {
+    throw InputError(where_step(fmt::kIndex, t) + ": " + row_name(r) + " lists chunk " + std::to_string(*repeat) +
+                     " twice");
+  }
+}
+
+void H5RequestReader::check_features(const std::vector<float>& values, int64_t width, const std::string& what,
+                                     int64_t first_row) const {
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      throw InputError(what + " " + std::to_string(first_row + static_cast<int64_t>(i) / width) + " column " +
+                       std::to_string(static_cast<int64_t>(i) % width) + " is " + format_number(values[i]) +
+                       " (features must be finite)");
+    }
   }
 }
 
@@ -292,14 +388,15 @@ void H5RequestReader::read_step(int64_t t, StepMass& out) {
 void H5RequestReader::read_dense(int64_t t, int64_t exist, StepMass& out) {
   const int64_t cmax = header_.n_chunks_max;
   const int64_t n = layout_.rows() * cmax;
+  check_step_cells(n);
   const std::vector<int64_t> start{t, 0, 0, 0};
   const std::vector<int64_t> count{1, layout_.n_layers, layout_.heads_stored, cmax};
   const bool f16 = header_.mass_dtype == MassDtype::Float16;
   if (f16) {
-    raw_h_.resize(static_cast<size_t>(n));
+    sized(raw_h_, n, where(fmt::kMass));
     mass_.read(start, count, h5::Type::F16, raw_h_.data());
   } else {
-    raw_f_.resize(static_cast<size_t>(n));
+    sized(raw_f_, n, where(fmt::kMass));
     mass_.read(start, count, h5::Type::F32, raw_f_.data());
   }
   out.reset_dense(layout_, exist);
@@ -369,13 +466,14 @@ void H5RequestReader::read_sparse(int64_t t, int64_t exist, StepMass& out) {
   const int64_t len = ptr_[rows] - begin;
   const std::vector<int64_t> start{begin};
   const std::vector<int64_t> count{len};
-  idx_.resize(static_cast<size_t>(len));
-  index_.read(start, count, h5::Type::U32, idx_.data());
+  sized(idx_wide_, len, where(fmt::kIndex));
+  sized(idx_, len, where(fmt::kIndex));
+  index_.read(start, count, h5::Type::I64, idx_wide_.data());
   if (header_.mass_dtype == MassDtype::Float16) {
-    raw_h_.resize(static_cast<size_t>(len));
+    sized(raw_h_, len, where(fmt::kValue));
     value_.read(start, count, h5::Type::F16, raw_h_.data());
   } else {
-    raw_f_.resize(static_cast<size_t>(len));
+    sized(raw_f_, len, where(fmt::kValue));
     value_.read(start, count, h5::Type::F32, raw_f_.data());
   }
   decode(len, vals_);
@@ -390,32 +488,31 @@ void H5RequestReader::read_sparse(int64_t t, int64_t exist, StepMass& out) {
   for (int r = 0; r < rows; ++r) {
     const auto b = static_cast<size_t>(ptr_[r] - begin);
     const auto n = static_cast<size_t>(ptr_[r + 1] - ptr_[r]);
-    if (++stamp_ == 0) {  // wrapped: restart the duplicate stamps
-      std::fill(seen_.begin(), seen_.end(), 0);
-      stamp_ = 1;
-    }
     double sum = rem_[r];
     if (!std::isfinite(rem_[r]) || rem_[r] < 0) {
       throw InputError(where_step(fmt::kRemainder, t) + ": " + row_name(r) + " remainder " + format_number(rem_[r]) +
                        " (must be finite and >= 0)");
     }
     for (size_t i = b; i < b + n; ++i) {
-      const uint32_t c = idx_[i];
-      if (c >= exist) {
+      const int64_t c = idx_wide_[i];
+      if (c < 0 || c >= exist) {
         throw InputError(where_step(fmt::kIndex, t) + ": " + row_name(r) + " lists chunk " + std::to_string(c) +
-                         ", but only " + std::to_string(exist) + " chunks exist");
+                         ", but only chunks 0.." + std::to_string(exist - 1) + " exist");
       }
-      if (seen_[c] == stamp_) {
-        throw InputError(where_step(fmt::kIndex, t) + ": " + row_name(r) + " lists chunk " + std::to_string(c) + " twice");
-      }
-      seen_[c] = stamp_;
+      idx_[i] = static_cast<uint32_t>(c);
       const float v = vals_[i];
       if (!std::isfinite(v) || v < 0) {
         throw InputError(where_step(fmt::kValue, t) + ": " + row_name(r) + " chunk " + std::to_string(c) + " has mass " +
                          format_number(v) + " (must be finite and >= 0)");
       }
+      // Readers rely on the order (a row's critical set is a prefix), so it is checked, not fixed.
+      if (i > b && v > vals_[i - 1]) {
+        throw InputError(where_step(fmt::kValue, t) + ": " + row_name(r) + " is not sorted by decreasing value (chunk " +
+                         std::to_string(c) + " has " + format_number(v) + " after " + format_number(vals_[i - 1]) + ")");
+      }
       sum += v;
     }
+    check_no_repeats(t, r, std::span<const uint32_t>(idx_).subspan(b, n));
     check_sum(t, fmt::kValue, r, sum);
     out.add_sparse_row(std::span<const uint32_t>(idx_).subspan(b, n), std::span<const float>(vals_).subspan(b, n),
                        rem_[r]);
@@ -426,23 +523,30 @@ void H5RequestReader::read_sparse(int64_t t, int64_t exist, StepMass& out) {
 void H5RequestReader::read_query(int64_t t, std::vector<float>& out) {
   if (query_.id() < 0) throw std::logic_error(where(fmt::kQuery) + ": the request has no query dataset");
   if (t < 0 || t >= header_.decode_steps) throw InputError(where_step(fmt::kQuery, t) + ": past decode_steps");
-  out.resize(static_cast<size_t>(header_.d_query));
+  sized(out, header_.d_query, where(fmt::kQuery));
   const std::vector<int64_t> start{t, 0};
   const std::vector<int64_t> count{1, header_.d_query};
   query_.read(start, count, h5::Type::F32, out.data());
+  check_features(out, header_.d_query, where(fmt::kQuery) + " step", t);
 }
 
 void H5RequestReader::read_chunk_features(std::vector<float>& out) {
   if (header_.d_key == 0) throw std::logic_error(where(fmt::kChunkFeatures) + ": the request has no chunk features");
-  out.resize(static_cast<size_t>(header_.n_chunks_max * header_.d_key));
+  if (header_.d_key > fmt::kMaxStepCells / header_.n_chunks_max) {
+    throw InputError(where(fmt::kChunkFeatures) + ": [" + std::to_string(header_.n_chunks_max) + ", " +
+                     std::to_string(header_.d_key) + "] is above the limit of " + std::to_string(fmt::kMaxStepCells) +
+                     " values");
+  }
+  sized(out, header_.n_chunks_max * header_.d_key, where(fmt::kChunkFeatures));
   const std::vector<int64_t> start{0, 0};
   const std::vector<int64_t> count{header_.n_chunks_max, header_.d_key};
   features_.read(start, count, h5::Type::F32, out.data());
+  check_features(out, header_.d_key, where(fmt::kChunkFeatures) + " row (chunk)", 0);
 }
 
 class H5TraceReader final : public TraceReader {
  public:
-  explicit H5TraceReader(const std::string& path);
+  H5TraceReader(const std::string& path, h5::File file);
   [[nodiscard]] const std::string& path() const override { return path_; }
   [[nodiscard]] const Geometry& geometry() const override { return geometry_; }
   [[nodiscard]] int64_t request_count() const override { return static_cast<int64_t>(ids_.size()); }
@@ -455,16 +559,18 @@ class H5TraceReader final : public TraceReader {
   std::vector<std::string> ids_;
 };
 
-int read_positive(const h5::File& file, const char* name) {
+// A geometry attribute, range-checked (against Geometry's limits) before it is narrowed.
+int read_geometry_int(const h5::File& file, const char* name, int64_t limit) {
   const int64_t v = file.read_int(name);
-  if (v < 1 || v > (int64_t{1} << 30)) {
-    throw InputError(file.file() + ": root attribute " + name + " = " + std::to_string(v) + " (must be positive)");
+  if (v < 1 || v > limit) {
+    throw InputError(file.file() + ": root attribute " + name + " must be between 1 and " + std::to_string(limit) +
+                     ", got " + std::to_string(v));
   }
   return static_cast<int>(v);
 }
 
-H5TraceReader::H5TraceReader(const std::string& path) : path_(path) {
-  auto file = std::make_shared<h5::File>(h5::File::open(path));
+H5TraceReader::H5TraceReader(const std::string& path, h5::File opened) : path_(path) {
+  auto file = std::make_shared<h5::File>(std::move(opened));
   if (!file->has_attribute(fmt::kVersion)) {
     throw InputError(path + ": missing root attribute " + std::string(fmt::kVersion) + " (not a kvlab trace?)");
   }
@@ -474,14 +580,15 @@ H5TraceReader::H5TraceReader(const std::string& path) : path_(path) {
                      std::to_string(kTraceVersion));
   }
   geometry_.model = file->read_string(fmt::kModel);
-  geometry_.n_layers = read_positive(*file, fmt::kLayers);
-  geometry_.n_kv_heads = read_positive(*file, fmt::kKvHeads);
-  geometry_.head_dim = read_positive(*file, fmt::kHeadDim);
-  geometry_.kv_dtype_bytes = read_positive(*file, fmt::kKvDtypeBytes);
-  geometry_.chunk_tokens = read_positive(*file, fmt::kChunkTokens);
+  geometry_.n_layers = read_geometry_int(*file, fmt::kLayers, Geometry::kMaxLayers);
+  geometry_.n_kv_heads = read_geometry_int(*file, fmt::kKvHeads, Geometry::kMaxKvHeads);
+  geometry_.head_dim = read_geometry_int(*file, fmt::kHeadDim, Geometry::kMaxHeadDim);
+  geometry_.kv_dtype_bytes = read_geometry_int(*file, fmt::kKvDtypeBytes, Geometry::kMaxKvDtypeBytes);
+  geometry_.chunk_tokens = read_geometry_int(*file, fmt::kChunkTokens, Geometry::kMaxChunkTokens);
   geometry_.validate(path);
   if (!file->has_child(fmt::kRequests)) throw InputError(path + ": missing group /requests");
   ids_ = file->open_group(fmt::kRequests).children();
+  if (ids_.empty()) throw InputError(path + ": group /requests holds no requests (an empty trace)");
   file_ = std::move(file);
 }
 
@@ -495,6 +602,12 @@ std::unique_ptr<RequestReader> H5TraceReader::request(int64_t i) const {
 
 }  // namespace
 
-std::unique_ptr<TraceReader> TraceReader::open(const std::string& path) { return std::make_unique<H5TraceReader>(path); }
+std::unique_ptr<TraceReader> TraceReader::open(const std::string& path) {
+  return std::make_unique<H5TraceReader>(path, h5::File::open(path));
+}
+
+std::unique_ptr<TraceReader> TraceReader::open_image(const std::string& name, const void* data, size_t size) {
+  return std::make_unique<H5TraceReader>(name, h5::File::open_image(name, data, size));
+}
 
 }  // namespace kvlab

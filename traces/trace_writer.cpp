@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "traces/half.hpp"
 #include "traces/hdf5.hpp"
+#include "traces/output_file.hpp"
 #include "traces/trace.hpp"
 #include "traces/trace_format.hpp"
 
@@ -131,7 +132,7 @@ class H5TraceWriter final : public TraceWriter {
 
  private:
   std::string path_;
-  std::string tmp_path_;
+  TempOutput tmp_;  // before file_: destroyed (the temporary removed) after the file is closed
   Geometry geometry_;
   h5::File file_;
   h5::Group requests_;
@@ -192,9 +193,9 @@ class H5RequestWriter final : public RequestWriter {
 // ---- TraceWriter -------------------------------------------------------------------------
 
 H5TraceWriter::H5TraceWriter(std::string path, const Geometry& geometry)
-    : path_(std::move(path)), tmp_path_(path_ + ".tmp." + std::to_string(::getpid())), geometry_(geometry) {
+    : path_(std::move(path)), tmp_(path_, "trace"), geometry_(geometry) {
   geometry_.validate(path_);
-  file_ = h5::File::create(tmp_path_);
+  file_ = h5::File::create(tmp_.temp());
   file_.write_int(fmt::kVersion, kTraceVersion);
   file_.write_string(fmt::kModel, geometry_.model);
   file_.write_int(fmt::kLayers, geometry_.n_layers);
@@ -211,10 +212,8 @@ H5TraceWriter::~H5TraceWriter() {
     requests_ = h5::Group();
     file_.close();
   } catch (const std::exception&) {
-    // The temporary file is removed below whatever state HDF5 left it in.
+    // tmp_ removes the temporary file whatever state HDF5 left it in.
   }
-  std::error_code ec;
-  std::filesystem::remove(tmp_path_, ec);
 }
 
 std::unique_ptr<RequestWriter> H5TraceWriter::add_request(const RequestHeader& header, MassStorage storage) {
@@ -234,9 +233,7 @@ void H5TraceWriter::commit() {
   }
   requests_ = h5::Group();
   file_.close();
-  std::error_code ec;
-  std::filesystem::rename(tmp_path_, path_, ec);
-  if (ec) throw InputError(path_ + ": cannot move the finished trace into place: " + ec.message());
+  tmp_.commit();
   committed_ = true;
 }
 

@@ -81,11 +81,12 @@ RecordSummary record_trace(LiveBackend& backend, const std::string& path, const 
     std::copy(features.data, features.data + std::min(rows, features.n_rows) * features.n_cols, matrix.begin());
     request->write_chunk_features(matrix);
     request->finish();
+    // `info` belongs to the session: read it before the reset frees it.
+    summary.prompt_tokens += info.prompt_tokens;
     session.reset();  // stores the output (timings)
     const LiveOutput out = backend.output(i);
     summary.prefill_seconds += out.prefill_seconds;
     summary.decode_seconds += out.decode_seconds;
-    summary.prompt_tokens += info.prompt_tokens;
     ++summary.requests;
   }
   writer->commit();

@@ -121,7 +121,10 @@ class ReplaySession final : public RequestSession {
 
 }  // namespace
 
-ReplayBackend::ReplayBackend(const std::string& trace_path) : reader_(TraceReader::open(trace_path)) {
+ReplayBackend::ReplayBackend(const std::string& trace_path) : ReplayBackend(TraceReader::open(trace_path)) {}
+
+ReplayBackend::ReplayBackend(std::unique_ptr<TraceReader> reader) : reader_(std::move(reader)) {
+  const std::string& trace_path = reader_->path();
   for (int64_t i = 0; i < reader_->request_count(); ++i) headers_.push_back(reader_->request(i)->header());
   layout_ = RowLayout{reader_->geometry().n_layers, headers_.empty() ? 1 : headers_.front().heads_stored};
   for (const RequestHeader& h : headers_) {

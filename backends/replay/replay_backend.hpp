@@ -20,6 +20,8 @@ class ReplayBackend final : public Backend {
   /// is not a valid trace, or when its requests mix aggregated and per-head storage (one
   /// backend has one row layout).
   explicit ReplayBackend(const std::string& trace_path);
+  /// The same over a reader already open (e.g. TraceReader::open_image).
+  explicit ReplayBackend(std::unique_ptr<TraceReader> reader);
 
   [[nodiscard]] const Geometry& geometry() const override { return reader_->geometry(); }
   [[nodiscard]] RowLayout rows() const override { return layout_; }

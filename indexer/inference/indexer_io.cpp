@@ -36,6 +36,37 @@ T field(const json& j, const char* key, const std::string& path) {
   }
 }
 
+// The checkpoint's label options are file content, not flags: a bad one is a bad file (exit
+// 1) naming the field, not a usage error about a flag the user never typed.
+void check_labels(const LabelOptions& l, const std::string& path) {
+  auto bad = [&](const std::string& field, const std::string& rule, const std::string& value) {
+    throw InputError(path + ": checkpoint config field '" + field + "' " + rule + ", got " + value);
+  };
+  if (l.tau <= 0) bad("labels.tau", "must be positive", std::to_string(l.tau));
+  if (l.window < 0) bad("labels.window", "must not be negative", std::to_string(l.window));
+  if (l.sinks < 0) bad("labels.sinks", "must not be negative", std::to_string(l.sinks));
+  if (l.stride <= 0) bad("labels.stride", "must be positive", std::to_string(l.stride));
+  if (!(l.critical_mass > 0 && l.critical_mass <= 1)) {
+    bad("labels.critical_mass", "must be in (0, 1]", std::to_string(l.critical_mass));
+  }
+  if (l.query_pool < 1) bad("query_pool", "must be >= 1", std::to_string(l.query_pool));
+}
+
+// Each tower's first layer must be [width (or dim), d_in] as the config says, checked before
+// the towers are built: a config declaring a huge width must not allocate it first.
+void check_tower_shapes(const DualEncoderConfig& c, const std::vector<NamedTensor>& tensors, const std::string& path) {
+  for (const auto& [tower, d_in] : {std::pair<std::string, int64_t>{"query_tower", c.d_query}, {"key_tower", c.d_key}}) {
+    const std::string name = tower + ".layers.0.weight";
+    const std::vector<int64_t> expected{c.depth > 0 ? c.width : c.dim, d_in};
+    for (const NamedTensor& t : tensors) {
+      if (t.name == name && t.shape != expected) {
+        throw InputError(path + ": tensor '" + name + "' has shape " + shape_string(t.shape) + ", but config_json (d_query, "
+                         "d_key, dim, depth, width) implies " + shape_string(expected));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void save_indexer(const std::string& path, const DualEncoder& model, const LabelOptions& labels,
@@ -83,7 +114,8 @@ LoadedIndexer load_indexer(const std::string& path) {
   labels.stride = field<int64_t>(l, "stride", path);
   // Checkpoints from before query pooling existed used the refresh step's query alone.
   labels.query_pool = config.contains("query_pool") ? field<int64_t>(config, "query_pool", path) : 1;
-  if (labels.query_pool < 1) throw InputError(path + ": checkpoint config field 'query_pool' must be >= 1");
+  check_labels(labels, path);
+  check_tower_shapes(c, ckpt.tensors, path);
   return LoadedIndexer{DualEncoder(c, ckpt.tensors), labels, ckpt.config_json, ckpt.metrics_json, ckpt.provenance_json};
 }
 

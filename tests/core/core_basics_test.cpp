@@ -114,6 +114,42 @@ TEST(Params, RangesAreCheckedWhereParametersResolve) {
   EXPECT_EQ(param_range_text(ParamRange{}), "");
 }
 
+TEST(Params, TokenAmountsAreWholeTokensOrFractionsOfAtMostOne) {
+  const std::vector<ParamSpec> specs{ParamSpec{"budget", ParamType::Tokens, "0.1", "b"}.at_least(0)};
+  // "1e30" is a fraction far above 1 (it used to be cast to int64, which is undefined).
+  for (const char* bad : {"1e30", "1.5", "-3", "-0.5", "nan", "inf"}) {
+    EXPECT_THROW((void)Params::resolve("x", specs, {{"budget", bad}}), UsageError) << bad;
+  }
+  // Any whole amount above the context means the whole context, int64's maximum included.
+  const auto everything = Params::resolve("x", specs, {{"budget", "9223372036854775807"}});
+  EXPECT_EQ(everything.get_tokens("budget").resolve(1000), 1000);
+  EXPECT_EQ(Params::resolve("x", specs, {{"budget", "1"}}).get_tokens("budget").resolve(1000), 1);
+  EXPECT_EQ(Params::resolve("x", specs, {{"budget", "1.0"}}).get_tokens("budget").resolve(1000), 1000);
+}
+
+TEST(Geometry, ValidateRefusesFieldsAndProductsPastTheLimits) {
+  Geometry g;
+  EXPECT_NO_THROW(g.validate("g"));
+  auto message = [](Geometry bad) {
+    try {
+      bad.validate("g");
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  Geometry layers = g;
+  layers.n_layers = 65536;  // 65536 layers x 65536 heads wrapped the int row count to 0
+  EXPECT_NE(message(layers).find("'n_layers' must be between 1 and 4096, got 65536"), std::string::npos);
+  Geometry dtype = g;
+  dtype.kv_dtype_bytes = 1 << 30;
+  EXPECT_NE(message(dtype).find("'kv_dtype_bytes' must be between 1 and 8"), std::string::npos);
+  Geometry wide = g;
+  wide.n_layers = 4096;
+  wide.n_kv_heads = 4096;
+  EXPECT_NE(message(wide).find("bytes per token is above the limit"), std::string::npos);
+}
+
 TEST(CriticalSet, SmallestPrefixReachingP) {
   // One dense row: 0.5, 0.05, 0.3, 0.15. At p = 0.9: 0.5 + 0.3 = 0.8 < 0.9, + 0.15 → {0, 2, 3}.
   StepMass m;

@@ -311,3 +311,36 @@ TEST(TraceInfo, SummarisesEveryRequest) {
 
 }  // namespace
 }  // namespace kvlab
+
+namespace kvlab {
+namespace {
+
+// The fuzz target opens traces from memory: an image of a file must read exactly as the file.
+TEST(TraceReader, AnInMemoryImageReadsAsTheFile) {
+  TempDir dir;
+  const std::string path = dir.file("image.h5");
+  const Geometry g = small_geometry();
+  test::write_trace(path, g, {make_header("a", 9, 3), make_header("b", 5, 2, 2)}, MassStorage::Sparse);
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto from_file = TraceReader::open(path);
+  auto from_image = TraceReader::open_image("image", bytes.data(), bytes.size());
+  ASSERT_EQ(from_image->request_count(), 2);
+  EXPECT_EQ(from_image->path(), "image");
+  StepMass a, b;
+  for (int64_t i = 0; i < 2; ++i) {
+    auto fr = from_file->request(i);
+    auto ir = from_image->request(i);
+    ASSERT_EQ(ir->header().decode_steps, fr->header().decode_steps);
+    for (int64_t t = 0; t < fr->header().decode_steps; ++t) {
+      fr->read_step(t, a);
+      ir->read_step(t, b);
+      test::expect_same_mass(a, b, 0.0F);
+    }
+  }
+  EXPECT_THROW(TraceReader::open_image("half", bytes.data(), bytes.size() / 2), InputError);
+  EXPECT_THROW(TraceReader::open_image("empty", bytes.data(), 0), InputError);
+}
+
+}  // namespace
+}  // namespace kvlab
