@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <memory>
 #include <ostream>
 #include <sstream>
 
@@ -17,16 +18,29 @@ namespace kvlab::cli {
 
 namespace fs = std::filesystem;
 
+void write_temporary(const TempOutput& out, const std::string& content, const std::string& what) {
+  std::ofstream file(out.temp(), std::ios::binary | std::ios::trunc);
+  if (!file) throw InputError(what + " " + out.path() + ": cannot write (" + out.temp() + " could not be created)");
+  file << content;
+  file.flush();
+  if (!file) throw InputError(what + " " + out.path() + ": write failed");
+}
+
 void write_file_atomic(const std::string& path, const std::string& content, const std::string& what) {
   TempOutput out(path, what);
-  {
-    std::ofstream file(out.temp(), std::ios::binary | std::ios::trunc);
-    if (!file) throw InputError(what + " " + path + ": cannot write (" + out.temp() + " could not be created)");
-    file << content;
-    file.flush();
-    if (!file) throw InputError(what + " " + path + ": write failed");
-  }
+  write_temporary(out, content, what);
   out.commit();
+}
+
+void write_files_together(const std::vector<std::pair<std::string, std::string>>& files, const std::string& what) {
+  std::vector<std::unique_ptr<TempOutput>> outputs;
+  std::vector<TempOutput*> set;
+  for (const auto& [path, content] : files) {
+    outputs.push_back(std::make_unique<TempOutput>(path, what));
+    write_temporary(*outputs.back(), content, what);
+    set.push_back(outputs.back().get());
+  }
+  TempOutput::commit_together(set);
 }
 
 namespace {

@@ -3,6 +3,7 @@
 
 #include <iosfwd>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -17,6 +18,9 @@ namespace kvlab::cli {
 /// when temporaries are removed). Creates missing parent folders. Throws InputError naming
 /// `what` (the flag) and the path.
 void write_file_atomic(const std::string& path, const std::string& content, const std::string& what = "output");
+/// Writes several files (path, content) as one set: all temporaries are written first, then
+/// renamed together (TempOutput::commit_together), so readers see the old set or the new one.
+void write_files_together(const std::vector<std::pair<std::string, std::string>>& files, const std::string& what);
 
 /// One JSON object per policy: every PolicyResult field (NaN becomes null).
 nlohmann::json results_json(const std::vector<PolicyResult>& results);

@@ -82,9 +82,10 @@ void check_result_dir(const std::string& dir, const std::string& what) {
 void write_result_files(const std::string& dir, const std::vector<PolicyResult>& results,
                         const nlohmann::json& config) {
   const std::filesystem::path base(dir);
-  write_file_atomic((base / "results.csv").string(), results_csv(results), "--out-dir");
-  write_file_atomic((base / "results.json").string(), results_json(results).dump(2) + "\n", "--out-dir");
-  write_file_atomic((base / "config.json").string(), config.dump(2) + "\n", "--out-dir");
+  write_files_together({{(base / "results.csv").string(), results_csv(results)},
+                        {(base / "results.json").string(), results_json(results).dump(2) + "\n"},
+                        {(base / "config.json").string(), config.dump(2) + "\n"}},
+                       "--out-dir");
 }
 
 }  // namespace kvlab::cli

@@ -36,7 +36,7 @@ nlohmann::json run_config_json(const Backend& backend, const std::string& trace_
 /// `dir` (traces/output_file.hpp); `what` names the flag. Throws UsageError/InputError.
 void check_result_dir(const std::string& dir, const std::string& what);
 
-/// Writes results.csv, results.json and config.json into `dir` (each atomically).
+/// Writes results.csv, results.json and config.json into `dir` as one set (write_files_together).
 void write_result_files(const std::string& dir, const std::vector<PolicyResult>& results,
                         const nlohmann::json& config);
 

@@ -1,6 +1,7 @@
 #include "core/geometry.hpp"
 
 #include "core/error.hpp"
+#include "core/geometry_limits.hpp"
 
 namespace kvlab {
 
@@ -22,10 +23,8 @@ int64_t Geometry::tokens_in_chunk(int64_t chunk, int64_t tokens) const {
 }
 
 void Geometry::validate(std::string_view where) const {
-  // Limits far above any real model (Llama 3 405B: 126 layers, 8 KV heads, head_dim 128) that
-  // keep every row count and byte total derived from a geometry within 64 bits: rows fit in
-  // an int (2^12 · 2^12), and bytes_per_token (≤ 2^26) times a request's tokens (≤ 2^36) does
-  // not overflow.
+  // Each field, then their product, within core/geometry_limits.hpp (why those limits: there).
+  using namespace geometry_limits;
   auto need_range = [&](const char* field, int64_t value, int64_t limit) {
     if (value <= 0 || value > limit) {
       throw InputError(std::string(where) + ": attribute '" + field + "' must be between 1 and " +

@@ -26,16 +26,7 @@ struct Geometry {
   /// Tokens of chunk `chunk` that exist when `tokens` positions are written (the newest may be partial).
   [[nodiscard]] int64_t tokens_in_chunk(int64_t chunk, int64_t tokens) const;
 
-  // Sane limits (Geometry::validate refuses anything above them).
-  static constexpr int64_t kMaxLayers = 4096;
-  static constexpr int64_t kMaxKvHeads = 4096;
-  static constexpr int64_t kMaxHeadDim = 65536;
-  static constexpr int64_t kMaxKvDtypeBytes = 8;
-  static constexpr int64_t kMaxChunkTokens = int64_t{1} << 24;
-  static constexpr int64_t kMaxBytesPerToken = int64_t{1} << 26;
-
-  /// Throws InputError naming the first field that is not positive or above its limit, or the
-  /// fields whose product (bytes_per_token) is too large.
+  /// Throws InputError naming the first field that is not positive.
   void validate(std::string_view where) const;
 
   /// Named presets: "smollm2-135m" (the default) and "llama3-8b". Throws UsageError otherwise.

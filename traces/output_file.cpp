@@ -1,5 +1,6 @@
 #include "traces/output_file.hpp"
 
+#include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -148,6 +149,31 @@ void TempOutput::commit() {
   }
   done_ = true;
   unregister_temporary(slot_);
+}
+
+void TempOutput::commit_together(const std::vector<TempOutput*>& outputs) {
+  for (TempOutput* out : outputs) {
+    if (out->done_) throw std::logic_error("TempOutput::commit_together after commit or discard");
+    if (const std::string why = refusal(out->path_); !why.empty()) throw InputError(out->path_ + ": " + why);
+  }
+  sigset_t block;
+  sigset_t previous;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &block, &previous);
+  std::string failure;
+  for (TempOutput* out : outputs) {
+    std::error_code ec;
+    if (failure.empty()) fs::rename(out->temp_, out->path_, ec);
+    if (ec) failure = out->path_ + ": cannot rename into place (" + ec.message() + ")";
+    if (failure.empty()) {
+      out->done_ = true;
+      unregister_temporary(out->slot_);
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  if (!failure.empty()) throw InputError(failure);  // the rest are discarded by their destructors
 }
 
 }  // namespace kvlab

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace kvlab {
 
@@ -38,6 +39,10 @@ class TempOutput {
   void commit();
   /// Removes the temporary now (idempotent).
   void discard();
+  /// Commits several outputs as one set: every target is checked first, then the renames run
+  /// back to back with SIGTERM and SIGINT blocked (a signal arriving then takes effect after the
+  /// last rename), so a run's result files are all old or all new.
+  static void commit_together(const std::vector<TempOutput*>& outputs);
 
  private:
   std::string path_;

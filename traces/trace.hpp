@@ -2,7 +2,6 @@
 // No HDF5 type appears here: the HDF5 calls live in traces/*.cpp behind RAII wrappers.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -61,8 +60,6 @@ class TraceReader {
  public:
   /// Opens and validates the root attributes. Throws InputError naming the file and attribute.
   static std::unique_ptr<TraceReader> open(const std::string& path);
-  /// The same from an in-memory copy of a file's bytes (for fuzzing), `name` used in messages.
-  static std::unique_ptr<TraceReader> open_image(const std::string& name, const void* data, size_t size);
   virtual ~TraceReader() = default;
 
   [[nodiscard]] virtual const std::string& path() const = 0;

@@ -7,9 +7,11 @@
 #include <new>
 
 #include "core/error.hpp"
+#include "core/geometry_limits.hpp"
 #include "traces/half.hpp"
 #include "traces/hdf5.hpp"
 #include "traces/trace.hpp"
+#include "traces/trace_image.hpp"
 #include "traces/trace_format.hpp"
 
 namespace kvlab {
@@ -580,11 +582,11 @@ H5TraceReader::H5TraceReader(const std::string& path, h5::File opened) : path_(p
                      std::to_string(kTraceVersion));
   }
   geometry_.model = file->read_string(fmt::kModel);
-  geometry_.n_layers = read_geometry_int(*file, fmt::kLayers, Geometry::kMaxLayers);
-  geometry_.n_kv_heads = read_geometry_int(*file, fmt::kKvHeads, Geometry::kMaxKvHeads);
-  geometry_.head_dim = read_geometry_int(*file, fmt::kHeadDim, Geometry::kMaxHeadDim);
-  geometry_.kv_dtype_bytes = read_geometry_int(*file, fmt::kKvDtypeBytes, Geometry::kMaxKvDtypeBytes);
-  geometry_.chunk_tokens = read_geometry_int(*file, fmt::kChunkTokens, Geometry::kMaxChunkTokens);
+  geometry_.n_layers = read_geometry_int(*file, fmt::kLayers, geometry_limits::kMaxLayers);
+  geometry_.n_kv_heads = read_geometry_int(*file, fmt::kKvHeads, geometry_limits::kMaxKvHeads);
+  geometry_.head_dim = read_geometry_int(*file, fmt::kHeadDim, geometry_limits::kMaxHeadDim);
+  geometry_.kv_dtype_bytes = read_geometry_int(*file, fmt::kKvDtypeBytes, geometry_limits::kMaxKvDtypeBytes);
+  geometry_.chunk_tokens = read_geometry_int(*file, fmt::kChunkTokens, geometry_limits::kMaxChunkTokens);
   geometry_.validate(path);
   if (!file->has_child(fmt::kRequests)) throw InputError(path + ": missing group /requests");
   ids_ = file->open_group(fmt::kRequests).children();
@@ -606,7 +608,7 @@ std::unique_ptr<TraceReader> TraceReader::open(const std::string& path) {
   return std::make_unique<H5TraceReader>(path, h5::File::open(path));
 }
 
-std::unique_ptr<TraceReader> TraceReader::open_image(const std::string& name, const void* data, size_t size) {
+std::unique_ptr<TraceReader> open_trace_image(const std::string& name, const void* data, std::size_t size) {
   return std::make_unique<H5TraceReader>(name, h5::File::open_image(name, data, size));
 }
 

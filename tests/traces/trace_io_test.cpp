@@ -10,6 +10,7 @@
 #include "traces/half.hpp"
 #include "traces/read_and_sum.hpp"
 #include "traces/trace.hpp"
+#include "traces/trace_image.hpp"
 #include "traces/validate.hpp"
 #include "traces/trace_test_util.hpp"
 
@@ -324,7 +325,7 @@ TEST(TraceReader, AnInMemoryImageReadsAsTheFile) {
   std::ifstream in(path, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   auto from_file = TraceReader::open(path);
-  auto from_image = TraceReader::open_image("image", bytes.data(), bytes.size());
+  auto from_image = open_trace_image("image", bytes.data(), bytes.size());
   ASSERT_EQ(from_image->request_count(), 2);
   EXPECT_EQ(from_image->path(), "image");
   StepMass a, b;
@@ -338,8 +339,8 @@ TEST(TraceReader, AnInMemoryImageReadsAsTheFile) {
       test::expect_same_mass(a, b, 0.0F);
     }
   }
-  EXPECT_THROW(TraceReader::open_image("half", bytes.data(), bytes.size() / 2), InputError);
-  EXPECT_THROW(TraceReader::open_image("empty", bytes.data(), 0), InputError);
+  EXPECT_THROW(open_trace_image("half", bytes.data(), bytes.size() / 2), InputError);
+  EXPECT_THROW(open_trace_image("empty", bytes.data(), 0), InputError);
 }
 
 }  // namespace
