@@ -228,10 +228,15 @@ TEST(IndexerCheckpoint, BadFilesGiveClearErrorsAndFailedWritesKeepTheOldFile) {
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("kvlab_checkpoint_version"), std::string::npos);
   }
-  // Writing into a folder that does not exist fails and leaves nothing behind.
+  // Missing folders are created, as for every output; a folder that cannot exist (a regular
+  // file stands in its place) fails and leaves nothing behind.
   DualEncoderConfig c;
   c.d_query = 4;
   c.d_key = 4;
-  EXPECT_THROW(save_indexer(temp_path("no/such/dir/idx.h5"), DualEncoder(c, 1), LabelOptions{}, "{}", "{}", "{}"),
-               InputError);
+  const std::string blocker = temp_path("not_a_folder");
+  std::ofstream(blocker) << "a file\n";
+  EXPECT_THROW(save_indexer(blocker + "/idx.h5", DualEncoder(c, 1), LabelOptions{}, "{}", "{}", "{}"), InputError);
+  const std::string nested = temp_path("new/folder/idx.h5");
+  save_indexer(nested, DualEncoder(c, 1), LabelOptions{}, "{}", "{}", "{}");
+  EXPECT_NO_THROW((void)load_indexer(nested));
 }
