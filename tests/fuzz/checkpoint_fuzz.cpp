@@ -13,7 +13,7 @@
 #include <string>
 
 #include "core/error.hpp"
-#include "learn/indexer_io.hpp"
+#include "indexer/inference/indexer_io.hpp"
 
 namespace {
 

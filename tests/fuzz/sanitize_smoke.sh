@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sanitizer run of CI, without cmake: compiles core/, traces/, backends/replay/, learn/ and
+# The sanitizer run of CI, without cmake: compiles core/, traces/, backends/replay/, indexer/ and
 # policies/ once with clang, AddressSanitizer and UBSan (-fno-sanitize-recover: any report is a
 # failure), then
 #   1. links and runs the core, traces and policies unit tests against those objects;
@@ -41,7 +41,7 @@ for dir in "${hdf5_includes[@]}"; do [[ -n "${dir}" ]] && flags+=(-I "${dir}"); 
 launcher=()
 command -v ccache >/dev/null 2>&1 && launcher=(ccache)
 mkdir -p "${work}/obj"
-mapfile -t sources < <(cd "${root}" && find core traces backends/replay learn -name '*.cpp' -not -path 'traces/tasks/*' |
+mapfile -t sources < <(cd "${root}" && find core traces backends/replay indexer -name '*.cpp' -not -path 'traces/tasks/*' |
   sort)
 mapfile -t policies < <(cd "${root}" && find policies -name '*.cpp' | sort)
 mapfile -t tests < <(cd "${root}" && find tests/core tests/traces tests/policies -maxdepth 1 -name '*_test.cpp' | sort)
