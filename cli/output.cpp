@@ -73,6 +73,13 @@ const std::vector<Field>& fields() {
       {"critical_set_mean_size", [](const PolicyResult& r) { return number_or_null(r.critical_set_mean_size); }},
       {"fetch_bytes", [](const PolicyResult& r) { return nlohmann::json(r.fetch_bytes); }},
       {"late_fetches", [](const PolicyResult& r) { return nlohmann::json(r.late_fetches); }},
+      {"resolved_recall", [](const PolicyResult& r) { return nlohmann::json(r.criterion.recall); }},
+      {"resolved_requests", [](const PolicyResult& r) { return nlohmann::json(r.resolved_requests); }},
+      {"resolved_fraction", [](const PolicyResult& r) { return number_or_null(r.resolved_fraction); }},
+      {"remote_requests", [](const PolicyResult& r) { return nlohmann::json(r.remote_requests); }},
+      {"remote_resolved_fraction", [](const PolicyResult& r) { return number_or_null(r.remote_resolved_fraction); }},
+      {"local_requests", [](const PolicyResult& r) { return nlohmann::json(r.local_requests); }},
+      {"local_resolved_fraction", [](const PolicyResult& r) { return number_or_null(r.local_resolved_fraction); }},
       {"arrival", [](const PolicyResult& r) { return nlohmann::json(arrival_mode_name(r.arrival)); }},
   };
   return list;
@@ -160,13 +167,14 @@ std::string short_policy_label(const std::string& spec) {
 }
 
 void print_results_table(std::ostream& out, const std::vector<PolicyResult>& results) {
-  const std::vector<std::string> head = {"policy", "oracle", "footprint", "crit.recall", "mass recall",
-                                         "fetch bytes", "late fetches"};
+  const std::vector<std::string> head = {"policy",   "oracle",      "footprint",   "crit.recall", "mass recall",
+                                         "resolved", "remote res.", "fetch bytes", "late fetches"};
   std::vector<std::vector<std::string>> rows;
   for (const auto& r : results) {
     rows.push_back({short_policy_label(r.policy), r.oracle ? "yes" : "no", fixed(r.footprint_mean_ratio, 3),
-                    fixed(r.critical_recall, 4), fixed(r.mass_recall, 4),
-                    human_bytes(static_cast<double>(r.fetch_bytes)), std::to_string(r.late_fetches)});
+                    fixed(r.critical_recall, 4), fixed(r.mass_recall, 4), fixed(r.resolved_fraction, 3),
+                    fixed(r.remote_resolved_fraction, 3), human_bytes(static_cast<double>(r.fetch_bytes)),
+                    std::to_string(r.late_fetches)});
   }
   std::vector<size_t> width(head.size());
   for (size_t c = 0; c < head.size(); ++c) {

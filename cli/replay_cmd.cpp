@@ -34,6 +34,8 @@ CommandSpec replay_spec() {
        {"csv", "FILE", "also write the results as CSV to FILE", ""},
        {"out-dir", "DIR", "also write results.csv, results.json and config.json into DIR", ""},
        {"critical-mass", "P", "mass threshold p of the critical set, 0 < p <= 1", "0.9"},
+       {"resolved-recall", "R",
+        "a request is resolved when its critical recall is >= R at 99% of its steps, 0 < R <= 1", "0.95"},
        {"link-gbps", "GB/s", "host-to-HBM link bandwidth for fetch timing", "55"},
        {"hbm-tbps", "TB/s", "HBM bandwidth for the step-time model", "4.3"},
        {"step-overhead-us", "US", "fixed per-step time in microseconds", "1000"},
@@ -77,6 +79,8 @@ EngineOptions engine_options(const Args& args) {
   EngineOptions o;
   o.critical_mass = args.get_double("critical-mass");
   if (!(o.critical_mass > 0 && o.critical_mass <= 1)) throw UsageError("--critical-mass must be in (0, 1]");
+  o.resolved.recall = args.get_double("resolved-recall");
+  o.resolved.validate("--resolved-recall");
   const double link = args.get_double("link-gbps");
   if (link <= 0) throw UsageError("--link-gbps must be positive");
   const double hbm = args.get_double("hbm-tbps");

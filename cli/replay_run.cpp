@@ -57,6 +57,8 @@ nlohmann::json run_config_json(const Backend& backend, const std::string& trace_
         {"heads_stored", backend.rows().heads_stored}}},
       {"engine",
        {{"critical_mass", options.critical_mass},
+        {"resolved_recall", options.resolved.recall},
+        {"resolved_step_share", options.resolved.step_share},
         {"link_bytes_per_s", options.timing.link_bytes_per_s},
         {"hbm_bytes_per_s", options.timing.hbm_bytes_per_s},
         {"step_overhead_s", options.timing.step_overhead_s},

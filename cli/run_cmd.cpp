@@ -55,6 +55,8 @@ CommandSpec run_spec() {
        {"arrival", "modelled|measured", "fetch arrival: the ledger's timing model, or what the backend reports", "modelled"},
        {"agreement", "on|off", "measure agreement with full attention (a teacher-forced pass per policy)", "on"},
        {"critical-mass", "P", "mass threshold p of the critical set, 0 < p <= 1", "0.9"},
+       {"resolved-recall", "R",
+        "a request is resolved when its critical recall is >= R at 99% of its steps, 0 < R <= 1", "0.95"},
        {"json", "", "print a JSON array (one object per policy) instead of the table", ""},
        {"out-dir", "DIR", "also write results.json, generations.json and config.json into DIR", ""}},
       {},
@@ -135,6 +137,8 @@ int run_run(const Argv& argv) {
   engine.threads = 1;  // the decoder uses every core itself
   engine.critical_mass = args.get_double("critical-mass");
   if (!(engine.critical_mass > 0 && engine.critical_mass <= 1)) throw UsageError("--critical-mass must be in (0, 1]");
+  engine.resolved.recall = args.get_double("resolved-recall");
+  engine.resolved.validate("--resolved-recall");
 
   const std::string arrival = args.get("arrival");
   if (arrival != "modelled" && arrival != "measured") {
@@ -272,14 +276,14 @@ int run_run(const Argv& argv) {
     std::cout << out.dump(2) << "\n";
     return 0;
   }
-  const std::vector<std::string> head = {"policy", "accuracy", "footprint", "crit.recall", "mass recall",
-                                         "KL(full||p)", "top-1 agree"};
+  const std::vector<std::string> head = {"policy",   "accuracy",    "footprint",  "crit.recall",
+                                         "mass recall", "resolved", "KL(full||p)", "top-1 agree"};
   std::vector<std::vector<std::string>> rows;
   for (size_t k = 0; k < policies.size(); ++k) {
     const nlohmann::json& o = out[k];
     rows.push_back({policies[k].label + (totals[k].summary_ratio > 0 ? " +summaries" : ""), fixed(o["accuracy"], 3),
                     fixed(merged[k].footprint_mean_ratio, 3), fixed(merged[k].critical_recall, 4),
-                    fixed(merged[k].mass_recall, 4), o["kl_mean"].is_null() ? "n/a" : fixed(o["kl_mean"], 4),
+                    fixed(merged[k].mass_recall, 4), fixed(merged[k].resolved_fraction, 3), o["kl_mean"].is_null() ? "n/a" : fixed(o["kl_mean"], 4),
                     o["top1_agreement"].is_null() ? "n/a" : fixed(o["top1_agreement"], 3)});
   }
   std::vector<size_t> width(head.size());

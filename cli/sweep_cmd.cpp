@@ -110,6 +110,7 @@ struct SweepRun {
 EngineOptions engine_options(const StudyConfig& study, const Cell& cell) {
   EngineOptions o;
   o.critical_mass = study.engine.critical_mass;
+  o.resolved.recall = study.engine.resolved_recall;
   o.timing.link_bytes_per_s = study.engine.link_gbps * 1e9;
   o.timing.hbm_bytes_per_s = study.engine.hbm_tbps * 1e12;
   o.timing.step_overhead_s = study.engine.step_overhead_us * 1e-6;
@@ -147,7 +148,8 @@ void run_live_cell(SweepRun& run, const Cell& cell, const std::string& tmp) {
   }
   for (const std::string& lib : run.study.plugins) argv.insert(argv.end(), {"--plugin", lib});
   argv.insert(argv.end(), {"--policy", cell.run_policy, "--seed", std::to_string(cell.seed), "--critical-mass",
-                           sweep::float_text(run.study.engine.critical_mass), "--threads",
+                           sweep::float_text(run.study.engine.critical_mass), "--resolved-recall",
+                           sweep::float_text(run.study.engine.resolved_recall), "--threads",
                            std::to_string(run.study.engine.threads), "--out-dir", tmp, "--json"});
   std::string out;
   run_captured(run_run, argv, out);

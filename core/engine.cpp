@@ -147,6 +147,7 @@ class RequestRunner {
       run.policy->on_request(run.request, run.plan);
       run.sums.requests = 1;
       run.sums.arrival = arrival;
+      run.sums.criterion = options_.resolved;
       if (run.resolved->descriptor->oracle) lookahead = std::max(lookahead, run.policy->oracle_lookahead());
     }
     prefill.reset();  // the sessions hold what they share of it
@@ -179,8 +180,10 @@ class RequestRunner {
       }
     }
     std::vector<MetricSums> out;
+    const RequestLocality locality = locality_of_workload(info.workload);
     for (auto& run : runs) {
       if (options_.on_request_end) options_.on_request_end(index_, run.index, *run.session);
+      run.sums.close_request(locality);
       out.push_back(run.sums);
     }
     return out;

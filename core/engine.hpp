@@ -16,6 +16,7 @@ namespace kvlab {
 
 struct EngineOptions {
   double critical_mass = 0.9;  // p of the critical set
+  ResolvedCriterion resolved;  // when a request counts as resolved (core/metrics.hpp)
   FetchTiming timing;          // link and step-time model for fetches
   int threads = 0;             // requests processed in parallel; 0 = all cores
   uint64_t seed = 0;           // mixed into each request's policy seed

@@ -5,6 +5,8 @@
 #include <limits>
 #include <numeric>
 
+#include "core/error.hpp"
+
 namespace kvlab {
 namespace {
 
@@ -124,6 +126,28 @@ StepRecord measure_step(const Ledger& ledger, const StepMass* reference, const C
   return record;
 }
 
+void ResolvedCriterion::validate(const std::string& what) const {
+  if (!(recall > 0 && recall <= 1)) throw UsageError(what + " must be in (0, 1], got " + std::to_string(recall));
+  if (!(step_share > 0 && step_share <= 1)) {
+    throw UsageError(what + ": the share of steps must be in (0, 1], got " + std::to_string(step_share));
+  }
+}
+
+RequestLocality locality_of_workload(std::string_view workload) {
+  const size_t slash = workload.rfind('/');
+  const std::string_view kind = slash == std::string_view::npos ? workload : workload.substr(slash + 1);
+  if (kind == "local") return RequestLocality::Local;
+  for (const std::string_view remote : {"needle", "multi_needle", "multi_hop", "diffuse"}) {
+    if (kind == remote) return RequestLocality::Remote;
+  }
+  return RequestLocality::Unlabelled;
+}
+
+double ResolvedCounts::fraction() const {
+  return requests > 0 ? static_cast<double>(resolved) / static_cast<double>(requests)
+                      : std::numeric_limits<double>::quiet_NaN();
+}
+
 void MetricSums::add(const StepRecord& s) {
   const TierBytes& b = s.bytes;
   steps += 1;
@@ -142,6 +166,25 @@ void MetricSums::add(const StepRecord& s) {
   mass_recall += s.mass_recall_sum;
   late_fetches += s.late;
   critical_rows_total += s.critical_chunks;
+  // The step's own mean, recomputed from its sum; a tiny tolerance keeps a step whose rows
+  // all reach r from failing on the last bit of the division.
+  const double step_recall = s.critical_recall_sum / s.recall_rows;
+  open_measured_steps += 1;
+  open_met_steps += step_recall >= criterion.recall - 1e-12 ? 1 : 0;
+}
+
+void MetricSums::close_request(RequestLocality locality) {
+  if (open_measured_steps > 0) {
+    // met / measured >= step_share, without the rounding of a division.
+    const bool resolved = static_cast<double>(open_met_steps) >=
+                          criterion.step_share * static_cast<double>(open_measured_steps) - 1e-9;
+    const ResolvedCounts one{1, resolved ? 1 : 0};
+    resolved_all.merge(one);
+    if (locality == RequestLocality::Remote) resolved_remote.merge(one);
+    if (locality == RequestLocality::Local) resolved_local.merge(one);
+  }
+  open_measured_steps = 0;
+  open_met_steps = 0;
 }
 
 void MetricSums::merge(const MetricSums& o) {
@@ -162,6 +205,12 @@ void MetricSums::merge(const MetricSums& o) {
   late_fetches += o.late_fetches;
   critical_rows_total += o.critical_rows_total;
   arrival = o.arrival;
+  criterion = o.criterion;
+  open_measured_steps += o.open_measured_steps;
+  open_met_steps += o.open_met_steps;
+  resolved_all.merge(o.resolved_all);
+  resolved_remote.merge(o.resolved_remote);
+  resolved_local.merge(o.resolved_local);
 }
 
 PolicyResult PolicyResult::from_sums(const MetricSums& s) {
@@ -184,6 +233,13 @@ PolicyResult PolicyResult::from_sums(const MetricSums& s) {
   r.fetch_bytes = s.fetch_bytes;
   r.late_fetches = s.late_fetches;
   r.arrival = s.arrival;
+  r.criterion = s.criterion;
+  r.resolved_requests = s.resolved_all.resolved;
+  r.resolved_fraction = s.resolved_all.fraction();
+  r.remote_requests = s.resolved_remote.requests;
+  r.remote_resolved_fraction = s.resolved_remote.fraction();
+  r.local_requests = s.resolved_local.requests;
+  r.local_resolved_fraction = s.resolved_local.fraction();
   return r;
 }
 

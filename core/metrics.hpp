@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/attention.hpp"
@@ -68,6 +69,38 @@ struct StepRecord {
 StepRecord measure_step(const Ledger& ledger, const StepMass* reference, const CriticalSets& critical,
                         std::vector<double>* row_mass = nullptr);
 
+/// When a request counts as *resolved*: its critical recall (the step's mean over rows) is at
+/// least `recall` at each of at least `step_share` of its steps that have reference attention.
+/// The seed's per-request figure ("over 90% of requests could be resolved using only the last
+/// 8K tokens") is of this kind; a mean over steps hides the few requests that need the past.
+struct ResolvedCriterion {
+  double recall = 0.95;
+  double step_share = 0.99;
+
+  /// Throws UsageError naming `what` when recall or step_share is outside (0, 1].
+  void validate(const std::string& what) const;
+};
+
+/// Whether a request needs context from far back, read from its workload tag: the last
+/// '/'-separated part of `workload` is `local` for Local, one of `needle`, `multi_needle`,
+/// `multi_hop`, `diffuse` for Remote (the synthetic generator writes `mix/local`,
+/// `mix/needle`, ...); anything else is Unlabelled (a recorded task, a user's trace).
+enum class RequestLocality { Unlabelled, Local, Remote };
+[[nodiscard]] RequestLocality locality_of_workload(std::string_view workload);
+
+/// Requests counted for the resolved fraction and how many of them were resolved.
+struct ResolvedCounts {
+  int64_t requests = 0;  // requests with at least one step that has reference attention
+  int64_t resolved = 0;
+
+  void merge(const ResolvedCounts& other) {
+    requests += other.requests;
+    resolved += other.resolved;
+  }
+  /// resolved / requests, NaN when no request counted.
+  [[nodiscard]] double fraction() const;
+};
+
 /// Sums that become a PolicyResult; merged across requests in request order so results do
 /// not depend on the number of threads.
 struct MetricSums {
@@ -88,8 +121,21 @@ struct MetricSums {
   int64_t late_fetches = 0;
   int64_t critical_rows_total = 0;  // Σ |critical| over rows, for the mean critical set size
   ArrivalMode arrival = ArrivalMode::Modelled;
+  // Resolved requests: the criterion is set before a request's steps are added; add() counts
+  // the open request's steps, close_request() turns them into one request of the counts.
+  ResolvedCriterion criterion;
+  int64_t open_measured_steps = 0;  // steps of the open request with reference attention
+  int64_t open_met_steps = 0;       // ... whose critical recall reached criterion.recall
+  ResolvedCounts resolved_all;
+  ResolvedCounts resolved_remote;
+  ResolvedCounts resolved_local;
 
   void add(const StepRecord& step);
+  /// Ends the open request: counts it (resolved or not) when it had a step with reference
+  /// attention, in resolved_all and in its locality's counts; a request without such a step
+  /// is not counted anywhere.
+  void close_request(RequestLocality locality);
+  /// Adds `other`'s sums (closed requests: merge after close_request).
   void merge(const MetricSums& other);
 };
 
@@ -114,6 +160,14 @@ struct PolicyResult {
   int64_t fetch_bytes = 0;
   int64_t late_fetches = 0;
   ArrivalMode arrival = ArrivalMode::Modelled;  // how fetch arrivals were decided
+  // Resolved requests (ResolvedCriterion); fractions are NaN where no request counted.
+  ResolvedCriterion criterion;
+  int64_t resolved_requests = 0;
+  double resolved_fraction = 0;
+  int64_t remote_requests = 0;
+  double remote_resolved_fraction = 0;
+  int64_t local_requests = 0;
+  double local_resolved_fraction = 0;
 
   static PolicyResult from_sums(const MetricSums& sums);
 };

@@ -85,7 +85,7 @@ std::vector<PlotSeries> series_by_name(const std::vector<const json*>& rows, con
 
 void table(std::ostringstream& out, const std::vector<const json*>& rows, bool live) {
   out << "<table><thead><tr><th>policy</th><th>seed</th><th>footprint</th><th>critical recall</th><th>mass recall</th>"
-         "<th>fetched</th><th>late fetches</th>";
+         "<th>resolved</th><th>remote resolved</th><th>fetched</th><th>late fetches</th>";
   if (live) out << "<th>accuracy</th><th>KL(full||p)</th><th>top-1 agreement</th>";
   out << "<th>cell</th></tr></thead><tbody>\n";
   for (const json* r : rows) {
@@ -93,7 +93,8 @@ void table(std::ostringstream& out, const std::vector<const json*>& rows, bool l
     out << "<tr" << (oracle ? " class=\"oracle\"" : "") << "><td>" << html_escape(policy_of(*r))
         << (oracle ? " <em>oracle</em>" : "") << "</td><td>" << r->value("seed", 0) << "</td><td>"
         << fmt(number(*r, "footprint_mean_ratio"), 3) << "</td><td>" << fmt(number(*r, "critical_recall"), 4)
-        << "</td><td>" << fmt(number(*r, "mass_recall"), 4) << "</td><td>" << bytes_text(number(*r, "fetch_bytes"))
+        << "</td><td>" << fmt(number(*r, "mass_recall"), 4) << "</td><td>" << fmt(number(*r, "resolved_fraction"), 3)
+        << "</td><td>" << fmt(number(*r, "remote_resolved_fraction"), 3) << "</td><td>" << bytes_text(number(*r, "fetch_bytes"))
         << "</td><td>" << fmt(number(*r, "late_fetches"), 0) << "</td>";
     if (live) {
       out << "<td>" << fmt(number(*r, "accuracy"), 3) << "</td><td>" << fmt(number(*r, "kl_mean"), 4) << "</td><td>"

@@ -309,7 +309,7 @@ void read_engine(const Reader& r, const toml::table& root, EngineFlags& e) {
   const toml::node* node = root.get("engine");
   if (!node) return;
   const toml::table& t = r.table(*node, "engine");
-  check_keys(r.file, t, "engine.", {"critical_mass", "link_gbps", "hbm_tbps", "step_overhead_us", "threads"});
+  check_keys(r.file, t, "engine.", {"critical_mass", "resolved_recall", "link_gbps", "hbm_tbps", "step_overhead_us", "threads"});
   auto positive = [&](const char* key, double& field, bool allow_zero) {
     const toml::node* v = t.get(key);
     if (!v) return;
@@ -318,6 +318,10 @@ void read_engine(const Reader& r, const toml::table& root, EngineFlags& e) {
   };
   positive("critical_mass", e.critical_mass, false);
   if (e.critical_mass > 1) fail_at(r.file, line_of(*t.get("critical_mass")), "engine.critical_mass", "must be in (0, 1]");
+  positive("resolved_recall", e.resolved_recall, false);
+  if (e.resolved_recall > 1) {
+    fail_at(r.file, line_of(*t.get("resolved_recall")), "engine.resolved_recall", "must be in (0, 1]");
+  }
   positive("link_gbps", e.link_gbps, false);
   positive("hbm_tbps", e.hbm_tbps, false);
   positive("step_overhead_us", e.step_overhead_us, true);
@@ -380,6 +384,8 @@ std::string symbolic(std::string text, const StudyConfig& study, std::map<std::s
 nlohmann::json cell_config(const StudyConfig& study, const Source& s, const std::string& policy, int64_t seed,
                            std::map<std::string, std::vector<std::string>>& artifacts) {
   nlohmann::json c = {{"kind", s.kind}, {"policy", policy}, {"seed", seed}, {"critical_mass", study.engine.critical_mass}};
+  // Added after studies had run: left out at its default so their cell hashes still hold.
+  if (study.engine.resolved_recall != EngineFlags{}.resolved_recall) c["resolved_recall"] = study.engine.resolved_recall;
   if (s.kind == "replay") {
     c["trace"] = symbolic(s.trace, study, artifacts);
     c["link_gbps"] = study.engine.link_gbps;

@@ -48,6 +48,7 @@ struct PolicyGrid {
 
 struct EngineFlags {
   double critical_mass = 0.9;
+  double resolved_recall = 0.95;  // in a cell's identity only when not the default (old hashes hold)
   double link_gbps = 55;
   double hbm_tbps = 4.3;
   double step_overhead_us = 1000;

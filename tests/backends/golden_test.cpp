@@ -38,9 +38,13 @@ TEST(Golden, BaselineMetricsOnTheTinyTraceAreUnchanged) {
     EXPECT_NEAR(r.footprint_mean_ratio, e.at("footprint_mean_ratio").get<double>(), 1e-12);
     EXPECT_NEAR(r.critical_recall, e.at("critical_recall").get<double>(), 1e-12);
     EXPECT_NEAR(r.mass_recall, e.at("mass_recall").get<double>(), 1e-9);
+    EXPECT_EQ(r.resolved_requests, e.at("resolved_requests").get<int64_t>());
+    EXPECT_EQ(r.remote_requests, e.at("remote_requests").get<int64_t>());
+    EXPECT_EQ(r.local_requests, e.at("local_requests").get<int64_t>());
   }
   // Sanity of the data itself, independent of the stored numbers.
   EXPECT_DOUBLE_EQ(results[0].critical_recall, 1.0);
   EXPECT_DOUBLE_EQ(results[0].footprint_mean_ratio, 1.0);
   EXPECT_GT(results[2].critical_recall, results[3].critical_recall);  // oracle beats random
+  EXPECT_DOUBLE_EQ(results[0].resolved_fraction, 1.0);                 // full resolves every request
 }

@@ -72,13 +72,14 @@ cp "${work}/out.txt" "${work}/r1.json"
 json_check "${work}/r1.json" 'len(d) == 2 and all(k in d[0] for k in ["policy","oracle","requests","steps","footprint_mean_ratio","footprint_peak_bytes","full_peak_bytes","critical_recall","mass_recall","fetch_bytes","late_fetches"])'
 json_check "${work}/r1.json" 'd[0]["requests"] == 3 and d[0]["steps"] == 48 and abs(d[0]["footprint_mean_ratio"] - 1) < 1e-9 and abs(d[0]["critical_recall"] - 1) < 1e-9'
 json_check "${work}/r1.json" 'd[1]["footprint_mean_ratio"] < 0.5 and d[1]["oracle"] is False'
+json_check "${work}/r1.json" 'd[0]["resolved_fraction"] == 1 and d[0]["resolved_requests"] == 3 and d[0]["resolved_recall"] == 0.95 and d[0]["remote_requests"] + d[0]["local_requests"] == 3'
 expect 0 "" -- replay --trace "${trace}" --policy full --policy sliding_window:window=1024 --json --threads 3
 checks=$((checks + 1))
 cmp -s "${work}/out.txt" "${work}/r1.json" || fail "replay results depend on --threads"
 
 out_dir="${work}/run"
 expect 0 "" -- replay --trace "${trace}" --policy sliding_window --csv "${work}/r.csv" --out-dir "${out_dir}" \
-  --critical-mass 0.8 --link-gbps=25
+  --critical-mass 0.8 --link-gbps=25 --resolved-recall 0.9
 for f in results.csv results.json config.json; do
   checks=$((checks + 1))
   [[ -s "${out_dir}/${f}" ]] || fail "--out-dir did not write ${f}"
@@ -91,11 +92,14 @@ head -1 "${work}/r.csv" | grep -q '^policy,name,oracle,requests,steps,footprint_
 checks=$((checks + 1))
 cmp -s "${work}/r.csv" "${out_dir}/results.csv" || fail "--csv and --out-dir results.csv differ"
 json_check "${out_dir}/config.json" 'd["engine"]["critical_mass"] == 0.8 and d["engine"]["link_bytes_per_s"] == 25e9'
+json_check "${out_dir}/config.json" 'd["engine"]["resolved_recall"] == 0.9 and d["engine"]["resolved_step_share"] == 0.99'
+json_check "${out_dir}/results.json" 'd[0]["resolved_recall"] == 0.9'
 json_check "${out_dir}/config.json" 'd["policies"][0]["spec"] == "sliding_window:sinks=64,window=8192" and d["trace"]["path"].endswith("mix.h5")'
 json_check "${out_dir}/config.json" '"git_revision" in d and "kvlab_version" in d and d["geometry"]["model"] == "smollm2-135m"'
 json_check "${out_dir}/config.json" 'd["flags"]["critical-mass"] == ["0.8"] and d["flags"]["threads"] == ["0"]'
 
 expect 2 "--bogus" -- replay --trace "${trace}" --policy full --bogus
+expect 2 "--resolved-recall must be in (0, 1]" -- replay --trace "${trace}" --policy full --resolved-recall 1.5
 expect 2 "--trace" -- replay --policy full
 expect 2 "--policy" -- replay --trace "${trace}"
 expect 2 "unknown policy 'nosuch'" -- replay --trace "${trace}" --policy nosuch

@@ -87,6 +87,14 @@ TEST_F(StudyTest, HashesAreStableAndChangeOnlyWithTheCell) {
   for (size_t i = 0; i < first.size(); ++i) EXPECT_EQ(first[i].hash, again[i].hash);  // threads: no effect
   const std::vector<Cell> other = expand_cells(parse_study(write(base + "[engine]\ncritical_mass = 0.8\n")));
   for (size_t i = 0; i < first.size(); ++i) EXPECT_NE(first[i].hash, other[i].hash);
+  // resolved_recall at its default leaves the hash as it was before the key existed.
+  const std::vector<Cell> same = expand_cells(parse_study(write(base + "[engine]\nresolved_recall = 0.95\n")));
+  const std::vector<Cell> stricter = expand_cells(parse_study(write(base + "[engine]\nresolved_recall = 0.99\n")));
+  for (size_t i = 0; i < first.size(); ++i) {
+    EXPECT_EQ(first[i].hash, same[i].hash);
+    EXPECT_NE(first[i].hash, stricter[i].hash);
+  }
+  EXPECT_FALSE(first[0].config.contains("resolved_recall"));
   // The hash is that of the canonical config text: any process computes the same name.
   EXPECT_EQ(first[0].hash, stable_hash(first[0].config.dump()));
 }
@@ -108,6 +116,8 @@ TEST_F(StudyTest, BadConfigsNameFileLineAndKey) {
             file + ":2: sedes: unknown key (valid: artifact, engine, out_dir, plugins, policy, seeds, source)");
   EXPECT_EQ(error_of(header() + "[engine]\nthreads = \"two\"\n" + traces("*.h5") + policy),
             file + ":3: engine.threads: expected an integer, got a string");
+  EXPECT_EQ(error_of(header() + "[engine]\nresolved_recall = 1.5\n" + traces("*.h5") + policy),
+            file + ":3: engine.resolved_recall: must be in (0, 1]");
   EXPECT_NE(error_of(header() + traces("nothing_*.h5") + policy).find(":3: source.traces: '"), std::string::npos);
   EXPECT_NE(error_of(header() + traces("*.h5") + "[[policy]]\nname = \"ful\"\n").find(":4: policy ful: unknown policy 'ful'"),
             std::string::npos);
