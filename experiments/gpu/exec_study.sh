@@ -29,13 +29,29 @@ gen() {  # gen WORKLOAD CONTEXT STEPS REQUESTS SEED FILE
     --requests "$4" --seed "$5" --out "$6" >/dev/null || { echo "exec_study: trace gen $6 failed" >&2; exit 1; }
 }
 
+RUN_LIMIT=${RUN_LIMIT:-240}   # seconds per run: pinning ~94 GiB of mirrors alone takes ~60 s
+
+gpu_idle() {  # waits (up to 60 s) until the previous run's process has released the GPU
+  command -v nvidia-smi >/dev/null || return 0
+  local used
+  for _ in $(seq 60); do
+    used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -n 1)
+    [[ -z $used || $used -lt 2048 ]] && return 0
+    sleep 1
+  done
+  echo "exec_study: GPU still holds ${used} MiB after 60 s" >&2
+}
+
 run() {  # run NAME TRACE [replay flags...]: one replay --execute cuda, JSON + stderr kept
   local name="$1" trace="$2"
   shift 2
+  gpu_idle
   local t0=$SECONDS
-  "$KVLAB" replay --trace "$trace" --execute cuda --threads 1 --json --out-dir "$OUT/$name" "$@" \
-    >"$OUT/$name.json" 2>"$OUT/$name.err"
+  # Each run has its own limit (a killed run must not leave the GPU to the next one busy).
+  timeout -k 15 "$RUN_LIMIT" "$KVLAB" replay --trace "$trace" --execute cuda --threads 1 --json \
+    --out-dir "$OUT/$name" "$@" >"$OUT/$name.json" 2>"$OUT/$name.err"
   local rc=$?
+  [[ $rc -eq 124 || $rc -eq 137 ]] && echo "kvlab: error: killed after the run limit of ${RUN_LIMIT} s" >>"$OUT/$name.err"
   echo "TABLE exec $name rc=$rc $((SECONDS - t0)) s $(python3 - "$OUT/$name.json" <<'PY' 2>/dev/null
 import json, sys
 try:
@@ -83,7 +99,8 @@ if [[ $part == long || $part == all ]]; then
   gen mix 1048576 80 1 42 "$TR/cap_mix_1m.h5"
   common=(--model-shape llama3-8b --hbm-pool-gb "$POOL")
   run cap512k_full_n1 "$TR/cap_mix_512k.h5" "${common[@]}" --mirror none --batch 1 --policy full
-  run cap512k_lsa_n3_int4 "$TR/cap_mix_512k.h5" "${common[@]}" --mirror int4:64 --batch 3 --policy "$LSA5"
+  run cap512k_lsa_n4_int4 "$TR/cap_mix_512k.h5" "${common[@]}" --mirror int4:64 --batch 4 --policy "$LSA5"
+  run cap512k_sw_n64 "$TR/cap_mix_512k.h5" "${common[@]}" --mirror none --batch 64 --policy "$SW"
   run cap1m_full_n1 "$TR/cap_mix_1m.h5" "${common[@]}" --mirror none --batch 1 --policy full  # cannot fit
   run cap1m_lsa_n1_int4 "$TR/cap_mix_1m.h5" "${common[@]}" --mirror int4:64 --batch 1 --policy "$LSA5"
 fi

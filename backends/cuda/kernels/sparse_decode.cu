@@ -760,60 +760,92 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
 }
 
 constexpr int kReduceThreads = 128;
-constexpr int kReduceChunk = 32;  // items whose weights sit in shared memory at a time
 
-/// Per row: merges the row's partials (weights 2^(lse_i − LSE)), writes bf16 output, and the
-/// per-page / summary mass from the per-unit log-sum-exps.
+/// Merges two online-softmax states (max, sum of 2^(x − max)); -inf maxima stay empty.
+__device__ __forceinline__ void merge_lse(float& m, float& s, float m2, float s2) {
+  const float mx = fmaxf(m, m2);
+  if (mx == kNegInf) return;
+  s = s * exp2f(m - mx) + s2 * exp2f(m2 - mx);
+  m = mx;
+}
+
+/// The log2-sum-exp of every query head of row r over its partials, into lse_row[G]: each
+/// thread folds a strided share of the items, then warps and the CTA merge (the items of a
+/// long row are many: 100+ at 512K, so a serial loop here would cost tens of µs).
+__device__ __forceinline__ void row_lse(const SparseDecodeWorkspaceView& ws, int ib, int ie, int G, float* lse_row) {
+  __shared__ float part_m[kReduceThreads / 32][kSparseDecodeMaxGroup];
+  __shared__ float part_s[kReduceThreads / 32][kSparseDecodeMaxGroup];
+  float m[kSparseDecodeMaxGroup], s[kSparseDecodeMaxGroup];
+#pragma unroll
+  for (int h = 0; h < kSparseDecodeMaxGroup; ++h) m[h] = kNegInf, s[h] = 0.0F;
+  for (int i = ib + static_cast<int>(threadIdx.x); i < ie; i += kReduceThreads) {
+#pragma unroll
+    for (int h = 0; h < kSparseDecodeMaxGroup; ++h) {
+      if (h < G) merge_lse(m[h], s[h], ws.partial_lse[int64_t{i} * G + h], 1.0F);
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < kSparseDecodeMaxGroup; ++h) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float m2 = __shfl_xor_sync(0xffffffffU, m[h], off);
+      const float s2 = __shfl_xor_sync(0xffffffffU, s[h], off);
+      merge_lse(m[h], s[h], m2, s2);
+    }
+  }
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+    for (int h = 0; h < kSparseDecodeMaxGroup; ++h) part_m[warp][h] = m[h], part_s[warp][h] = s[h];
+  }
+  __syncthreads();
+  if (threadIdx.x < G) {
+    const int h = threadIdx.x;
+    float mm = kNegInf, ss = 0.0F;
+    for (int w = 0; w < kReduceThreads / 32; ++w) merge_lse(mm, ss, part_m[w][h], part_s[w][h]);
+    lse_row[h] = mm + log2f(ss);
+  }
+  __syncthreads();
+}
+
+/// One CTA per (row, query head): the row's log-sum-exps, then this head's output from the
+/// row's partials (weights 2^(lse_i − LSE)), and a 1/G share of the per-page mass from the
+/// per-unit log-sum-exps (head 0's CTA also sums the summary units). A grid of rows × G keeps
+/// the reduction short when a step has few rows with many items (one layer, batch 1).
 template <int HD>
 __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(SparseDecodeRowsView rows,
                                                                               SparseDecodeOutView out,
                                                                               SparseDecodeWorkspaceView ws) {
+  static_assert(kReduceThreads % HD == 0, "whole dims per thread group");
+  constexpr int kParts = kReduceThreads / HD;  // threads per output dim, each a share of the items
   const int r = blockIdx.x;
+  const int head = blockIdx.y;
   const int G = rows.group;
   const int ib = ws.row_item_indptr[r];
   const int ie = ws.row_item_indptr[r + 1];
   __shared__ float lse_row[kSparseDecodeMaxGroup];
-  __shared__ float weight[kReduceChunk][kSparseDecodeMaxGroup];
+  __shared__ float acc_part[kParts][HD];
   __shared__ float warp_part[kReduceThreads / 32];
+  row_lse(ws, ib, ie, G, lse_row);
 
-  if (threadIdx.x < G) {
-    const int h = threadIdx.x;
-    float mx = kNegInf;
-    for (int i = ib; i < ie; ++i) mx = fmaxf(mx, ws.partial_lse[int64_t{i} * G + h]);
-    float sum = 0.0F;
-    for (int i = ib; i < ie; ++i) sum += exp2f(ws.partial_lse[int64_t{i} * G + h] - mx);
-    lse_row[h] = mx + log2f(sum);
+  const int d = threadIdx.x % HD;
+  const int part = threadIdx.x / HD;
+  const float lse = lse_row[head];
+  float acc = 0.0F;
+#pragma unroll 4
+  for (int i = ib + part; i < ie; i += kParts) {
+    const float w = exp2f(ws.partial_lse[int64_t{i} * G + head] - lse);
+    acc += w * ws.partial_o[(int64_t{i} * G + head) * HD + d];
   }
-  __syncthreads();
-
-  // Each thread owns fixed (h, d) pairs across the item chunks.
-  constexpr int kPairsPerThread = (kSparseDecodeMaxGroup * HD + kReduceThreads - 1) / kReduceThreads;
-  float o[kPairsPerThread];
-#pragma unroll
-  for (int j = 0; j < kPairsPerThread; ++j) o[j] = 0.0F;
-  for (int c0 = ib; c0 < ie; c0 += kReduceChunk) {
-    const int n = min(kReduceChunk, ie - c0);
-    for (int idx = threadIdx.x; idx < n * G; idx += kReduceThreads) {
-      const int i = idx / G;
-      const int h = idx % G;
-      weight[i][h] = exp2f(ws.partial_lse[int64_t{c0 + i} * G + h] - lse_row[h]);
-    }
+  if constexpr (kParts > 1) {
+    acc_part[part][d] = acc;
     __syncthreads();
+    if (part == 0) {
 #pragma unroll
-    for (int j = 0; j < kPairsPerThread; ++j) {
-      const int idx = threadIdx.x + j * kReduceThreads;
-      if (idx < G * HD) {
-        const int h = idx / HD;
-        for (int i = 0; i < n; ++i) o[j] += weight[i][h] * ws.partial_o[(int64_t{c0 + i} * G + h) * HD + idx % HD];
-      }
+      for (int q = 1; q < kParts; ++q) acc += acc_part[q][d];
     }
-    __syncthreads();
   }
-#pragma unroll
-  for (int j = 0; j < kPairsPerThread; ++j) {
-    const int idx = threadIdx.x + j * kReduceThreads;
-    if (idx < G * HD) out.out[r * out.out_row_stride + idx] = __float2bfloat16(o[j]);
-  }
+  if (part == 0) out.out[r * out.out_row_stride + head * HD + d] = __float2bfloat16(acc);
 
   if (out.page_mass == nullptr && out.summary_mass == nullptr) return;
   const float inv_group = 1.0F / static_cast<float>(G);
@@ -821,18 +853,19 @@ __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(Sp
   const int32_t n_units = ws.row_unit_indptr[r + 1] - ub;
   const int32_t pb = rows.page_indptr[r];
   const int32_t n_pages = rows.page_indptr[r + 1] - pb;
-  float summary = 0.0F;
-  for (int u = threadIdx.x; u < n_units; u += kReduceThreads) {
+  auto unit_mass = [&](int32_t u) {
     float mass = 0.0F;
     for (int h = 0; h < G; ++h) mass += exp2f(ws.unit_lse[int64_t{ub + u} * G + h] - lse_row[h]);
-    mass *= inv_group;
-    if (u < n_pages) {
-      if (out.page_mass != nullptr) out.page_mass[pb + u] = mass;
-    } else {
-      summary += mass;
+    return mass * inv_group;
+  };
+  if (out.page_mass != nullptr) {
+    for (int32_t u = head * kReduceThreads + static_cast<int>(threadIdx.x); u < n_pages; u += G * kReduceThreads) {
+      out.page_mass[pb + u] = unit_mass(u);
     }
   }
-  if (out.summary_mass == nullptr) return;
+  if (out.summary_mass == nullptr || head != 0) return;
+  float summary = 0.0F;
+  for (int32_t u = n_pages + static_cast<int>(threadIdx.x); u < n_units; u += kReduceThreads) summary += unit_mass(u);
   summary = warp_sum_xor<32>(summary, 1);
   if ((threadIdx.x & 31) == 0) warp_part[threadIdx.x >> 5] = summary;
   __syncthreads();
@@ -844,7 +877,7 @@ __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(Sp
 }
 
 /// What launch_sparse_decode runs (NOTES.md: why).
-constexpr SparseDecodeVariant kDefaultVariant = SparseDecodeVariant::kRegistersUnroll4;
+constexpr SparseDecodeVariant kDefaultVariant = SparseDecodeVariant::kMmaStages2;
 
 template <int HD, int GMAX, int UNROLL>
 cudaError_t launch_split_registers(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
@@ -879,7 +912,8 @@ cudaError_t launch_split_mma(const PagedKvPoolView& pool, const SparseDecodeRows
 template <int HD>
 cudaError_t launch_reduce(const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,
                           const SparseDecodeWorkspaceView& ws, cudaStream_t stream) {
-  sparse_decode_reduce_kernel<HD><<<rows.n_rows, kReduceThreads, 0, stream>>>(rows, out, ws);
+  const dim3 grid(static_cast<unsigned>(rows.n_rows), static_cast<unsigned>(rows.group));
+  sparse_decode_reduce_kernel<HD><<<grid, kReduceThreads, 0, stream>>>(rows, out, ws);
   return cudaGetLastError();
 }
 
