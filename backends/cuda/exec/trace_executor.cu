@@ -57,7 +57,16 @@ struct GpuExecResources::Impl {
   std::unique_ptr<PrefetchEngine> prefetch;
   std::unique_ptr<MirrorWriter> writer;
   std::unique_ptr<RandomWeightModel> model;
-  SparseDecodeWorkspace workspace;
+  /// One plan per launch slot (a layer, or slot 0 when one launch covers every layer), kept
+  /// while the slot's page and summary counts stay the same: between refreshes they rarely
+  /// change, and a new plan costs a host build plus a synchronising upload, which would
+  /// leave the GPU idle between layers.
+  struct CachedPlan {
+    std::vector<int32_t> counts;  // the launch's page indptr, then its summary indptr
+    std::unique_ptr<SparseDecodeWorkspace> workspace;
+  };
+  std::vector<CachedPlan> plans;
+  int64_t plan_uploads = 0;
   DeviceBuffer q, out, summary_kv, csr, launch_csr;
   cudaEvent_t step_begin = nullptr, step_end = nullptr;
   std::vector<cudaEvent_t> marks;  // begin/end pairs around attention and model launches
@@ -443,6 +452,22 @@ StepTiming TraceExecutor::finish(int64_t n_tokens, const Residency& resident, co
   };
   size_t n_marks = 0;
   std::vector<std::pair<size_t, bool>> spans;  // (begin mark, is attention)
+  auto plan_for = [&](size_t slot, const std::vector<int32_t>& indptr,
+                      const std::vector<int32_t>& sindptr) -> const SparseDecodeWorkspace& {
+    if (d.plans.size() <= slot) d.plans.resize(slot + 1);
+    GpuExecResources::Impl::CachedPlan& cached = d.plans[slot];
+    std::vector<int32_t> counts(indptr);
+    counts.push_back(-1);  // separates the two lists (no count is negative)
+    counts.insert(counts.end(), sindptr.begin(), sindptr.end());
+    if (!cached.workspace || cached.counts != counts) {
+      if (!cached.workspace) cached.workspace = std::make_unique<SparseDecodeWorkspace>();
+      const SparseDecodePlan plan = plan_sparse_decode(indptr, sindptr, static_cast<int32_t>(g.chunk_tokens));
+      cached.workspace->upload(plan, o.query_group, g.head_dim, d.compute);
+      cached.counts = std::move(counts);
+      ++d.plan_uploads;
+    }
+    return *cached.workspace;
+  };
   auto attention_for = [&](int first_layer, int n_layers, __nv_bfloat16* out) {
     const int32_t layer_rows = rows_per_layer * n_layers;
     const size_t at = static_cast<size_t>(first_layer) * (rows_per_layer + 1);
@@ -480,8 +505,7 @@ StepTiming TraceExecutor::finish(int64_t n_tokens, const Residency& resident, co
       dev_indptr = li;
       dev_sindptr = li + indptr.size();
     }
-    const SparseDecodePlan plan = plan_sparse_decode(indptr, sindptr, static_cast<int32_t>(g.chunk_tokens));
-    d.workspace.upload(plan, o.query_group, g.head_dim, d.compute);
+    const SparseDecodeWorkspace& workspace = plan_for(static_cast<size_t>(first_layer), indptr, sindptr);
     SparseDecodeRowsView rows;
     rows.n_rows = layer_rows;
     rows.group = o.query_group;
@@ -505,7 +529,7 @@ StepTiming TraceExecutor::finish(int64_t n_tokens, const Residency& resident, co
     outs.out_row_stride = row_q;
     const size_t begin = n_marks;
     KVLAB_CUDA_CHECK(cudaEventRecord(mark(n_marks++), d.compute));
-    run_sparse_decode(pool, rows, outs, d.workspace.view(), d.compute);
+    run_sparse_decode(pool, rows, outs, workspace.view(), d.compute);
     KVLAB_CUDA_CHECK(cudaEventRecord(mark(n_marks++), d.compute));
     spans.emplace_back(begin, true);
   };
