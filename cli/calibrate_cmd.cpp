@@ -25,7 +25,8 @@ CommandSpec calibrate_spec() {
           "footprint bytes a step's attention read (slope = 1 / HBM bandwidth, intercept = per-step\n"
           "overhead); link bandwidth is fetched bytes over link busy time. Each --check file is then\n"
           "predicted with the fitted model, so a fit can be judged on a trace it was not made on.\n"
-          "CSV columns used: footprint_bytes, step_seconds, fetch_bytes, fetch_seconds (others ignored).",
+          "CSV columns used: footprint_bytes, step_seconds, fetch_bytes, fetch_seconds (others ignored);\n"
+          "rows with step 0 are skipped (a session's first step includes one-time warm-up).",
           {{"steps", "FILE", "per-step CSV to fit", "", false, true},
            {"check", "FILE", "per-step CSV to predict with the fit", "", true},
            {"json", "", "print JSON instead of text", ""}},
@@ -35,12 +36,30 @@ CommandSpec calibrate_spec() {
           "  kvlab calibrate --steps a_steps.csv --check b_steps.csv"};
 }
 
+/// One CSV record's fields (RFC 4180: a quoted field may hold commas and doubled quotes;
+/// policy specs such as "lsa:budget=0.2,window=2048" are written quoted).
 std::vector<std::string> split_csv_line(const std::string& line) {
-  std::vector<std::string> cells;
-  std::string cell;
-  std::istringstream in(line);
-  while (std::getline(in, cell, ',')) cells.push_back(cell);
-  if (!line.empty() && line.back() == ',') cells.emplace_back();
+  std::vector<std::string> cells(1);
+  bool quoted = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+        cells.back() += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        cells.back() += c;
+      }
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == ',') {
+      cells.emplace_back();
+    } else if (c != '\r') {
+      cells.back() += c;
+    }
+  }
   return cells;
 }
 
@@ -78,6 +97,9 @@ std::vector<MeasuredStep> read_steps(const std::string& path) {
                          "' is not a non-negative number: '" + cells[c] + "'");
       }
     };
+    // A session's first step carries one-time costs (library handles, first-touch
+    // allocations, cold caches): 10-20x a steady step, which no footprint explains.
+    if (column.count("step") && cells.size() > column["step"] && cells[column["step"]] == "0") continue;
     MeasuredStep s;
     s.footprint_bytes = static_cast<int64_t>(number("footprint_bytes"));
     s.step_seconds = number("step_seconds");

@@ -23,6 +23,10 @@ SW="sliding_window:window=8192,sinks=64"
 LSA10="lsa:indexer=$IDX,budget=0.1,window=8192,sinks=64"
 LSA5="lsa:indexer=$IDX,budget=0.05,window=8192,sinks=64"
 POOL=${POOL:-130}   # GB: the H200's 150 GB less 16 GB of weights and 4 GB of workspace
+# lsa's summary tier (1/128 of the KV, per request) and index live beside the pool in HBM:
+# at 21 requests of 128K that is 2.6 GB, so the lsa runs at the host wall take a smaller pool
+# (they use 11-31 GiB of it).
+POOL_LSA=${POOL_LSA:-100}
 
 gen() {  # gen WORKLOAD CONTEXT STEPS REQUESTS SEED FILE
   [[ -f "$6" ]] || "$KVLAB" trace gen --geometry llama3-8b --workload "$1" --context-tokens "$2" --steps "$3" \
@@ -45,6 +49,7 @@ gpu_idle() {  # waits (up to 60 s) until the previous run's process has released
 run() {  # run NAME TRACE [replay flags...]: one replay --execute cuda, JSON + stderr kept
   local name="$1" trace="$2"
   shift 2
+  [[ -n ${ONLY:-} && ! $name =~ $ONLY ]] && return 0   # ONLY=regex: rerun some runs
   gpu_idle
   local t0=$SECONDS
   # Each run has its own limit (a killed run must not leave the GPU to the next one busy).
@@ -75,7 +80,7 @@ if [[ $part == calibration || $part == all ]]; then
   gen needle 65536 80 2 22 "$TR/check_needle_64k.h5"
   for t in cal_mix_64k check_needle_64k; do
     run "calibration_$t" "$TR/$t.h5" --model-shape llama3-8b --hbm-pool-gb "$POOL" --mirror bf16 \
-      --policy full --policy random:budget=0.1 --policy "$LSA10" --steps-csv "$OUT/steps_$t.csv"
+      --policy full --policy random:budget=0.1 --policy "lsa:indexer=$IDX,budget=0.2,window=2048,sinks=64" --steps-csv "$OUT/steps_$t.csv"
   done
   "$KVLAB" calibrate --steps "$OUT/steps_cal_mix_64k.csv" --check "$OUT/steps_check_needle_64k.csv" --json \
     >"$OUT/calibration_fit.json" 2>"$OUT/calibration_fit.err"
@@ -90,7 +95,7 @@ if [[ $part == capacity || $part == all ]]; then
   run cap128k_full_n8 "$TR/cap_mix_128k.h5" "${common[@]}" --mirror none --batch 8 --policy full  # past the wall
   run cap128k_lsa_n7_fp8 "$TR/cap_mix_128k.h5" "${common[@]}" --mirror fp8 --batch 7 --policy "$LSA10"
   run cap128k_lsa_n7_bf16 "$TR/cap_mix_128k.h5" "${common[@]}" --mirror bf16 --batch 7 --policy "$LSA10"  # host wall
-  run cap128k_lsa_n21_int4 "$TR/cap_mix_128k.h5" "${common[@]}" --mirror int4:64 --batch 21 --policy "$LSA10"
+  run cap128k_lsa_n21_int4 "$TR/cap_mix_128k.h5" --model-shape llama3-8b --hbm-pool-gb "$POOL_LSA" --mirror int4:64 --batch 21 --policy "$LSA10"
   run cap128k_sw_n64 "$TR/cap_mix_128k.h5" "${common[@]}" --mirror none --batch 64 --policy "$SW"
 fi
 
@@ -99,8 +104,8 @@ if [[ $part == long || $part == all ]]; then
   gen mix 1048576 80 1 42 "$TR/cap_mix_1m.h5"
   common=(--model-shape llama3-8b --hbm-pool-gb "$POOL")
   run cap512k_full_n1 "$TR/cap_mix_512k.h5" "${common[@]}" --mirror none --batch 1 --policy full
-  run cap512k_lsa_n4_int4 "$TR/cap_mix_512k.h5" "${common[@]}" --mirror int4:64 --batch 4 --policy "$LSA5"
-  run cap512k_sw_n64 "$TR/cap_mix_512k.h5" "${common[@]}" --mirror none --batch 64 --policy "$SW"
+  run cap512k_lsa_n4_int4 "$TR/cap_mix_512k.h5" --model-shape llama3-8b --hbm-pool-gb "$POOL_LSA" --mirror int4:64 --batch 4 --policy "$LSA5"
+  run cap512k_sw_n48 "$TR/cap_mix_512k.h5" "${common[@]}" --mirror none --batch 48 --policy "$SW"
   run cap1m_full_n1 "$TR/cap_mix_1m.h5" "${common[@]}" --mirror none --batch 1 --policy full  # cannot fit
   run cap1m_lsa_n1_int4 "$TR/cap_mix_1m.h5" "${common[@]}" --mirror int4:64 --batch 1 --policy "$LSA5"
 fi

@@ -32,6 +32,7 @@ std::string make_trace(const test::TempDir& dir, Workload workload, int heads_st
   c.requests = 2;
   c.seed = 9;
   c.heads_stored = heads_stored;
+  c.qk_dim = 64;  // quest's query/key vectors
   const std::string path = dir.file("exec_" + std::to_string(heads_stored) + ".h5");
   generate_trace(c, path);
   return path;
@@ -39,9 +40,10 @@ std::string make_trace(const test::TempDir& dir, Workload workload, int heads_st
 
 std::vector<ResolvedPolicy> policies() {
   std::vector<ResolvedPolicy> p;
-  // lsa_oracle with a short tau refreshes within the trace's 24 steps, so chunks really move
-  // (random and the others keep one set on these traces and fetch nothing).
-  for (const char* spec : {"full", "sliding_window:window=1024,sinks=64", "lsa_oracle:budget=0.3,window=256,tau=8"}) {
+  // quest re-selects chunks at every step from host (mode=host), so chunks really move
+  // (random and the eviction policies keep one set on these traces and fetch nothing; the
+  // oracles, which would, are refused by a closed-loop backend).
+  for (const char* spec : {"full", "sliding_window:window=1024,sinks=64", "quest:budget=0.2"}) {
     p.push_back(PolicyRegistry::instance().resolve(spec));
   }
   return p;
@@ -97,7 +99,7 @@ TEST_P(ExecSanitize, ModelledArrivalReproducesReplayAndPagesMatchTheLedger) {
     EXPECT_GT(r.timing.attended_bytes, 0);
     fetched += r.timing.fetch_bytes;
   }
-  EXPECT_GT(fetched, 0);  // lsa_oracle refetches at every refresh: real copies happened
+  EXPECT_GT(fetched, 0);  // quest fetches every step: real copies happened
 }
 
 TEST_P(ExecSanitize, MeasuredArrivalRunsAndReportsLandings) {
