@@ -17,6 +17,7 @@ std::vector<FlagSpec> live_model_flags() {
            "keys"},
           {"rope-scaling", "SPEC", "none, linear:FACTOR or ntk:FACTOR; needed past the trained context", "none"},
           {"prefill-block", "N", "prompt tokens per prefill block", "256"},
+          {"prefill-window", "W", "prefill observation of the last W prompt positions (snapkv family); 0 = none", "32"},
           {"threads", "N", "decoder threads; 0 = all cores", "0"}};
 }
 
@@ -50,10 +51,19 @@ DecoderOptions live_decoder_options(const Args& args) {
   const int64_t block = args.get_int("prefill-block");
   if (block < 1 || block > 65536) throw UsageError("--prefill-block must be between 1 and 65536");
   o.prefill_block = static_cast<int>(block);
+  const int64_t window = args.get_int("prefill-window");
+  if (window < 0 || window > 1 << 20) throw UsageError("--prefill-window must be between 0 and 1048576");
+  o.prefill_window = static_cast<int>(window);
   const int64_t threads = args.get_int("threads");
   if (threads < 0 || threads > 4096) throw UsageError("--threads must be between 0 and 4096");
   o.threads = static_cast<int>(threads);
   return o;
+}
+
+bool live_stop_at_eos(const Args& args) {
+  const std::string stop = args.get("stop");
+  if (stop != "limit" && stop != "eos") throw UsageError("--stop must be limit or eos, got '" + stop + "'");
+  return stop == "eos";
 }
 
 LiveModel live_load_model(const Args& args) {

@@ -13,7 +13,7 @@
 namespace kvlab::cli {
 
 /// --model, --chunk-tokens, --feature-layer, --chunk-features, --rope-scaling, --prefill-block,
-/// --threads.
+/// --prefill-window, --threads.
 std::vector<FlagSpec> live_model_flags();
 
 /// Decoder options from those flags (UsageError naming the flag).
@@ -26,6 +26,9 @@ struct TaskSetFlags {
   int64_t seed;
 };
 TaskSetFlags live_task_set(const Args& args);
+
+/// --stop limit|eos of run and record: true when a request ends at its first stop token.
+bool live_stop_at_eos(const Args& args);
 
 /// Loads --model (default: scripts/fetch-model.sh's file).
 LiveModel live_load_model(const Args& args);

@@ -20,8 +20,11 @@ CommandSpec record_spec() {
       "Runs the model with full attention over K samples of a task and writes a trace (format\n"
       "v1): per decode step the attention mass per chunk of every layer (per KV head, or the mean\n"
       "over a layer's KV heads), the query features (the feature layer's input hidden state of the\n"
-      "latest processed token) and, per request, the chunk features. Requests run a fixed number\n"
-      "of steps, past EOS if the model stops early, so every request has --steps steps.",
+      "latest processed token) and, per request, the chunk features and the prefill observation\n"
+      "(--prefill-window); with --qk-vectors on also each step's query vectors and every chunk's\n"
+      "key bounds and representative key (quest, infllm). --stop limit (the default) runs every\n"
+      "request --steps steps, past EOS; --stop eos ends it at its first stop token, where kvlab\n"
+      "run ends it (record --steps N matches run --max-tokens N+1).",
       {{"task", "NAME", "task (niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe)",
         "niah_single"},
        {"context-tokens", "N", "prompt length target in tokens (template included)", "4096"},
@@ -32,6 +35,8 @@ CommandSpec record_spec() {
         "aggregated"},
        {"mass-dtype", "f16|f32", "stored width of the mass values", "f16"},
        {"storage", "auto|dense|sparse", "mass layout in the file", "auto"},
+       {"stop", "limit|eos", "limit: every request runs --steps steps; eos: a request also ends at a stop token", "limit"},
+       {"qk-vectors", "on|off", "write query vectors and per-chunk key min/max/representative (large)", "off"},
        {"out", "FILE", "trace file to write (atomically)", "", false, true}},
       {},
       "example:\n"
@@ -71,6 +76,8 @@ int run_record(const Argv& argv) {
   } else {
     throw UsageError("--storage must be auto, dense or sparse");
   }
+  record.query_keys = parse_on_off(args.get("qk-vectors"), "--qk-vectors");
+  const bool stop_at_eos = live_stop_at_eos(args);
   const std::string task = args.get("task");
 
   const LiveModel model = live_load_model(args);
@@ -78,7 +85,7 @@ int run_record(const Argv& argv) {
   std::vector<LiveRequest> requests = task_requests(*model.tokenizer, task, context, static_cast<int>(samples),
                                                     static_cast<uint64_t>(seed), steps);
   LiveOptions options;
-  options.stop_at_eos = false;
+  options.stop_at_eos = stop_at_eos;
   options.reference_mass = false;  // every chunk is resident: the observed mass is full attention
   LiveBackend backend(cpu_decoder_factory(model.weights, decoder), model.stop_tokens, std::move(requests), options);
 
@@ -88,7 +95,9 @@ int run_record(const Argv& argv) {
   const RecordSummary s = record_trace(backend, out, record);
   bar.finish();
   std::cout << std::fixed << "wrote " << out << ": " << s.requests << " request(s), " << s.steps
-            << " steps, " << s.prompt_tokens << " prompt tokens; prefill " << std::setprecision(1)
+            << " steps, " << s.prompt_tokens << " prompt tokens";
+  if (s.skipped > 0) std::cout << " (" << s.skipped << " request(s) stopped before a step: left out)";
+  std::cout << "; prefill " << std::setprecision(1)
             << static_cast<double>(s.prompt_tokens) / std::max(s.prefill_seconds, 1e-9) << " tok/s, decode "
             << static_cast<double>(s.steps) / std::max(s.decode_seconds, 1e-9) << " tok/s\n";
   return 0;

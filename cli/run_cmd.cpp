@@ -43,7 +43,10 @@ CommandSpec run_spec() {
       "scored like RULER), footprint and recall (against full attention of the same step), and\n"
       "agreement with full attention measured teacher-forced: the mean KL(full || policy) of the\n"
       "next-token distribution and the fraction of steps whose greedy token equals full's.\n"
-      "Oracle policies cannot run live: they are refused before the model loads.",
+      "Oracle policies cannot run live: they are refused before the model loads. --stop eos (the\n"
+      "default) ends a request at its first stop token; --stop limit runs all --max-tokens, as\n"
+      "kvlab record does (run --max-tokens N+1 covers the steps of record --steps N), and scores\n"
+      "the answer up to the first stop token.",
       {{"task", "NAME", "task (niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe)",
         "niah_single"},
        {"context-tokens", "N", "prompt length target in tokens (template included)", "4096"},
@@ -52,6 +55,7 @@ CommandSpec run_spec() {
        {"policy", "SPEC", "policy spec name[:key=value,...] (see kvlab policies)", "", true, true},
        {"plugin", "LIB", "load a shared library that registers policies", "", true},
        {"max-tokens", "N", "tokens generated at most per request (stops at EOS)", "16"},
+       {"stop", "eos|limit", "eos: a request ends at its first stop token; limit: it runs all --max-tokens", "eos"},
        {"arrival", "modelled|measured", "fetch arrival: the ledger's timing model, or what the backend reports", "modelled"},
        {"agreement", "on|off", "measure agreement with full attention (a teacher-forced pass per policy)", "on"},
        {"critical-mass", "P", "mass threshold p of the critical set, 0 < p <= 1", "0.9"},
@@ -111,11 +115,10 @@ Pass run_pass(LiveBackend& backend, int64_t i, const std::vector<ResolvedPolicy>
   return pass;
 }
 
+/// The answer: the tokens before the first stop token (with --stop limit, generation goes on).
 std::string generated_text(const LiveModel& model, std::vector<int32_t> tokens) {
-  if (!tokens.empty() && std::find(model.stop_tokens.begin(), model.stop_tokens.end(), tokens.back()) !=
-                             model.stop_tokens.end()) {
-    tokens.pop_back();
-  }
+  const auto stop = std::find_first_of(tokens.begin(), tokens.end(), model.stop_tokens.begin(), model.stop_tokens.end());
+  tokens.erase(stop, tokens.end());
   return model.tokenizer->decode(tokens, /*skip_special=*/true);
 }
 
@@ -133,6 +136,7 @@ int run_run(const Argv& argv) {
   const int64_t max_tokens = args.get_int("max-tokens");
   if (max_tokens < 1 || max_tokens > 4096) throw UsageError("--max-tokens must be between 1 and 4096");
   const bool agreement = parse_on_off(args.get("agreement"), "--agreement");
+  const bool stop_at_eos = live_stop_at_eos(args);
   EngineOptions engine;
   engine.threads = 1;  // the decoder uses every core itself
   engine.critical_mass = args.get_double("critical-mass");
@@ -184,6 +188,7 @@ int run_run(const Argv& argv) {
                                                     max_tokens - 1, &task_samples);
   LiveOptions options;
   options.keep_log_probs = agreement;
+  options.stop_at_eos = stop_at_eos;
   options.arrival = arrival == "measured" ? ArrivalMode::Measured : ArrivalMode::Modelled;
   LiveBackend backend(cpu_decoder_factory(model.weights, decoder), model.stop_tokens, std::move(requests), options);
 

@@ -15,6 +15,9 @@ void copy_out(const StepResult& r, DecodeOutput& out) {
   out.summary_mass.assign(r.summary_mass.data(), r.summary_mass.data() + r.summary_mass.size());
   out.full_mass.assign(r.full_mass.data(), r.full_mass.data() + r.full_mass.size());
   out.query_features.assign(r.query_features.data(), r.query_features.data() + r.query_features.size());
+  out.query_vectors.assign(r.query_vectors.data(), r.query_vectors.data() + r.query_vectors.size());
+  out.prefill_mass.assign(r.prefill_mass.data(), r.prefill_mass.data() + r.prefill_mass.size());
+  out.prefill_window = r.prefill_window;
 }
 
 }  // namespace
@@ -34,6 +37,7 @@ DecoderShape CpuDecoder::shape() const {
   s.vocab = c.vocab;
   s.chunk_tokens = decoder_.options().chunk_tokens;
   s.chunk_feature_size = decoder_.chunk_feature_size();
+  s.qk_dim = c.head_dim;
   return s;
 }
 
@@ -50,6 +54,16 @@ void CpuDecoder::chunk_features(int64_t chunk, std::span<float> out) const {
                      std::to_string(out.size()));
   }
   std::copy(f.data(), f.data() + f.size(), out.begin());
+}
+
+void CpuDecoder::chunk_keys(int64_t chunk, std::span<float> key_min, std::span<float> key_max,
+                            std::span<float> key_repr) const {
+  const LlamaConfig& c = decoder_.config();
+  const auto want = static_cast<size_t>(c.n_layers) * c.n_kv_heads * c.head_dim;
+  if (key_min.size() != want || key_max.size() != want || key_repr.size() != want) {
+    throw UsageError("cpu decoder: chunk_keys wants " + std::to_string(want) + " floats per summary");
+  }
+  decoder_.chunk_keys(chunk, key_min.data(), key_max.data(), key_repr.data());
 }
 
 std::unique_ptr<Decoder> CpuDecoder::fork() const { return std::make_unique<CpuDecoder>(*this); }

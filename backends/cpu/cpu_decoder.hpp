@@ -20,6 +20,8 @@ class CpuDecoder final : public Decoder {
   void prefill(std::span<const int32_t> tokens, DecodeOutput& out) override;
   void step(int32_t token, const StepRequest& request, DecodeOutput& out) override;
   void chunk_features(int64_t chunk, std::span<float> out) const override;
+  void chunk_keys(int64_t chunk, std::span<float> key_min, std::span<float> key_max,
+                  std::span<float> key_repr) const override;
   /// A copy whose KV cache shares this one's complete chunks (PagedKvCache copies).
   [[nodiscard]] std::unique_ptr<Decoder> fork() const override;
 

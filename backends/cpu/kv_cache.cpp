@@ -50,6 +50,7 @@ std::shared_ptr<PagedKvCache::Chunk> PagedKvCache::new_chunk() const {
   chunk->v = std::make_unique<float[]>(n);
   chunk->k_sum.assign(static_cast<size_t>(shape_.n_kv_heads) * shape_.head_dim, 0.0F);
   chunk->v_sum.assign(chunk->k_sum.size(), 0.0F);
+  chunk->repr_score.assign(static_cast<size_t>(shape_.n_kv_heads) * shape_.chunk_tokens, 0.0F);
   return chunk;
 }
 
@@ -60,6 +61,7 @@ std::shared_ptr<PagedKvCache::Chunk> PagedKvCache::clone(const Chunk& src) const
   std::copy(src.v.get(), src.v.get() + n, c->v.get());
   c->k_sum = src.k_sum;
   c->v_sum = src.v_sum;
+  c->repr_score = src.repr_score;
   c->count = src.count;
   return c;
 }
@@ -87,6 +89,23 @@ void PagedKvCache::append(int layer, const float* k, const float* v) {
   }
   ++chunk.count;
   ++tokens_[layer];
+}
+
+void PagedKvCache::score_representatives(int layer, int64_t position, const float* query) {
+  const int ct = shape_.chunk_tokens;
+  const int hd = shape_.head_dim;
+  Chunk& chunk = *layers_[layer][static_cast<size_t>(position / ct)];
+  const int own = static_cast<int>(position % ct);
+  for (int h = 0; h < shape_.n_kv_heads; ++h) {
+    const float* q = query + static_cast<size_t>(h) * hd;
+    const float* keys = chunk.k.get() + head_offset(h);
+    float* score = chunk.repr_score.data() + static_cast<size_t>(h) * ct;
+    for (int i = 0; i < own; ++i) {
+      float dot = 0.0F;
+      for (int d = 0; d < hd; ++d) dot += q[d] * keys[static_cast<size_t>(i) * hd + d];
+      score[i] += dot;
+    }
+  }
 }
 
 int64_t PagedKvCache::bytes() const {

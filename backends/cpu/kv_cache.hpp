@@ -73,6 +73,17 @@ class PagedKvCache {
     return layers_[layer][chunk]->v_sum.data() + static_cast<size_t>(head) * shape_.head_dim;
   }
 
+  /// Representative scores of one KV head's tokens in one chunk: [chunk_tokens], entry i the
+  /// sum over the chunk's later tokens of their query · key i (InfLLM's representative score,
+  /// restricted to the chunk so that it is final once the chunk is complete).
+  [[nodiscard]] const float* representative_scores(int layer, int64_t chunk, int head) const {
+    return layers_[layer][chunk]->repr_score.data() + static_cast<size_t>(head) * shape_.chunk_tokens;
+  }
+  /// Adds the query of the token at `position` (n_kv_heads × head_dim, one vector per KV head)
+  /// to the representative scores of the earlier tokens of its chunk in `layer`. Call once per
+  /// (layer, token), after the token is appended and before the cache is copied.
+  void score_representatives(int layer, int64_t position, const float* query);
+
   /// Bytes held by key/value storage (float32), for reporting (shared chunks counted in full).
   [[nodiscard]] int64_t bytes() const;
   /// True when chunk `chunk` of `layer` is the same storage in both caches (for tests).
@@ -89,6 +100,7 @@ class PagedKvCache {
     std::unique_ptr<float[]> v;
     std::vector<float> k_sum;    // [n_kv_heads × head_dim]
     std::vector<float> v_sum;
+    std::vector<float> repr_score;  // [n_kv_heads × chunk_tokens]
     int count = 0;
   };
 

@@ -283,6 +283,19 @@ void LlamaDecoder::add_hidden_feature(const float* hidden_row, int64_t position)
   VecMap(hidden_sums_[chunk].data(), config().hidden) += ConstVecMap(hidden_row, config().hidden);
 }
 
+void LlamaDecoder::group_mean(const float* q, float* out) const {
+  const LlamaConfig& c = config();
+  const int hd = c.head_dim;
+  const int group = c.n_heads / c.n_kv_heads;
+  const auto inv = 1.0F / static_cast<float>(group);
+  for (int g = 0; g < c.n_kv_heads; ++g) {
+    VecMap m(out + static_cast<ptrdiff_t>(g) * hd, hd);
+    m.setZero();
+    for (int j = 0; j < group; ++j) m += ConstVecMap(q + static_cast<ptrdiff_t>(g * group + j) * hd, hd);
+    m *= inv;
+  }
+}
+
 int64_t LlamaDecoder::n_complete_chunks() const { return n_tokens() / options_.chunk_tokens; }
 
 int LlamaDecoder::chunk_feature_size() const {
@@ -310,6 +323,38 @@ Eigen::VectorXf LlamaDecoder::chunk_features(int64_t chunk) const {
   return f;
 }
 
+void LlamaDecoder::chunk_keys(int64_t chunk, float* key_min, float* key_max, float* key_repr) const {
+  if (chunk < 0 || chunk >= n_complete_chunks()) {
+    throw InputError("cpu decoder: chunk_keys: chunk " + std::to_string(chunk) +
+                     " is not complete (complete chunks: " + std::to_string(n_complete_chunks()) + ")");
+  }
+  const LlamaConfig& c = config();
+  const int hd = c.head_dim;
+  const int ct = options_.chunk_tokens;
+  // The last token has no later query in its chunk: it is a candidate only when the chunk is
+  // too small to leave kRepresentativeTokens others.
+  const int candidates = ct - 1 >= kRepresentativeTokens ? ct - 1 : ct;
+  const int chosen = std::min(kRepresentativeTokens, candidates);
+  std::vector<int> order(static_cast<size_t>(candidates));
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (int g = 0; g < c.n_kv_heads; ++g) {
+      const size_t row = (static_cast<size_t>(l) * c.n_kv_heads + g) * hd;
+      const ConstRowMap keys(cache_.keys(l, chunk, g), ct, hd);
+      VecMap(key_min + row, hd) = keys.colwise().minCoeff().transpose();
+      VecMap(key_max + row, hd) = keys.colwise().maxCoeff().transpose();
+      // Token i is scored by its ct − 1 − i later queries: rank by their mean.
+      const float* score = cache_.representative_scores(l, chunk, g);
+      auto mean_score = [&](int i) { return i + 1 < ct ? score[i] / static_cast<float>(ct - 1 - i) : 0.0F; };
+      for (int i = 0; i < candidates; ++i) order[static_cast<size_t>(i)] = i;
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return mean_score(a) > mean_score(b); });
+      VecMap repr(key_repr + row, hd);
+      repr.setZero();
+      for (int j = 0; j < chosen; ++j) repr += keys.row(order[static_cast<size_t>(j)]).transpose();
+      repr /= static_cast<float>(chosen);
+    }
+  }
+}
+
 Eigen::VectorXf LlamaDecoder::logits_of(const float* residual_row) const {
   const LlamaWeights& w = *weights_;
   Eigen::VectorXf normed(config().hidden);
@@ -333,6 +378,11 @@ StepResult LlamaDecoder::prefill(std::span<const int32_t> tokens, RowMatrix* all
   out.chunk_mass = RowMatrix::Zero(static_cast<Eigen::Index>(c.n_layers) * c.n_kv_heads, final_chunks);
   out.summary_mass = Eigen::VectorXf::Zero(out.chunk_mass.rows());
   const auto n = static_cast<int64_t>(tokens.size());
+  out.query_vectors.resize(out.chunk_mass.rows(), c.head_dim);
+  if (options_.prefill_window > 0) {
+    out.prefill_window = std::min<int64_t>(options_.prefill_window, n);
+    out.prefill_mass = RowMatrix::Zero(out.chunk_mass.rows(), final_chunks);
+  }
   if (all_logits != nullptr) all_logits->resize(n, c.vocab);
   for (int64_t b = 0; b < n; b += options_.prefill_block) {
     const int64_t len = std::min<int64_t>(options_.prefill_block, n - b);
@@ -364,8 +414,9 @@ void LlamaDecoder::prefill_block(const int32_t* tokens, int64_t n, bool last_blo
     rope_rows(q.data(), n, q.cols(), c.n_heads, p0);
     rope_rows(k.data(), n, k.cols(), c.n_kv_heads, p0);
     for (int64_t t = 0; t < n; ++t) cache_.append(l, k.row(t).data(), v.row(t).data());
+    prefill_representatives(l, q, p0, last_block ? &out : nullptr);
     attn.resize(n, q_dim);
-    prefill_attention(l, q, p0, attn, last_block ? &out : nullptr);
+    prefill_attention(l, q, p0, attn, last_block ? &out : nullptr, out);
     x.noalias() += attn * lw.wo.transpose();
 
     rms_norm_rows(x, lw.ffn_norm, c.rms_eps, h, threads_);
@@ -381,8 +432,34 @@ void LlamaDecoder::prefill_block(const int32_t* tokens, int64_t n, bool last_blo
   }
 }
 
+void LlamaDecoder::prefill_representatives(int layer, const RowMatrix& q, int64_t first_position,
+                                           StepResult* last) {
+  const LlamaConfig& c = config();
+  const int ct = options_.chunk_tokens;
+  const int64_t n = q.rows();
+  const int64_t first_chunk = first_position / ct;
+  const int64_t last_chunk = (first_position + n - 1) / ct;
+  // Tokens of one chunk score each other, so chunks are the unit of parallel work.
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n * ct * c.n_kv_heads * c.head_dim > (1 << 16))
+  for (int64_t chunk = first_chunk; chunk <= last_chunk; ++chunk) {
+    std::vector<float> mean(static_cast<size_t>(c.n_kv_heads) * c.head_dim);
+    const int64_t t0 = std::max(chunk * ct, first_position) - first_position;
+    const int64_t t1 = std::min((chunk + 1) * ct, first_position + n) - first_position;
+    for (int64_t t = t0; t < t1; ++t) {
+      group_mean(q.row(t).data(), mean.data());
+      cache_.score_representatives(layer, first_position + t, mean.data());
+      if (last != nullptr && t == n - 1) {
+        for (int g = 0; g < c.n_kv_heads; ++g) {
+          last->query_vectors.row(static_cast<Eigen::Index>(layer) * c.n_kv_heads + g) =
+              ConstVecMap(mean.data() + static_cast<ptrdiff_t>(g) * c.head_dim, c.head_dim).transpose();
+        }
+      }
+    }
+  }
+}
+
 void LlamaDecoder::prefill_attention(int layer, const RowMatrix& q, int64_t first_position,
-                                     RowMatrix& attn_out, StepResult* last_mass) {
+                                     RowMatrix& attn_out, StepResult* last_mass, StepResult& window_out) {
   const LlamaConfig& c = config();
   const int hd = c.head_dim;
   const int ct = options_.chunk_tokens;
@@ -415,6 +492,9 @@ void LlamaDecoder::prefill_attention(int layer, const RowMatrix& q, int64_t firs
   // The last query row's probabilities per query head, for the mass report.
   RowMatrix last_probs;
   if (last_mass != nullptr) last_probs.resize(c.n_heads, total);
+  // The prefill observation: positions from window_first on, each weighing 1/window.
+  const int64_t window = window_out.prefill_window;
+  const int64_t window_first = window_out.position + 1 - window;
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_) if (n * total * hd > (1 << 16))
   for (int64_t task = 0; task < n_tasks; ++task) {
@@ -439,6 +519,19 @@ void LlamaDecoder::prefill_attention(int layer, const RowMatrix& q, int64_t firs
     attn_out.block(r0, static_cast<Eigen::Index>(head) * hd, rows, hd).noalias() =
         s * values[static_cast<size_t>(g)].topRows(kmax);
     if (last_mass != nullptr && r0 + rows == n) last_probs.row(head) = s.row(rows - 1);
+    if (window > 0 && first_position + r0 + rows > window_first) {
+      Eigen::VectorXf sum = Eigen::VectorXf::Zero(kmax);
+      for (int64_t i = std::max<int64_t>(0, window_first - first_position - r0); i < rows; ++i) {
+        sum += s.row(i).transpose();
+      }
+      const auto weight = 1.0F / static_cast<float>(group * window);
+      const Eigen::Index row = static_cast<Eigen::Index>(layer) * c.n_kv_heads + g;
+#pragma omp critical(kvlab_prefill_window)
+      for (int64_t ch = 0; ch * ct < kmax; ++ch) {
+        const int64_t cnt = std::min<int64_t>(ct, kmax - ch * ct);
+        window_out.prefill_mass(row, ch) += sum.segment(ch * ct, cnt).sum() * weight;
+      }
+    }
   }
 
   if (last_mass != nullptr) {
@@ -484,6 +577,8 @@ StepResult LlamaDecoder::step(int32_t token, const StepRequest& request) {
   if (request.full_reference_mass) {
     out.full_mass = RowMatrix::Zero(static_cast<Eigen::Index>(n_rows), n_chunks);
   }
+  out.query_vectors.resize(static_cast<Eigen::Index>(n_rows), c.head_dim);
+  std::vector<float> mean(static_cast<size_t>(kv_dim));
 
   Eigen::VectorXf x = w.token_embd.row(token).transpose();
   Eigen::VectorXf h(c.hidden), q(q_dim), k(kv_dim), v(kv_dim), attn(q_dim),
@@ -499,6 +594,12 @@ StepResult LlamaDecoder::step(int32_t token, const StepRequest& request) {
     rope_rows(q.data(), 1, q.size(), c.n_heads, pos);
     rope_rows(k.data(), 1, k.size(), c.n_kv_heads, pos);
     cache_.append(l, k.data(), v.data());
+    group_mean(q.data(), mean.data());
+    cache_.score_representatives(l, pos, mean.data());
+    for (int g = 0; g < c.n_kv_heads; ++g) {
+      out.query_vectors.row(static_cast<Eigen::Index>(l) * c.n_kv_heads + g) =
+          ConstVecMap(mean.data() + static_cast<ptrdiff_t>(g) * c.head_dim, c.head_dim).transpose();
+    }
     decode_attention(l, q.data(), request, attn.data(), out);
     matvec(lw.wo, attn.data(), delta.data(), threads_);
     x += delta;

@@ -45,6 +45,11 @@ struct StepResult {
   Eigen::VectorXf summary_mass;    // [rows]: mass on summary entries (0 when disabled)
   RowMatrix full_mass;            // empty unless full_reference_mass was requested
   Eigen::VectorXf query_features;  // [hidden]: residual stream entering the feature layer
+  RowMatrix query_vectors;         // [rows × head_dim]: post-RoPE query, mean over the KV head's group
+  /// Prefill with DecoderOptions::prefill_window > 0 only: [rows × n_chunks], the attention of
+  /// the last prefill_window positions averaged over them (live decoder interface's definition).
+  RowMatrix prefill_mass;
+  int64_t prefill_window = 0;
 };
 
 class LlamaDecoder {
@@ -80,6 +85,9 @@ class LlamaDecoder {
   /// chunk that does not exist or is still partial.
   [[nodiscard]] Eigen::VectorXf chunk_features(int64_t chunk) const;
   [[nodiscard]] int chunk_feature_size() const;
+  /// Key summaries of a complete chunk, each [rows × head_dim] (Decoder::chunk_keys). Throws
+  /// InputError for a chunk that does not exist or is still partial.
+  void chunk_keys(int64_t chunk, float* key_min, float* key_max, float* key_repr) const;
 
   /// Empties the cache and feature sums.
   void reset();
@@ -90,13 +98,16 @@ class LlamaDecoder {
   void rope_rows(float* rows, int64_t n_rows, int64_t row_stride, int n_heads_in_row,
                  int64_t first_position) const;
   void add_hidden_feature(const float* hidden_row, int64_t position);
+  /// One token's query heads (n_heads × head_dim) → one mean per KV head (n_kv_heads × head_dim).
+  void group_mean(const float* q, float* out) const;
   Eigen::VectorXf logits_of(const float* residual_row) const;
 
   // Prefill pieces.
   void prefill_block(const int32_t* tokens, int64_t n, bool last_block, StepResult& out,
                      RowMatrix* all_logits, int64_t logits_row);
   void prefill_attention(int layer, const RowMatrix& q, int64_t first_position,
-                         RowMatrix& attn_out, StepResult* last_mass);
+                         RowMatrix& attn_out, StepResult* last_mass, StepResult& window_out);
+  void prefill_representatives(int layer, const RowMatrix& q, int64_t first_position, StepResult* last);
 
   // Decode pieces.
   void decode_attention(int layer, const float* q, const StepRequest& request, float* attn_out,

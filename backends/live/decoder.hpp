@@ -12,6 +12,7 @@
 //                                 KV chunks (they are never written again) and owns the rest
 //   loop: e->step(token, request, out)   one token; attention over request.residency
 //                                 (+ summary entries)
+//   d->chunk_keys(c, ...)         per-row key summaries of complete chunk c (Quest, InfLLM)
 // A decoder is used by one thread at a time; fork() of a decoder nobody steps is thread-safe.
 //
 // Rows of every per-step report are (layer, kv_head) pairs, row = layer·n_kv_heads + kv_head.
@@ -52,6 +53,9 @@ struct DecoderOptions {
   RopeScaling rope_scaling;
   /// Threads for the decoder's parallel regions; 0 keeps the default (all cores).
   int threads = 0;
+  /// Prefill observation (SnapKV's window): the prefill also reports the attention of the last
+  /// `prefill_window` prompt positions over the prompt's chunks, averaged over them. 0 = none.
+  int prefill_window = 0;
 };
 
 /// One row's resident chunks as a bitmap: bit c of bits[c / 64] set ⇔ chunk c resident.
@@ -105,6 +109,9 @@ struct DecoderShape {
   int vocab = 0;
   int chunk_tokens = 0;
   int chunk_feature_size = 0;
+  /// Per-row width of query vectors and key summaries (DecodeOutput::query_vectors,
+  /// Decoder::chunk_keys): head_dim, or 0 when the decoder does not report them.
+  int qk_dim = 0;
   [[nodiscard]] int rows() const { return n_layers * n_kv_heads; }
 };
 
@@ -118,6 +125,15 @@ struct DecodeOutput {
   std::vector<float> summary_mass;   // [rows]: mass on summary entries (0 when disabled)
   std::vector<float> full_mass;      // [rows × n_chunks], empty unless full_reference_mass
   std::vector<float> query_features;  // [hidden]: residual stream entering the feature layer
+  /// [rows × qk_dim]: per (layer, KV head) the post-RoPE query of the token just processed,
+  /// the mean over the query heads of the KV head's group (empty when qk_dim is 0).
+  std::vector<float> query_vectors;
+  /// [rows × n_chunks], prefill only and only with DecoderOptions::prefill_window > 0: per row
+  /// the attention of the last min(prefill_window, prompt) positions, summed per chunk over a
+  /// chunk's tokens and the group's query heads, divided by the group size and averaged over
+  /// the window's positions (each row sums to 1).
+  std::vector<float> prefill_mass;
+  int64_t prefill_window = 0;  // the window prefill_mass averages (0 = none)
   [[nodiscard]] std::span<const float> chunk_mass_row(int r) const {
     return std::span<const float>(chunk_mass).subspan(static_cast<size_t>(r * n_chunks), static_cast<size_t>(n_chunks));
   }
@@ -146,9 +162,19 @@ class Decoder {
   virtual void step(int32_t token, const StepRequest& request, DecodeOutput& out) = 0;
   /// The feature vector of complete chunk `chunk` into `out` (chunk_feature_size floats).
   virtual void chunk_features(int64_t chunk, std::span<float> out) const = 0;
+  /// Key summaries of complete chunk `chunk`, each [rows × qk_dim] (shape().qk_dim > 0):
+  /// per (layer, KV head) the channel-wise minimum and maximum of the chunk's post-RoPE keys
+  /// (Quest's page bounds) and the mean key of its representative tokens (InfLLM's unit
+  /// representation: the kRepresentativeTokens tokens whose keys the later queries of the
+  /// same chunk scored highest, on average). A decoder without them keeps qk_dim 0.
+  virtual void chunk_keys(int64_t chunk, std::span<float> key_min, std::span<float> key_max,
+                          std::span<float> key_repr) const {}
   /// A decoder that continues from this one's state, sharing its complete KV chunks.
   [[nodiscard]] virtual std::unique_ptr<Decoder> fork() const = 0;
 };
+
+/// Representative tokens per chunk behind Decoder::chunk_keys' key_repr (InfLLM's r_k = 4).
+inline constexpr int kRepresentativeTokens = 4;
 
 /// Makes an empty decoder (one per request's prefill).
 using DecoderFactory = std::function<std::unique_ptr<Decoder>()>;

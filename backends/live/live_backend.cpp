@@ -102,6 +102,17 @@ class LiveSession final : public RequestSession {
     decoder_ = prefill.decoder->fork();  // shares the prompt's chunks
     out_.prefill_seconds = prefill.seconds;
     query_ = prefill.result.query_features;
+    query_vectors_ = prefill.result.query_vectors;
+    if (prefill.result.prefill_window > 0) {
+      const RowLayout layout = backend_.rows();
+      prefill_window_ = prefill.result.prefill_window;
+      prefill_observation_.reset_dense(layout, prefill.result.n_chunks);
+      for (int r = 0; r < layout.rows(); ++r) {
+        std::span<float> row = prefill_observation_.dense_row(r);
+        std::copy_n(prefill.result.prefill_mass.begin() + static_cast<ptrdiff_t>(r) * prefill.result.n_chunks,
+                    prefill.result.n_chunks, row.begin());
+      }
+    }
     out_.tokens.push_back(forced_.empty() ? choose(prefill.result.logits) : forced_[0]);
   }
 
@@ -137,6 +148,34 @@ class LiveSession final : public RequestSession {
     return FeatureRows{features_.data(), features_rows_, d};
   }
 
+  [[nodiscard]] int64_t qk_dim() const override { return backend_.shape_.qk_dim; }
+  /// The latest processed token's queries, like query(): the current token's depend on the plan.
+  [[nodiscard]] RowVectors query_vectors() const override {
+    if (qk_dim() == 0) return {};
+    return {query_vectors_.data(), 1, backend_.rows().rows(), qk_dim()};
+  }
+  [[nodiscard]] RowVectors chunk_keys(ChunkKeys which) const override {
+    if (qk_dim() == 0) return {};
+    const int64_t complete = decoder_->n_complete_chunks();
+    const int64_t per_chunk = backend_.rows().rows() * qk_dim();
+    if (complete > key_rows_) {
+      for (std::vector<float>* v : {&key_min_, &key_max_, &key_repr_}) v->resize(static_cast<size_t>(complete * per_chunk));
+      for (int64_t c = key_rows_; c < complete; ++c) {
+        const auto at = [&](std::vector<float>& v) {
+          return std::span<float>(v).subspan(static_cast<size_t>(c * per_chunk), static_cast<size_t>(per_chunk));
+        };
+        decoder_->chunk_keys(c, at(key_min_), at(key_max_), at(key_repr_));
+      }
+      key_rows_ = complete;
+    }
+    const std::vector<float>& keys = which == ChunkKeys::Min ? key_min_ : which == ChunkKeys::Max ? key_max_ : key_repr_;
+    return {keys.data(), key_rows_, backend_.rows().rows(), qk_dim()};
+  }
+  [[nodiscard]] const StepMass* prefill_observation() const override {
+    return prefill_window_ > 0 ? &prefill_observation_ : nullptr;
+  }
+  [[nodiscard]] int64_t prefill_window() const override { return prefill_window_; }
+
   [[nodiscard]] bool closed_loop() const override { return true; }
 
   const StepMass* finish(int64_t t, const StepIO& io) override {
@@ -169,6 +208,7 @@ class LiveSession final : public RequestSession {
     if (has_reference_) fill_mass(result_, /*full=*/true, layout, false, reference_);
     if (o.keep_log_probs) out_.log_probs.push_back(log_softmax(result_.logits));
     query_ = result_.query_features;
+    query_vectors_ = result_.query_vectors;
     ++out_.steps;
     const auto next = static_cast<size_t>(t + 1);
     out_.tokens.push_back(!forced_.empty() && next < forced_.size() ? forced_[next] : choose(result_.logits));
@@ -192,11 +232,16 @@ class LiveSession final : public RequestSession {
   int64_t forced_steps_ = 0;
   std::mt19937_64 rng_;
   std::vector<float> query_;
+  std::vector<float> query_vectors_;  // [rows × qk_dim]
+  StepMass prefill_observation_;
+  int64_t prefill_window_ = 0;
   StepMass observed_;
   StepMass reference_;
   bool has_reference_ = false;
   mutable std::vector<float> features_;
   mutable int64_t features_rows_ = 0;
+  mutable std::vector<float> key_min_, key_max_, key_repr_;  // [complete chunks × rows × qk_dim]
+  mutable int64_t key_rows_ = 0;
   LiveOutput out_;
 };
 

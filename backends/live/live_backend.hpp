@@ -24,6 +24,12 @@
 //              feature lags by one token; recorded traces use the same definition.
 //   chunk_features() → per complete chunk, the mean of the feature layer's post-RoPE keys (all
 //              KV heads concatenated) or of its input hidden states (ChunkFeatureSource).
+//   query_vectors() → per (layer, KV head) row the post-RoPE query (mean over the KV head's
+//              query heads) of the same latest processed token as query(), for the same reason.
+//   chunk_keys() → per complete chunk and row its key bounds and representative key
+//              (Decoder::chunk_keys).
+//   prefill_observation() → with DecoderOptions::prefill_window > 0, the attention of the last
+//              prompt positions over the prompt's chunks (DecodeOutput::prefill_mass).
 //
 // Summaries: when the plan's tiers have summary_ratio > 0 (LSA's compressed tier), each group
 // of summary_ratio tokens contributes one extra attention entry whose key/value are the means

@@ -22,64 +22,115 @@ void aggregate_heads(const StepMass& per_head, StepMass& out) {
   }
 }
 
+/// A session's rows as stored: per head, or aggregated per layer.
+StepMass stored_rows(const StepMass& per_head, bool keep_heads) {
+  if (keep_heads) return per_head;
+  StepMass out;
+  aggregate_heads(per_head, out);
+  return out;
+}
+
+void append(std::vector<float>& out, const RowVectors& v) {
+  out.insert(out.end(), v.data, v.data + v.items * v.rows * v.dim);
+}
+
+/// One request as it ran, kept until it ends: its step count is known only then, and the trace
+/// header needs it.
+struct Recording {
+  std::vector<StepMass> mass;
+  std::vector<std::vector<float>> query;
+  std::vector<float> query_vectors;  // [steps × rows × qk_dim]
+};
+
+/// Runs every step the session gives, with every chunk resident (full attention).
+Recording run_full_attention(RequestSession& session, const Geometry& geometry, RowLayout layout,
+                             const RecordOptions& options, int64_t& done, int64_t total) {
+  const RequestInfo& info = session.info();
+  Recording rec;
+  for (int64_t t = 0; t < info.decode_steps && session.begin_step(t); ++t) {
+    const std::span<const float> q = session.query();
+    rec.query.emplace_back(q.begin(), q.end());
+    if (options.query_keys) append(rec.query_vectors, session.query_vectors());
+    Residency all(layout, geometry.chunks_for(info.prompt_tokens + t + 1));
+    all.set_all();
+    StepIO io;
+    io.step = t;
+    io.n_tokens = info.prompt_tokens + t + 1;
+    io.resident = &all;  // all resident, no tiers: this is full attention
+    session.launch(t, io);
+    rec.mass.push_back(stored_rows(*session.finish(t, io), options.per_head));
+    ++done;
+    if (options.progress) options.progress(done, total);
+  }
+  return rec;
+}
+
+/// The complete chunks' rows of `rows_known` rows of `width` floats, zero-padded to `rows`.
+std::vector<float> padded(const float* data, int64_t rows_known, int64_t width, int64_t rows) {
+  std::vector<float> out(static_cast<size_t>(rows * width), 0.0F);
+  std::copy(data, data + std::min(rows, rows_known) * width, out.begin());
+  return out;
+}
+
 }  // namespace
 
 RecordSummary record_trace(LiveBackend& backend, const std::string& path, const RecordOptions& options) {
-  if (backend.options().stop_at_eos) {
-    throw UsageError("record: the live backend must run fixed-length requests (stop_at_eos off)");
-  }
   const Geometry& geometry = backend.geometry();
   const RowLayout layout = backend.rows();
+  if (options.query_keys && backend.shape().qk_dim == 0) {
+    throw InputError("record: the " + backend.describe() + " decoder does not report query and key vectors");
+  }
   auto writer = TraceWriter::create(path, geometry);
   RecordSummary summary;
   int64_t total = 0;
   for (int64_t i = 0; i < backend.requests(); ++i) total += backend.request(i).info.decode_steps;
 
-  StepMass aggregated;
   for (int64_t i = 0; i < backend.requests(); ++i) {
     auto session = backend.open(i);
-    const RequestInfo& info = session->info();
+    const RequestInfo info = session->info();
+    const Recording rec = run_full_attention(*session, geometry, layout, options, summary.steps, total);
+    const auto steps = static_cast<int64_t>(rec.mass.size());
+    if (steps == 0) {
+      ++summary.skipped;
+      total -= info.decode_steps;
+      continue;
+    }
+    total -= info.decode_steps - steps;
     RequestHeader header;
     header.id = info.id;
     header.prompt_tokens = info.prompt_tokens;
-    header.decode_steps = info.decode_steps;
+    header.decode_steps = steps;
     header.workload = info.workload;
     header.seed = info.seed;
     header.heads_stored = options.per_head ? layout.heads_stored : 1;
     header.d_query = session->d_query();
     header.d_key = session->d_key();
+    // Aggregated rows hold their layer's KV heads side by side: the same floats, wider rows.
+    const int64_t qk_dim = options.query_keys ? session->qk_dim() * (options.per_head ? 1 : layout.heads_stored) : 0;
+    header.qk_dim = qk_dim;
+    const StepMass* prefill = session->prefill_observation();
+    header.prefill_window = prefill != nullptr ? session->prefill_window() : 0;
     header.sparse = options.storage == MassStorage::Sparse;
     header.mass_dtype = options.mass_dtype;
     auto request = writer->add_request(header, options.storage);
 
-    for (int64_t t = 0; t < info.decode_steps; ++t) {
-      if (!session->begin_step(t)) {
-        throw InputError("record: request " + info.id + " ended at step " + std::to_string(t) + " of " +
-                         std::to_string(info.decode_steps));
-      }
-      request->write_query(t, session->query());
-      Residency all(layout, geometry.chunks_for(info.prompt_tokens + t + 1));
-      all.set_all();
-      StepIO io;
-      io.step = t;
-      io.n_tokens = info.prompt_tokens + t + 1;
-      io.resident = &all;  // all resident, no tiers: this is full attention
-      session->launch(t, io);
-      const StepMass* mass = session->finish(t, io);
-      if (options.per_head) {
-        request->write_step(t, *mass);
-      } else {
-        aggregate_heads(*mass, aggregated);
-        request->write_step(t, aggregated);
-      }
-      ++summary.steps;
-      if (options.progress) options.progress(summary.steps, total);
+    for (int64_t t = 0; t < steps; ++t) {
+      request->write_query(t, rec.query[static_cast<size_t>(t)]);
+      request->write_step(t, rec.mass[static_cast<size_t>(t)]);
     }
+    const int64_t chunks = geometry.chunks_for(info.prompt_tokens + steps);
     const FeatureRows features = session->chunk_features();
-    const int64_t rows = geometry.chunks_for(info.prompt_tokens + info.decode_steps);
-    std::vector<float> matrix(static_cast<size_t>(rows * features.n_cols), 0.0F);
-    std::copy(features.data, features.data + std::min(rows, features.n_rows) * features.n_cols, matrix.begin());
-    request->write_chunk_features(matrix);
+    request->write_chunk_features(padded(features.data, features.n_rows, features.n_cols, chunks));
+    if (qk_dim > 0) {
+      const int64_t width = layout.rows() * session->qk_dim();  // one chunk's floats
+      auto keys = [&](ChunkKeys which) {
+        const RowVectors v = session->chunk_keys(which);
+        return padded(v.data, v.items, width, chunks);
+      };
+      request->write_query_keys(rec.query_vectors, keys(ChunkKeys::Min), keys(ChunkKeys::Max),
+                                keys(ChunkKeys::Representative));
+    }
+    if (prefill != nullptr) request->write_prefill(stored_rows(*prefill, options.per_head));
     request->finish();
     // `info` belongs to the session: read it before the reset frees it.
     summary.prompt_tokens += info.prompt_tokens;
@@ -88,6 +139,9 @@ RecordSummary record_trace(LiveBackend& backend, const std::string& path, const 
     summary.prefill_seconds += out.prefill_seconds;
     summary.decode_seconds += out.decode_seconds;
     ++summary.requests;
+  }
+  if (summary.requests == 0) {
+    throw InputError("record: every request ended at its first token (a stop token); nothing to write to " + path);
   }
   writer->commit();
   return summary;

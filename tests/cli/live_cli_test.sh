@@ -84,5 +84,33 @@ expect 0 "" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tok
 json_check "${work}/out.txt" 'd[0]["arrival"] == "measured" and d[0]["late_fetches"] == 0 and d[0]["kl_mean"] is None'
 json_check "${work}/measured/config.json" 'd["arrival"] == "measured"'
 
+# The policy zoo on a recording and live. The recording ends where a free-running run ends
+# (--stop eos; record --steps N covers run --max-tokens N+1), so replay and run of full
+# attention cover the same steps and positions. 16-token chunks: 256 tokens make 16 of them.
+zoo=(--policy full --policy h2o:budget=0.3 --policy tova:budget=0.3 --policy quest:budget=0.3
+     --policy infllm:budget=0.5,sinks=16,window=32 --policy snapkv:budget=0.3 --policy pyramidkv:budget=0.3
+     --policy ada_kv:budget=0.3)
+expect 2 "--stop" -- record --model "${model}" --stop sometimes --out "${work}/x.h5"
+expect 2 "--qk-vectors" -- record --model "${model}" --qk-vectors maybe --out "${work}/x.h5"
+expect 0 "wrote" -- record --model "${model}" --context-tokens 256 --samples 1 --steps 5 --stop eos --qk-vectors on \
+  --chunk-tokens 16 --heads per-head --mass-dtype f32 --out "${work}/zoo.h5"
+expect 0 "valid" -- trace validate "${work}/zoo.h5"
+expect 0 "" -- replay --trace "${work}/zoo.h5" "${zoo[@]}" --json
+cp "${work}/out.txt" "${work}/zoo_replay.json"
+json_check "${work}/zoo_replay.json" 'len(d) == 8 and all(0 < r["critical_recall"] <= 1 for r in d) and all(r["footprint_mean_ratio"] < 0.7 for r in d[1:])'
+expect 0 "" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 6 --agreement off --chunk-tokens 16 \
+  "${zoo[@]}" --json
+cp "${work}/out.txt" "${work}/zoo_live.json"
+json_check "${work}/zoo_live.json" 'len(d) == 8 and all(0 < r["critical_recall"] <= 1 for r in d) and all(r["footprint_mean_ratio"] < 0.7 for r in d[1:])'
+checks=$((checks + 1))
+python3 - "${work}/zoo_replay.json" "${work}/zoo_live.json" <<'PY' || fail "replay and run of full attention cover different steps"
+import json, sys
+replay, live = (json.load(open(p))[0] for p in sys.argv[1:])
+assert replay["steps"] == live["steps"] and replay["footprint_peak_bytes"] == live["footprint_peak_bytes"], (replay, live)
+PY
+# Without a prefill observation the snapkv family stops with the flag that gives one.
+expect 1 "prefill" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 2 --agreement off \
+  --prefill-window 0 --policy snapkv:budget=0.3
+
 echo "live_cli_test: ${checks} checks, ${failures} failures"
 [[ ${failures} -eq 0 ]]
