@@ -461,6 +461,98 @@ __global__ void __launch_bounds__(kMultiThreads) topk_write_kernel(TopkView v, M
 
 int64_t multi_ctas(int64_t n) { return (n + kMultiSlice - 1) / kMultiSlice; }
 
+// ---- one cooperative launch ---------------------------------------------------------------------
+//
+// The grid path's passes as phases of one kernel, separated by grid-wide barriers instead of
+// kernel boundaries (a launch costs ~4.5 µs back to back; a grid barrier over ≤ 128 CTAs about
+// 1-2 µs), with each CTA's slice of keys held in shared memory across the passes. Every CTA
+// reads the pass's global histogram after the barrier and picks the same digit itself, so no
+// barrier is needed to share the choice. Only for n ≤ kTopkCoopMax: all CTAs must be resident.
+
+constexpr int kCoopThreads = 256;
+constexpr int kCoopSlice = 1024;  // keys per CTA in shared memory
+
+int64_t coop_ctas(int64_t n) { return (n + kCoopSlice - 1) / kCoopSlice; }
+
+__global__ void __launch_bounds__(kCoopThreads) topk_coop_kernel(TopkView v, MultiView w) {
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  __shared__ uint32_t keys[kCoopSlice];
+  __shared__ uint32_t hist[kBins];
+  __shared__ SelectState st;
+  __shared__ int counts[2];
+  __shared__ int64_t carry[2];
+  __shared__ typename BlockScanInt<kCoopThreads>::TempStorage tmp;
+  const int64_t begin = int64_t{blockIdx.x} * kCoopSlice;
+  const int64_t len = std::max<int64_t>(0, std::min<int64_t>(v.n, begin + kCoopSlice) - begin);
+  for (int64_t i = threadIdx.x; i < len; i += kCoopThreads) keys[i] = order_key(__ldg(v.scores + begin + i));
+  if (blockIdx.x == 0) {  // the workspace holds the previous launch's histograms
+    for (int b = threadIdx.x; b < 4 * kBins; b += kCoopThreads) w.hist[b] = 0;
+  }
+  if (threadIdx.x == 0) st = {0U, 0U, v.k, 0};
+  grid.sync();
+  auto key_at = [&](int64_t i) { return keys[i]; };
+  for (int pass = 0; pass < 4; ++pass) {
+    const int shift = 24 - 8 * pass;
+    uint32_t* global_hist = w.hist + pass * kBins;
+    for (int b = threadIdx.x; b < kBins; b += kCoopThreads) hist[b] = 0;
+    __syncthreads();
+    histogram_range<kCoopThreads>(key_at, 0, len, st, shift, hist);
+    __syncthreads();
+    for (int b = threadIdx.x; b < kBins; b += kCoopThreads) {
+      if (hist[b] != 0) atomicAdd(&global_hist[b], hist[b]);
+    }
+    grid.sync();
+    for (int b = threadIdx.x; b < kBins; b += kCoopThreads) hist[b] = __ldcg(&global_hist[b]);
+    __syncthreads();
+    if (threadIdx.x < 32) select_digit(hist, st, shift);
+    __syncthreads();
+  }
+  const SelectState fin = st;
+  const bool all_ties = fin.k_rem == fin.eq_total;
+
+  // This CTA's keys above and at the threshold, then the lower CTAs' for the write offsets.
+  int gt = 0, eq = 0;
+  for (int64_t i = threadIdx.x; i < len; i += kCoopThreads) {
+    gt += keys[i] > fin.prefix ? 1 : 0;
+    eq += keys[i] == fin.prefix ? 1 : 0;
+  }
+  if (threadIdx.x == 0) counts[0] = counts[1] = 0;
+  __syncthreads();
+  if (gt != 0) atomicAdd(&counts[0], gt);
+  if (eq != 0) atomicAdd(&counts[1], eq);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    w.gt[blockIdx.x] = counts[0];
+    w.eq[blockIdx.x] = counts[1];
+    carry[0] = carry[1] = 0;
+  }
+  grid.sync();
+  const int lower = static_cast<int>(blockIdx.x);
+  for (int c0 = 0; c0 < lower; c0 += kCoopThreads) {
+    const int c = c0 + static_cast<int>(threadIdx.x);
+    const int c_eq = c < lower ? __ldcg(&w.eq[c]) : 0;
+    const int c_gt = c < lower ? __ldcg(&w.gt[c]) : 0;
+    int eq_excl = 0, eq_total = 0;
+    BlockScanInt<kCoopThreads>(tmp).ExclusiveSum(c_eq, eq_excl, eq_total);
+    __syncthreads();
+    const int64_t first_tie = carry[1] + eq_excl;
+    const int take = static_cast<int>(std::min<int64_t>(c_eq, std::max<int64_t>(0, fin.k_rem - first_tie)));
+    int sel_excl = 0, sel_total = 0;
+    BlockScanInt<kCoopThreads>(tmp).ExclusiveSum(c_gt + take, sel_excl, sel_total);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      carry[0] += sel_total;
+      carry[1] += eq_total;
+    }
+    __syncthreads();
+  }
+  auto key_global = [&](int64_t i) { return keys[i - begin]; };
+  write_selection<kCoopThreads>(key_global, begin, begin + len, fin.prefix, fin.k_rem, all_ties, carry[0], carry[1],
+                                v.out_indices, v.out_values, tmp);
+}
+
+
 
 cudaError_t launch_single(const TopkView& v, cudaStream_t stream) {
   if (v.n <= kStagedMax) {
@@ -498,6 +590,28 @@ cudaError_t launch_cluster(const TopkView& v, cudaStream_t stream) {
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
   return cudaLaunchKernelEx(&cfg, topk_cluster_kernel, v, slice);
+}
+
+cudaError_t launch_coop(const TopkView& v, cudaStream_t stream) {
+  const int64_t ctas = coop_ctas(v.n);
+  // Once per process: whether that many CTAs can be resident at once (a cooperative launch
+  // needs it; kTopkCoopMax keeps it far inside one CTA per SM).
+  static const int resident = [] {
+    int device = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, topk_coop_kernel, kCoopThreads, 0) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return sms * per_sm;
+  }();
+  if (ctas > resident) return cudaErrorCooperativeLaunchTooLarge;
+  MultiView w = carve(v.workspace, ctas);
+  TopkView view = v;
+  void* args[] = {&view, &w};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(topk_coop_kernel), dim3(static_cast<unsigned>(ctas)),
+                                     dim3(kCoopThreads), args, 0, stream);
 }
 
 cudaError_t launch_multi(const TopkView& v, cudaStream_t stream) {
@@ -560,6 +674,7 @@ bool on_grid(int64_t n, TopkPath path) {
 }
 
 size_t topk_workspace_bytes(int64_t n, TopkPath path) {
+  if (path == TopkPath::kCooperative) return MultiLayout(coop_ctas(n)).bytes;
   return on_grid(n, path) ? MultiLayout(multi_ctas(n)).bytes : 0;
 }
 
@@ -576,6 +691,12 @@ cudaError_t launch_topk(const TopkView& v, TopkPath path, cudaStream_t stream) {
   if (!topk_invalid(v).empty()) return cudaErrorInvalidValue;
   if (path == TopkPath::kCluster) {
     return v.n <= kTopkClusterMax ? launch_cluster(v, stream) : cudaErrorInvalidValue;
+  }
+  if (path == TopkPath::kCooperative) {
+    if (v.n > kTopkCoopMax || v.workspace == nullptr || v.workspace_bytes < topk_workspace_bytes(v.n, path)) {
+      return cudaErrorInvalidValue;
+    }
+    return launch_coop(v, stream);
   }
   if (!on_grid(v.n, path)) return launch_single(v, stream);
   if (v.workspace == nullptr || v.workspace_bytes < topk_workspace_bytes(v.n, TopkPath::kGrid)) return cudaErrorInvalidValue;

@@ -55,8 +55,11 @@ struct TopkView {
 /// the shared memory of a thread-block cluster of 1-8 CTAs, passes meeting at cluster
 /// barriers and adding histograms through distributed shared memory: one launch, no L2
 /// round trips. It is a candidate: NOTES.md says what has been measured of it.
-enum class TopkPath { kAuto, kOneCta, kGrid, kCluster };
+/// kCooperative (n ≤ kTopkCoopMax, a candidate too) runs the grid path's passes in one
+/// cooperative launch, CTAs of 1024 keys in shared memory meeting at grid-wide barriers.
+enum class TopkPath { kAuto, kOneCta, kGrid, kCluster, kCooperative };
 inline constexpr int64_t kTopkClusterMax = 131072;  // 8 CTAs x 16384 keys
+inline constexpr int64_t kTopkCoopMax = 131072;     // 128 CTAs x 1024 keys
 
 [[nodiscard]] size_t topk_workspace_bytes(int64_t n, TopkPath path);
 [[nodiscard]] cudaError_t launch_topk(const TopkView& view, TopkPath path, cudaStream_t stream);

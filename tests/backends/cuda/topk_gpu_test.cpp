@@ -145,6 +145,29 @@ TEST(TopkCandidate, ClusterPathMatchesReference) {
   }
 }
 
+TEST(TopkCandidateSanitize, CooperativePathSmall) {
+  KVLAB_REQUIRE_CANDIDATES();
+  check_topk(make_scores(5000, Dist::kNormal, 81), 100, TopkPath::kCooperative);
+  check_topk(make_scores(20000, Dist::kFewValues, 82), 3000, TopkPath::kCooperative);
+}
+
+TEST(TopkCandidate, CooperativePathMatchesReference) {
+  KVLAB_REQUIRE_CANDIDATES();
+  uint32_t seed = 90;
+  for (const int64_t n : {int64_t{1}, int64_t{777}, int64_t{1024}, int64_t{1025}, int64_t{16384}, int64_t{49153},
+                          int64_t{65536}, int64_t{100003}, int64_t{131072}}) {
+    for (const int32_t k : {1, 64, 4096}) {
+      if (k > n) continue;
+      check_topk(make_scores(n, Dist::kNormal, ++seed), k, TopkPath::kCooperative);
+    }
+    check_topk(make_scores(n, Dist::kFewValues, ++seed), static_cast<int32_t>(std::min<int64_t>(n, 1000)),
+               TopkPath::kCooperative);
+    check_topk(make_scores(n, Dist::kAllEqual, ++seed), static_cast<int32_t>((n + 1) / 2), TopkPath::kCooperative);
+    check_topk(make_scores(n, Dist::kNegative, ++seed), static_cast<int32_t>(std::min<int64_t>(n, 17)),
+               TopkPath::kCooperative);
+  }
+}
+
 TEST(IndexerScoresSanitize, MatchFloat64DotProducts) {
   KVLAB_REQUIRE_GPU();
   for (const int dim : {128, 72, 256}) {
