@@ -1,7 +1,7 @@
 // Benchmarks of the CUDA kernels (not tests): sparse paged decode attention (dense and sparse
 // page lists, one layer or all layers of a step in one launch) and top-k / indexer scoring.
 //
-//   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates]
+//   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates]
 //
 // --only candidates times the kernel versions not yet verified on a device (every sparse
 // decode variant, the cluster top-k), kept out of the default run so that a fault in one
@@ -429,7 +429,7 @@ int run(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates]\n");
+      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates]\n");
       return 2;
     }
   }
@@ -442,10 +442,12 @@ int run(int argc, char** argv) {
               static_cast<long long>(dev.l2_bytes >> 20));
   Bench b(out, quick);
   b.copy_ceiling();
-  if (only == "candidates") {
+  if (only == "candidates" || only == "topk_candidates") {
     // Kernel versions not yet verified on a device, in their own process (device-check.sh).
-    const Pool pool((int64_t{8} << 30) / kPageBytes);
-    b.variants(pool);
+    if (only == "candidates") {
+      const Pool pool((int64_t{8} << 30) / kPageBytes);
+      b.variants(pool);
+    }
     b.topk(true);
     return 0;
   }
