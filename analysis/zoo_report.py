@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes OUT/REPORT.md (and, with matplotlib, OUT/pareto_<workload>_<ctx>.png) from
 experiments/zoo/run.sh output: per workload and context, critical recall, mass recall and fetch
-bytes of every policy at each budget, and a Pareto plot of footprint against recall.
+bytes of every policy at each budget, and a Pareto plot of footprint against recall (each policy
+over the budgets, and the frontier of the deployable ones as a dotted staircase).
 
 usage: python3 analysis/zoo_report.py [OUT]   (default results/zoo)
 
@@ -55,6 +56,15 @@ def metric_table(grid, metric, fmt):
     return table(header, body)
 
 
+def pareto_frontier(points):
+    """The (footprint, recall) points no other point beats on both (less footprint, more recall)."""
+    frontier = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not frontier or y > frontier[-1][1]:
+            frontier.append((x, y))
+    return frontier
+
+
 def plot(name, title, grid, out_dir):
     try:
         import matplotlib
@@ -71,6 +81,11 @@ def plot(name, title, grid, out_dir):
             style = "--" if fam in ORACLES else "-"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o",
                     label=fam + (" (oracle)" if fam in ORACLES else ""))
+        frontier = pareto_frontier([(r["footprint_mean_ratio"], r[metric]) for fam in FAMILIES if fam not in ORACLES
+                                    for r in grid.get(fam, {}).values()])
+        if frontier:
+            ax.step([p[0] for p in frontier], [p[1] for p in frontier], "k:", where="post", linewidth=1.2,
+                    label="Pareto frontier (deployable)")
         ax.set_xscale("log")
         ax.set_xlabel("mean footprint (fraction of full KV)")
         ax.set_ylabel(metric.replace("_", " "))
