@@ -75,6 +75,7 @@ CommandSpec run_spec() {
 /// Per policy, over all requests: what the metrics do not hold.
 struct Totals {
   MetricSums sums;
+  MetricSums forced_sums;  // the teacher-forced pass: full attention's tokens, the policy's residency
   double accuracy_sum = 0;
   double kl_sum = 0;
   int64_t agree = 0;
@@ -225,6 +226,8 @@ int run_run(const Argv& argv) {
     if (agreement) {
       const LiveOutput& reference = free.outputs[static_cast<size_t>(full_index)];
       if (full_index < static_cast<int>(policies.size())) {
+        // Full attention teacher-forced on its own tokens is its free-running pass.
+        totals[static_cast<size_t>(full_index)].forced_sums.merge(free.sums[static_cast<size_t>(full_index)]);
         totals[static_cast<size_t>(full_index)].agree += reference.steps;
         totals[static_cast<size_t>(full_index)].compared += reference.steps;
       }
@@ -232,7 +235,10 @@ int run_run(const Argv& argv) {
         backend.set_forced_tokens(i, reference.tokens, reference.steps);
         const Pass forced = run_pass(backend, i, forced_pass, engine, prefill);
         backend.clear_forced();
-        for (size_t j = 0; j < forced_pass.size(); ++j) add_agreement(reference, forced.outputs[j], totals[forced_of[j]]);
+        for (size_t j = 0; j < forced_pass.size(); ++j) {
+          add_agreement(reference, forced.outputs[j], totals[forced_of[j]]);
+          totals[forced_of[j]].forced_sums.merge(forced.sums[j]);
+        }
       }
     }
     generations.push_back(gen);
@@ -240,9 +246,13 @@ int run_run(const Argv& argv) {
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-  std::vector<MetricSums> sums;
-  for (const Totals& tot : totals) sums.push_back(tot.sums);
+  std::vector<MetricSums> sums, forced_sums;
+  for (const Totals& tot : totals) {
+    sums.push_back(tot.sums);
+    forced_sums.push_back(tot.forced_sums);
+  }
   const std::vector<PolicyResult> merged = results_from_sums(sums, policies);
+  const std::vector<PolicyResult> forced_merged = results_from_sums(forced_sums, policies);
   nlohmann::json out = nlohmann::json::array();
   for (size_t k = 0; k < policies.size(); ++k) {
     const Totals& tot = totals[k];
@@ -258,6 +268,18 @@ int run_run(const Argv& argv) {
       obj["top1_agreement"] = nullptr;
     }
     obj["agreement_steps"] = tot.compared;
+    // The same metrics over the teacher-forced pass: the steps and tokens of full attention's
+    // generation (a recording's, with --stop alike), so only the policy's effect on the model's
+    // state separates them from a replay.
+    if (agreement) {
+      const PolicyResult& f = forced_merged[k];
+      obj["teacher_forced"] = {{"steps", f.steps},
+                               {"footprint_mean_ratio", f.footprint_mean_ratio},
+                               {"critical_recall", f.critical_recall},
+                               {"mass_recall", f.mass_recall}};
+    } else {
+      obj["teacher_forced"] = nullptr;
+    }
     obj["decode_tokens_per_s"] = tot.decode_seconds > 0 ? static_cast<double>(tot.decode_steps) / tot.decode_seconds : 0.0;
     out.push_back(obj);
   }

@@ -76,12 +76,15 @@ assert full["top1_agreement"] == 1 and full["kl_mean"] == 0, full
 assert 0 <= win["accuracy"] <= 1 and win["kl_mean"] >= 0 and 0 <= win["top1_agreement"] <= 1, win
 assert win["footprint_mean_ratio"] < full["footprint_mean_ratio"], d
 assert all(r["arrival"] == "modelled" for r in d), d
+# The teacher-forced pass covers full attention's steps; full's is its own free-running pass.
+assert win["teacher_forced"]["steps"] == full["steps"] and full["teacher_forced"]["critical_recall"] == full["critical_recall"], d
+assert 0 < win["teacher_forced"]["critical_recall"] < 1, d
 PY
 
 # Measured arrival on the synchronous CPU backend: every fetch has landed, so none is late.
 expect 0 "" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 4 --agreement off \
   --policy sliding_window:window=64,sinks=64 --arrival measured --json --out-dir "${work}/measured"
-json_check "${work}/out.txt" 'd[0]["arrival"] == "measured" and d[0]["late_fetches"] == 0 and d[0]["kl_mean"] is None'
+json_check "${work}/out.txt" 'd[0]["arrival"] == "measured" and d[0]["late_fetches"] == 0 and d[0]["kl_mean"] is None and d[0]["teacher_forced"] is None'
 json_check "${work}/measured/config.json" 'd["arrival"] == "measured"'
 
 # The policy zoo on a recording and live. The recording ends where a free-running run ends
