@@ -1,4 +1,4 @@
-// kvlab generate: text generation with the live CPU backend, under full attention or a policy.
+// kvlab generate: text generation with the live backend (CPU or GPU decoder), under full attention or a policy.
 // A hidden-ish extra, --dump-logits, writes the model's logits at chosen prompt positions for
 // the comparison against an independent implementation (scripts/compare_logits.py).
 #include <algorithm>
@@ -10,11 +10,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "backends/cpu/cpu_decoder.hpp"
 #include "backends/live/live_backend.hpp"
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/live_common.hpp"
+#include "cli/live_device.hpp"
 #include "cli/output.hpp"
 #include "core/engine.hpp"
 #include "core/error.hpp"
@@ -25,7 +25,7 @@ namespace {
 CommandSpec generate_spec() {
   CommandSpec spec{
       "kvlab generate --prompt TEXT [--max-tokens N] [--policy SPEC] [options]",
-      "Generates a continuation of a prompt with the CPU decoder (closed loop): at each step the\n"
+      "Generates a continuation of a prompt (closed loop, on --backend cpu or cuda): at each step the\n"
       "policy decides which KV chunks are resident and attention reads only those, so the policy\n"
       "changes the text. Greedy by default; --temperature T > 0 samples (seeded by --seed).\n"
       "The text goes to stdout, prefill and decode speed to stderr.",
@@ -95,21 +95,25 @@ std::string npy_f32(const std::vector<float>& data, int64_t rows, int64_t cols) 
 }
 
 /// Logits at each position, prefilling the prompt up to it piece by piece.
-int dump_logits(const LiveModel& model, const DecoderOptions& options, const std::vector<int32_t>& tokens,
-                const std::string& text, const std::string& positions_text, const std::string& path) {
+int dump_logits(const Args& args, const LiveModel& model, const DecoderOptions& options,
+                const std::vector<int32_t>& tokens, const std::string& text, const std::string& positions_text,
+                const std::string& path) {
   const std::vector<int64_t> positions = parse_positions(positions_text, static_cast<int64_t>(tokens.size()));
   live_check_context(model, options, positions.back() + 1, "--positions");
-  LlamaDecoder decoder(model.weights, options);
+  const LiveDecoders decoders = live_decoders(args, model, options);
+  const std::unique_ptr<Decoder> decoder = decoders.factory();
   const int64_t vocab = model.weights->config.vocab;
   std::vector<float> logits;
   int64_t next = 0;
+  DecodeOutput r;
   for (int64_t p : positions) {
-    const StepResult r = decoder.prefill(std::span<const int32_t>(tokens).subspan(next, p + 1 - next));
-    logits.insert(logits.end(), r.logits.data(), r.logits.data() + vocab);
+    decoder->prefill(std::span<const int32_t>(tokens).subspan(next, p + 1 - next), r);
+    logits.insert(logits.end(), r.logits.begin(), r.logits.begin() + vocab);
     next = p + 1;
   }
   write_file_atomic(path, npy_f32(logits, static_cast<int64_t>(positions.size()), vocab));
   const nlohmann::json meta = {{"model", model.path},
+                               {"backend", decoders.backend},
                                {"positions", positions},
                                {"tokens", tokens},
                                {"tokens_run", next},
@@ -154,7 +158,7 @@ int run_generate(const Argv& argv) {
       model.tokenizer->encode(args.has("chat") ? chat_prompt({{"user", text}}, true) : text);
 
   if (args.has("dump-logits")) {
-    return dump_logits(model, decoder, tokens, text, args.get("positions"), args.get("dump-logits"));
+    return dump_logits(args, model, decoder, tokens, text, args.get("positions"), args.get("dump-logits"));
   }
   if (args.has("positions")) throw UsageError("--positions is only for --dump-logits");
   const auto n_prompt = static_cast<int64_t>(tokens.size());
@@ -170,7 +174,8 @@ int run_generate(const Argv& argv) {
   request.info.workload = "generate";
   request.info.decode_steps = max_tokens - 1;  // prefill yields the first token
   request.prompt = tokens;
-  LiveBackend backend(cpu_decoder_factory(model.weights, decoder), model.stop_tokens, {request}, options);
+  const LiveDecoders decoders = live_decoders(args, model, decoder);
+  LiveBackend backend(decoders.factory, model.stop_tokens, {request}, options);
   EngineOptions engine;
   engine.threads = 1;  // the decoder itself uses every core
   const std::vector<PolicyResult> results = run_engine(backend, {policy}, engine);
@@ -188,7 +193,14 @@ int run_generate(const Argv& argv) {
             << " steps in " << std::setprecision(2) << out.decode_seconds << " s (" << std::setprecision(1)
             << static_cast<double>(out.steps) / std::max(out.decode_seconds, 1e-9) << " tok/s); policy "
             << policy.label << ", mean footprint " << std::setprecision(3)
-            << (results.empty() ? 1.0 : results[0].footprint_mean_ratio) << "\n";
+            << (results.empty() ? 1.0 : results[0].footprint_mean_ratio);
+  if (out.timed_steps > 0) {
+    const double n = static_cast<double>(out.timed_steps);
+    std::cerr << "; " << decoders.backend << " per step: attention " << 1e3 * out.attention_seconds / n
+              << " ms, rest of the model " << 1e3 * (out.pass_seconds - out.attention_seconds) / n << " ms, stall "
+              << 1e3 * out.stall_seconds / n << " ms (every chunk resident in HBM)";
+  }
+  std::cerr << "\n";
   return 0;
 }
 

@@ -4,12 +4,13 @@
 
 #include "backends/cpu/llama_decoder.hpp"
 #include "backends/model/llama_weights.hpp"
+#include "cli/live_device.hpp"
 #include "core/error.hpp"
 
 namespace kvlab::cli {
 
 std::vector<FlagSpec> live_model_flags() {
-  return {{"model", "FILE", "GGUF model (Llama architecture); default: $KVLAB_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf",
+  std::vector<FlagSpec> flags{{"model", "FILE", "GGUF model (Llama architecture); default: $KVLAB_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf",
            ""},
           {"chunk-tokens", "N", "tokens per KV chunk (the unit of residency)", "64"},
           {"feature-layer", "L", "layer whose input hidden state is the query feature; -1 = n_layers/2", "-1"},
@@ -19,6 +20,9 @@ std::vector<FlagSpec> live_model_flags() {
           {"prefill-block", "N", "prompt tokens per prefill block", "256"},
           {"prefill-window", "W", "prefill observation of the last W prompt positions (snapkv family); 0 = none", "32"},
           {"threads", "N", "decoder threads; 0 = all cores", "0"}};
+  const std::vector<FlagSpec> device = live_device_flags();
+  flags.insert(flags.end(), device.begin(), device.end());
+  return flags;
 }
 
 TaskSetFlags live_task_set(const Args& args) {
@@ -32,6 +36,7 @@ TaskSetFlags live_task_set(const Args& args) {
 }
 
 DecoderOptions live_decoder_options(const Args& args) {
+  live_check_device(args);  // before the model loads: no GPU fails at once
   DecoderOptions o;
   const int64_t chunk = args.get_int("chunk-tokens");
   if (chunk < 1 || chunk > 65536) throw UsageError("--chunk-tokens must be between 1 and 65536");

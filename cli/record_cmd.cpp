@@ -3,11 +3,11 @@
 #include <iomanip>
 #include <iostream>
 
-#include "backends/cpu/cpu_decoder.hpp"
 #include "backends/live/live_record.hpp"
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/live_common.hpp"
+#include "cli/live_device.hpp"
 #include "cli/progress.hpp"
 #include "core/error.hpp"
 
@@ -87,7 +87,8 @@ int run_record(const Argv& argv) {
   LiveOptions options;
   options.stop_at_eos = stop_at_eos;
   options.reference_mass = false;  // every chunk is resident: the observed mass is full attention
-  LiveBackend backend(cpu_decoder_factory(model.weights, decoder), model.stop_tokens, std::move(requests), options);
+  const LiveDecoders decoders = live_decoders(args, model, decoder);
+  LiveBackend backend(decoders.factory, model.stop_tokens, std::move(requests), options);
 
   ProgressBar bar("record");
   record.progress = [&bar](int64_t done, int64_t total) { bar.update(done, total); };

@@ -14,19 +14,24 @@
 // other policies from the same prefill (core/engine.hpp, run_request). The metrics are summed
 // per step and merged across requests by core/metrics, as for a replay.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <exception>
+#include <functional>
+#include <mutex>
 #include <cmath>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
-#include "backends/cpu/cpu_decoder.hpp"
 #include "backends/live/live_backend.hpp"
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/live_common.hpp"
+#include "cli/live_device.hpp"
 #include "cli/output.hpp"
 #include "cli/version.hpp"
 #include "core/engine.hpp"
@@ -58,6 +63,8 @@ CommandSpec run_spec() {
        {"stop", "eos|limit", "eos: a request ends at its first stop token; limit: it runs all --max-tokens", "eos"},
        {"arrival", "modelled|measured", "fetch arrival: the ledger's timing model, or what the backend reports", "modelled"},
        {"agreement", "on|off", "measure agreement with full attention (a teacher-forced pass per policy)", "on"},
+       {"batch", "N", "requests in flight at once; with --backend cuda their steps (every policy's) share one "
+                      "forward pass. Results do not depend on it", "1"},
        {"critical-mass", "P", "mass threshold p of the critical set, 0 < p <= 1", "0.9"},
        {"resolved-recall", "R",
         "a request is resolved when its critical recall is >= R at 99% of its steps, 0 < R <= 1", "0.95"},
@@ -80,8 +87,7 @@ struct Totals {
   double kl_sum = 0;
   int64_t agree = 0;
   int64_t compared = 0;
-  double decode_seconds = 0;
-  int64_t decode_steps = 0;
+  LiveSpeed speed;         // the free-running pass's sessions
   int summary_ratio = 0;  // the largest summary tier the policy's plans gave attention
 };
 
@@ -116,6 +122,45 @@ Pass run_pass(LiveBackend& backend, int64_t i, const std::vector<ResolvedPolicy>
   return pass;
 }
 
+/// One request's passes, kept until every request is done and merged in request order (so the
+/// sums do not depend on --batch).
+struct RequestRun {
+  Pass free;
+  Pass forced;
+  double prefill_seconds = 0;
+  double prefill_device_seconds = -1;
+};
+
+/// Runs `run(i)` for every request index on `threads` threads (each a member of `group` while
+/// it works, so a batching decoder waits for it); the first exception is rethrown.
+void for_each_request(int64_t n, int threads, StepGroup* group, const std::function<void(int64_t)>& run) {
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&] {
+    const StepGroupMember member(group);
+    for (int64_t i = next.fetch_add(1); i < n && !failed.load(); i = next.fetch_add(1)) {
+      try {
+        run(i);
+      } catch (...) {
+        const std::lock_guard lock(error_mutex);
+        if (!error) error = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  const auto count = static_cast<int>(std::clamp<int64_t>(threads, 1, std::max<int64_t>(n, 1)));
+  if (count == 1) {
+    worker();
+  } else {
+    std::vector<std::thread> pool;
+    for (int k = 0; k < count; ++k) pool.emplace_back(worker);
+    for (auto& t : pool) t.join();
+  }
+  if (error) std::rethrow_exception(error);
+}
+
 /// The answer: the tokens before the first stop token (with --stop limit, generation goes on).
 std::string generated_text(const LiveModel& model, std::vector<int32_t> tokens) {
   const auto stop = std::find_first_of(tokens.begin(), tokens.end(), model.stop_tokens.begin(), model.stop_tokens.end());
@@ -138,6 +183,8 @@ int run_run(const Argv& argv) {
   if (max_tokens < 1 || max_tokens > 4096) throw UsageError("--max-tokens must be between 1 and 4096");
   const bool agreement = parse_on_off(args.get("agreement"), "--agreement");
   const bool stop_at_eos = live_stop_at_eos(args);
+  const int64_t batch = args.get_int("batch");
+  if (batch < 1 || batch > 4096) throw UsageError("--batch must be between 1 and 4096");
   EngineOptions engine;
   engine.threads = 1;  // the decoder uses every core itself
   engine.critical_mass = args.get_double("critical-mass");
@@ -191,26 +238,52 @@ int run_run(const Argv& argv) {
   options.keep_log_probs = agreement;
   options.stop_at_eos = stop_at_eos;
   options.arrival = arrival == "measured" ? ArrivalMode::Measured : ArrivalMode::Modelled;
-  LiveBackend backend(cpu_decoder_factory(model.weights, decoder), model.stop_tokens, std::move(requests), options);
+  const LiveDecoders decoders = live_decoders(args, model, decoder);
+  LiveBackend backend(decoders.factory, model.stop_tokens, std::move(requests), options);
 
   const auto start = std::chrono::steady_clock::now();
+  std::vector<RequestRun> runs(static_cast<size_t>(backend.requests()));
+  std::mutex log_mutex;
+  int64_t finished = 0;
+  for_each_request(backend.requests(), static_cast<int>(batch), decoders.group, [&](int64_t i) {
+    RequestRun& r = runs[static_cast<size_t>(i)];
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::shared_ptr<const PrefilledRequest> prefill = backend.prefill(i);
+    r.prefill_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    backend.clear_forced(i);
+    r.free = run_pass(backend, i, free_pass, engine, prefill);
+    r.prefill_device_seconds = r.free.outputs.empty() ? -1.0 : r.free.outputs[0].prefill_device_seconds;
+    if (agreement && !forced_pass.empty()) {
+      const LiveOutput& reference = r.free.outputs[static_cast<size_t>(full_index)];
+      backend.set_forced_tokens(i, reference.tokens, reference.steps);
+      r.forced = run_pass(backend, i, forced_pass, engine, prefill);
+      backend.clear_forced(i);
+    }
+    const std::lock_guard lock(log_mutex);
+    std::cerr << "run: request " << ++finished << "/" << backend.requests() << " done\n";
+  });
+
   std::vector<Totals> totals(policies.size());
   nlohmann::json generations = nlohmann::json::array();
   double prefill_seconds = 0;
+  double prefill_device_seconds = 0;
+  bool prefill_timed = true;
   int64_t prefill_tokens = 0;
+  LiveSpeed all_sessions;  // both passes: the device's whole decode work
   for (int64_t i = 0; i < backend.requests(); ++i) {
+    const RequestRun& r = runs[static_cast<size_t>(i)];
     const TaskSample& sample = task_samples[static_cast<size_t>(i)];
     nlohmann::json gen = {{"id", backend.request(i).info.id},
                           {"prompt_tokens", backend.request(i).info.prompt_tokens},
                           {"expected", sample.expected},
                           {"needle_depth", sample.needle_depth}};
-    const auto t0 = std::chrono::steady_clock::now();
-    const std::shared_ptr<const PrefilledRequest> prefill = backend.prefill(i);
-    prefill_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    prefill_seconds += r.prefill_seconds;
+    prefill_timed = prefill_timed && r.prefill_device_seconds >= 0;
+    prefill_device_seconds += std::max(r.prefill_device_seconds, 0.0);
     prefill_tokens += backend.request(i).info.prompt_tokens;
-
-    backend.clear_forced();
-    const Pass free = run_pass(backend, i, free_pass, engine, prefill);
+    const Pass& free = r.free;
+    for (const LiveOutput& out : free.outputs) all_sessions.add(out);
+    for (const LiveOutput& out : r.forced.outputs) all_sessions.add(out);
     for (size_t k = 0; k < policies.size(); ++k) {
       Totals& tot = totals[k];
       const LiveOutput& out = free.outputs[k];
@@ -218,8 +291,7 @@ int run_run(const Argv& argv) {
       const std::string text = generated_text(model, out.tokens);
       const double score = score_answer(sample, text);
       tot.accuracy_sum += score;
-      tot.decode_seconds += out.decode_seconds;
-      tot.decode_steps += out.steps;
+      tot.speed.add(out);
       tot.summary_ratio = std::max(tot.summary_ratio, out.summary_ratio);
       gen["outputs"][policies[k].label] = {{"text", text}, {"score", score}};
     }
@@ -231,21 +303,19 @@ int run_run(const Argv& argv) {
         totals[static_cast<size_t>(full_index)].agree += reference.steps;
         totals[static_cast<size_t>(full_index)].compared += reference.steps;
       }
-      if (!forced_pass.empty()) {
-        backend.set_forced_tokens(i, reference.tokens, reference.steps);
-        const Pass forced = run_pass(backend, i, forced_pass, engine, prefill);
-        backend.clear_forced();
-        for (size_t j = 0; j < forced_pass.size(); ++j) {
-          add_agreement(reference, forced.outputs[j], totals[forced_of[j]]);
-          totals[forced_of[j]].forced_sums.merge(forced.sums[j]);
-        }
+      for (size_t j = 0; j < r.forced.outputs.size(); ++j) {
+        add_agreement(reference, r.forced.outputs[j], totals[forced_of[j]]);
+        totals[forced_of[j]].forced_sums.merge(r.forced.sums[j]);
       }
     }
     generations.push_back(gen);
-    std::cerr << "run: request " << (i + 1) << "/" << backend.requests() << " done\n";
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
+  // Prefill speed: the device's own time when it times the prefill, else wall time.
+  const double prefill_time = prefill_timed ? prefill_device_seconds : prefill_seconds;
+  const double prefill_tps = prefill_time > 0 ? static_cast<double>(prefill_tokens) / prefill_time : 0.0;
+  const double decode_tps_all = seconds > 0 ? static_cast<double>(all_sessions.steps) / seconds : 0.0;
   std::vector<MetricSums> sums, forced_sums;
   for (const Totals& tot : totals) {
     sums.push_back(tot.sums);
@@ -280,7 +350,8 @@ int run_run(const Argv& argv) {
     } else {
       obj["teacher_forced"] = nullptr;
     }
-    obj["decode_tokens_per_s"] = tot.decode_seconds > 0 ? static_cast<double>(tot.decode_steps) / tot.decode_seconds : 0.0;
+    obj["prefill_tokens_per_s"] = prefill_tps;
+    tot.speed.write(obj);
     out.push_back(obj);
   }
 
@@ -292,7 +363,13 @@ int run_run(const Argv& argv) {
                              {"backend", backend.describe()},
                              {"arrival", arrival_mode_name(backend.arrival_mode())},
                              {"flags", args.resolved()},
-                             {"prefill_tokens_per_s", prefill_seconds > 0 ? prefill_tokens / prefill_seconds : 0.0},
+                             {"batch", batch},
+                             {"prefill_tokens_per_s", prefill_tps},
+                             {"prefill_timing", prefill_timed ? "device" : "wall"},
+                             {"decode_steps_all_sessions", all_sessions.steps},
+                             {"decode_tokens_per_s_overall", decode_tps_all},
+                             {"device", decoders.device_stats()},
+                             {"speed_fields", live_speed_fields()},
                              {"seconds", seconds}};
     const std::string dir = args.get("out-dir");
     write_file_atomic(dir + "/results.json", out.dump(2) + "\n");
@@ -328,8 +405,9 @@ int run_run(const Argv& argv) {
   line(head);
   for (const auto& row : rows) line(row);
   std::cout << "\n" << backend.requests() << " request(s) of " << args.get("task") << " at " << context
-            << " tokens in " << fixed(seconds, 1) << " s; prefill "
-            << fixed(prefill_seconds > 0 ? prefill_tokens / prefill_seconds : 0.0, 1) << " tok/s\n";
+            << " tokens in " << fixed(seconds, 1) << " s on " << decoders.backend << " (batch " << batch
+            << "); prefill " << fixed(prefill_tps, 1) << " tok/s; decode " << fixed(decode_tps_all, 1)
+            << " tok/s over all sessions\n";
   return 0;
 }
 

@@ -30,6 +30,9 @@
 //   session destroyed; prefill released once every session of the request is done.
 // A synchronous backend (the CPU one) does all the work in finish. A backend that overlaps
 // copies with compute starts them in launch; io.in_flight lists every copy still outstanding.
+// A backend whose batches_sessions() is true gets every policy's step t of a request launched
+// (with its arrivals reported) before any of them is finished, so that it can compute them
+// together; the order of the finishes, and so of the metrics, stays the policies' order.
 // Sessions of different requests may run on different threads at once.
 #pragma once
 
@@ -148,6 +151,8 @@ class Backend {
   [[nodiscard]] virtual bool closed_loop() const { return false; }
   /// Who decides when fetches land (core/ledger.hpp). Measured needs a closed-loop backend.
   [[nodiscard]] virtual ArrivalMode arrival_mode() const { return ArrivalMode::Modelled; }
+  /// Closed loop: launch all of a request's sessions for a step before finishing any of them.
+  [[nodiscard]] virtual bool batches_sessions() const { return false; }
   /// Human-readable source, e.g. the trace path.
   [[nodiscard]] virtual std::string describe() const = 0;
 };

@@ -159,7 +159,22 @@ class RequestRunner {
 
     CriticalSets critical;
     for (int64_t t = 0; t < info.decode_steps; ++t) {
-      if (closed) {
+      if (closed && backend_.batches_sessions()) {
+        // Every policy's step is launched before any is finished: the backend computes them
+        // together. Each run has its own ledger and session, so only the order changes.
+        std::vector<PolicyRun*> launched;
+        for (PolicyRun& run : runs) {
+          run.ended = run.ended || !run.session->begin_step(t);
+          if (run.ended) continue;
+          launch_closed_loop(run, t);
+          launched.push_back(&run);
+        }
+        if (launched.empty()) break;
+        for (PolicyRun* run : launched) {
+          finish_closed_loop(*run, t, critical);
+          count_progress(progress_steps, progress_total);
+        }
+      } else if (closed) {
         bool any = false;
         for (PolicyRun& run : runs) {
           run.ended = run.ended || !run.session->begin_step(t);
@@ -246,6 +261,12 @@ class RequestRunner {
   }
 
   void step_closed_loop(PolicyRun& run, int64_t t, CriticalSets& critical) {
+    launch_closed_loop(run, t);
+    finish_closed_loop(run, t, critical);
+  }
+
+  /// Plans step t, hands the session its I/O and takes the arrivals it reports.
+  void launch_closed_loop(PolicyRun& run, int64_t t) {
     (void)plan_step(run, t, nullptr);
     Ledger& ledger = *run.ledger;
     RequestSession& session = *run.session;
@@ -256,6 +277,13 @@ class RequestRunner {
       session.report_arrivals(t, ledger.in_flight(), landed);
       ledger.land_reported(landed);
     }
+  }
+
+  /// Finishes step t (launched) and measures it.
+  void finish_closed_loop(PolicyRun& run, int64_t t, CriticalSets& critical) {
+    Ledger& ledger = *run.ledger;
+    RequestSession& session = *run.session;
+    const StepIO io = step_io(ledger, t);
     const StepMass* observed = session.finish(t, io);
     // The full attention of the step just computed, if the backend gives it.
     const StepMass* reference = session.reference();

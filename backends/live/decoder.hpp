@@ -15,6 +15,13 @@
 //   d->chunk_keys(c, ...)         per-row key summaries of complete chunk c (Quest, InfLLM)
 // A decoder is used by one thread at a time; fork() of a decoder nobody steps is thread-safe.
 //
+// Batching decoders (batches_steps(), e.g. the GPU decoder) also take a step in two halves:
+//   e->submit(token, request)     queues the step and returns
+//   e->collect(out)               waits until it has run, in one forward pass together with the
+//                                 other steps submitted (by any thread) in the meantime
+// A thread that submits steps joins the factory's StepGroup for as long as it decodes, so that
+// a batched pass waits until every such thread has submitted what it will (StepGroupMember).
+//
 // Rows of every per-step report are (layer, kv_head) pairs, row = layer·n_kv_heads + kv_head.
 // A row's attention mass is the softmax probability summed over a chunk's tokens and over the
 // query heads sharing that KV head, divided by the group size, so a row sums to 1.
@@ -26,6 +33,8 @@
 #include <span>
 #include <string>
 #include <vector>
+
+#include "core/error.hpp"
 
 namespace kvlab {
 
@@ -134,6 +143,15 @@ struct DecodeOutput {
   /// the window's positions (each row sums to 1).
   std::vector<float> prefill_mass;
   int64_t prefill_window = 0;  // the window prefill_mass averages (0 = none)
+  /// Device time of the forward pass that computed this step, in milliseconds: attention (every
+  /// layer) and the whole pass; negative when the decoder does not time its steps. A batched
+  /// pass serves `batch` sequences at once and every one of them reports the same pass.
+  double attention_ms = -1;
+  double pass_ms = -1;
+  int batch = 1;
+  /// Time the pass waited for KV data to be brought to the device; 0 for decoders that keep
+  /// every chunk in device memory.
+  double stall_ms = 0;
   [[nodiscard]] std::span<const float> chunk_mass_row(int r) const {
     return std::span<const float>(chunk_mass).subspan(static_cast<size_t>(r * n_chunks), static_cast<size_t>(n_chunks));
   }
@@ -171,6 +189,18 @@ class Decoder {
                           std::span<float> key_repr) const {}
   /// A decoder that continues from this one's state, sharing its complete KV chunks.
   [[nodiscard]] virtual std::unique_ptr<Decoder> fork() const = 0;
+
+  /// True when steps are best taken as submit() + collect(), so that many run as one pass.
+  [[nodiscard]] virtual bool batches_steps() const { return false; }
+  /// The first half of step(): `request` (and what its views point to) must stay unchanged
+  /// until collect() returns. Throws UsageError unless batches_steps().
+  virtual void submit(int32_t /*token*/, const StepRequest& /*request*/) {
+    throw UsageError("decoder: submit() on a decoder that steps one sequence at a time; call step()");
+  }
+  /// The second half: waits for the submitted step and reports it as step() does.
+  virtual void collect(DecodeOutput& /*out*/) {
+    throw UsageError("decoder: collect() on a decoder that steps one sequence at a time; call step()");
+  }
 };
 
 /// Representative tokens per chunk behind Decoder::chunk_keys' key_repr (InfLLM's r_k = 4).
@@ -178,5 +208,32 @@ inline constexpr int kRepresentativeTokens = 4;
 
 /// Makes an empty decoder (one per request's prefill).
 using DecoderFactory = std::function<std::unique_ptr<Decoder>()>;
+
+/// The threads that submit steps to the decoders of one batching factory. A batched pass runs
+/// once every member thread is waiting in collect() (or has left), so a member that is still
+/// planning its next steps is waited for; a thread that is not a member is never waited for.
+class StepGroup {
+ public:
+  virtual ~StepGroup() = default;
+  /// The calling thread will submit steps until it calls leave().
+  virtual void join() = 0;
+  virtual void leave() = 0;
+};
+
+/// Membership of the calling thread in `group` (nothing when null) for a scope.
+class StepGroupMember {
+ public:
+  explicit StepGroupMember(StepGroup* group) : group_(group) {
+    if (group_ != nullptr) group_->join();
+  }
+  ~StepGroupMember() {
+    if (group_ != nullptr) group_->leave();
+  }
+  StepGroupMember(const StepGroupMember&) = delete;
+  StepGroupMember& operator=(const StepGroupMember&) = delete;
+
+ private:
+  StepGroup* group_;
+};
 
 }  // namespace kvlab

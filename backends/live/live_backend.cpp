@@ -79,12 +79,31 @@ void fill_mass(const DecodeOutput& d, bool full, RowLayout layout, bool renormal
   }
 }
 
+/// What step t's attention reads, known at launch: the resident set and, with measured
+/// arrival, every chunk in flight (a synchronous session reports them all as landed before
+/// the step's attention, RequestSession::report_arrivals).
+Residency attended_at_launch(const StepIO& io) {
+  Residency attended = *io.resident;
+  if (io.arrival != ArrivalMode::Measured || io.in_flight == nullptr) return attended;
+  const Residency& flight = *io.in_flight;
+  if (flight.uniform() && attended.uniform()) {
+    ChunkMask& mask = attended.make_uniform();
+    flight.row(0).for_each([&](int64_t c) { mask.set(c); });
+    return attended;
+  }
+  for (int r = 0; r < attended.rows(); ++r) {
+    flight.row(r).for_each([&](int64_t c) { attended.mutable_row(r).set(c); });
+  }
+  return attended;
+}
+
 /// Request i's prompt after prefill: the decoder holding its cache, and the prefill's result.
 struct LivePrefill final : PrefilledRequest {
   int64_t index = 0;
   std::unique_ptr<const Decoder> decoder;
   DecodeOutput result;
   double seconds = 0;
+  double device_seconds = -1;  // the decoder's own timing of the prefill (< 0: not timed)
 };
 
 }  // namespace
@@ -101,6 +120,7 @@ class LiveSession final : public RequestSession {
     rng_.seed(o.sampling_seed * 0x9E3779B97F4A7C15ULL + info_.seed + static_cast<uint64_t>(index));
     decoder_ = prefill.decoder->fork();  // shares the prompt's chunks
     out_.prefill_seconds = prefill.seconds;
+    out_.prefill_device_seconds = prefill.device_seconds;
     query_ = prefill.result.query_features;
     query_vectors_ = prefill.result.query_vectors;
     if (prefill.result.prefill_window > 0) {
@@ -116,7 +136,10 @@ class LiveSession final : public RequestSession {
     out_.tokens.push_back(forced_.empty() ? choose(prefill.result.logits) : forced_[0]);
   }
 
-  ~LiveSession() override { backend_.store_output(index_, std::move(out_)); }
+  ~LiveSession() override {
+    decoder_.reset();  // first: a step still queued is withdrawn before what it reads goes
+    backend_.store_output(index_, std::move(out_));
+  }
 
   [[nodiscard]] const RequestInfo& info() const override { return info_; }
   [[nodiscard]] int64_t d_query() const override { return backend_.shape_.hidden; }
@@ -178,29 +201,42 @@ class LiveSession final : public RequestSession {
 
   [[nodiscard]] bool closed_loop() const override { return true; }
 
+  /// A batching decoder gets the step now, so that it runs with every other step launched
+  /// before the finishes; the residency it reads is copied (the ledger moves on before finish).
+  void launch(int64_t t, const StepIO& io) override {
+    if (!decoder_->batches_steps()) return;
+    if (t != out_.steps) {
+      throw InputError("live backend: request " + info_.id + ": launch(" + std::to_string(t) + ") out of order");
+    }
+    launch_time_ = Clock::now();
+    launched_residency_ = attended_at_launch(io);
+    launched_rows_ = std::make_unique<ResidencyRows>(launched_residency_, backend_.shape_.n_layers,
+                                                     backend_.shape_.n_kv_heads);
+    launched_request_ = step_request(launched_rows_->view(), io.tiers.summary_ratio);
+    decoder_->submit(out_.tokens[static_cast<size_t>(t)], launched_request_);
+    launched_ = true;
+  }
+
   const StepMass* finish(int64_t t, const StepIO& io) override {
     if (t != out_.steps) {
       throw InputError("live backend: request " + info_.id + ": finish(" + std::to_string(t) + ") out of order");
     }
     const LiveOptions& o = backend_.options_;
     const DecoderShape& shape = backend_.shape_;
-    const ResidencyRows rows(*io.resident, shape.n_layers, shape.n_kv_heads);
-    const int summary_ratio = io.tiers.summary_ratio;
-    if (summary_ratio < 0 || summary_ratio % shape.chunk_tokens != 0) {
-      throw UsageError("live backend: the plan's summary_ratio " + std::to_string(summary_ratio) +
-                       " must be 0 (off) or a positive multiple of chunk_tokens " + std::to_string(shape.chunk_tokens));
-    }
     StepRequest request;
-    request.residency = rows.view();
-    request.include_summaries = summary_ratio > 0;
-    request.summary_ratio = summary_ratio > 0 ? summary_ratio : 128;
-    request.full_reference_mass = o.reference_mass;
-    out_.summary_ratio = std::max(out_.summary_ratio, summary_ratio);
-
-    const auto t0 = Clock::now();
-    const int32_t token = out_.tokens[static_cast<size_t>(t)];
-    decoder_->step(token, request, result_);
-    out_.decode_seconds += seconds_since(t0);
+    if (launched_) {
+      launched_ = false;
+      request = launched_request_;
+      decoder_->collect(result_);
+      out_.decode_seconds += seconds_since(launch_time_);
+    } else {
+      const ResidencyRows rows(*io.resident, shape.n_layers, shape.n_kv_heads);
+      request = step_request(rows.view(), io.tiers.summary_ratio);
+      const auto t0 = Clock::now();
+      decoder_->step(out_.tokens[static_cast<size_t>(t)], request, result_);
+      out_.decode_seconds += seconds_since(t0);
+    }
+    add_timing(result_);
 
     const RowLayout layout = backend_.rows();
     fill_mass(result_, /*full=*/false, layout, /*renormalise=*/request.include_summaries, observed_);
@@ -218,6 +254,33 @@ class LiveSession final : public RequestSession {
   [[nodiscard]] const LiveOutput& output() const { return out_; }
 
  private:
+  /// The decoder's request for a step over `residency` with the plan's summary tier.
+  StepRequest step_request(ResidencyView residency, int summary_ratio) {
+    const DecoderShape& shape = backend_.shape_;
+    if (summary_ratio < 0 || summary_ratio % shape.chunk_tokens != 0) {
+      throw UsageError("live backend: the plan's summary_ratio " + std::to_string(summary_ratio) +
+                       " must be 0 (off) or a positive multiple of chunk_tokens " + std::to_string(shape.chunk_tokens));
+    }
+    StepRequest request;
+    request.residency = residency;
+    request.include_summaries = summary_ratio > 0;
+    request.summary_ratio = summary_ratio > 0 ? summary_ratio : 128;
+    request.full_reference_mass = backend_.options_.reference_mass;
+    out_.summary_ratio = std::max(out_.summary_ratio, summary_ratio);
+    return request;
+  }
+
+  /// Device time of the step's pass, shared evenly by the sequences the pass served.
+  void add_timing(const DecodeOutput& step) {
+    if (step.pass_ms < 0) return;
+    const double share = 1e-3 / std::max(step.batch, 1);
+    out_.timed_steps += 1;
+    out_.attention_seconds += step.attention_ms * share;
+    out_.pass_seconds += step.pass_ms * share;
+    out_.stall_seconds += step.stall_ms * share;
+    out_.batch_sum += step.batch;
+  }
+
   int32_t choose(std::span<const float> logits) {
     const double temperature = backend_.options_.temperature;
     return temperature > 0 ? sample(logits, temperature, rng_) : argmax(logits);
@@ -243,6 +306,12 @@ class LiveSession final : public RequestSession {
   mutable std::vector<float> key_min_, key_max_, key_repr_;  // [complete chunks × rows × qk_dim]
   mutable int64_t key_rows_ = 0;
   LiveOutput out_;
+  // A step submitted at launch (batching decoders) and what it reads until finish.
+  bool launched_ = false;
+  Clock::time_point launch_time_;
+  Residency launched_residency_;
+  std::unique_ptr<ResidencyRows> launched_rows_;
+  StepRequest launched_request_;
 };
 
 // ---- backend --------------------------------------------------------------------------
@@ -259,6 +328,7 @@ LiveBackend::LiveBackend(DecoderFactory make_decoder, std::vector<int32_t> stop_
   }
   const std::unique_ptr<Decoder> probe = make_decoder_();  // validates weights and options
   shape_ = probe->shape();
+  batches_ = probe->batches_steps();
   geometry_ = geometry_of(shape_);
   for (LiveRequest& r : requests_) {
     if (r.prompt.empty()) throw InputError("live backend: request " + r.info.id + ": the prompt is empty");
@@ -303,6 +373,12 @@ void LiveBackend::clear_forced() {
   std::fill(forced_steps_.begin(), forced_steps_.end(), 0);
 }
 
+void LiveBackend::clear_forced(int64_t index) {
+  (void)request(index);
+  forced_[static_cast<size_t>(index)].clear();
+  forced_steps_[static_cast<size_t>(index)] = 0;
+}
+
 LiveOutput LiveBackend::output(int64_t index) const {
   (void)request(index);
   const std::lock_guard<std::mutex> lock(mutex_);
@@ -325,6 +401,7 @@ std::shared_ptr<const PrefilledRequest> LiveBackend::prefill(int64_t index) {
   const auto t0 = Clock::now();
   decoder->prefill(request(index).prompt, p->result);
   p->seconds = seconds_since(t0);
+  p->device_seconds = p->result.pass_ms >= 0 ? p->result.pass_ms * 1e-3 : -1.0;
   p->decoder = std::move(decoder);
   return p;
 }

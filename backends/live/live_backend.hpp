@@ -39,6 +39,12 @@
 // Teacher forcing (agreement with full attention): set_forced_tokens(i, tokens, steps) makes
 // request i's sessions feed the given tokens instead of their own choices for `steps` steps.
 //
+// Batching decoders (Decoder::batches_steps, the GPU one): launch() submits the step and
+// finish() collects it, and batches_sessions() asks the engine to launch a request's policies
+// together, so the steps of every policy (and, from several threads, of every request in
+// flight) run as one forward pass. With measured arrival the step reads the resident set plus
+// every chunk in flight at launch, which is what finish() reads with a synchronous decoder.
+//
 // Prefill is the same for every policy (all chunks are resident until the first plan):
 // prefill(i) runs it once, and every session opened from it starts from a fork of that
 // decoder, which shares the prompt's complete KV chunks.
@@ -84,8 +90,18 @@ struct LiveOutput {
   int64_t steps = 0;            // decode steps run
   std::vector<std::vector<float>> log_probs;  // [steps][vocab], when keep_log_probs
   double prefill_seconds = 0;   // the prefill this session started from (shared by the request's sessions)
+  double prefill_device_seconds = -1;  // the same prefill timed by the decoder (< 0: not timed)
   double decode_seconds = 0;
   int summary_ratio = 0;        // the largest summary tier a plan gave attention (0 = none)
+  /// Device time of the decode steps, for decoders that time them (timed_steps > 0): each
+  /// step's share of its forward pass (the pass divided by the sequences it served), in
+  /// attention, the whole pass and waiting for KV data; batch_sum / timed_steps is the mean
+  /// number of sequences per pass.
+  int64_t timed_steps = 0;
+  double attention_seconds = 0;
+  double pass_seconds = 0;
+  double stall_seconds = 0;
+  int64_t batch_sum = 0;
 };
 
 class LiveBackend final : public Backend {
@@ -106,6 +122,8 @@ class LiveBackend final : public Backend {
   [[nodiscard]] RequestInfo request_info(int64_t index) override { return request(index).info; }
   [[nodiscard]] bool closed_loop() const override { return true; }
   [[nodiscard]] ArrivalMode arrival_mode() const override { return options_.arrival; }
+  /// True when the decoder batches steps (the engine then launches a request's policies together).
+  [[nodiscard]] bool batches_sessions() const override { return batches_; }
   [[nodiscard]] std::string describe() const override;
 
   [[nodiscard]] const LiveRequest& request(int64_t index) const;
@@ -117,6 +135,8 @@ class LiveBackend final : public Backend {
   /// t < steps; needs tokens.size() > steps. clear_forced() returns to free running.
   void set_forced_tokens(int64_t index, std::vector<int32_t> tokens, int64_t steps);
   void clear_forced();
+  /// Back to free running for request `index` only (requests may run on several threads).
+  void clear_forced(int64_t index);
 
   /// The output of the latest finished session of request `index`.
   [[nodiscard]] LiveOutput output(int64_t index) const;
@@ -134,6 +154,7 @@ class LiveBackend final : public Backend {
   std::vector<LiveRequest> requests_;
   LiveOptions options_;
   Geometry geometry_;
+  bool batches_ = false;
 
   std::vector<std::vector<int32_t>> forced_;  // per request; empty = free running
   std::vector<int64_t> forced_steps_;

@@ -1,6 +1,9 @@
 #include "backends/cuda/model/cuda_decoder.hpp"
 
 #include <algorithm>
+#include <vector>
+
+#include "core/error.hpp"
 
 namespace kvlab::cuda {
 
@@ -16,18 +19,59 @@ void copy_out(CudaStepOutput&& in, DecodeOutput& out) {
   out.query_features = std::move(in.query_features);
 }
 
+void copy_timing(const CudaStepTiming& timing, int batch, DecodeOutput& out) {
+  out.attention_ms = timing.attention_ms;
+  out.pass_ms = timing.total_ms;
+  out.batch = batch;
+  out.stall_ms = 0;  // every chunk of every sequence stays in the device's KV pool
+}
+
 }  // namespace
+
+// ---- the shared decoder ------------------------------------------------------------------
+
+SharedCudaDecoder::SharedCudaDecoder(std::unique_ptr<CudaLlamaDecoder> decoder)
+    : decoder_(std::move(decoder)),
+      coalescer_([this](const std::vector<CudaStepInput>& inputs) { return run_pass(inputs); }) {}
+
+std::vector<BatchedStep> SharedCudaDecoder::run_pass(const std::vector<CudaStepInput>& inputs) {
+  std::vector<CudaStepOutput> outs = decoder_->step(inputs);
+  const CudaStepTiming& timing = decoder_->last_timing();
+  attention_ms_ += timing.attention_ms;
+  pass_ms_ += timing.total_ms;
+  std::vector<BatchedStep> steps(outs.size());
+  for (size_t i = 0; i < outs.size(); ++i) {
+    steps[i].output = std::move(outs[i]);
+    steps[i].timing = timing;
+    steps[i].batch = static_cast<int>(outs.size());
+  }
+  return steps;
+}
+
+CoalescerStats SharedCudaDecoder::stats() const {
+  const CoalescerCounts counts = coalescer_.counts();
+  const std::lock_guard lock(coalescer_.mutex());
+  CoalescerStats s;
+  s.passes = counts.batches;
+  s.sequence_steps = counts.steps;
+  s.max_batch = counts.max_batch;
+  s.attention_ms = attention_ms_;
+  s.pass_ms = pass_ms_;
+  return s;
+}
+
+// ---- one sequence -------------------------------------------------------------------------
 
 CudaDecoder::CudaDecoder(std::shared_ptr<SharedCudaDecoder> shared, SequenceId sequence)
     : shared_(std::move(shared)), sequence_(sequence) {}
 
 CudaDecoder::~CudaDecoder() {
-  const std::lock_guard lock(shared_->mutex);
-  shared_->decoder->close(sequence_);
+  if (submitted_) shared_->withdraw(sequence_);
+  shared_->with_decoder([&](CudaLlamaDecoder& d) { d.close(sequence_); });
 }
 
 DecoderShape CudaDecoder::shape() const {
-  const CudaLlamaDecoder& d = *shared_->decoder;
+  const CudaLlamaDecoder& d = shared_->unlocked();
   const LlamaConfig& c = d.config();
   DecoderShape s;
   s.device = "cuda";
@@ -42,38 +86,50 @@ DecoderShape CudaDecoder::shape() const {
   return s;
 }
 
-int64_t CudaDecoder::max_context() const { return shared_->decoder->max_context(); }
+int64_t CudaDecoder::max_context() const { return shared_->unlocked().max_context(); }
 
 int64_t CudaDecoder::n_tokens() const {
-  const std::lock_guard lock(shared_->mutex);
-  return shared_->decoder->n_tokens(sequence_);
+  return shared_->with_decoder([&](const CudaLlamaDecoder& d) { return d.n_tokens(sequence_); });
 }
 
 int64_t CudaDecoder::n_complete_chunks() const {
-  const std::lock_guard lock(shared_->mutex);
-  return shared_->decoder->n_complete_chunks(sequence_);
+  return shared_->with_decoder([&](const CudaLlamaDecoder& d) { return d.n_complete_chunks(sequence_); });
 }
 
 void CudaDecoder::prefill(std::span<const int32_t> tokens, DecodeOutput& out) {
-  const std::lock_guard lock(shared_->mutex);
-  copy_out(shared_->decoder->prefill(sequence_, tokens), out);
+  shared_->with_decoder([&](CudaLlamaDecoder& d) {
+    copy_out(d.prefill(sequence_, tokens), out);
+    copy_timing(d.last_timing(), 1, out);
+  });
 }
 
 void CudaDecoder::step(int32_t token, const StepRequest& request, DecodeOutput& out) {
-  const std::lock_guard lock(shared_->mutex);
-  const CudaStepInput in{sequence_, token, request};
-  copy_out(std::move(shared_->decoder->step(std::span<const CudaStepInput>(&in, 1)).at(0)), out);
+  submit(token, request);
+  collect(out);
+}
+
+void CudaDecoder::submit(int32_t token, const StepRequest& request) {
+  shared_->submit(sequence_, CudaStepInput{sequence_, token, request});
+  submitted_ = true;
+}
+
+void CudaDecoder::collect(DecodeOutput& out) {
+  if (!submitted_) throw UsageError("cuda decoder: collect() without a submitted step");
+  submitted_ = false;
+  BatchedStep step = shared_->collect(sequence_);
+  copy_out(std::move(step.output), out);
+  copy_timing(step.timing, step.batch, out);
 }
 
 void CudaDecoder::chunk_features(int64_t chunk, std::span<float> out) const {
-  const std::lock_guard lock(shared_->mutex);
-  const std::vector<float> f = shared_->decoder->chunk_features(sequence_, chunk);
+  const std::vector<float> f =
+      shared_->with_decoder([&](const CudaLlamaDecoder& d) { return d.chunk_features(sequence_, chunk); });
   std::copy_n(f.begin(), std::min(f.size(), out.size()), out.begin());
 }
 
 std::unique_ptr<Decoder> CudaDecoder::fork() const {
-  const std::lock_guard lock(shared_->mutex);
-  return std::make_unique<CudaDecoder>(shared_, shared_->decoder->fork(sequence_));
+  const SequenceId id = shared_->with_decoder([&](CudaLlamaDecoder& d) { return d.fork(sequence_); });
+  return std::make_unique<CudaDecoder>(shared_, id);
 }
 
 CudaDecoderOptions cuda_options_of(const DecoderOptions& options) {
@@ -85,17 +141,19 @@ CudaDecoderOptions cuda_options_of(const DecoderOptions& options) {
   return o;
 }
 
-DecoderFactory cuda_decoder_factory(std::shared_ptr<const LlamaWeights> weights, const CudaDecoderOptions& options) {
-  auto shared = std::make_shared<SharedCudaDecoder>();
-  shared->decoder = std::make_unique<CudaLlamaDecoder>(std::move(weights), options);
-  return [shared]() -> std::unique_ptr<Decoder> {
-    SequenceId id = 0;
-    {
-      const std::lock_guard lock(shared->mutex);
-      id = shared->decoder->open();
-    }
+CudaDecoderSet cuda_decoder_set(std::shared_ptr<const LlamaWeights> weights, const CudaDecoderOptions& options) {
+  auto shared = std::make_shared<SharedCudaDecoder>(std::make_unique<CudaLlamaDecoder>(std::move(weights), options));
+  CudaDecoderSet set;
+  set.shared = shared;
+  set.factory = [shared]() -> std::unique_ptr<Decoder> {
+    const SequenceId id = shared->with_decoder([](CudaLlamaDecoder& d) { return d.open(); });
     return std::make_unique<CudaDecoder>(shared, id);
   };
+  return set;
+}
+
+DecoderFactory cuda_decoder_factory(std::shared_ptr<const LlamaWeights> weights, const CudaDecoderOptions& options) {
+  return cuda_decoder_set(std::move(weights), options).factory;
 }
 
 }  // namespace kvlab::cuda

@@ -91,6 +91,9 @@ CudaLlamaDecoder::CudaLlamaDecoder(std::shared_ptr<const LlamaWeights> weights, 
     fail_usage("chunk features from hidden states are not computed on the GPU; use keys");
   }
   if (options_.kv_capacity_tokens < 0) fail_usage("kv_capacity_tokens must be >= 0");
+  if (options_.gemm_row_block < 0 || options_.gemm_row_block > 4096) {
+    fail_usage("gemm_row_block must be between 0 and 4096, got " + std::to_string(options_.gemm_row_block));
+  }
   if (options_.decode_attention_variant < 0 || options_.decode_attention_variant > 3) {
     fail_usage("decode_attention_variant must be 0, 1, 2 or 3, got " + std::to_string(options_.decode_attention_variant));
   }
@@ -327,44 +330,68 @@ CudaLlamaDecoder::PagedLists CudaLlamaDecoder::paged_lists(int batch, int max_ch
 }
 
 void CudaLlamaDecoder::run_graph(const std::vector<int64_t>& key, const std::function<void()>& forward) {
-  if (graph_exec_ == nullptr || key != graph_key_) {
-    if (graph_exec_ != nullptr) cudaGraphExecDestroy(graph_exec_);
-    graph_exec_ = nullptr;
-    cudaGraph_t graph = nullptr;
-    KVLAB_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    try {
-      forward();
-    } catch (const std::exception&) {
-      // Something in the pass cannot be captured here: end the capture, run without graphs.
-      cudaStreamEndCapture(stream_, &graph);
-      if (graph != nullptr) cudaGraphDestroy(graph);
-      cudaGetLastError();
-      graphs_failed_ = true;
-      forward();
-      return;
-    }
-    KVLAB_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-    const cudaError_t err = cudaGraphInstantiate(&graph_exec_, graph, 0);
-    cudaGraphDestroy(graph);
-    if (err != cudaSuccess) {
-      cudaGetLastError();
-      graph_exec_ = nullptr;
-      graphs_failed_ = true;
-      forward();
-      return;
-    }
-    graph_key_ = key;
+  if (graph_exec_ != nullptr && key == graph_key_) {
+    // A replay: the graph holds no events (ones recorded inside a capture are not timed by
+    // its launches), so the launch is timed from outside and attention is not measured.
+    time_layers_ = false;
+    KVLAB_CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
+    KVLAB_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+    KVLAB_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
+    return;
   }
-  KVLAB_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+  if (graph_exec_ != nullptr) cudaGraphExecDestroy(graph_exec_);
+  graph_exec_ = nullptr;
+  // This step runs eagerly, timed per layer; its attention share times later replays.
+  time_layers_ = true;
+  KVLAB_CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
+  forward();
+  KVLAB_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
+  if (graphs_failed_) return;
+  // Capture the same pass for the next steps: captured work is recorded, not run, and it
+  // rewrites the same buffers from the same inputs when replayed.
+  time_layers_ = false;
+  cudaGraph_t graph = nullptr;
+  KVLAB_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  try {
+    forward();
+  } catch (const std::exception&) {
+    // Something in the pass cannot be captured here: end the capture, run without graphs.
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    graphs_failed_ = true;
+    time_layers_ = true;
+    return;
+  }
+  KVLAB_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  const cudaError_t err = cudaGraphInstantiate(&graph_exec_, graph, 0);
+  cudaGraphDestroy(graph);
+  time_layers_ = true;  // the events of the eager pass above are the ones to read
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    graph_exec_ = nullptr;
+    graphs_failed_ = true;
+    return;
+  }
+  graph_key_ = key;
 }
 
 void CudaLlamaDecoder::read_timing() {
   KVLAB_CUDA_CHECK(cudaEventElapsedTime(&timing_.total_ms, ev_start_, ev_end_));
+  if (!time_layers_) {
+    timing_.attention_ms = timing_.total_ms * graph_attention_share_;
+    timing_.attention_measured = false;
+    return;
+  }
   timing_.attention_ms = 0;
+  timing_.attention_measured = true;
   for (size_t l = 0; l + 1 < attn_events_.size(); l += 2) {
     float ms = 0;
     KVLAB_CUDA_CHECK(cudaEventElapsedTime(&ms, attn_events_[l], attn_events_[l + 1]));
     timing_.attention_ms += ms;
+  }
+  if (blocked_gemms_) {  // a decode step (not a prefill): what replays of its graph are like
+    graph_attention_share_ = timing_.total_ms > 0 ? timing_.attention_ms / timing_.total_ms : 0.0F;
   }
 }
 
@@ -375,7 +402,13 @@ void CudaLlamaDecoder::check_token(int32_t token, const char* where) const {
   }
 }
 
-void CudaLlamaDecoder::ensure_scratch(int64_t rows) {
+int64_t CudaLlamaDecoder::padded_rows(int64_t rows) const {
+  const int64_t b = options_.gemm_row_block;
+  return b > 0 ? (rows + b - 1) / b * b : rows;
+}
+
+void CudaLlamaDecoder::ensure_scratch(int64_t wanted) {
+  const int64_t rows = padded_rows(wanted);
   if (rows <= scratch_rows_) return;
   const LlamaConfig& c = config();
   const auto r = static_cast<size_t>(rows);
@@ -389,6 +422,9 @@ void CudaLlamaDecoder::ensure_scratch(int64_t rows) {
   act_.reset(r * c.ffn);
   tokens_d_.reset(r);
   positions_d_.reset(r);
+  // Padding rows are multiplied too: zeros keep them finite (they are never read back).
+  for (DeviceArray<float>* a : {&x_, &qkv_, &gu_}) KVLAB_CUDA_CHECK(cudaMemset(a->get(), 0, a->bytes()));
+  for (DeviceArray<bf16>* a : {&h_, &attn_, &act_}) KVLAB_CUDA_CHECK(cudaMemset(a->get(), 0, a->bytes()));
   scratch_rows_ = rows;
 }
 
@@ -401,27 +437,49 @@ void CudaLlamaDecoder::gemm(const bf16* w, int out, int in, const bf16* x, int r
                "cublasGemmEx");
 }
 
-void CudaLlamaDecoder::lm_head(int rows) {
+void CudaLlamaDecoder::gemm_rows(const bf16* w, int out, int in, const bf16* x, int rows, float* y, bool accumulate) {
+  const int block = blocked_gemms_ ? options_.gemm_row_block : 0;
+  if (block <= 0) {
+    gemm(w, out, in, x, rows, y, accumulate);
+    return;
+  }
+  for (int r0 = 0; r0 < rows; r0 += block) {
+    gemm(w, out, in, x + static_cast<int64_t>(r0) * in, block, y + static_cast<int64_t>(r0) * out, accumulate);
+  }
+}
+
+void CudaLlamaDecoder::sgemm_head(const float* head, const float* x, int rows, float* y) {
   const LlamaConfig& c = config();
-  logits_.reserve(static_cast<size_t>(rows) * c.vocab);
   const float alpha = 1.0F;
   const float beta = 0.0F;
+  const int block = blocked_gemms_ ? options_.gemm_row_block : 0;
+  const int step = block > 0 ? block : rows;
+  for (int r0 = 0; r0 < rows; r0 += step) {
+    check_cublas(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, c.vocab, step, c.hidden, &alpha, head, c.hidden,
+                             x + static_cast<int64_t>(r0) * c.hidden, c.hidden, &beta,
+                             y + static_cast<int64_t>(r0) * c.vocab, c.vocab),
+                 "cublasSgemm (LM head)");
+  }
+}
+
+void CudaLlamaDecoder::lm_head(int rows) {
+  const LlamaConfig& c = config();
+  const auto padded = static_cast<size_t>(blocked_gemms_ ? padded_rows(rows) : rows);
+  logits_.reserve(padded * c.vocab);
   if (options_.fp32_lm_head) {
-    head_in_f32_.reserve(static_cast<size_t>(rows) * c.hidden);
+    head_in_f32_.reserve(padded * c.hidden);
     launch_rms_norm(RmsNormView<float>{x_.get(), output_norm_.get(), head_in_f32_.get(), rows, c.hidden, c.hidden,
                                        c.hidden, c.rms_eps},
                     stream_);
     const float* head = weights_->tied_embeddings ? embd_f32_.get() : head_f32_.get();
-    check_cublas(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, c.vocab, rows, c.hidden, &alpha, head, c.hidden,
-                             head_in_f32_.get(), c.hidden, &beta, logits_.get(), c.vocab),
-                 "cublasSgemm (LM head)");
+    sgemm_head(head, head_in_f32_.get(), rows, logits_.get());
   } else {
-    head_in_bf16_.reserve(static_cast<size_t>(rows) * c.hidden);
+    head_in_bf16_.reserve(padded * c.hidden);
     launch_rms_norm(RmsNormView<bf16>{x_.get(), output_norm_.get(), head_in_bf16_.get(), rows, c.hidden, c.hidden,
                                       c.hidden, c.rms_eps},
                     stream_);
     const bf16* head = weights_->tied_embeddings ? embd_bf16_.get() : head_bf16_.get();
-    gemm(head, c.vocab, c.hidden, head_in_bf16_.get(), rows, logits_.get(), false);
+    gemm_rows(head, c.vocab, c.hidden, head_in_bf16_.get(), rows, logits_.get(), false);
   }
 }
 
@@ -446,23 +504,23 @@ void CudaLlamaDecoder::layers(int rows, const int32_t* positions, int64_t first_
     launch_rms_norm(RmsNormView<bf16>{x_.get(), lw.attn_norm.get(), h_.get(), rows, c.hidden, c.hidden, c.hidden,
                                       c.rms_eps},
                     stream_);
-    gemm(lw.wqkv.get(), qkv_dim, c.hidden, h_.get(), rows, qkv_.get(), false);
+    gemm_rows(lw.wqkv.get(), qkv_dim, c.hidden, h_.get(), rows, qkv_.get(), false);
     launch_rope(RopeView{qkv_.get(), qkv_dim, rows, c.n_heads, q_dim, c.n_kv_heads, c.head_dim,
                          weights_->rope_pairs_adjacent, positions, first_position, inv_freq_.get(), position_scale_},
                 stream_);
     launch_kv_write(KvWriteView{qkv_.get(), qkv_dim, q_dim, q_dim + kv_dim, rows, positions, first_position,
                                 slot_table, slot_stride, pool, l, add_to_sums},
                     stream_);
-    KVLAB_CUDA_CHECK(cudaEventRecord(attn_events_[2 * static_cast<size_t>(l)], stream_));
+    if (time_layers_) KVLAB_CUDA_CHECK(cudaEventRecord(attn_events_[2 * static_cast<size_t>(l)], stream_));
     attention(l, pool);
-    KVLAB_CUDA_CHECK(cudaEventRecord(attn_events_[2 * static_cast<size_t>(l) + 1], stream_));
-    gemm(lw.wo.get(), c.hidden, q_dim, attn_.get(), rows, x_.get(), true);
+    if (time_layers_) KVLAB_CUDA_CHECK(cudaEventRecord(attn_events_[2 * static_cast<size_t>(l) + 1], stream_));
+    gemm_rows(lw.wo.get(), c.hidden, q_dim, attn_.get(), rows, x_.get(), true);
     launch_rms_norm(RmsNormView<bf16>{x_.get(), lw.ffn_norm.get(), h_.get(), rows, c.hidden, c.hidden, c.hidden,
                                       c.rms_eps},
                     stream_);
-    gemm(lw.wgu.get(), 2 * c.ffn, c.hidden, h_.get(), rows, gu_.get(), false);
+    gemm_rows(lw.wgu.get(), 2 * c.ffn, c.hidden, h_.get(), rows, gu_.get(), false);
     launch_swiglu(SwigluView{gu_.get(), act_.get(), rows, c.ffn}, stream_);
-    gemm(lw.wdown.get(), c.hidden, c.ffn, act_.get(), rows, x_.get(), true);
+    gemm_rows(lw.wdown.get(), c.hidden, c.ffn, act_.get(), rows, x_.get(), true);
   }
 }
 
@@ -502,6 +560,8 @@ CudaStepOutput CudaLlamaDecoder::prefill(SequenceId id, std::span<const int32_t>
   ntok_d_.upload(&total32, 1, stream_);
   partial_.reserve(static_cast<size_t>(decode_partial_floats(1, c.n_heads, final_chunks, c.head_dim)));
   mass_d_.reserve(static_cast<size_t>(n_rows) * final_chunks);
+  blocked_gemms_ = false;  // one request alone: nothing to be invariant to
+  time_layers_ = true;
   KVLAB_CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
 
   for (int64_t b0 = 0; b0 < n; b0 += block) {
@@ -749,12 +809,13 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
   // Everything the forward pass writes is sized before it, so that it can be captured into a
   // CUDA graph (no allocation inside) and replayed while the shapes and buffers stay put.
   next_d_.reserve(nb);
-  logits_.reserve(nb * c.vocab);
+  const auto padded = static_cast<size_t>(padded_rows(batch));
+  logits_.reserve(padded * c.vocab);
   features_.reserve(nb * c.hidden);
   if (options_.fp32_lm_head) {
-    head_in_f32_.reserve(nb * c.hidden);
+    head_in_f32_.reserve(padded * c.hidden);
   } else {
-    head_in_bf16_.reserve(nb * c.hidden);
+    head_in_bf16_.reserve(padded * c.hidden);
   }
   if (any_sampled) {
     temperature_d_.reserve(nb);
@@ -762,8 +823,8 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     temperature_d_.upload(temperature.data(), nb, stream_);
     uniform_d_.upload(uniform.data(), nb, stream_);
   }
+  blocked_gemms_ = true;
   auto forward = [&] {
-    KVLAB_CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
     if (options_.fp32_lm_head) {
       launch_embedding(EmbeddingView<float>{embd_f32_.get(), tokens_d_.get(), x_.get(), batch, c.hidden}, stream_);
     } else {
@@ -810,7 +871,6 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     } else {
       launch_argmax(ArgmaxView{logits_.get(), next_d_.get(), batch, c.vocab, c.vocab}, stream_);
     }
-    KVLAB_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
   };
   if (options_.cuda_graphs && !paged && !graphs_failed_) {
     const std::vector<int64_t> key{batch, max_chunks, max_groups, any_restricted, any_full, any_sampled,
@@ -826,7 +886,10 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
                                    reinterpret_cast<int64_t>(head_in_bf16_.get()), reinterpret_cast<int64_t>(summary_mass_d_.get())};
     run_graph(key, forward);
   } else {
+    time_layers_ = true;
+    KVLAB_CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
     forward();
+    KVLAB_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
   }
   std::vector<int32_t> next;
   download(next, next_d_.get(), nb, stream_);

@@ -63,8 +63,15 @@ struct CudaDecoderOptions {
   int decode_attention_variant = 0;
   /// Replay decode steps from a CUDA graph while batch, chunk count and buffers stay the same
   /// (re-captured when they change; not with variant 3). Falls back to plain launches if a
-  /// capture fails.
+  /// capture fails. The step that captures also runs eagerly, timed per layer; replays are
+  /// timed as a whole (CudaStepTiming::attention_measured).
   bool cuda_graphs = false;
+  /// Decode-step matrix products run over blocks of exactly this many rows (the last block
+  /// padded), so cuBLAS sees one shape whatever the batch and a sequence's floats do not depend
+  /// on how many others decode with it. 0: one product over all rows (cuBLAS may then pick a
+  /// different algorithm per batch size, and results change in the last bits). The prefill is
+  /// not blocked: it runs one request alone.
+  int gemm_row_block = 64;
 };
 
 using SequenceId = int64_t;
@@ -98,10 +105,14 @@ struct CudaStepOutput {
 };
 
 /// Milliseconds on the device, by CUDA events, of the latest step() or prefill(): the whole
-/// forward pass, and the part of it spent in attention (summed over layers).
+/// forward pass, and the part of it spent in attention (summed over layers). A step replayed
+/// from a CUDA graph has no per-layer events (events recorded inside a capture are not timed
+/// by replays); its attention time is then the total times the attention share measured when
+/// that graph was captured, and attention_measured is false.
 struct CudaStepTiming {
   float attention_ms = 0;
   float total_ms = 0;
+  bool attention_measured = true;
 };
 
 class CudaLlamaDecoder {
@@ -143,6 +154,8 @@ class CudaLlamaDecoder {
   /// For benchmarks comparing kernels on the same cache (see CudaDecoderOptions).
   void set_decode_attention_variant(int variant) { options_.decode_attention_variant = variant; }
   void set_cuda_graphs(bool on) { options_.cuda_graphs = on; }
+  /// For benchmarks timing what batch invariance costs (CudaDecoderOptions::gemm_row_block).
+  void set_gemm_row_block(int rows) { options_.gemm_row_block = rows; }
   /// True once a graph capture failed (steps then launch kernels directly).
   [[nodiscard]] bool graphs_failed() const { return graphs_failed_; }
 
@@ -179,8 +192,16 @@ class CudaLlamaDecoder {
   /// y[rows × out] (+)= x[rows × in] · Wᵀ with W [out × in] bf16, x bf16, y float32.
   void gemm(const bf16* w, int out, int in, const bf16* x, int rows, float* y, bool accumulate);
   void lm_head(int rows);
+  void sgemm_head(const float* head, const float* x, int rows, float* y);
+  /// Reads the events of the latest pass: start to end, and per layer when time_layers_.
   void read_timing();
+  /// Runs `forward` (which records no events) through a graph keyed by `key`: captured after
+  /// one eager, per-layer timed pass whenever the key changes, replayed otherwise.
   void run_graph(const std::vector<int64_t>& key, const std::function<void()>& forward);
+  /// y = x · Wᵀ over `rows` rows in blocks of gemm_row_block rows (see CudaDecoderOptions);
+  /// x and y must hold whole blocks (ensure_scratch pads them).
+  void gemm_rows(const bf16* w, int out, int in, const bf16* x, int rows, float* y, bool accumulate);
+  [[nodiscard]] int64_t padded_rows(int64_t rows) const;
   /// The transformer layers over `rows` rows already embedded in x_; `attention` runs
   /// the layer's attention into attn_.
   template <class Attention>
@@ -200,6 +221,9 @@ class CudaLlamaDecoder {
   cudaGraphExec_t graph_exec_ = nullptr;
   std::vector<int64_t> graph_key_;
   bool graphs_failed_ = false;
+  bool time_layers_ = true;        // record per-layer attention events in this pass
+  bool blocked_gemms_ = false;     // decode steps: matrix products in fixed row blocks
+  float graph_attention_share_ = 0;  // attention / total of the pass the graph was captured from
 
   // Weights.
   std::vector<LayerWeights> layers_;

@@ -199,6 +199,22 @@ int run(const Options& o) {
         first = false;
       }
       dec.set_decode_attention_variant(0);
+      {
+        // What batch invariance costs: the projections as one product over all rows instead of
+        // blocks of 64 (gemm_row_block; results then depend on the batch in the last bits).
+        dec.set_gemm_row_block(0);
+        const std::vector<SequenceId> sub(ids.begin(), ids.begin() + batch);
+        const DecodeFigures f = time_decode(dec, sub, 1.0, o.warmup, o.steps);
+        dec.set_gemm_row_block(CudaDecoderOptions{}.gemm_row_block);
+        const double tps = static_cast<double>(batch) / (f.wall_ms / 1e3);
+        std::printf("TABLE decode ctx %5lld batch %3lld full    unblocked gemm: %9.0f tokens/s  step %7.3f ms (device "
+                    "%7.3f, attention %7.3f)\n",
+                    static_cast<long long>(ctx), static_cast<long long>(batch), tps, f.wall_ms, f.device_ms,
+                    f.attention_ms);
+        json << ", {\"context\": " << ctx << ", \"batch\": " << batch
+             << ", \"keep\": 1, \"gemm_row_block\": 0, \"tokens_per_s\": " << tps << ", \"step_ms\": " << f.wall_ms
+             << ", \"device_ms\": " << f.device_ms << ", \"attention_ms\": " << f.attention_ms << "}";
+      }
       // Launch overhead: the same step replayed from a CUDA graph.
       dec.set_cuda_graphs(true);
       const std::vector<SequenceId> sub(ids.begin(), ids.begin() + batch);
