@@ -73,17 +73,22 @@ class StepCoalescer final : public StepGroup {
     std::unique_lock lock(mutex_);
     const auto it = queued_.find(key);
     if (it == queued_.end()) throw UsageError("step coalescer: collect() without a submitted step");
-    const bool member = members_.count(std::this_thread::get_id()) > 0;
-    if (member) ++waiting_members_;
-    while (!it->second.done) {
+    Queued& queued = it->second;
+    if (!queued.done && members_.count(std::this_thread::get_id()) > 0) {
+      // Counted as waiting until the batch that serves this step has run (run_batch_locked
+      // uncounts it then, not this thread once it wakes: a woken thread that has not run yet
+      // must not count as waiting for the next batch).
+      queued.member_waiting = true;
+      ++waiting_members_;
+    }
+    while (!queued.done) {
       if (waiting_members_ == static_cast<int>(members_.size())) {
         run_batch_locked();
       } else {
         changed_.wait(lock);
       }
     }
-    if (member) --waiting_members_;
-    Queued q = std::move(it->second);
+    Queued q = std::move(queued);
     queued_.erase(it);
     if (q.error) std::rethrow_exception(q.error);
     return std::move(q.output);
@@ -107,6 +112,7 @@ class StepCoalescer final : public StepGroup {
   struct Queued {
     Input input;
     bool done = false;
+    bool member_waiting = false;  // a member thread waits for it (counted in waiting_members_)
     Output output;
     std::exception_ptr error;
   };
@@ -130,7 +136,11 @@ class StepCoalescer final : public StepGroup {
     } catch (...) {
       for (Queued* q : served) q->error = std::current_exception();  // every step of it fails alike
     }
-    for (Queued* q : served) q->done = true;
+    for (Queued* q : served) {
+      q->done = true;
+      if (q->member_waiting) --waiting_members_;
+      q->member_waiting = false;
+    }
     changed_.notify_all();
   }
 
