@@ -17,26 +17,37 @@
 #                (+ full attention's reference pass): SPEED_SAMPLES ("64,16,2") samples at batch
 #                64, 16 and 1 (requests in flight); decode tokens/s over all sessions
 #   5 record     kvlab record --backend cuda tokens/s against --backend cpu
-# Everything goes into WORK (default /tmp/kvlab_live_cuda); after every part WORK is packed into
+# PARTS ("tests hf agreement speed record") picks parts. Everything goes into WORK (default /tmp/kvlab_live_cuda); after every part WORK is packed into
 # OUT/live.tgz (traces and logit dumps left out) and OUT/summary.txt is rewritten, so a timeout
 # still returns what was done. The TABLE summary is printed last.
 #   experiments/gpu/live_cuda.sh [OUT]          (OUT defaults to $OUT, else results/live_cuda)
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# The tree the script sits in (a checkout, or a carried copy holding build/, tests/cli/,
+# traces/data/ and experiments/gpu/); the model is looked for in $KVLAB_MODEL, ./models, then
+# that tree's models/.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 out="${1:-${OUT:-results/live_cuda}}"
 work="${WORK:-/tmp/kvlab_live_cuda}"
 rm -rf "$work"
 mkdir -p "$out" "$work"
-bin="${KVLAB_BIN:-build/bin}"
+bin="${KVLAB_BIN:-$root/build/bin}"
 K="$bin/kvlab"
-model="${KVLAB_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
-export LD_LIBRARY_PATH="build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+gguf=SmolLM2-135M-Instruct.Q4_1.gguf
+model="${KVLAB_MODEL:-}"
+for candidate in "$PWD/models/$gguf" "$root/models/$gguf"; do
+  [[ -z "$model" && -f "$candidate" ]] && model="$candidate"
+done
+model="${model:-$PWD/models/$gguf}"
+export KVLAB_MODEL="$model"
+export LD_LIBRARY_PATH="$root/build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OMP_WAIT_POLICY=passive
 budget="${BUDGET_S:-340}"
 t_start=$(date +%s)
 summary="$work/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
+parts="${PARTS:-tests hf agreement speed record}"  # which parts run (e.g. PARTS="speed record")
+want() { [[ " $parts " == *" $1 "* ]]; }
 pack() {
   tar czf "$out/live.tgz.tmp" --exclude='*.h5' --exclude='*.npy' -C "$(dirname "$work")" "$(basename "$work")" 2>/dev/null &&
     mv "$out/live.tgz.tmp" "$out/live.tgz"
@@ -73,17 +84,21 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,driver_version --format=csv,n
 note "TABLE gpu: $(head -n 1 "$work/gpu.txt")"
 
 # ---- 1. tests (they also warm the GPU up from its idle clock) ----
+if want tests; then
 part gpu_tests 40 15 "$bin/kvlab_gpu_tests" --gtest_brief=1 \
   --gtest_filter='CudaLlamaDecoder.Graph*:CudaLlamaDecoder.StepsAreBitwise*:CudaDecoderBatching.*:CudaDecoderInterface.*'
 note "TABLE gpu_tests: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$work/gpu_tests.log" | tr '\n' ' ')"
 grep -h '^\[ \(timing\|invariance\|batching\) \]' "$work/gpu_tests.log" | sed 's/^/TABLE   /' | tee -a "$summary"
-part cli 40 20 bash tests/cli/live_cuda_gpu_test.sh "$K" "$PWD" "$work/cli"
+part cli 40 20 bash "$root/tests/cli/live_cuda_gpu_test.sh" "$K" "$root" "$work/cli"
 [[ -f "$work/cli.log" ]] && note "TABLE cli: $(tail -n 1 "$work/cli.log")"
 pack
+fi
 
 # ---- 2. Hugging Face reference ----
-if python3 -c "import torch, transformers, gguf" >/dev/null 2>&1; then
-  part hf 60 30 python3 experiments/gpu/hf_reference.py --kvlab "$K" --model "$model" --out "$work/hf"
+if ! want hf; then
+  :
+elif python3 -c "import torch, transformers, gguf" >/dev/null 2>&1; then
+  part hf 60 30 python3 "$root/experiments/gpu/hf_reference.py" --kvlab "$K" --model "$model" --out "$work/hf"
   grep -h '^TABLE' "$work/hf.log" 2>/dev/null | tee -a "$summary"
 else
   note "TABLE hf: skipped ($(python3 -c 'import torch, transformers, gguf' 2>&1 | tail -n 1))"
@@ -91,7 +106,8 @@ fi
 pack
 
 # ---- 3. agreement with the CPU decoder, per context under its own timeout ----
-IFS=',' read -r -a agree <<<"${AGREE_SAMPLES:-2048:4,4096:4,8192:3}"
+agree=()
+want agreement && IFS=',' read -r -a agree <<<"${AGREE_SAMPLES:-2048:4,4096:4,8192:3}"
 for spec in "${agree[@]}"; do
   ctx="${spec%%:*}"
   n="${spec##*:}"
@@ -102,8 +118,9 @@ for spec in "${agree[@]}"; do
 done
 
 # ---- 4. speed ----
+if want speed; then
 # LSA's indexer, trained on the shipped real trace (a few seconds).
-"$K" indexer train --traces traces/data/smollm2_niah_single_2k.h5 --window 256 --sinks 64 --tau 16 --stride 4 \
+"$K" indexer train --traces "$root/traces/data/smollm2_niah_single_2k.h5" --window 256 --sinks 64 --tau 16 --stride 4 \
   --epochs 10 --out "$work/indexer_real_2k.h5" --threads 4 >"$work/indexer.log" 2>&1 || note "TABLE indexer: training failed"
 policies=(--policy full --policy sliding_window:window=1152,sinks=64 --policy random:budget=0.15
           --policy h2o:budget=0.15 --policy tova:budget=0.15)
@@ -128,7 +145,10 @@ r = json.load(open(d + "/results.json"))
 dev = c.get("device", {})
 def f(x, digits=3):
     return "n/a" if x is None else f"{x:.{digits}f}"
-print(f"TABLE {name}: {c['flags']['samples']} samples at {c['flags']['context-tokens']} tokens, {len(r)} policies, "
+def flag(k):
+    v = c["flags"][k]
+    return v[0] if isinstance(v, list) else v
+print(f"TABLE {name}: {flag('samples')} samples at {flag('context-tokens')} tokens, {len(r)} policies, "
       f"batch {c['batch']}: {c['seconds']:.1f} s; decode {c['decode_tokens_per_s_overall']:.0f} tok/s over all sessions "
       f"({c['decode_steps_all_sessions']} steps, mean {dev.get('batch_mean', 0):.1f} sequences per pass, "
       f"{dev.get('pass_ms_mean', 0):.2f} ms per pass); prefill {c['prefill_tokens_per_s']:.0f} tok/s")
@@ -143,8 +163,10 @@ pack
 speed speed_b16 16 "${speed_samples[1]}" 20 10
 speed speed_b1 1 "${speed_samples[2]}" 15 8
 pack
+fi
 
 # ---- 5. recording rate: the GPU against the CPU (one request, few steps) ----
+if want record; then
 part record_cuda 15 8 "$K" record --model "$model" --backend cuda --task niah_single --context-tokens 4096 \
   --samples 8 --steps 32 --out "$work/record_cuda.h5"
 part record_cpu 20 10 "$K" record --model "$model" --backend cpu --task niah_single --context-tokens 2048 \
@@ -162,11 +184,16 @@ ratio = f"{rates['cuda'] / rates['cpu']:.1f}x" if rates["cuda"] and rates["cpu"]
 print(f"TABLE record: decode {rates['cuda']} tok/s on cuda (8 requests at 4K, one after another), "
       f"{rates['cpu']} tok/s on cpu (1 request at 2K): {ratio}")
 PY
+fi
 
 python3 - "$work" "$(($(date +%s) - t_start))" <<'PY'
 import json, os, sys
 work, seconds = sys.argv[1], int(sys.argv[2])
-s = {"seconds": seconds, "parts": open(os.path.join(work, "parts.txt")).read().split("\n")[:-1]}
+try:
+    ran = open(os.path.join(work, "parts.txt")).read().split("\n")[:-1]
+except OSError:
+    ran = []
+s = {"seconds": seconds, "parts": ran}
 for name in ("speed_b64", "speed_b16", "speed_b1"):
     try:
         c = json.load(open(os.path.join(work, name, "config.json")))
