@@ -37,6 +37,8 @@ CommandSpec record_spec() {
        {"storage", "auto|dense|sparse", "mass layout in the file", "auto"},
        {"stop", "limit|eos", "limit: every request runs --steps steps; eos: a request also ends at a stop token", "limit"},
        {"qk-vectors", "on|off", "write query vectors and per-chunk key min/max/representative (large)", "off"},
+       {"batch", "N", "requests recorded at once; with --backend cuda their steps share one forward pass. The "
+                      "trace does not depend on it", "1"},
        {"out", "FILE", "trace file to write (atomically)", "", false, true}},
       {},
       "example:\n"
@@ -78,6 +80,9 @@ int run_record(const Argv& argv) {
   }
   record.query_keys = parse_on_off(args.get("qk-vectors"), "--qk-vectors");
   const bool stop_at_eos = live_stop_at_eos(args);
+  const int64_t batch = args.get_int("batch");
+  if (batch < 1 || batch > 4096) throw UsageError("--batch must be between 1 and 4096");
+  record.in_flight = static_cast<int>(batch);
   const std::string task = args.get("task");
 
   const LiveModel model = live_load_model(args);
@@ -90,6 +95,7 @@ int run_record(const Argv& argv) {
   const LiveDecoders decoders = live_decoders(args, model, decoder);
   LiveBackend backend(decoders.factory, model.stop_tokens, std::move(requests), options);
 
+  record.group = decoders.group;
   ProgressBar bar("record");
   record.progress = [&bar](int64_t done, int64_t total) { bar.update(done, total); };
   const std::string out = args.get("out");
@@ -100,7 +106,9 @@ int run_record(const Argv& argv) {
   if (s.skipped > 0) std::cout << " (" << s.skipped << " request(s) stopped before a step: left out)";
   std::cout << "; prefill " << std::setprecision(1)
             << static_cast<double>(s.prompt_tokens) / std::max(s.prefill_seconds, 1e-9) << " tok/s, decode "
-            << static_cast<double>(s.steps) / std::max(s.decode_seconds, 1e-9) << " tok/s\n";
+            << static_cast<double>(s.steps) / std::max(s.decode_seconds, 1e-9) << " tok/s per request; "
+            << s.steps << " steps in " << s.wall_seconds << " s overall, " << decoders.backend << ", batch " << batch
+            << " (" << static_cast<double>(s.steps) / std::max(s.wall_seconds, 1e-9) << " tok/s, prefill included)\n";
   return 0;
 }
 

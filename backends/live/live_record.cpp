@@ -1,6 +1,11 @@
 #include "backends/live/live_record.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
 
 #include "core/error.hpp"
 #include "core/residency.hpp"
@@ -42,9 +47,10 @@ struct Recording {
   std::vector<float> query_vectors;  // [steps × rows × qk_dim]
 };
 
-/// Runs every step the session gives, with every chunk resident (full attention).
+/// Runs every step the session gives, with every chunk resident (full attention); calls
+/// `stepped` after each step.
 Recording run_full_attention(RequestSession& session, const Geometry& geometry, RowLayout layout,
-                             const RecordOptions& options, int64_t& done, int64_t total) {
+                             const RecordOptions& options, const std::function<void()>& stepped) {
   const RequestInfo& info = session.info();
   Recording rec;
   for (int64_t t = 0; t < info.decode_steps && session.begin_step(t); ++t) {
@@ -59,10 +65,78 @@ Recording run_full_attention(RequestSession& session, const Geometry& geometry, 
     io.resident = &all;  // all resident, no tiers: this is full attention
     session.launch(t, io);
     rec.mass.push_back(stored_rows(*session.finish(t, io), options.per_head));
-    ++done;
-    if (options.progress) options.progress(done, total);
+    stepped();
   }
   return rec;
+}
+
+/// A request recorded and not yet written: its session (chunk features and keys are read from
+/// it at writing time) and its steps.
+struct Recorded {
+  std::unique_ptr<RequestSession> session;
+  Recording rec;
+  bool ready = false;
+  std::exception_ptr error;
+};
+
+/// Records requests 0..n-1 on `threads` threads, at most `threads` of them alive (recording or
+/// waiting to be written) at once, and hands each to `write` in request order on the calling
+/// thread. A thread is a member of `group` only while it records (a member that waits for a
+/// window would hold the others' batches back).
+void record_in_flight(int64_t n, int threads, StepGroup* group, const std::function<Recorded(int64_t)>& record,
+                      const std::function<void(int64_t, Recorded&)>& write) {
+  std::vector<Recorded> slots(static_cast<size_t>(n));
+  std::mutex mutex;
+  std::condition_variable changed;
+  int64_t next = 0;
+  int64_t written = 0;
+  bool failed = false;
+  auto worker = [&] {
+    for (;;) {
+      int64_t i = 0;
+      {
+        std::unique_lock lock(mutex);
+        changed.wait(lock, [&] { return failed || next >= n || next < written + threads; });
+        if (failed || next >= n) return;
+        i = next++;
+      }
+      Recorded r;
+      try {
+        const StepGroupMember member(group);
+        r = record(i);
+      } catch (...) {
+        r.error = std::current_exception();
+      }
+      const std::lock_guard lock(mutex);
+      slots[static_cast<size_t>(i)] = std::move(r);
+      slots[static_cast<size_t>(i)].ready = true;
+      changed.notify_all();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int k = 0; k < threads; ++k) pool.emplace_back(worker);
+  std::exception_ptr error;
+  for (int64_t i = 0; i < n && !error; ++i) {
+    Recorded r;
+    {
+      std::unique_lock lock(mutex);
+      changed.wait(lock, [&] { return slots[static_cast<size_t>(i)].ready; });
+      r = std::move(slots[static_cast<size_t>(i)]);
+    }
+    try {
+      if (r.error) std::rethrow_exception(r.error);
+      write(i, r);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    r = Recorded{};  // the session goes before the window opens
+    const std::lock_guard lock(mutex);
+    ++written;
+    failed = failed || error != nullptr;
+    changed.notify_all();
+  }
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 /// The complete chunks' rows of `rows_known` rows of `width` floats, zero-padded to `rows`.
@@ -85,17 +159,34 @@ RecordSummary record_trace(LiveBackend& backend, const std::string& path, const 
   int64_t total = 0;
   for (int64_t i = 0; i < backend.requests(); ++i) total += backend.request(i).info.decode_steps;
 
-  for (int64_t i = 0; i < backend.requests(); ++i) {
-    auto session = backend.open(i);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::mutex progress_mutex;
+  int64_t done = 0;
+  const std::function<void()> stepped = [&] {
+    const std::lock_guard lock(progress_mutex);
+    ++done;
+    if (options.progress) options.progress(done, total);
+  };
+  auto record = [&](int64_t i) {
+    Recorded r;
+    r.session = backend.open(i);
+    r.rec = run_full_attention(*r.session, geometry, layout, options, stepped);
+    return r;
+  };
+  auto write = [&](int64_t i, Recorded& recorded) {
+    std::unique_ptr<RequestSession>& session = recorded.session;
+    const Recording& rec = recorded.rec;
     const RequestInfo info = session->info();
-    const Recording rec = run_full_attention(*session, geometry, layout, options, summary.steps, total);
     const auto steps = static_cast<int64_t>(rec.mass.size());
+    summary.steps += steps;
+    {
+      const std::lock_guard lock(progress_mutex);
+      total -= info.decode_steps - steps;  // a request that stopped early: its steps will not come
+    }
     if (steps == 0) {
       ++summary.skipped;
-      total -= info.decode_steps;
-      continue;
+      return;
     }
-    total -= info.decode_steps - steps;
     RequestHeader header;
     header.id = info.id;
     header.prompt_tokens = info.prompt_tokens;
@@ -139,7 +230,16 @@ RecordSummary record_trace(LiveBackend& backend, const std::string& path, const 
     summary.prefill_seconds += out.prefill_seconds;
     summary.decode_seconds += out.decode_seconds;
     ++summary.requests;
+  };
+  if (options.in_flight <= 1) {
+    for (int64_t i = 0; i < backend.requests(); ++i) {
+      Recorded r = record(i);
+      write(i, r);
+    }
+  } else {
+    record_in_flight(backend.requests(), options.in_flight, options.group, record, write);
   }
+  summary.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (summary.requests == 0) {
     throw InputError("record: every request ended at its first token (a stop token); nothing to write to " + path);
   }

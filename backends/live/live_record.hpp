@@ -36,8 +36,14 @@ struct RecordOptions {
   /// Also write query_vectors, key_min, key_max and key_repr (large: rows × head_dim floats per
   /// step and three times that per chunk).
   bool query_keys = false;
-  /// Called after every step with (steps done, steps in total).
+  /// Called after every step with (steps done, steps in total); never from two threads at once.
   std::function<void(int64_t, int64_t)> progress;
+  /// Requests recorded at once, each on a thread of its own; a batching decoder (the GPU one)
+  /// then runs their steps as one forward pass. Requests are written in order whatever it is,
+  /// and each request's figures do not depend on it. Threads join `group` (the decoders'
+  /// StepGroup, null for decoders that do not batch) while they record a request.
+  int in_flight = 1;
+  StepGroup* group = nullptr;
 };
 
 struct RecordSummary {
@@ -46,7 +52,8 @@ struct RecordSummary {
   int64_t prompt_tokens = 0;
   int64_t skipped = 0;  // requests that ended before their first step (not recorded)
   double prefill_seconds = 0;
-  double decode_seconds = 0;
+  double decode_seconds = 0;  // summed over requests (each request's wall time, waits for batches included)
+  double wall_seconds = 0;    // the whole recording, prefills and writing included
 };
 
 /// Records every request of `backend` into `path` (written atomically). Throws InputError when

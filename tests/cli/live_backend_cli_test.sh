@@ -24,6 +24,7 @@ for sub in generate run record; do
   expect 2 "--cuda-graphs needs --backend cuda" -- "${sub}" --model "${absent}" --cuda-graphs on "${extra[@]}"
 done
 expect 2 "--batch must be between 1 and 4096" -- run --model "${absent}" --policy full --batch 0
+expect 2 "--batch must be between 1 and 4096" -- record --model "${absent}" --out "${work}/x.h5" --batch 0
 
 gpu_present=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then gpu_present=1; fi
@@ -56,6 +57,13 @@ def load(d):
     return r, json.load(open(d + "/generations.json"))
 assert load(sys.argv[1]) == load(sys.argv[2])
 PY
+  # record --batch: the same trace, byte for byte.
+  rec=(--model "${model}" --task niah_single --context-tokens 200 --samples 2 --steps 2 --threads 1)
+  "${kvlab}" record "${rec[@]}" --out "${work}/r1.h5" >/dev/null 2>&1 || fail "record --batch 1"
+  "${kvlab}" record "${rec[@]}" --batch 2 --out "${work}/r2.h5" >"${work}/r2.txt" 2>&1 || fail "record --batch 2"
+  checks=$((checks + 1))
+  cmp -s "${work}/r1.h5" "${work}/r2.h5" || fail "record --batch 2 wrote another trace than --batch 1"
+  grep -q "batch 2 (" "${work}/r2.txt" || fail "record does not report its batch: $(cat "${work}/r2.txt")"
 else
   echo "live backend CLI: model absent, the run comparison skipped (scripts/fetch-model.sh)"
 fi

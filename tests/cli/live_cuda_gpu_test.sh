@@ -2,7 +2,7 @@
 # kvlab generate | run | record --backend cuda on an sm_90 GPU with the real model: a greedy
 # completion, `kvlab run` whose results (per policy) and generations (per request) are
 # identical at --batch 1 and --batch 32 and with CUDA graphs on, the throughput fields, and a
-# recording that validates. Exits 77 (ctest: skipped) without a usable GPU or the model.
+# recording that validates and is the same file at --batch 1 and 4. Exits 77 (ctest: skipped) without a usable GPU or the model.
 # usage: live_cuda_gpu_test.sh PATH/TO/kvlab SOURCE_DIR [OUT_DIR]
 set -uo pipefail
 kvlab="$1"
@@ -53,6 +53,10 @@ done
 "${kvlab}" record --model "${model}" --backend cuda --task niah_single --context-tokens 1024 --samples 4 --steps 16 \
   --out "${work}/rec.h5" >"${work}/rec.txt" 2>&1 || fail "record --backend cuda: $(tail -3 "${work}/rec.txt")"
 expect 0 "" -- trace validate "${work}/rec.h5"
+"${kvlab}" record --model "${model}" --backend cuda --task niah_single --context-tokens 1024 --samples 4 --steps 16 \
+  --batch 4 --out "${work}/rec4.h5" >"${work}/rec4.txt" 2>&1 || fail "record --batch 4: $(tail -3 "${work}/rec4.txt")"
+checks=$((checks + 1))
+cmp -s "${work}/rec.h5" "${work}/rec4.h5" || fail "record --backend cuda --batch 4 wrote another trace than --batch 1"
 
 if [[ -n "${keep}" ]]; then mkdir -p "${keep}" && cp -r "${work}/b1" "${work}/b32" "${work}/g32" "${work}"/*.txt "${keep}/"; fi
 echo "live cuda CLI: ${checks} checks, ${failures} failures"

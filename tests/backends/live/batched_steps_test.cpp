@@ -5,13 +5,18 @@
 #include "backends/live/step_coalescer.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <latch>
 #include <random>
 #include <thread>
 
 #include "backends/cpu/cpu_decoder.hpp"
 #include "backends/live/live_backend.hpp"
+#include "backends/live/live_record.hpp"
 #include "core/engine.hpp"
 #include "core/registry.hpp"
 #include "tests/backends/cpu/tiny_llama.hpp"
@@ -321,6 +326,43 @@ TEST(BatchedLiveSession, MeasuredArrivalAttendsTheChunksInFlightAtLaunch) {
   const auto& lb = LiveBackend::output_of(*b).log_probs.at(0);
   EXPECT_EQ(lb, LiveBackend::output_of(*p).log_probs.at(0));
   EXPECT_NE(lb, LiveBackend::output_of(*q).log_probs.at(0));
+}
+
+std::string file_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+TEST(BatchedRecording, RequestsInFlightWriteTheSameTraceAsOneAtATime) {
+  const auto dir = std::filesystem::temp_directory_path() / ("kvlab_batched_record_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  LiveOptions o;
+  o.stop_at_eos = false;
+  o.reference_mass = false;
+  LiveBackend plain(cpu_decoder_factory(tiny_weights(), decoder_options()), {}, requests(5), o);
+  RecordOptions one;
+  const RecordSummary a = record_trace(plain, (dir / "one.h5").string(), one);
+
+  Batching batching = batching_decoders();
+  LiveBackend batched(batching.factory, {}, requests(5), o);
+  RecordOptions many;
+  many.in_flight = 3;
+  many.group = batching.queue.get();
+  int64_t last = 0;
+  bool ordered = true;
+  many.progress = [&](int64_t done, int64_t) {
+    ordered = ordered && done == last + 1;
+    last = done;
+  };
+  const RecordSummary b = record_trace(batched, (dir / "many.h5").string(), many);
+  EXPECT_EQ(a.steps, 5 * kSteps);
+  EXPECT_EQ(b.steps, a.steps);
+  EXPECT_EQ(b.requests, 5);
+  EXPECT_TRUE(ordered);
+  EXPECT_EQ(last, b.steps);
+  EXPECT_EQ(batching.queue->counts().steps, b.steps);
+  EXPECT_EQ(file_bytes(dir / "one.h5"), file_bytes(dir / "many.h5"));
+  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Arrival, BatchedLive, ::testing::Values(ArrivalMode::Modelled, ArrivalMode::Measured),
