@@ -4,7 +4,8 @@
 # most important first, each under its own `timeout` within one overall budget (BUDGET_S,
 # default 340 s; a part that no longer fits is skipped and says so):
 #   1 tests      the gpu tests of the live decoder (graph timing, bitwise batch invariance of
-#                the decoder and of the engine at batch 1 and 32) and
+#                the decoder and of the engine at batch 1 and 32, sliding_window's and lsa's
+#                resident sets against the CPU backend's step by step) and
 #                tests/cli/live_cuda_gpu_test.sh (the CLI on the real model: run at batch 1 =
 #                batch 32 = graphs on, generate, record)
 #   2 hf         experiments/gpu/hf_reference.py: top-1 and relative logit error against Hugging
@@ -85,10 +86,10 @@ note "TABLE gpu: $(head -n 1 "$work/gpu.txt")"
 
 # ---- 1. tests (they also warm the GPU up from its idle clock) ----
 if want tests; then
-part gpu_tests 40 15 "$bin/kvlab_gpu_tests" --gtest_brief=1 \
-  --gtest_filter='CudaLlamaDecoder.Graph*:CudaLlamaDecoder.StepsAreBitwise*:CudaDecoderBatching.*:CudaDecoderInterface.*'
+part gpu_tests 60 15 "$bin/kvlab_gpu_tests" --gtest_brief=1 \
+  --gtest_filter='CudaLlamaDecoder.Graph*:CudaLlamaDecoder.StepsAreBitwise*:CudaDecoderBatching.*:CudaDecoderInterface.*:CudaDecoderSmolLm2.*'
 note "TABLE gpu_tests: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$work/gpu_tests.log" | tr '\n' ' ')"
-grep -h '^\[ \(timing\|invariance\|batching\) \]' "$work/gpu_tests.log" | sed 's/^/TABLE   /' | tee -a "$summary"
+grep -h '^\[ \(timing\|invariance\|batching\|residency\) \]' "$work/gpu_tests.log" | sed 's/^/TABLE   /' | tee -a "$summary"
 part cli 40 20 bash "$root/tests/cli/live_cuda_gpu_test.sh" "$K" "$root" "$work/cli"
 [[ -f "$work/cli.log" ]] && note "TABLE cli: $(tail -n 1 "$work/cli.log")"
 pack

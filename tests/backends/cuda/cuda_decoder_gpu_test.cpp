@@ -6,7 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <filesystem>
+#include <map>
 #include <iostream>
+#include <mutex>
+#include <tuple>
 #include <latch>
 #include <random>
 #include <thread>
@@ -14,6 +18,10 @@
 #include "backends/cpu/cpu_decoder.hpp"
 #include "backends/cuda/model/synthetic_model.hpp"
 #include "backends/live/live_backend.hpp"
+#include "backends/live/live_model.hpp"
+#include "indexer/inference/indexer_io.hpp"
+#include "indexer/training/trace_dataset.hpp"
+#include "indexer/training/trainer.hpp"
 #include "core/engine.hpp"
 #include "core/registry.hpp"
 #include "tests/backends/cpu/tiny_llama.hpp"
@@ -154,6 +162,85 @@ TEST(CudaDecoderBatching, EngineResultsAreIdenticalAtBatch1AndBatch32) {
       EXPECT_EQ(x.fetch_bytes, y.fetch_bytes) << "request " << i << " policy " << p;
     }
   }
+}
+
+// ---- the same residency as the CPU backend (the real model) ---------------------------------
+
+/// LSA's indexer trained on the shipped real trace (its recipe in experiments/live), into `path`.
+void train_real_indexer(const std::string& path) {
+  LabelOptions labels;
+  labels.tau = 8;
+  labels.window = 128;
+  labels.sinks = 64;
+  labels.stride = 4;
+  IndexerTrainOptions opt;
+  opt.epochs = 5;
+  opt.threads = 0;
+  const auto data = load_indexer_data({std::string(KVLAB_SOURCE_DIR) + "/traces/data/smollm2_niah_single_2k.h5"}, labels);
+  const IndexerTrainResult result = train_indexer(data, opt);
+  save_indexer(path, result.model, labels, "{}", "{}", "{}");
+}
+
+/// Every step's resident set per (request, policy), through the engine, teacher-forced.
+using ResidentSets = std::map<std::tuple<int64_t, int, int64_t>, Residency>;
+ResidentSets resident_sets(const DecoderFactory& factory, const LiveModel& model, const std::vector<ResolvedPolicy>& policies,
+                           int64_t steps) {
+  LiveOptions o;
+  o.stop_at_eos = false;
+  LiveBackend backend(factory, model.stop_tokens,
+                      task_requests(*model.tokenizer, "niah_single", 2048, 2, 3, steps), o);
+  ResidentSets sets;
+  std::mutex m;
+  for (int64_t i = 0; i < backend.requests(); ++i) {
+    // The same inputs on both devices: the prompt's own first tokens, fed step after step.
+    const std::vector<int32_t>& prompt = backend.request(i).prompt;
+    backend.set_forced_tokens(i, std::vector<int32_t>(prompt.begin(), prompt.begin() + steps + 1), steps);
+    EngineOptions e;
+    e.threads = 1;
+    e.on_step = [&](const StepRecord& r) {
+      const std::lock_guard lock(m);
+      sets[{r.request, r.policy, r.step}] = *r.resident;
+    };
+    (void)run_request(backend, i, policies, e);
+  }
+  return sets;
+}
+
+TEST(CudaDecoderSmolLm2, SlidingWindowAndLsaKeepTheCpuBackendsResidentSetsStepByStep) {
+  KVLAB_REQUIRE_GPU();
+  const auto path = default_model_path();
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "model file absent: run scripts/fetch-model.sh";
+  const LiveModel model = load_live_model(path.string());
+  const auto dir = std::filesystem::temp_directory_path() / "kvlab_resident_sets_gpu_test";
+  std::filesystem::create_directories(dir);
+  const std::string indexer = (dir / "indexer.h5").string();
+  train_real_indexer(indexer);
+  auto& reg = PolicyRegistry::instance();
+  const std::vector<ResolvedPolicy> policies{
+      reg.resolve("sliding_window:window=256,sinks=64"),
+      reg.resolve("lsa:indexer=" + indexer + ",window=128,sinks=64,budget=0.3,tau=8")};
+  constexpr int64_t kSteps = 24;
+  DecoderOptions opt;  // chunk_tokens 64, features from the middle layer's keys
+  CudaDecoderOptions gopt = cuda_options_of(opt);
+  gopt.kv_capacity_tokens = 1 << 16;
+  const ResidentSets cpu = resident_sets(cpu_decoder_factory(model.weights, opt), model, policies, kSteps);
+  const ResidentSets gpu = resident_sets(cuda_decoder_factory(model.weights, gopt), model, policies, kSteps);
+  ASSERT_EQ(cpu.size(), gpu.size());
+  int64_t same[2] = {0, 0}, total[2] = {0, 0};
+  for (const auto& [key, set] : cpu) {
+    const int p = std::get<1>(key);
+    const auto it = gpu.find(key);
+    ASSERT_NE(it, gpu.end());
+    same[p] += it->second == set ? 1 : 0;
+    total[p] += 1;
+  }
+  std::cout << "[ residency ] same resident set as the CPU backend: sliding_window " << same[0] << "/" << total[0]
+            << ", lsa " << same[1] << "/" << total[1] << " steps\n";
+  EXPECT_EQ(same[0], total[0]);
+  // LSA ranks chunks by an indexer over the model's features, which bf16 weights move in the last
+  // bits: a near-tie may fall the other way at a refresh. Nearly every step must still agree.
+  EXPECT_GE(static_cast<double>(same[1]), 0.9 * static_cast<double>(total[1]));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
