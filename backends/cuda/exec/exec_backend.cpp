@@ -47,6 +47,13 @@ class CudaExecSession final : public RequestSession {
   [[nodiscard]] const StepMass* reference() const override { return source_->reference(); }
   [[nodiscard]] std::span<const float> query() const override { return source_->query(); }
   [[nodiscard]] FeatureRows chunk_features() const override { return source_->chunk_features(); }
+  // Everything else a policy may read comes from the trace as it is (quest's key bounds,
+  // snapkv's prefill observation): execution changes where pages are, not what they hold.
+  [[nodiscard]] int64_t qk_dim() const override { return source_->qk_dim(); }
+  [[nodiscard]] RowVectors query_vectors() const override { return source_->query_vectors(); }
+  [[nodiscard]] RowVectors chunk_keys(ChunkKeys which) const override { return source_->chunk_keys(which); }
+  [[nodiscard]] const StepMass* prefill_observation() const override { return source_->prefill_observation(); }
+  [[nodiscard]] int64_t prefill_window() const override { return source_->prefill_window(); }
   [[nodiscard]] bool closed_loop() const override { return true; }
 
   void launch(int64_t t, const StepIO& io) override {
