@@ -87,7 +87,9 @@ def hf_logits(model_path, tokens, positions, device):
 
     model = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(model_path)),
                                                  gguf_file=os.path.basename(model_path), dtype=torch.float32)
-    model = model.float().to(device).eval()
+    # Loaded from a GGUF, the model is already dequantised to the dtype asked for; transformers
+    # refuses .float() on it ("not supported for quantized model").
+    model = model.to(device).eval()
     ids = torch.tensor([tokens[: positions[-1] + 1]], dtype=torch.long, device=device)
     with torch.no_grad():
         out = model(input_ids=ids).logits[0]

@@ -14,9 +14,11 @@
 // between the two paths. Scores order as floats (−0 < +0); NaN is not a valid score (a
 // positive NaN would rank above +inf).
 //
-// Paths: n ≤ kTopkSingleCtaMax runs as one kernel of one 1024-thread CTA (the scores stay in
-// L2 between passes); larger n runs 7 launches (a memset, four histogram passes over a grid,
-// a count pass, a write pass), each pass's last CTA choosing the digit for the next one.
+// Paths: n ≤ kTopkCoopMax runs as one cooperative launch (CTAs of 1024 keys in shared memory,
+// grid-wide barriers between the passes, every CTA choosing the digit from the global
+// histogram); larger n runs 7 launches (a memset, four histogram passes over a grid, a count
+// pass, a write pass), each pass's last CTA choosing the digit for the next one. One CTA of
+// 1024 threads (kOneCta, n ≤ kTopkSingleCtaMax) is kept for comparison.
 #pragma once
 
 #include <cstddef>
@@ -40,7 +42,7 @@ struct TopkView {
   size_t workspace_bytes = 0;
 };
 
-/// Device scratch the default path needs for n scores (0 up to kTopkSingleCtaMax).
+/// Device scratch the default path needs for n scores.
 [[nodiscard]] size_t topk_workspace_bytes(int64_t n);
 
 /// Empty when `view` can be launched, else a one-line reason naming the field.
@@ -50,12 +52,12 @@ struct TopkView {
 /// topk_invalid() is non-empty, else the first launch error.
 [[nodiscard]] cudaError_t launch_topk(const TopkView& view, cudaStream_t stream);
 
-/// Which implementation: kAuto (the default: one CTA up to kTopkSingleCtaMax, else the grid),
+/// Which implementation: kAuto (the default: cooperative up to kTopkCoopMax, else the grid),
 /// or one forced, for tests and benchmarks. kCluster (n ≤ kTopkClusterMax) keeps the keys in
 /// the shared memory of a thread-block cluster of 1-8 CTAs, passes meeting at cluster
 /// barriers and adding histograms through distributed shared memory: one launch, no L2
 /// round trips. It is a candidate: NOTES.md says what has been measured of it.
-/// kCooperative (n ≤ kTopkCoopMax, a candidate too) runs the grid path's passes in one
+/// kCooperative (n ≤ kTopkCoopMax) runs the grid path's passes in one
 /// cooperative launch, CTAs of 1024 keys in shared memory meeting at grid-wide barriers.
 enum class TopkPath { kAuto, kOneCta, kGrid, kCluster, kCooperative };
 inline constexpr int64_t kTopkClusterMax = 131072;  // 8 CTAs x 16384 keys

@@ -363,12 +363,13 @@ struct Bench {
     for (const int64_t n : {int64_t{16} << 10, int64_t{64} << 10, int64_t{1} << 20}) {
       for (const int32_t k : {64, 256, 4096}) {
         const std::vector<std::pair<TopkPath, const char*>> paths =
-            candidates ? std::vector<std::pair<TopkPath, const char*>>{{TopkPath::kCluster, "cluster"},
-                                                                      {TopkPath::kCooperative, "cooperative"}}
-                       : std::vector<std::pair<TopkPath, const char*>>{{TopkPath::kAuto, n > kTopkSingleCtaMax ? "grid" : "one-cta"},
+            candidates ? std::vector<std::pair<TopkPath, const char*>>{{TopkPath::kCluster, "cluster"}}
+                       : std::vector<std::pair<TopkPath, const char*>>{{TopkPath::kAuto, n > kTopkCoopMax ? "grid" : "cooperative"},
+                                                                       {TopkPath::kOneCta, "one-cta"},
                                                                        {TopkPath::kGrid, "grid"}};
         for (const auto& [path, path_name] : paths) {
-          if (path == TopkPath::kGrid && n > kTopkSingleCtaMax) continue;  // the default is the grid there
+          if (path == TopkPath::kGrid && n > kTopkCoopMax) continue;  // the default is the grid there
+          if (path == TopkPath::kOneCta && n > kTopkSingleCtaMax) continue;
           if (path == TopkPath::kCluster && n > kTopkClusterMax) continue;
           if (path == TopkPath::kCooperative && n > kTopkCoopMax) continue;
           const double ms = timer.median_ms(

@@ -100,15 +100,19 @@ TEST(Topk, RandomScoresAtBenchmarkSizes) {
   for (const int64_t n : {int64_t{16384}, int64_t{49152}, int64_t{49153}, int64_t{65536}, int64_t{100003}, int64_t{1} << 20}) {
     for (const int32_t k : {1, 64, 4096}) {
       check_topk(make_scores(n, Dist::kNormal, ++seed), k, TopkPath::kAuto);
-      if (n <= kTopkSingleCtaMax) check_topk(make_scores(n, Dist::kNormal, ++seed), k, TopkPath::kGrid);
+      if (n <= kTopkSingleCtaMax) {
+        check_topk(make_scores(n, Dist::kNormal, ++seed), k, TopkPath::kGrid);
+        check_topk(make_scores(n, Dist::kNormal, ++seed), k, TopkPath::kOneCta);
+      }
     }
   }
 }
 
 TEST(Topk, TiesNegativesAndKEqualsN) {
   KVLAB_REQUIRE_GPU();
-  for (const TopkPath path : {TopkPath::kAuto, TopkPath::kGrid}) {
+  for (const TopkPath path : {TopkPath::kAuto, TopkPath::kOneCta, TopkPath::kGrid}) {
     for (const int64_t n : {int64_t{777}, int64_t{40000}, int64_t{70001}}) {
+      if (path == TopkPath::kOneCta && n > kTopkSingleCtaMax) continue;
       check_topk(make_scores(n, Dist::kFewValues, 50), 4096 < n ? 4096 : 100, path);
       check_topk(make_scores(n, Dist::kAllEqual, 51), 333, path);
       check_topk(make_scores(n, Dist::kNegative, 52), 17, path);
@@ -145,14 +149,14 @@ TEST(TopkCandidate, ClusterPathMatchesReference) {
   }
 }
 
-TEST(TopkCandidateSanitize, CooperativePathSmall) {
-  KVLAB_REQUIRE_CANDIDATES();
+TEST(TopkSanitize, CooperativePathSmall) {
+  KVLAB_REQUIRE_GPU();
   check_topk(make_scores(5000, Dist::kNormal, 81), 100, TopkPath::kCooperative);
   check_topk(make_scores(20000, Dist::kFewValues, 82), 3000, TopkPath::kCooperative);
 }
 
-TEST(TopkCandidate, CooperativePathMatchesReference) {
-  KVLAB_REQUIRE_CANDIDATES();
+TEST(Topk, CooperativePathMatchesReference) {
+  KVLAB_REQUIRE_GPU();
   uint32_t seed = 90;
   for (const int64_t n : {int64_t{1}, int64_t{777}, int64_t{1024}, int64_t{1025}, int64_t{16384}, int64_t{49153},
                           int64_t{65536}, int64_t{100003}, int64_t{131072}}) {
