@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -18,6 +19,7 @@
 #include "core/params.hpp"
 #include "indexer/inference/indexer_io.hpp"
 #include "indexer/training/trace_dataset.hpp"
+#include "indexer/training/references.hpp"
 #include "indexer/training/trainer.hpp"
 #include "traces/validate.hpp"
 
@@ -33,12 +35,25 @@ const CommandSpec kTrainSpec{
     "is critical at any step in [t, t+tau). Reads only traces, never a model. The checkpoint is written atomically.",
     {{"traces", "FILE", "training traces (repeat the flag or list several files)", "", true, true},
      {"out", "FILE", "checkpoint to write", "", false, true},
-     {"epochs", "N", "training epochs", "10"},
-     {"lr", "X", "Adam learning rate", "0.001"},
-     {"batch", "N", "groups (refresh points) per optimiser step", "32"},
-     {"dim", "N", "embedding size", "64"},
-     {"depth", "N", "hidden layers per tower", "2"},
-     {"width", "N", "hidden width per tower", "256"},
+     {"steps", "N", "optimiser steps (each of --batch refresh points)", std::to_string(IndexerTrainOptions{}.steps)},
+     {"warmup", "N", "steps of linear learning-rate warm-up", std::to_string(IndexerTrainOptions{}.warmup)},
+     {"lr", "X", "Adam learning rate after warm-up", param_number_text(IndexerTrainOptions{}.lr)},
+     {"lr-final", "X", "the cosine decay ends at lr times this", param_number_text(IndexerTrainOptions{}.lr_final)},
+     {"eval-every", "N", "steps between validations", std::to_string(IndexerTrainOptions{}.eval_every)},
+     {"min-steps", "N", "early stopping never ends a run before this many steps",
+      std::to_string(IndexerTrainOptions{}.min_steps)},
+     {"patience", "N",
+      "steps without a better validation recall before stopping, counted once the model has beaten the untrained "
+      "one (0 = off; passes with --epochs)",
+      std::to_string(IndexerTrainOptions{}.patience)},
+     {"epochs", "N",
+      "instead of --steps: N passes at a constant lr, validated after each (the earlier schedule; no warm-up or "
+      "decay)",
+      ""},
+     {"batch", "N", "groups (refresh points) per optimiser step", std::to_string(IndexerTrainOptions{}.batch)},
+     {"dim", "N", "embedding size", std::to_string(IndexerTrainOptions{}.dim)},
+     {"depth", "N", "hidden layers per tower (0 = linear towers)", std::to_string(IndexerTrainOptions{}.depth)},
+     {"width", "N", "hidden width per tower", std::to_string(IndexerTrainOptions{}.width)},
      {"skip", "on|off", "towers with depth > 0 get a linear input-to-output path", "off"},
      {"loss", "NAME", "binary or listwise", "listwise"},
      {"tau", "N", "lookahead horizon in decode steps", std::to_string(LabelOptions{}.tau)},
@@ -51,11 +66,20 @@ const CommandSpec kTrainSpec{
       std::to_string(kDefaultQueryPool)},
      {"negatives", "N", "negatives kept per training refresh point, sampled (0 = all)", "512"},
      {"val-fraction", "X", "share of requests held out for validation", "0.1"},
-     {"patience", "N", "epochs without better validation recall before stopping (0 = off)", "3"},
+     {"reference", "on|off",
+      "after training, fit the closed-form bilinear reference and report it and lsa_oracle on the validation set",
+      "on"},
      {"seed", "N", "training seed (same seed, same weights)", "0"},
      {"threads", "N", "threads (0 = all cores)", "0"}},
     {},
-    "example: kvlab indexer train --traces train.h5 --out idx.h5 --epochs 8"};
+    "example: kvlab indexer train --traces train.h5 --out idx.h5\n"
+    "\n"
+    "Training runs by optimiser steps: a linear warm-up, then a cosine decay of the learning rate. The model is\n"
+    "validated every --eval-every steps on held-out requests and the best validation is kept. Early stopping\n"
+    "waits at least --min-steps, and counts --patience only once validation recall has risen above the untrained\n"
+    "model's, so a small training set cannot stop before the model has moved. At the end the validation recall is\n"
+    "printed next to two references: a bilinear model fitted in closed form on the same training requests and\n"
+    "lsa_oracle (the true labels ranked first)."};
 
 const CommandSpec kEvalSpec{
     "kvlab indexer eval --indexer FILE --trace FILE [options]",
@@ -127,6 +151,27 @@ std::string no_refresh_points(const std::vector<std::string>& traces, const Labe
          std::to_string(labels.window) + " and --sinks = " + std::to_string(labels.sinks);
 }
 
+/// Where training stands on the validation requests: untrained, trained, and the references.
+void print_standing(std::ostream& out, const std::vector<int>& ks, const IndexerValidation& initial,
+                    const IndexerValidation& best, const std::optional<IndexerReferences>& refs) {
+  out << "validation recall  " << std::left << std::setw(22) << "";
+  for (const int k : ks) out << std::right << std::setw(9) << ("@" + std::to_string(k));
+  out << "\n";
+  auto row = [&](const std::string& name, const std::vector<double>& values) {
+    out << "  " << std::left << std::setw(38) << name;
+    for (const double v : values) out << std::right << std::setw(9) << std::fixed << std::setprecision(3) << v;
+    out << "\n";
+  };
+  row("untrained", initial.val_recall);
+  row("trained (step " + std::to_string(best.step) + ")", best.val_recall);
+  if (refs) {
+    std::ostringstream name;
+    name << "bilinear, closed form (ridge " << std::setprecision(0) << std::scientific << refs->ridge << ")";
+    row(name.str(), refs->bilinear);
+    row("lsa_oracle (true labels)", refs->oracle);
+  }
+}
+
 int train(const Argv& argv) {
   const Args args = Args::parse(kTrainSpec, expand_multi_value(argv, "--traces"));
   if (args.help()) {
@@ -145,7 +190,15 @@ int train(const Argv& argv) {
   labels.validate();
 
   IndexerTrainOptions opt;
-  opt.epochs = args.get_int32("epochs");
+  opt.steps = args.get_int("steps");
+  opt.warmup = args.get_int("warmup");
+  opt.lr_final = args.get_double("lr-final");
+  opt.eval_every = args.get_int("eval-every");
+  opt.min_steps = args.get_int("min-steps");
+  if (args.has("epochs")) {
+    opt.epochs = args.get_int32("epochs");
+    if (opt.epochs < 1) throw UsageError("--epochs must be >= 1, got " + std::to_string(opt.epochs));
+  }
   opt.lr = args.get_double("lr");
   opt.batch = args.get_int32("batch");
   opt.dim = args.get_int32("dim");
@@ -154,7 +207,9 @@ int train(const Argv& argv) {
   opt.skip = parse_on_off(args.get("skip"), "--skip");
   opt.loss.kind = parse_loss(args.get("loss"));
   opt.val_fraction = args.get_double("val-fraction");
-  opt.patience = args.get_int32("patience");
+  opt.patience = args.get_int("patience");
+  if (opt.patience < 0) throw UsageError("--patience must be >= 0, got " + std::to_string(opt.patience));
+  const bool references = parse_on_off(args.get("reference"), "--reference");
   opt.seed = static_cast<uint64_t>(args.get_int("seed"));
   opt.threads = args.get_threads();
   opt.validate();
@@ -171,34 +226,68 @@ int train(const Argv& argv) {
 
   ProgressBar bar("train");
   const IndexerTrainResult result = train_indexer(data, opt, [&](const IndexerProgress& p) {
-    // "epoch 2/10  loss 2.4392  val recall@16 0.5665": on the bar while an epoch runs (the
-    // latest validation), as a line of its own when it ends.
+    // "step 300/3000  lr 0.00291  loss 2.4392  val recall@16 0.5665": on the bar while training
+    // runs (the latest validation), as a line of its own at each validation.
     char recall[16] = "-";  // no validation yet
     if (!std::isnan(p.val_recall)) std::snprintf(recall, sizeof(recall), "%.4f", p.val_recall);
-    char status[128];
-    std::snprintf(status, sizeof(status), "epoch %d/%d  loss %.4f  val recall@%d %s", p.epoch, p.epochs, p.train_loss,
-                  opt.primary_k, recall);
-    const int64_t done = static_cast<int64_t>(p.epoch - 1) * p.steps_per_epoch + p.step;
-    bar.update(done, static_cast<int64_t>(p.epochs) * p.steps_per_epoch, status);
-    if (p.epoch_done) {
+    char status[160];
+    std::snprintf(status, sizeof(status), "step %lld/%lld  lr %.3g  loss %.4f  val recall@%d %s",
+                  static_cast<long long>(p.step), static_cast<long long>(p.steps), p.lr, p.train_loss, opt.primary_k,
+                  recall);
+    bar.update(p.step, p.steps, status);
+    if (p.validated) {
       bar.clear();
       std::cerr << status << "\n";
     }
   });
   bar.finish();
 
-  json metrics = {{"best_epoch", result.best_epoch},
+  const IndexerValidation& best = result.best_validation();
+  const IndexerValidation& initial = result.history.front();
+  json metrics = {{"best_step", best.step},
+                  {"steps_run", result.steps_run},
+                  {"steps_per_pass", result.steps_per_pass},
+                  {"stopped", result.stop == IndexerStop::EarlyStopping ? "early stopping" : "steps"},
                   {"samples_per_second", result.samples_per_second},
                   {"candidates_per_second", result.candidates_per_second},
                   {"train_groups", result.train_groups}};
-  const IndexerEpoch& best = result.history[static_cast<size_t>(result.best_epoch)];
   for (size_t i = 0; i < best.val_recall.size(); ++i) {
     metrics["val_recall@" + std::to_string(opt.recall_ks[i])] = best.val_recall[i];
+    metrics["untrained_val_recall@" + std::to_string(opt.recall_ks[i])] = initial.val_recall[i];
   }
-  const json training = {{"epochs", opt.epochs}, {"lr", opt.lr},       {"batch", opt.batch},
-                         {"loss", loss_name(opt.loss.kind)}, {"seed", opt.seed}, {"val_fraction", opt.val_fraction},
+  std::optional<IndexerReferences> refs;
+  if (references && !result.split.val.empty()) {
+    BilinearOptions bilinear;
+    bilinear.primary_k = opt.primary_k;
+    bilinear.threads = opt.threads;
+    try {
+      refs = indexer_references(data, result.split, opt.recall_ks, bilinear);
+    } catch (const InputError& e) {
+      std::cerr << "indexer: no references: " << e.what() << "\n";  // e.g. a validation set without positives
+    }
+  }
+  if (refs) {
+    json r = {{"ridge", refs->ridge}, {"query_dims", refs->query_dims}, {"key_dims", refs->key_dims}};
+    for (size_t i = 0; i < refs->ks.size(); ++i) {
+      r["bilinear_val_recall@" + std::to_string(refs->ks[i])] = refs->bilinear[i];
+      r["lsa_oracle_val_recall@" + std::to_string(refs->ks[i])] = refs->oracle[i];
+    }
+    metrics["references"] = r;
+  }
+  const json training = {{"steps", opt.steps},
+                         {"epochs", opt.epochs},
+                         {"warmup", opt.warmup},
+                         {"lr", opt.lr},
+                         {"lr_final", opt.lr_final},
+                         {"eval_every", opt.eval_every},
+                         {"min_steps", opt.min_steps},
                          {"patience", opt.patience},
-                         {"negatives", labels.max_negatives}, {"grad_clip", opt.grad_clip},
+                         {"batch", opt.batch},
+                         {"loss", loss_name(opt.loss.kind)},
+                         {"seed", opt.seed},
+                         {"val_fraction", opt.val_fraction},
+                         {"negatives", labels.max_negatives},
+                         {"grad_clip", opt.grad_clip},
                          {"weight_decay", opt.weight_decay}};
   json provenance = {{"traces", traces}, {"fingerprints", summary.fingerprints},
                      {"kvlab", std::string(kVersion) + " (" + kGitRevision + ")"}};
@@ -207,12 +296,14 @@ int train(const Argv& argv) {
   if (!out_parent.empty()) std::filesystem::create_directories(out_parent);
   save_indexer(args.get("out"), result.model, labels, training.dump(), metrics.dump(), provenance.dump());
 
-  std::cout << "wrote " << args.get("out") << ": best epoch " << result.best_epoch;
+  std::cout << "wrote " << args.get("out") << ": best step " << best.step << " of " << result.steps_run
+            << (result.stop == IndexerStop::EarlyStopping ? " (early stopping)" : "");
   for (size_t i = 0; i < best.val_recall.size(); ++i) {
     std::cout << ", val recall@" << opt.recall_ks[i] << " " << std::setprecision(3) << best.val_recall[i];
   }
   std::cout << "; " << std::fixed << std::setprecision(0) << result.samples_per_second << " refresh points/s, "
             << result.candidates_per_second << " candidates/s\n";
+  if (!best.val_recall.empty()) print_standing(std::cout, opt.recall_ks, initial, best, refs);
   return 0;
 }
 

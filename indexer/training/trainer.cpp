@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <numbers>
 #include <optional>
 #include <string>
 
@@ -41,7 +42,12 @@ std::string where(std::size_t request, std::size_t group) {
 
 void IndexerTrainOptions::validate() const {
   auto fail = [](const std::string& message) { throw UsageError("indexer train: " + message); };
-  if (epochs < 1) fail("epochs must be >= 1, got " + std::to_string(epochs));
+  if (steps < 1) fail("steps must be >= 1, got " + std::to_string(steps));
+  if (epochs < 0) fail("epochs must be >= 1, got " + std::to_string(epochs));
+  if (warmup < 0) fail("warmup must be >= 0, got " + std::to_string(warmup));
+  if (!(lr_final > 0 && lr_final <= 1)) fail("lr_final must be in (0, 1], got " + std::to_string(lr_final));
+  if (eval_every < 1) fail("eval_every must be >= 1, got " + std::to_string(eval_every));
+  if (min_steps < 0) fail("min_steps must be >= 0, got " + std::to_string(min_steps));
   if (batch < 1) fail("batch must be >= 1, got " + std::to_string(batch));
   if (!(val_fraction >= 0 && val_fraction < 1)) fail("val_fraction must be in [0, 1), got " + std::to_string(val_fraction));
   if (patience < 0) fail("patience must be >= 0, got " + std::to_string(patience));
@@ -228,6 +234,44 @@ std::vector<double> recalls(const RecallCounts& counts) {
 
 }  // namespace
 
+double scheduled_lr(const IndexerTrainOptions& options, int64_t step, int64_t total) {
+  if (options.epochs > 0) return options.lr;
+  if (step < options.warmup) return options.lr * static_cast<double>(step + 1) / static_cast<double>(options.warmup);
+  const int64_t decay_steps = total - options.warmup;
+  if (decay_steps <= 1) return options.lr;
+  const double progress = static_cast<double>(step - options.warmup) / static_cast<double>(decay_steps - 1);
+  const double cosine = 0.5 * (1.0 + std::cos(std::numbers::pi * std::min(progress, 1.0)));
+  return options.lr * (options.lr_final + (1.0 - options.lr_final) * cosine);
+}
+
+namespace {
+
+/// Steps, validation cadence and patience in steps, from either schedule.
+struct StepPlan {
+  int64_t total = 0;
+  int64_t per_pass = 0;
+  int64_t eval_every = 0;
+  int64_t patience = 0;  // steps; 0 = off
+};
+
+StepPlan plan_steps(const IndexerTrainOptions& options, std::size_t items) {
+  StepPlan plan;
+  plan.per_pass = static_cast<int64_t>((items + static_cast<std::size_t>(options.batch) - 1) /
+                                       static_cast<std::size_t>(options.batch));
+  if (options.epochs > 0) {
+    plan.total = options.epochs * plan.per_pass;
+    plan.eval_every = plan.per_pass;
+    plan.patience = options.patience * plan.per_pass;
+  } else {
+    plan.total = options.steps;
+    plan.eval_every = options.eval_every;
+    plan.patience = options.patience;
+  }
+  return plan;
+}
+
+}  // namespace
+
 IndexerTrainResult train_indexer(const std::vector<IndexerRequest>& data, const IndexerTrainOptions& options,
                                  const IndexerProgressFn& progress) {
   options.validate();
@@ -239,6 +283,7 @@ IndexerTrainResult train_indexer(const std::vector<IndexerRequest>& data, const 
   int64_t skipped = 0;
   std::vector<TrainItem> items = usable_groups(data, split.train, options.loss, skipped);
   if (items.empty()) throw InputError("indexer train: the training requests hold no usable group");
+  const StepPlan plan = plan_steps(options, items.size());
 
   int d_query = 0;
   for (const IndexerRequest& request : data) {
@@ -263,13 +308,19 @@ IndexerTrainResult train_indexer(const std::vector<IndexerRequest>& data, const 
                       : std::vector<double>{};
   };
 
-  std::vector<IndexerEpoch> history;
-  history.push_back({0, std::numeric_limits<double>::quiet_NaN(), validate_model(model), 0.0});
+  // The result is assembled at the end (a model has no empty state).
+  struct {
+    std::vector<IndexerValidation> history;
+    std::size_t best = 0;
+    int64_t steps_run = 0;
+    IndexerStop stop = IndexerStop::Steps;
+  } result;
+  result.history.push_back({0, std::numeric_limits<double>::quiet_NaN(), validate_model(model), 0.0, 0.0});
   DualEncoder best = model;
-  int best_epoch = 0;
-  double best_recall = validating ? history[0].val_recall[primary] : 0.0;
-  double last_recall = validating ? best_recall : std::numeric_limits<double>::quiet_NaN();
-  int stale_epochs = 0;
+  const double initial_recall = validating ? result.history[0].val_recall[primary] : 0.0;
+  double best_recall = initial_recall;
+  int64_t best_step = 0;
+  double last_recall = validating ? initial_recall : std::numeric_limits<double>::quiet_NaN();
 
   const std::size_t n_params = model.num_trainable();
   const auto batch = static_cast<std::size_t>(options.batch);
@@ -277,85 +328,105 @@ IndexerTrainResult train_indexer(const std::vector<IndexerRequest>& data, const 
   std::vector<float> grad(n_params);
   std::vector<double> losses(batch);
   Rng shuffle_rng(mix_seed(options.seed, kShuffleStream));
-  const auto steps_per_epoch = static_cast<int64_t>((items.size() + batch - 1) / batch);
   double train_seconds = 0;
+  double interval_seconds = 0;
   int64_t groups_seen = 0;
   int64_t candidates_seen = 0;
+  double loss_sum = 0;  // since the previous validation
+  int64_t loss_groups = 0;
+  double lr = options.lr;
 
-  for (int epoch = 1; epoch <= options.epochs; ++epoch) {
-    shuffle_rng.shuffle(items);
+  for (int64_t step = 0; step < plan.total; ++step) {
+    const int64_t in_pass = step % plan.per_pass;
+    if (in_pass == 0) shuffle_rng.shuffle(items);  // every pass visits every group once
     const auto start = std::chrono::steady_clock::now();
-    double loss_sum = 0;
-    for (int64_t step = 0; step < steps_per_epoch; ++step) {
-      const std::size_t first = static_cast<std::size_t>(step) * batch;
-      const std::size_t count = std::min(batch, items.size() - first);
-      parallel_for(count, threads, [&](std::size_t b) {
-        const TrainItem& item = items[first + b];
-        const IndexerRequest& request = data[item.request];
-        const IndexerGroup& group = request.groups[item.group];
-        const std::span<float> slot(slots.data() + b * n_params, n_params);
-        std::fill(slot.begin(), slot.end(), 0.0F);
-        losses[b] = group_loss_and_gradient(model, Eigen::VectorXf(group.query),
-                                            gather_rows(request.key_features, group.candidate_rows),
-                                            target_vector(group.target), options.loss, slot);
-      });
-      // Sum the slots in batch order: each parameter's sum is independent of the threads.
-      constexpr std::size_t kBlock = 4096;
-      parallel_for((n_params + kBlock - 1) / kBlock, threads, [&](std::size_t block) {
-        const std::size_t end = std::min(n_params, (block + 1) * kBlock);
-        for (std::size_t j = block * kBlock; j < end; ++j) {
-          float sum = 0.0F;
-          for (std::size_t b = 0; b < count; ++b) sum += slots[b * n_params + j];
-          grad[j] = sum / static_cast<float>(count);
-        }
-      });
-      for (std::size_t b = 0; b < count; ++b) {
-        loss_sum += losses[b];
-        candidates_seen += static_cast<int64_t>(data[items[first + b].request].groups[items[first + b].group].candidate_rows.size());
+    const std::size_t first = static_cast<std::size_t>(in_pass) * batch;
+    const std::size_t count = std::min(batch, items.size() - first);
+    parallel_for(count, threads, [&](std::size_t b) {
+      const TrainItem& item = items[first + b];
+      const IndexerRequest& request = data[item.request];
+      const IndexerGroup& group = request.groups[item.group];
+      const std::span<float> slot(slots.data() + b * n_params, n_params);
+      std::fill(slot.begin(), slot.end(), 0.0F);
+      losses[b] = group_loss_and_gradient(model, Eigen::VectorXf(group.query),
+                                          gather_rows(request.key_features, group.candidate_rows),
+                                          target_vector(group.target), options.loss, slot);
+    });
+    // Sum the slots in batch order: each parameter's sum is independent of the threads.
+    constexpr std::size_t kBlock = 4096;
+    parallel_for((n_params + kBlock - 1) / kBlock, threads, [&](std::size_t block) {
+      const std::size_t end = std::min(n_params, (block + 1) * kBlock);
+      for (std::size_t j = block * kBlock; j < end; ++j) {
+        float sum = 0.0F;
+        for (std::size_t b = 0; b < count; ++b) sum += slots[b * n_params + j];
+        grad[j] = sum / static_cast<float>(count);
       }
-      if (!std::isfinite(loss_sum)) {
-        throw InputError("indexer train: the loss became non-finite at epoch " + std::to_string(epoch) + " step " +
-                         std::to_string(step + 1) + " (try a lower lr)");
-      }
-      adam.step(model.trainable_blocks(), grad);
-      groups_seen += static_cast<int64_t>(count);
-      if (progress) {
-        progress({epoch, options.epochs, step + 1, steps_per_epoch,
-                  loss_sum / static_cast<double>(first + count), last_recall, false});
-      }
+    });
+    for (std::size_t b = 0; b < count; ++b) {
+      loss_sum += losses[b];
+      candidates_seen +=
+          static_cast<int64_t>(data[items[first + b].request].groups[items[first + b].group].candidate_rows.size());
     }
+    loss_groups += static_cast<int64_t>(count);
+    if (!std::isfinite(loss_sum)) {
+      throw InputError("indexer train: the loss became non-finite at step " + std::to_string(step + 1) +
+                       " (try a lower lr)");
+    }
+    lr = scheduled_lr(options, step, plan.total);
+    adam.set_lr(lr);
+    adam.step(model.trainable_blocks(), grad);
+    groups_seen += static_cast<int64_t>(count);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     train_seconds += seconds;
-    history.push_back({epoch, loss_sum / static_cast<double>(items.size()), validate_model(model), seconds});
+    interval_seconds += seconds;
+    const int64_t done = step + 1;
+    result.steps_run = done;
+    const double mean_loss = loss_sum / static_cast<double>(loss_groups);
+    if (progress) progress({done, plan.total, plan.per_pass, lr, mean_loss, last_recall, false});
+    if (done % plan.eval_every != 0 && done != plan.total) continue;
 
+    result.history.push_back({done, mean_loss, validate_model(model), interval_seconds, lr});
+    loss_sum = 0;
+    loss_groups = 0;
+    interval_seconds = 0;
     bool stop = false;
     if (validating) {
-      last_recall = history.back().val_recall[primary];
+      last_recall = result.history.back().val_recall[primary];
       if (last_recall > best_recall) {
         best_recall = last_recall;
         best = model;
-        best_epoch = epoch;
-        stale_epochs = 0;
-      } else if (options.patience > 0 && ++stale_epochs >= options.patience) {
-        stop = true;
+        best_step = done;
+        result.best = result.history.size() - 1;
       }
+      // Only once the model has moved above where it started, and never before min_steps.
+      const bool moved = best_recall > initial_recall;
+      stop = plan.patience > 0 && moved && done >= options.min_steps && done - best_step >= plan.patience &&
+             done < plan.total;
     } else {
       best = model;
-      best_epoch = epoch;
+      result.best = result.history.size() - 1;
     }
-    if (progress) {
-      progress({epoch, options.epochs, steps_per_epoch, steps_per_epoch, history.back().train_loss, last_recall, true});
+    if (progress) progress({done, plan.total, plan.per_pass, lr, mean_loss, last_recall, true});
+    if (stop) {
+      result.stop = IndexerStop::EarlyStopping;
+      break;
     }
-    if (stop) break;
   }
 
-  IndexerTrainResult result{std::move(best), std::move(split), std::move(history), best_epoch,
-                            static_cast<int64_t>(items.size()), skipped, 0.0, 0.0};
-  if (train_seconds > 0) {
-    result.samples_per_second = static_cast<double>(groups_seen) / train_seconds;
-    result.candidates_per_second = static_cast<double>(candidates_seen) / train_seconds;
+  // A validation set too small to tell the trained model from the untrained one (a few
+  // requests) must not hand back the random initialisation: keep the last step's model.
+  if (validating && result.best == 0 && result.history.size() > 1) {
+    best = model;
+    result.best = result.history.size() - 1;
   }
-  return result;
+  IndexerTrainResult out{std::move(best), std::move(split), std::move(result.history), result.best,
+                         result.steps_run, plan.per_pass, result.stop, static_cast<int64_t>(items.size()), skipped,
+                         0.0, 0.0};
+  if (train_seconds > 0) {
+    out.samples_per_second = static_cast<double>(groups_seen) / train_seconds;
+    out.candidates_per_second = static_cast<double>(candidates_seen) / train_seconds;
+  }
+  return out;
 }
 
 }  // namespace kvlab

@@ -34,7 +34,18 @@ idx="${work}/idx.h5"
 train_flags=(--window 4096 --tau 32 --stride 8 --depth 0 --dim 16 --epochs 3 --query-pool 4 --seed 3)
 expect 0 "wrote ${idx}" -- indexer train --traces "${train}" --out "${idx}" "${train_flags[@]}" --threads 2
 checks=$((checks + 1))
-grep -q "epoch 1/3" "${work}/err.txt" || fail "indexer train shows no per-epoch loss and validation recall"
+grep -Eq "^step [0-9]+/[0-9]+ .*val recall@16 [0-9]" "${work}/err.txt" || fail "indexer train shows no per-validation loss and recall"
+for row in untrained "trained (step" "bilinear, closed form" "lsa_oracle (true labels)"; do
+  checks=$((checks + 1))
+  grep -q "${row}" "${work}/out.txt" || fail "indexer train's standing table has no '${row}' row"
+done
+# The step schedule: --steps and --eval-every decide how many validations there are.
+expect 0 "wrote" -- indexer train --traces "${train}" --out "${work}/idx_steps.h5" --window 4096 --tau 32 --stride 8 \
+  --steps 30 --eval-every 10 --warmup 5 --reference off --threads 2
+checks=$((checks + 1))
+[[ $(grep -c "^step " "${work}/err.txt") -eq 3 ]] || fail "--steps 30 --eval-every 10 did not validate 3 times"
+checks=$((checks + 1))
+grep -q "bilinear" "${work}/out.txt" && fail "--reference off still fitted the bilinear reference"
 checks=$((checks + 1))
 grep -Eq "[0-9]+ refresh points/s" "${work}/out.txt" || fail "indexer train reports no samples per second"
 checks=$((checks + 1))
@@ -56,6 +67,9 @@ expect 2 "--tau" -- indexer train --traces "${train}" --out "${work}/x.h5" --tau
 expect 2 "--tau" -- indexer train --traces "${train}" --out "${work}/x.h5" --tau -4
 expect 2 "--query-pool" -- indexer train --traces "${train}" --out "${work}/x.h5" --query-pool 0
 expect 2 "epochs" -- indexer train --traces "${train}" --out "${work}/x.h5" --epochs 0
+expect 2 "steps" -- indexer train --traces "${train}" --out "${work}/x.h5" --steps 0
+expect 2 "lr_final" -- indexer train --traces "${train}" --out "${work}/x.h5" --lr-final 0
+expect 2 "--reference" -- indexer train --traces "${train}" --out "${work}/x.h5" --reference maybe
 expect 2 "--skip" -- indexer train --traces "${train}" --out "${work}/x.h5" --skip sometimes
 expect 2 "--traces" -- indexer train --out "${work}/x.h5"
 expect 1 "${bare}" -- indexer train --traces "${bare}" --out "${work}/x.h5"
@@ -84,14 +98,14 @@ cmp -s "${idx}" "${work}/idx.before" || fail "a failed training changed the prev
   --threads 1 >/dev/null 2>"${work}/long.err" &
 pid=$!
 for _ in $(seq 1 300); do
-  grep -q "epoch 1/" "${work}/long.err" 2>/dev/null && break
+  grep -q "^step " "${work}/long.err" 2>/dev/null && break
   sleep 0.1
 done
 # SIGTERM: a non-interactive shell starts background jobs with SIGINT ignored.
 kill -TERM "${pid}" 2>/dev/null
 wait "${pid}" 2>/dev/null
 checks=$((checks + 1))
-grep -q "epoch 1/" "${work}/long.err" || fail "the long training never finished an epoch"
+grep -q "^step " "${work}/long.err" || fail "the long training never finished an epoch"
 checks=$((checks + 1))
 cmp -s "${idx}" "${work}/idx.before" || fail "an interrupted training changed the previous checkpoint"
 

@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <numbers>
 #include <numeric>
 
 #include "core/error.hpp"
 #include "core/random.hpp"
+#include "indexer/training/references.hpp"
 
 namespace kvlab {
 namespace {
@@ -92,7 +94,7 @@ TEST_P(TrainerLearnsTest, RecallRisesFarAboveChance) {
 
   // 4 positives among 40 candidates: a random ranking finds 8/40 = 20% of them in the top 8.
   const double before = result.history.front().val_recall[1];
-  const double after = result.history[static_cast<std::size_t>(result.best_epoch)].val_recall[1];
+  const double after = result.best_validation().val_recall[1];
   EXPECT_LT(before, 0.45);
   EXPECT_GT(after, 0.75);
   EXPECT_GT(after, before + 0.3);
@@ -102,7 +104,7 @@ TEST_P(TrainerLearnsTest, RecallRisesFarAboveChance) {
   std::cout << loss_name(GetParam()) << ": recall@8 " << before << " -> " << after << ", "
             << result.samples_per_second << " groups/s\n";
 
-  // The returned model is the best epoch's: evaluating it reproduces that epoch's recall.
+  // The returned model is the best validation's: evaluating it reproduces that recall.
   const RecallCounts again = evaluate_indexer(result.model, data, result.split.val, options.recall_ks, 1);
   EXPECT_DOUBLE_EQ(again.recall(1), after);
 }
@@ -145,27 +147,71 @@ TEST(Trainer, SplitIsByRequestDeterministicAndComplete) {
   EXPECT_TRUE(split_requests(10, 0.0, 5).val.empty());
 }
 
-TEST(Trainer, EarlyStopsWhenValidationStopsImproving) {
+TEST(Trainer, EarlyStoppingNeverFiresWhileTheModelHasNotMoved) {
   const std::vector<IndexerRequest> data = synthetic_data(6, 3);
   IndexerTrainOptions options = small_options();
-  options.lr = 1e-12;  // the ranking cannot change, so no epoch beats the untrained model
+  options.lr = 1e-12;  // the ranking cannot change, so no validation beats the untrained model
   options.epochs = 10;
-  options.patience = 2;
-  int epoch_ends = 0;
+  options.patience = 2;  // passes, with epochs
+  options.min_steps = 0;
+  int validations = 0;
   int64_t steps = 0;
   const IndexerTrainResult result = train_indexer(data, options, [&](const IndexerProgress& p) {
-    if (p.epoch_done) {
-      ++epoch_ends;
+    if (p.validated) {
+      ++validations;
     } else {
       ++steps;
-      EXPECT_EQ(p.steps_per_epoch, 6);  // 5 training requests × 12 groups / batch 8
+      EXPECT_EQ(p.steps_per_pass, 6);  // 5 training requests × 12 groups / batch 8
       EXPECT_TRUE(std::isfinite(p.train_loss));
     }
   });
-  EXPECT_EQ(result.history.size(), 3U);  // epoch 0, then two stale epochs
-  EXPECT_EQ(result.best_epoch, 0);
-  EXPECT_EQ(epoch_ends, 2);
-  EXPECT_EQ(steps, 2 * 6);
+  // The earlier rule stopped after two stale passes; a model still where it started runs on.
+  EXPECT_EQ(result.stop, IndexerStop::Steps);
+  EXPECT_EQ(result.history.size(), 11U);  // the untrained model, then one per pass
+  EXPECT_EQ(result.best, 10U);  // no validation beat the untrained model: the last step's is kept
+  EXPECT_EQ(validations, 10);
+  EXPECT_EQ(steps, 10 * 6);
+  EXPECT_EQ(result.steps_run, 60);
+}
+
+TEST(Trainer, EarlyStoppingWaitsForMinSteps) {
+  const std::vector<IndexerRequest> data = synthetic_data(6, 3);
+  IndexerTrainOptions options = small_options();
+  options.epochs = 0;
+  options.steps = 400;
+  options.warmup = 5;
+  options.eval_every = 1;
+  options.patience = 3;  // steps
+  options.min_steps = 0;
+  // Without a floor, three steps without a better validation end the run early.
+  const IndexerTrainResult eager = train_indexer(data, options);
+  ASSERT_EQ(eager.stop, IndexerStop::EarlyStopping);
+  ASSERT_LT(eager.steps_run, 120);
+  EXPECT_GE(eager.steps_run - static_cast<int64_t>(eager.best_validation().step), 3);
+  EXPECT_GT(eager.best_validation().val_recall[1], eager.history.front().val_recall[1]);  // it had moved
+  // With one, the same run cannot end before step 120.
+  options.min_steps = 120;
+  const IndexerTrainResult patient = train_indexer(data, options);
+  EXPECT_GE(patient.steps_run, 120);
+  EXPECT_EQ(patient.history.size(), static_cast<std::size_t>(patient.steps_run) + 1);
+}
+
+TEST(Trainer, ScheduleWarmsUpThenDecaysByCosine) {
+  IndexerTrainOptions options;
+  options.lr = 0.01;
+  options.warmup = 10;
+  options.lr_final = 0.1;
+  EXPECT_DOUBLE_EQ(scheduled_lr(options, 0, 110), 0.001);   // 1/10 of the way up
+  EXPECT_DOUBLE_EQ(scheduled_lr(options, 9, 110), 0.01);    // warm
+  EXPECT_NEAR(scheduled_lr(options, 10, 110), 0.01, 1e-15);  // the cosine starts at lr ...
+  EXPECT_NEAR(scheduled_lr(options, 109, 110), 0.001, 1e-15);  // ... and ends at lr · lr_final
+  // Half way through the decay: lr · (lr_final + (1 - lr_final) / 2).
+  // Step 59 is 49/99 of the way through the decay.
+  EXPECT_NEAR(scheduled_lr(options, 59, 110),
+              0.01 * (0.1 + 0.9 * 0.5 * (1 + std::cos(std::numbers::pi * 49.0 / 99.0))), 1e-15);
+  options.epochs = 3;  // the earlier schedule: constant
+  EXPECT_DOUBLE_EQ(scheduled_lr(options, 0, 110), 0.01);
+  EXPECT_DOUBLE_EQ(scheduled_lr(options, 100, 110), 0.01);
 }
 
 TEST(Trainer, ListwiseSkipsGroupsWithoutMass) {
@@ -177,8 +223,46 @@ TEST(Trainer, ListwiseSkipsGroupsWithoutMass) {
   const IndexerTrainResult result = train_indexer(data, options);
   EXPECT_EQ(result.skipped_groups, 1);
   EXPECT_EQ(result.train_groups, 3 * 12 - 1);
-  EXPECT_EQ(result.best_epoch, 1);
+  EXPECT_EQ(result.best, 1U);
   EXPECT_TRUE(result.history.back().val_recall.empty());
+}
+
+TEST(References, BilinearFitFindsALinearRuleAndTheOracleRanksLabelsFirst) {
+  // The positives come from relevance kᵀ A q + noise: a bilinear map recovers them.
+  const std::vector<IndexerRequest> data = synthetic_data(16, 1);
+  const IndexerSplit split = split_requests(data.size(), 0.25, 7);
+  BilinearOptions options;
+  options.primary_k = 8;
+  options.threads = 2;
+  const IndexerReferences refs = indexer_references(data, split, {4, 8, 16}, options);
+  ASSERT_EQ(refs.bilinear.size(), 3U);
+  EXPECT_GT(refs.bilinear[1], 0.85);  // random: 8/40 = 0.2
+  EXPECT_EQ(refs.query_dims, 8);
+  EXPECT_EQ(refs.key_dims, 6);
+  // 4 positives per refresh: the true labels fill the top 4.
+  for (const double r : refs.oracle) EXPECT_DOUBLE_EQ(r, 1.0);
+  // A side wider than max_dims is projected; the fit still runs.
+  options.max_dims = 3;
+  const IndexerReferences narrow = indexer_references(data, split, {4, 8, 16}, options);
+  EXPECT_EQ(narrow.query_dims, 3);
+  EXPECT_EQ(narrow.key_dims, 3);
+  EXPECT_LT(narrow.bilinear[1], refs.bilinear[1]);
+}
+
+TEST(References, OracleRecallIsMinOfKAndPositivesOverPositives) {
+  IndexerRequest request;
+  request.key_features = Eigen::MatrixXf::Zero(6, 2);
+  IndexerGroup three;  // 3 positives
+  three.query = Eigen::VectorXf::Zero(2);
+  three.candidate_rows = {0, 1, 2, 3, 4, 5};
+  three.target = {0.5F, 0, 0.2F, 0, 0.3F, 0};
+  IndexerGroup one = three;  // 1 positive
+  one.target = {0, 0, 0, 1.0F, 0, 0};
+  request.groups = {three, one};
+  const std::vector<double> r = oracle_recalls({request}, {0}, {1, 2, 4});
+  EXPECT_DOUBLE_EQ(r[0], 2.0 / 4.0);  // top 1 of each: 1 + 1 of 4 positives
+  EXPECT_DOUBLE_EQ(r[1], 3.0 / 4.0);
+  EXPECT_DOUBLE_EQ(r[2], 1.0);
 }
 
 std::string error_of(const std::vector<IndexerRequest>& data) {
