@@ -200,6 +200,9 @@ const std::map<std::string, std::string>& live_keys() {
       {"chunk_features", "--chunk-features"},
       {"rope_scaling", "--rope-scaling"},
       {"prefill_block", "--prefill-block"},
+      {"backend", "--backend"},          // cpu | cuda
+      {"batch", "--batch"},              // requests in flight (results do not depend on it)
+      {"cuda_graphs", "--cuda-graphs"},  // with backend = "cuda"
   };
   return keys;
 }

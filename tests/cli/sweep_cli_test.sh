@@ -68,6 +68,20 @@ expect 1 "bad.toml:25: policy random: unknown parameter 'budgt'" -- sweep --conf
 expect 2 "--shard" -- sweep --config "${work}/ref.toml" --shard 2/2
 expect 2 "--mpi" -- sweep --config "${work}/ref.toml" --mpi maybe
 expect 1 "nothing.toml: cannot read" -- sweep --config "${work}/nothing.toml"
+# Live sources take kvlab run's --backend, --batch and --cuda-graphs; replay sources refuse them.
+cat > "${work}/live.toml" <<EOF
+out_dir = "${work}/live_out"
+[[source]]
+task = "niah_single"
+backend = "cuda"
+batch = 8
+cuda_graphs = true
+[[policy]]
+name = "full"
+EOF
+expect 0 "1 cell(s), 0 done, 1 to run" -- sweep --config "${work}/live.toml" --dry-run
+sed "s|^task = \"niah_single\"|traces = [\"${work}/needle.h5\"]|" "${work}/live.toml" > "${work}/bad.toml"
+expect 1 "source.backend: only live sources (task = ...) take it" -- sweep --config "${work}/bad.toml"
 
 # ---- dry run, then the uninterrupted reference run ----------------------------------------
 expect 0 "28 cell(s), 0 done, 28 to run" -- sweep --config "${work}/ref.toml" --dry-run
