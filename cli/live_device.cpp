@@ -72,6 +72,9 @@ LiveDecoders live_decoders(const Args& args, const LiveModel& model, const Decod
                           {"batch_mean", s.passes > 0 ? static_cast<double>(s.sequence_steps) / s.passes : 0.0},
                           {"batch_max", s.max_batch},
                           {"pass_ms_mean", s.passes > 0 ? s.pass_ms / s.passes : 0.0},
+                          {"pass_wall_ms_mean", s.passes > 0 ? s.pass_wall_ms / s.passes : 0.0},
+                          {"decode_tokens_per_s_in_passes",
+                           s.pass_wall_ms > 0 ? static_cast<double>(s.sequence_steps) / (s.pass_wall_ms * 1e-3) : 0.0},
                           {"attention_ms_mean", s.passes > 0 ? s.attention_ms / s.passes : 0.0},
                           {"weight_bytes", shared->unlocked().weight_bytes()},
                           {"kv_capacity_tokens", shared->unlocked().kv_capacity_tokens()}};
@@ -119,7 +122,11 @@ nlohmann::json live_speed_fields() {
           {"step_stall_ms",
            "device time per decode step spent waiting for KV data from host memory; 0 with --backend "
            "cuda, which keeps every chunk resident in HBM (no host tier)"},
-          {"step_batch_mean", "mean number of sequences per forward pass"}};
+          {"step_batch_mean", "mean number of sequences per forward pass"},
+          {"decode_tokens_per_s_overall", "config.json: every session's decode steps over the run's wall time less the "
+                                          "device's prefill time (prefills hold the device one at a time)"},
+          {"device.decode_tokens_per_s_in_passes", "config.json: sequence steps over the host time of the batched "
+                                                   "passes (uploads, kernels, downloads, unpacking)"}};
 }
 
 }  // namespace kvlab::cli

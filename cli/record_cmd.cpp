@@ -108,7 +108,14 @@ int run_record(const Argv& argv) {
             << static_cast<double>(s.prompt_tokens) / std::max(s.prefill_seconds, 1e-9) << " tok/s, decode "
             << static_cast<double>(s.steps) / std::max(s.decode_seconds, 1e-9) << " tok/s per request; "
             << s.steps << " steps in " << s.wall_seconds << " s overall, " << decoders.backend << ", batch " << batch
-            << " (" << static_cast<double>(s.steps) / std::max(s.wall_seconds, 1e-9) << " tok/s, prefill included)\n";
+            << " (" << static_cast<double>(s.steps) / std::max(s.wall_seconds, 1e-9) << " tok/s, prefill included)";
+  const nlohmann::json device = decoders.device_stats();
+  if (device.contains("passes")) {
+    std::cout << "; " << device["passes"].get<int64_t>() << " passes of " << std::setprecision(1)
+              << device["batch_mean"].get<double>() << " sequences, " << device["pass_wall_ms_mean"].get<double>()
+              << " ms each: " << device["decode_tokens_per_s_in_passes"].get<double>() << " tok/s in passes";
+  }
+  std::cout << "\n";
   return 0;
 }
 

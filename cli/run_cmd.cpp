@@ -260,7 +260,8 @@ int run_run(const Argv& argv) {
       backend.clear_forced(i);
     }
     const std::lock_guard lock(log_mutex);
-    std::cerr << "run: request " << ++finished << "/" << backend.requests() << " done\n";
+    std::cerr << "run: request " << ++finished << "/" << backend.requests() << " done ("
+              << fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1) << " s)\n";
   });
 
   std::vector<Totals> totals(policies.size());
@@ -315,7 +316,10 @@ int run_run(const Argv& argv) {
   // Prefill speed: the device's own time when it times the prefill, else wall time.
   const double prefill_time = prefill_timed ? prefill_device_seconds : prefill_seconds;
   const double prefill_tps = prefill_time > 0 ? static_cast<double>(prefill_tokens) / prefill_time : 0.0;
-  const double decode_tps_all = seconds > 0 ? static_cast<double>(all_sessions.steps) / seconds : 0.0;
+  // Prefills hold the device one at a time, and the others' steps wait for them: the decode
+  // rate counts the run's wall time less the device's prefill time (wall time when untimed).
+  const double decode_time = seconds - (prefill_timed ? prefill_device_seconds : 0.0);
+  const double decode_tps_all = decode_time > 0 ? static_cast<double>(all_sessions.steps) / decode_time : 0.0;
   std::vector<MetricSums> sums, forced_sums;
   for (const Totals& tot : totals) {
     sums.push_back(tot.sums);

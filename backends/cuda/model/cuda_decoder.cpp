@@ -1,6 +1,7 @@
 #include "backends/cuda/model/cuda_decoder.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include "core/error.hpp"
@@ -35,7 +36,9 @@ SharedCudaDecoder::SharedCudaDecoder(std::unique_ptr<CudaLlamaDecoder> decoder)
       coalescer_([this](const std::vector<CudaStepInput>& inputs) { return run_pass(inputs); }) {}
 
 std::vector<BatchedStep> SharedCudaDecoder::run_pass(const std::vector<CudaStepInput>& inputs) {
+  const auto t0 = std::chrono::steady_clock::now();
   std::vector<CudaStepOutput> outs = decoder_->step(inputs);
+  pass_wall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   const CudaStepTiming& timing = decoder_->last_timing();
   attention_ms_ += timing.attention_ms;
   pass_ms_ += timing.total_ms;
@@ -57,6 +60,7 @@ CoalescerStats SharedCudaDecoder::stats() const {
   s.max_batch = counts.max_batch;
   s.attention_ms = attention_ms_;
   s.pass_ms = pass_ms_;
+  s.pass_wall_ms = pass_wall_ms_;
   return s;
 }
 

@@ -29,6 +29,7 @@ struct CoalescerStats {
   int max_batch = 0;
   double attention_ms = 0;  // device time, summed over passes
   double pass_ms = 0;
+  double pass_wall_ms = 0;  // host time of the passes (uploads, downloads and unpacking included)
 };
 
 /// One sequence's result of a batched pass.
@@ -69,7 +70,7 @@ class SharedCudaDecoder {
 
   std::unique_ptr<CudaLlamaDecoder> decoder_;
   StepCoalescer<CudaStepInput, BatchedStep> coalescer_;
-  double attention_ms_ = 0, pass_ms_ = 0;  // guarded by the coalescer's lock
+  double attention_ms_ = 0, pass_ms_ = 0, pass_wall_ms_ = 0;  // guarded by the coalescer's lock
 };
 
 class CudaDecoder final : public Decoder {
