@@ -144,6 +144,12 @@ ParamSpec ParamSpec::with_role(ParamRole r) const {
   return s;
 }
 
+ParamSpec ParamSpec::omitted_at_default() const {
+  ParamSpec s = *this;
+  s.canonical_at_default = false;
+  return s;
+}
+
 std::string param_number_text(double value) { return number_text(value); }
 
 std::string param_range_text(const ParamRange& r) {
@@ -253,6 +259,7 @@ Params Params::resolve(std::string_view policy, const std::vector<ParamSpec>& sp
     }
     p.values_[s.key] = value;
     p.types_[s.key] = s.type;
+    if (!s.canonical_at_default && value == s.default_value) p.omitted_.insert(s.key);
   }
   return p;
 }
@@ -294,6 +301,7 @@ std::string Params::canonical(std::string_view policy) const {
   std::string out(policy);
   char sep = ':';
   for (const auto& [k, v] : values_) {
+    if (omitted_.count(k) != 0) continue;
     out += sep + k + "=" + v;
     sep = ',';
   }

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -48,11 +49,15 @@ struct ParamSpec {
   bool required = false;
   ParamRange range{};
   ParamRole role = ParamRole::None;
+  /// False: the canonical spec leaves the key out while it holds its default text, so a
+  /// parameter added to a policy later does not rename (and re-hash) every result of it.
+  bool canonical_at_default = true;
 
   [[nodiscard]] ParamSpec at_least(double lo) const;
   [[nodiscard]] ParamSpec greater_than(double lo) const;
   [[nodiscard]] ParamSpec at_most(double hi) const;
   [[nodiscard]] ParamSpec with_role(ParamRole r) const;
+  [[nodiscard]] ParamSpec omitted_at_default() const;
 };
 
 /// A context amount: either absolute tokens or a fraction of the context length.
@@ -92,12 +97,14 @@ class Params {
 
   /// Every key with its resolved value, for the "resolved configuration" written beside results.
   [[nodiscard]] const std::map<std::string, std::string>& values() const { return values_; }
-  /// Canonical spec text: "name:k1=v1,k2=v2" in key order, defaults included.
+  /// Canonical spec text: "name:k1=v1,k2=v2" in key order, defaults included (but for keys
+  /// declared omitted_at_default that hold their default).
   [[nodiscard]] std::string canonical(std::string_view policy) const;
 
  private:
   std::map<std::string, std::string> values_;
   std::map<std::string, ParamType> types_;
+  std::set<std::string> omitted_;  // keys left out of canonical()
   std::string policy_;
   [[nodiscard]] const std::string& raw(const std::string& key, ParamType type) const;
 };

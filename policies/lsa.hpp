@@ -8,6 +8,16 @@
 // best ones that fit the budget; the rest wait on the host. The selection stays fixed between
 // refreshes. Fetches go through the ledger's link model, so a chunk chosen at step t is usable
 // only once it has arrived.
+//
+// How a refresh turns scores into a selection (`select`):
+//   topk       the best-scored chunks that fit the budget (the report's top-k);
+//   threshold  only chunks whose sigmoid(score) exceeds `threshold` (FlashMemory deploys 0.5,
+//              which kept about 10% of history), best first and still capped by the budget, so
+//              the footprint is what passed, at most the budget; lsa_oracle passes exactly
+//              the chunks its true label marks critical;
+//   pages      whole dense pages of `page_chunks` consecutive chunks, ranked by their best
+//              chunk's score: a page is taken entirely or not at all.
+// The summary and index tiers are paid out of the same budget in every mode.
 #pragma once
 
 #include <string>
@@ -38,6 +48,9 @@ class LsaPolicyBase : public BudgetedPolicy {
   virtual void score(const StepContext& step, const std::vector<int64_t>& candidates, std::vector<double>& out) = 0;
   /// Bytes of GPU index state per complete chunk (the cached key embedding); 0 for the oracle.
   [[nodiscard]] virtual int64_t index_bytes_per_chunk() const = 0;
+  /// select=threshold: whether a chunk with this score is kept (sigmoid(score) > threshold).
+  [[nodiscard]] virtual bool passes_threshold(double score) const;
+  [[nodiscard]] double threshold() const { return threshold_; }
 
   [[nodiscard]] const std::string& name() const { return name_; }
   [[nodiscard]] int64_t tau() const { return tau_; }
@@ -49,7 +62,14 @@ class LsaPolicyBase : public BudgetedPolicy {
   [[nodiscard]] int64_t selection_allowance(const StepContext& step) const;
   [[nodiscard]] int64_t fixed_tokens(int64_t n_tokens, int64_t chunk_tokens) const;
 
+  enum class Select { TopK, Threshold, Pages };
+  /// Whole pages, best page first, while they fit in `allowance` tokens.
+  void add_whole_pages(const StepContext& step, const std::vector<int64_t>& candidates, int64_t allowance);
+
   std::string name_;
+  Select select_ = Select::TopK;
+  double threshold_ = 0.5;
+  int64_t page_chunks_ = 16;
   int64_t tau_;
   int64_t window_;
   int64_t sinks_;

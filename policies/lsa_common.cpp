@@ -1,5 +1,6 @@
 // The part of LSA shared by `lsa` and `lsa_oracle` (see policies/lsa.hpp). Registers nothing.
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "core/lookahead.hpp"
@@ -10,7 +11,9 @@ namespace kvlab {
 
 std::vector<ParamSpec> LsaPolicyBase::common_params() {
   // The defaults are the indexer's label defaults, so a default policy refreshes with the
-  // horizon and candidate set a default-trained indexer predicts.
+  // horizon and candidate set a default-trained indexer predicts. The selection options came
+  // later: at their defaults they stay out of the canonical spec, so earlier results keep
+  // their names.
   const LabelOptions d;
   return {ParamSpec{"tau", ParamType::Int, std::to_string(d.tau), "decode steps between refreshes (the lookahead horizon)"}
               .at_least(1),
@@ -19,7 +22,18 @@ std::vector<ParamSpec> LsaPolicyBase::common_params() {
           budget_param("0.1"),
           ParamSpec{"summary_ratio", ParamType::Int, "128",
                     "context tokens per always-resident summary entry; 0 = no summary tier"}
-              .at_least(0)};
+              .at_least(0),
+          ParamSpec{"select", ParamType::String, "topk",
+                    "topk: best chunks within the budget; threshold: chunks with sigmoid(score) > threshold, "
+                    "within the budget; pages: whole pages of page_chunks chunks"}
+              .omitted_at_default(),
+          ParamSpec{"threshold", ParamType::Float, "0.5", "select=threshold: keep chunks with sigmoid(score) above it (lsa_oracle: its true label)"}
+              .greater_than(0)
+              .at_most(1)
+              .omitted_at_default(),
+          ParamSpec{"page_chunks", ParamType::Int, "16", "select=pages: chunks per dense page"}
+              .at_least(1)
+              .omitted_at_default()};
 }
 
 LsaPolicyBase::LsaPolicyBase(const Params& p, std::string name)
@@ -28,7 +42,51 @@ LsaPolicyBase::LsaPolicyBase(const Params& p, std::string name)
       tau_(p.get_int("tau")),
       window_(p.get_int("window")),
       sinks_(p.get_int("sinks")),
-      summary_ratio_(static_cast<int>(p.get_int("summary_ratio"))) {}
+      summary_ratio_(static_cast<int>(p.get_int("summary_ratio"))) {
+  const std::string& select = p.get_string("select");
+  if (select == "topk") {
+    select_ = Select::TopK;
+  } else if (select == "threshold") {
+    select_ = Select::Threshold;
+  } else if (select == "pages") {
+    select_ = Select::Pages;
+  } else {
+    throw UsageError("policy " + name_ + ": parameter 'select' must be topk, threshold or pages, got '" + select + "'");
+  }
+  threshold_ = p.get_float("threshold");
+  page_chunks_ = p.get_int("page_chunks");
+}
+
+bool LsaPolicyBase::passes_threshold(double score) const { return 1.0 / (1.0 + std::exp(-score)) > threshold_; }
+
+void LsaPolicyBase::add_whole_pages(const StepContext& step, const std::vector<int64_t>& candidates,
+                                    int64_t allowance) {
+  // Candidates come in chunk order; a page's score is its best candidate's.
+  std::vector<std::pair<int64_t, size_t>> pages;  // (page, first candidate index)
+  std::vector<double> page_score;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const int64_t page = candidates[i] / page_chunks_;
+    if (pages.empty() || pages.back().first != page) {
+      pages.emplace_back(page, i);
+      page_score.push_back(scores_[i]);
+    } else {
+      page_score.back() = std::max(page_score.back(), scores_[i]);
+    }
+  }
+  std::vector<size_t> order(pages.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return page_score[a] > page_score[b]; });
+  const Geometry& g = *geometry_;
+  int64_t held = 0;
+  for (const size_t k : order) {
+    const size_t end = k + 1 < pages.size() ? pages[k + 1].second : candidates.size();
+    int64_t cost = 0;
+    for (size_t i = pages[k].second; i < end; ++i) cost += g.tokens_in_chunk(candidates[i], step.n_tokens);
+    if (held + cost > allowance) continue;  // a smaller page (at an edge) may still fit
+    for (size_t i = pages[k].second; i < end; ++i) selected_.set(candidates[i]);
+    held += cost;
+  }
+}
 
 void LsaPolicyBase::on_request(const RequestContext& request, Plan& plan) {
   geometry_ = request.geometry;
@@ -69,12 +127,20 @@ void LsaPolicyBase::on_refresh(const StepContext& step, Plan&) {
   selected_ = ChunkMask(step.n_chunks);
   if (candidates.empty()) return;
   score(step, candidates, scores_);
+  const int64_t allowance = selection_allowance(step);
+  if (select_ == Select::Pages) {
+    add_whole_pages(step, candidates, allowance);
+    return;
+  }
   std::vector<size_t> order(candidates.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores_[a] > scores_[b]; });
   ranked_.clear();
-  for (size_t i : order) ranked_.push_back(candidates[i]);
-  add_within_budget(step, ranked_, selection_allowance(step), selected_);
+  for (size_t i : order) {
+    if (select_ == Select::Threshold && !passes_threshold(scores_[i])) continue;
+    ranked_.push_back(candidates[i]);
+  }
+  add_within_budget(step, ranked_, allowance, selected_);
 }
 
 void LsaPolicyBase::on_step(const StepContext& step, Plan& plan) {

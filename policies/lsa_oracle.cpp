@@ -28,6 +28,8 @@ class LsaOraclePolicy final : public LsaPolicyBase {
 
  protected:
   [[nodiscard]] int64_t index_bytes_per_chunk() const override { return 0; }
+  /// The true label: a chunk passes when it is critical at some step of the next τ.
+  [[nodiscard]] bool passes_threshold(double score) const override { return score >= 1.0; }
 
   void score(const StepContext& step, const std::vector<int64_t>& candidates, std::vector<double>& out) override {
     labels_.reset(step.n_chunks);

@@ -202,3 +202,62 @@ TEST(Lsa, TraceWithoutFeaturesIsRejected) {
     EXPECT_NE(std::string(e.what()).find("'query'"), std::string::npos) << e.what();
   }
 }
+
+namespace {
+
+// One row, 40 prompt chunks of 64 tokens: every step puts half its mass on chunk 5 (so it is
+// critical in every lookahead) and half on the newest chunk.
+ConformanceData needle_at_chunk_5() {
+  Geometry g;
+  g.n_layers = 1;
+  g.n_kv_heads = 1;
+  g.chunk_tokens = 64;
+  return request_with_rows(g, RowLayout{1, 1}, 40 * 64, 16, [](int64_t, int, int64_t chunks) {
+    std::vector<float> m(static_cast<size_t>(chunks), 0.0F);
+    m[5] = 0.5F;
+    m[static_cast<size_t>(chunks - 1)] = 0.5F;
+    return m;
+  });
+}
+
+/// Held chunks outside the sink chunk and the window, just after the refresh at step 0.
+std::vector<int64_t> selected_after_first_refresh(const std::string& spec) {
+  const auto run = record(spec, needle_at_chunk_5());
+  std::vector<int64_t> held = members(run.resident.at({0, 1}));
+  std::erase_if(held, [](int64_t c) { return c == 0 || c >= 40 - 10; });
+  return held;
+}
+
+}  // namespace
+
+TEST(Lsa, SelectionModes) {
+  // 1024 tokens: sink chunk + window (512 + edges) + summary leave ~300 tokens, room for 4 chunks.
+  const std::string base = "lsa_oracle:tau=8,window=512,sinks=64,budget=1024";
+  // topk fills the room: the critical chunk, then the best of the rest (ties by position).
+  const std::vector<int64_t> topk = selected_after_first_refresh(base);
+  ASSERT_EQ(topk.size(), 4U);
+  EXPECT_TRUE(std::find(topk.begin(), topk.end(), 5) != topk.end());
+  // threshold keeps only what passes (for the oracle: the truly critical chunk), not the budget.
+  EXPECT_EQ(selected_after_first_refresh(base + ",select=threshold"), std::vector<int64_t>({5}));
+  // pages: the whole page [4, 8) that holds the critical chunk, nothing of another page.
+  EXPECT_EQ(selected_after_first_refresh(base + ",select=pages,page_chunks=4"), std::vector<int64_t>({4, 5, 6, 7}));
+  // A page larger than the room is never split: nothing is selected.
+  EXPECT_TRUE(selected_after_first_refresh(base + ",select=pages,page_chunks=8").empty());
+}
+
+TEST(Lsa, SelectionOptionsStayOutOfTheCanonicalSpecAtTheirDefaults) {
+  const auto& registry = PolicyRegistry::instance();
+  EXPECT_EQ(registry.resolve("lsa_oracle:budget=0.1").label,
+            "lsa_oracle:budget=0.1,critical_mass=0.9,sinks=64,summary_ratio=128,tau=64,window=2048");
+  EXPECT_EQ(registry.resolve("lsa_oracle:budget=0.1,select=topk").label, registry.resolve("lsa_oracle:budget=0.1").label);
+  EXPECT_NE(registry.resolve("lsa_oracle:budget=0.1,select=pages").label.find("select=pages"), std::string::npos);
+  EXPECT_EQ(registry.resolve("lsa_oracle:select=pages").params.get_int("page_chunks"), 16);  // still resolved
+  try {
+    (void)registry.resolve("lsa_oracle:select=best").instantiate();  // checked when the policy is made
+    FAIL() << "select=best was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("parameter 'select' must be topk, threshold or pages"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW((void)registry.resolve("lsa_oracle:threshold=1.5"), UsageError);
+}
