@@ -161,7 +161,8 @@ std::vector<double> oracle_recalls(const std::vector<IndexerRequest>& data, cons
   double positives = 0;
   for (const std::size_t r : requests) {
     for (const IndexerGroup& group : data[r].groups) {
-      const auto p = static_cast<double>(std::count_if(group.target.begin(), group.target.end(), [](float t) { return t > 0; }));
+      const auto p =
+          static_cast<double>(std::count_if(group.target.begin(), group.target.end(), [](float t) { return t > 0; }));
       positives += p;
       for (std::size_t i = 0; i < ks.size(); ++i) hits[i] += std::min(p, static_cast<double>(ks[i]));
     }

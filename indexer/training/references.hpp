@@ -21,9 +21,9 @@
 namespace kvlab {
 
 struct BilinearOptions {
-  int max_dims = 64;  ///< per side, after standardising; wider sides are PCA-projected
+  int max_dims = 64;                                ///< per side, after standardising; wider sides are PCA-projected
   std::vector<double> ridges = {1e-5, 1e-3, 1e-1};  ///< relative to trace(XᵀX) / features
-  int primary_k = 16;  ///< picks the ridge; must be one of the ks
+  int primary_k = 16;                               ///< picks the ridge; must be one of the ks
   int threads = 0;
 };
 
