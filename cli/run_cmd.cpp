@@ -240,6 +240,7 @@ int run_run(const Argv& argv) {
   options.arrival = arrival == "measured" ? ArrivalMode::Measured : ArrivalMode::Modelled;
   const LiveDecoders decoders = live_decoders(args, model, decoder);
   LiveBackend backend(decoders.factory, model.stop_tokens, std::move(requests), options);
+  check_policies_fit(backend, policies);  // a budget that cannot fit fails now, not after a prefill
 
   const auto start = std::chrono::steady_clock::now();
   std::vector<RequestRun> runs(static_cast<size_t>(backend.requests()));

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "core/error.hpp"
 #include "core/random.hpp"
@@ -354,11 +355,38 @@ void check_runnable(const Backend& backend, const std::vector<ResolvedPolicy>& p
   }
 }
 
+/// Asks each policy, on one fresh instance, whether it can run each request (the facts known
+/// before a request is opened: geometry, ids, lengths).
+void check_requests_fit(const Backend& backend, const std::vector<ResolvedPolicy>& policies,
+                        const std::vector<std::pair<int64_t, RequestInfo>>& requests) {
+  for (const ResolvedPolicy& p : policies) {
+    const std::unique_ptr<Policy> policy = p.instantiate();
+    for (const auto& [index, info] : requests) {
+      RequestContext r;
+      r.geometry = &backend.geometry();
+      r.rows = backend.rows();
+      r.request_index = index;
+      r.request_id = info.id;
+      r.workload = info.workload;
+      r.prompt_tokens = info.prompt_tokens;
+      r.decode_steps = info.decode_steps;
+      policy->check_request(r);
+    }
+  }
+}
+
 }  // namespace
+
+void check_policies_fit(Backend& backend, const std::vector<ResolvedPolicy>& policies) {
+  std::vector<std::pair<int64_t, RequestInfo>> requests;
+  for (int64_t i = 0; i < backend.requests(); ++i) requests.emplace_back(i, backend.request_info(i));
+  check_requests_fit(backend, policies, requests);
+}
 
 std::vector<MetricSums> run_request(Backend& backend, int64_t index, const std::vector<ResolvedPolicy>& policies,
                                     const EngineOptions& options, std::shared_ptr<const PrefilledRequest> prefill) {
   check_runnable(backend, policies);
+  if (!prefill) check_requests_fit(backend, policies, {{index, backend.request_info(index)}});
   std::atomic<int64_t> progress{0};
   const int64_t steps = backend.request_info(index).decode_steps;
   const int64_t total = backend.closed_loop() ? steps * static_cast<int64_t>(policies.size()) : steps;
@@ -384,8 +412,13 @@ std::vector<PolicyResult> run_engine(Backend& backend, const std::vector<Resolve
   check_runnable(backend, policies);
   const int64_t n_requests = backend.requests();
   const int n_policies = static_cast<int>(policies.size());
+  std::vector<std::pair<int64_t, RequestInfo>> requests;
   int64_t total_steps = 0;
-  for (int64_t i = 0; i < n_requests; ++i) total_steps += backend.request_info(i).decode_steps;
+  for (int64_t i = 0; i < n_requests; ++i) {
+    requests.emplace_back(i, backend.request_info(i));
+    total_steps += requests.back().second.decode_steps;
+  }
+  check_requests_fit(backend, policies, requests);  // before any request is prefilled
   // Closed loop counts a step per policy (each runs the model); open loop one per request step.
   const int64_t progress_total = backend.closed_loop() ? total_steps * n_policies : total_steps;
 

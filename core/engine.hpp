@@ -46,6 +46,11 @@ std::vector<MetricSums> run_request(Backend& backend, int64_t index, const std::
                                     const EngineOptions& options,
                                     std::shared_ptr<const PrefilledRequest> prefill = nullptr);
 
+/// Asks every policy whether it can run every request of `backend` (Policy::check_request),
+/// before anything is prefilled; throws the first UsageError. run_engine calls it, and so does
+/// run_request when it prefills itself; a caller that prefills first calls it before that.
+void check_policies_fit(Backend& backend, const std::vector<ResolvedPolicy>& policies);
+
 /// The results of `policies` from their merged sums.
 std::vector<PolicyResult> results_from_sums(const std::vector<MetricSums>& sums,
                                             const std::vector<ResolvedPolicy>& policies);

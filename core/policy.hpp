@@ -177,6 +177,12 @@ class Policy {
   /// `static PolicyTraits traits()`.
   static PolicyTraits traits() { return {}; }
 
+  /// Called before the request is opened or prefilled (a live prefill takes seconds), on an
+  /// instance that serves no request: throw a UsageError naming the parameter when this
+  /// configuration cannot run the request (a budget that cannot hold the always-resident
+  /// parts). `request` holds the geometry, rows, ids and lengths; the seed and the source's
+  /// inputs (d_query, d_key, qk_dim, prefill) are not known yet and are 0.
+  virtual void check_request(const RequestContext& request) const {}
   virtual void on_request(const RequestContext& request, Plan& plan) {}
   /// Steps between on_refresh calls; 0 = never.
   [[nodiscard]] virtual int64_t refresh_interval() const { return 0; }

@@ -36,6 +36,7 @@ class LsaPolicyBase : public BudgetedPolicy {
   /// Both variants keep a summary tier (and `lsa` an index tier).
   static PolicyTraits traits() { return {{}, true}; }
 
+  void check_request(const RequestContext& request) const override;
   void on_request(const RequestContext& request, Plan& plan) override;
   [[nodiscard]] int64_t refresh_interval() const override { return tau_; }
   void on_refresh(const StepContext& step, Plan& plan) override;

@@ -88,13 +88,27 @@ void LsaPolicyBase::add_whole_pages(const StepContext& step, const std::vector<i
   }
 }
 
-void LsaPolicyBase::on_request(const RequestContext& request, Plan& plan) {
-  geometry_ = request.geometry;
+void LsaPolicyBase::check_request(const RequestContext& request) const {
   const int64_t context = request.prompt_tokens + request.decode_steps;
   if (!budget().fraction && budget().value > static_cast<double>(context)) {
     throw UsageError("policy " + name_ + ": parameter 'budget' (" + budget().str() +
                      " tokens) is larger than the context (" + std::to_string(context) + " tokens)");
   }
+  // Every refresh that has candidates must leave room for them (on_refresh's own check).
+  for (int64_t t = 0; t < request.decode_steps; t += tau_) {
+    StepContext step;
+    step.request = &request;
+    step.step = t;
+    step.n_tokens = request.prompt_tokens + t + 1;
+    if (!refresh_candidates(*request.geometry, step.n_tokens, sinks_, window_).empty()) {
+      (void)selection_allowance(step);
+    }
+  }
+}
+
+void LsaPolicyBase::on_request(const RequestContext& request, Plan& plan) {
+  geometry_ = request.geometry;
+  check_request(request);
   plan.tiers.summary_ratio = summary_ratio_;
   plan.tiers.index_bytes_per_chunk = index_bytes_per_chunk();
 }
@@ -106,7 +120,7 @@ int64_t LsaPolicyBase::fixed_tokens(int64_t n_tokens, int64_t c) const {
 }
 
 int64_t LsaPolicyBase::selection_allowance(const StepContext& step) const {
-  const Geometry& g = *geometry_;
+  const Geometry& g = *step.request->geometry;
   const int64_t bpt = g.bytes_per_token();
   const int64_t horizon = step.n_tokens + tau_;  // the tiers grow until the next refresh
   const int64_t summary_bytes = summary_ratio_ > 0 ? (horizon / summary_ratio_) * bpt : 0;

@@ -257,3 +257,65 @@ TEST(Engine, ClosedLoopGivesEachPolicyItsOwnSessionAndMeasuresAfterAttending) {
   EXPECT_EQ(backend.prefilled, 1);
   EXPECT_EQ(backend.opened, 2);
 }
+
+namespace {
+
+// Refuses requests whose prompt is longer than `max_prompt` in check_request, as a policy
+// whose budget cannot hold its fixed parts does; records the requests it was asked about.
+std::vector<std::string>* g_checked = nullptr;
+class PickyPolicy final : public Policy {
+ public:
+  explicit PickyPolicy(const Params& p) : max_prompt_(p.get_int("max_prompt")) {}
+  void check_request(const RequestContext& r) const override {
+    g_checked->push_back(r.request_id);
+    EXPECT_EQ(r.prefill, nullptr);  // nothing of the source is known yet
+    EXPECT_EQ(r.d_query, 0);
+    if (r.prompt_tokens > max_prompt_) {
+      throw UsageError("policy picky: parameter 'max_prompt' (" + std::to_string(max_prompt_) + ") is below request " +
+                       r.request_id + "'s prompt (" + std::to_string(r.prompt_tokens) + " tokens)");
+    }
+  }
+  void on_step(const StepContext&, Plan& plan) override { plan.keep.set_all(); }
+
+ private:
+  int64_t max_prompt_;
+};
+const PolicyDescriptor kPicky{"picky", "test: refuses long prompts before prefill", false,
+                              {{"max_prompt", ParamType::Int, "0", "longest prompt accepted"}},
+                              [](const Params& p) { return std::make_unique<PickyPolicy>(p); }};
+
+}  // namespace
+
+TEST(Engine, APolicyThatCannotRunARequestIsRefusedBeforeAnyPrefill) {
+  ConformanceData data = make_conformance_data(13);
+  data.requests.resize(2);
+  FakeLiveBackend backend(data);
+  std::vector<std::string> checked;
+  g_checked = &checked;
+  EngineOptions options;
+  options.threads = 1;
+  const ResolvedPolicy picky = resolve_local(kPicky, {{"max_prompt", "1"}});
+  try {
+    (void)run_engine(backend, {PolicyRegistry::instance().resolve("full"), picky}, options);
+    FAIL() << "a policy refusing the request ran";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("policy picky: parameter 'max_prompt' (1) is below request"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(backend.prefilled, 0);
+  EXPECT_EQ(backend.opened, 0);
+  EXPECT_EQ(checked.size(), 1U);  // stopped at the first request
+  // run_request checks the request it prefills; a caller that prefilled first calls
+  // check_policies_fit itself.
+  EXPECT_THROW((void)run_request(backend, 1, {picky}, options), UsageError);
+  EXPECT_THROW(check_policies_fit(backend, {picky}), UsageError);
+  EXPECT_EQ(backend.prefilled, 0);
+  // When every request fits, each is checked once per policy and the run goes on.
+  checked.clear();
+  const ResolvedPolicy lenient = resolve_local(kPicky, {{"max_prompt", "1000000000"}});
+  (void)run_engine(backend, {lenient}, options);
+  EXPECT_EQ(checked.size(), 2U);
+  EXPECT_EQ(backend.prefilled, 2);
+  g_checked = nullptr;
+}

@@ -261,3 +261,39 @@ TEST(Lsa, SelectionOptionsStayOutOfTheCanonicalSpecAtTheirDefaults) {
   }
   EXPECT_THROW((void)registry.resolve("lsa_oracle:threshold=1.5"), UsageError);
 }
+
+// A live run prefills for seconds before its first refresh, so a budget that cannot hold the
+// sinks, window and tiers is refused from the request's lengths alone, before it is opened.
+TEST(Lsa, ABudgetBelowItsFixedPartsIsRefusedFromTheRequestsLengths) {
+  const auto data = make_conformance_data(25);
+  RequestContext request;
+  request.geometry = &data.geometry;
+  request.rows = data.rows;
+  request.request_id = "r0";
+  request.prompt_tokens = 4096;
+  request.decode_steps = 64;
+  const std::string indexer = write_indexer("fit_check.h5");
+  const auto small = PolicyRegistry::instance().resolve("lsa:indexer=" + indexer + ",budget=512,window=1024");
+  try {
+    small.instantiate()->check_request(request);
+    FAIL() << "a 512-token budget with a 1024-token window was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("policy lsa: parameter 'budget' (512 tokens at step 0) is smaller than sinks "
+                                         "+ window + summary and index tiers"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(PolicyRegistry::instance().resolve("lsa_oracle:budget=99999999").instantiate()->check_request(request),
+               UsageError);
+  EXPECT_NO_THROW(PolicyRegistry::instance()
+                      .resolve("lsa:indexer=" + indexer + ",budget=0.5,window=1024")
+                      .instantiate()
+                      ->check_request(request));
+  // A prompt too short to have candidates outside sinks and window never refreshes: it fits.
+  request.prompt_tokens = 256;
+  request.decode_steps = 4;
+  EXPECT_NO_THROW(PolicyRegistry::instance()
+                      .resolve("lsa:indexer=" + indexer + ",budget=200,window=1024")
+                      .instantiate()
+                      ->check_request(request));
+}
