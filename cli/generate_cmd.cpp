@@ -2,6 +2,7 @@
 // A hidden-ish extra, --dump-logits, writes the model's logits at chosen prompt positions for
 // the comparison against an independent implementation (scripts/compare_logits.py).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <iomanip>
@@ -126,6 +127,16 @@ int dump_logits(const Args& args, const LiveModel& model, const DecoderOptions& 
   return 0;
 }
 
+// The mean footprint is over decode steps; --max-tokens 1 has none (prefill gives the token).
+std::string footprint_text(const std::vector<PolicyResult>& results) {
+  if (results.empty() || results[0].steps == 0 || !std::isfinite(results[0].footprint_mean_ratio)) {
+    return "n/a (no decode steps)";
+  }
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(3) << results[0].footprint_mean_ratio;
+  return out.str();
+}
+
 }  // namespace
 
 int run_generate(const Argv& argv) {
@@ -192,8 +203,7 @@ int run_generate(const Argv& argv) {
             << static_cast<double>(n_prompt) / std::max(out.prefill_seconds, 1e-9) << " tok/s); decode: " << out.steps
             << " steps in " << std::setprecision(2) << out.decode_seconds << " s (" << std::setprecision(1)
             << static_cast<double>(out.steps) / std::max(out.decode_seconds, 1e-9) << " tok/s); policy "
-            << policy.label << ", mean footprint " << std::setprecision(3)
-            << (results.empty() ? 1.0 : results[0].footprint_mean_ratio);
+            << policy.label << ", mean footprint " << footprint_text(results);
   if (out.timed_steps > 0) {
     const double n = static_cast<double>(out.timed_steps);
     std::cerr << "; " << decoders.backend << " per step: attention " << 1e3 * out.attention_seconds / n

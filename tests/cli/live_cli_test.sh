@@ -115,5 +115,21 @@ PY
 expect 1 "prefill" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 2 --agreement off \
   --prefill-window 0 --policy snapkv:budget=0.3
 
+# One token comes from the prefill alone: there is no decode step to average a footprint over.
+expect 0 "mean footprint n/a (no decode steps)" -- generate --model "${model}" --prompt "The capital of France is" \
+  --max-tokens 1
+checks=$((checks + 1))
+grep -q nan "${work}/err.txt" && fail "generate --max-tokens 1 prints nan: $(cat "${work}/err.txt")"
+
+# An LSA budget below its sinks, window and tiers is refused from the lengths, before the
+# prefill (which takes tens of seconds at 4K); the message names the parameter and the sizes.
+"${kvlab}" trace gen --workload needle --context-tokens 4096 --steps 40 --d-query 4 --d-key 4 \
+  --out "${work}/needle.h5" >/dev/null
+"${kvlab}" indexer train --traces "${work}/needle.h5" --out "${work}/idx.h5" --window 1024 --tau 16 --stride 8 \
+  --depth 0 --dim 4 --epochs 1 --threads 1 >/dev/null 2>&1 || fail "indexer train for the fit check"
+expect 2 "policy lsa: parameter 'budget' (512 tokens at step 0) is smaller than sinks + window + summary and index tiers (1249 tokens)" \
+  -- run --model "${model}" --context-tokens 4096 --samples 1 --max-tokens 8 \
+  --policy "lsa:indexer=${work}/idx.h5,budget=512,window=1024"
+
 echo "live_cli_test: ${checks} checks, ${failures} failures"
 [[ ${failures} -eq 0 ]]

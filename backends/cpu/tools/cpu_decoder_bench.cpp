@@ -25,14 +25,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(std::stoll(item));
-  return out;
-}
-
 /// FLOPs of prefilling positions [p0, p0 + n): projections, attention (causal, full S rows as
 /// computed) and the one LM-head row.
 double prefill_flops(const kvlab::LlamaConfig& c, int64_t p0, int64_t n) {
@@ -62,22 +54,65 @@ double gemm_gflops(int64_t m, int64_t k, int64_t n) {
   return 2.0 * m * k * n * reps / seconds_since(t0) / 1e9;
 }
 
+constexpr const char* kUsage =
+    "usage: kvlab_cpu_bench [--model FILE] [--prefill 512,2048] [--decode 2048] [--steps 16]\n"
+    "                       [--block 256] [--threads N]\n"
+    "Prefill tokens/s (and its FLOP rate against an Eigen GEMM of the same shape) and decode\n"
+    "tokens/s of the CPU decoder on the real model.\n";
+
+/// A whole-number flag value, or a usage error naming the flag.
+int64_t parse_int(const std::string& flag, const std::string& text, int64_t lo, int64_t hi) {
+  size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || v < lo || v > hi) {
+    throw kvlab::UsageError("kvlab_cpu_bench: " + flag + " must be a whole number between " + std::to_string(lo) +
+                            " and " + std::to_string(hi) + ", got '" + text + "'");
+  }
+  return v;
+}
+
+std::vector<int64_t> parse_list(const std::string& flag, const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(parse_int(flag, item, 1, 1 << 20));
+  if (out.empty()) throw kvlab::UsageError("kvlab_cpu_bench: " + flag + " needs at least one length");
+  return out;
+}
+
 int run(int argc, char** argv) {
   std::string model = kvlab::default_model_path().string();
   std::vector<int64_t> prefill_lengths{512, 2048};
   std::vector<int64_t> decode_contexts{2048};
   int steps = 16;
   kvlab::DecoderOptions opt;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
     const std::string key = argv[i];
+    if (key == "--help" || key == "-h") {
+      std::cout << kUsage;
+      return 0;
+    }
+    if (i + 1 >= argc) throw kvlab::UsageError("kvlab_cpu_bench: " + key + " needs a value (see --help)");
     const std::string val = argv[i + 1];
     if (key == "--model") model = val;
-    else if (key == "--prefill") prefill_lengths = parse_list(val);
-    else if (key == "--decode") decode_contexts = parse_list(val);
-    else if (key == "--steps") steps = std::stoi(val);
-    else if (key == "--block") opt.prefill_block = std::stoi(val);
-    else if (key == "--threads") opt.threads = std::stoi(val);
-    else throw kvlab::UsageError("kvlab_cpu_bench: unknown option " + key);
+    else if (key == "--prefill") prefill_lengths = parse_list(key, val);
+    else if (key == "--decode") decode_contexts = parse_list(key, val);
+    else if (key == "--steps") steps = static_cast<int>(parse_int(key, val, 1, 1 << 20));
+    else if (key == "--block") opt.prefill_block = static_cast<int>(parse_int(key, val, 1, 1 << 20));
+    else if (key == "--threads") opt.threads = static_cast<int>(parse_int(key, val, 0, 4096));
+    else throw kvlab::UsageError("kvlab_cpu_bench: unknown option " + key + " (see --help)");
+  }
+  for (int64_t ctx : decode_contexts) {
+    // The prompt before the timed steps needs at least one token.
+    if (ctx <= 2 * static_cast<int64_t>(steps) + 1) {
+      throw kvlab::UsageError("kvlab_cpu_bench: --decode " + std::to_string(ctx) + " leaves no prompt before 2 x --steps " +
+                              std::to_string(steps) + " timed steps; give a context above " + std::to_string(2 * steps + 1));
+    }
   }
   if (opt.threads > 0) Eigen::setNbThreads(opt.threads);
   auto t0 = Clock::now();
