@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/registry.hpp"
 #include "traces/output_file.hpp"
 
 namespace kvlab::cli {
@@ -145,33 +146,45 @@ std::string human_bytes(double bytes) {
   return out.str();
 }
 
-std::string short_policy_label(const std::string& spec) {
+std::string short_policy_label(const std::string& spec, bool omit_defaults) {
   // A parameter naming a file keeps only the file name (indexer=results/demo/x/lsa.h5 becomes
   // indexer=.../lsa.h5): the full spec is in results.json and config.json.
-  std::string out;
-  size_t begin = 0;
+  const size_t colon = spec.find(':');
+  const std::string name = spec.substr(0, colon);
+  const PolicyDescriptor* d = omit_defaults ? PolicyRegistry::instance().find(name) : nullptr;
+  auto is_default = [d](const std::string& key, const std::string& value) {
+    if (d == nullptr) return false;
+    for (const ParamSpec& p : d->params) {
+      if (p.key == key) return !p.default_value.empty() && p.default_value == value;
+    }
+    return false;
+  };
+  std::string out = name;
+  char sep = ':';
+  size_t begin = colon == std::string::npos ? spec.size() + 1 : colon + 1;
   while (begin <= spec.size()) {
-    size_t end = spec.find_first_of(":,", begin);
+    size_t end = spec.find(',', begin);
     if (end == std::string::npos) end = spec.size();
     std::string item = spec.substr(begin, end - begin);
+    begin = end + 1;
     const size_t eq = item.find('=');
+    if (eq != std::string::npos && is_default(item.substr(0, eq), item.substr(eq + 1))) continue;
     const size_t slash = item.rfind('/');
     if (eq != std::string::npos && slash != std::string::npos && slash > eq) {
       item = item.substr(0, eq + 1) + ".../" + item.substr(slash + 1);
     }
-    out += item;
-    if (end < spec.size()) out += spec[end];
-    begin = end + 1;
+    out += sep + item;
+    sep = ',';
   }
   return out;
 }
 
-void print_results_table(std::ostream& out, const std::vector<PolicyResult>& results) {
+void print_results_table(std::ostream& out, const std::vector<PolicyResult>& results, bool omit_defaults) {
   const std::vector<std::string> head = {"policy",   "oracle",      "footprint",   "crit.recall", "mass recall",
                                          "resolved", "remote res.", "fetch bytes", "late fetches"};
   std::vector<std::vector<std::string>> rows;
   for (const auto& r : results) {
-    rows.push_back({short_policy_label(r.policy), r.oracle ? "yes" : "no", fixed(r.footprint_mean_ratio, 3),
+    rows.push_back({short_policy_label(r.policy, omit_defaults), r.oracle ? "yes" : "no", fixed(r.footprint_mean_ratio, 3),
                     fixed(r.critical_recall, 4), fixed(r.mass_recall, 4), fixed(r.resolved_fraction, 3),
                     fixed(r.remote_resolved_fraction, 3), human_bytes(static_cast<double>(r.fetch_bytes)),
                     std::to_string(r.late_fetches)});

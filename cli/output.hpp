@@ -26,10 +26,12 @@ void write_files_together(const std::vector<std::pair<std::string, std::string>>
 nlohmann::json results_json(const std::vector<PolicyResult>& results);
 /// Header line plus one line per policy, same fields as the JSON.
 std::string results_csv(const std::vector<PolicyResult>& results);
-/// A policy spec for the table: parameters holding a path keep only the file name.
-std::string short_policy_label(const std::string& spec);
+/// A policy spec for the table: parameters holding a path keep only the file name. With
+/// `omit_defaults`, parameters at their registered default are left out too (the canonical
+/// spec, every parameter included, stays in results.json and config.json).
+std::string short_policy_label(const std::string& spec, bool omit_defaults = false);
 /// The human-readable comparison table (policies by short_policy_label).
-void print_results_table(std::ostream& out, const std::vector<PolicyResult>& results);
+void print_results_table(std::ostream& out, const std::vector<PolicyResult>& results, bool omit_defaults = false);
 
 /// `v` with `digits` decimals, or "n/a" when it is not finite (NaN: no reference attention).
 std::string fixed(double v, int digits);

@@ -116,14 +116,25 @@ expect 1 "${work}/afile/r.csv" -- replay --trace "${trace}" --policy full --csv 
 
 # ---- demo (small) -----------------------------------------------------------------------
 expect 0 "oracle_topk" -- demo --out-dir "${work}/demo" --requests 2 --context-tokens 4096 --steps 16
-for f in results.csv results.json config.json; do
-  checks=$((checks + 1))
-  [[ -s "${work}/demo/${f}" ]] || fail "demo did not write ${f}"
+# Two workloads, each with its own result files; the table leaves out default parameters and
+# a summary compares the recall of the window, lsa and the oracles across them.
+for w in mix needle; do
+  for f in results.csv results.json config.json; do
+    checks=$((checks + 1))
+    [[ -s "${work}/demo/${w}/${f}" ]] || fail "demo did not write ${w}/${f}"
+  done
+  json_check "${work}/demo/${w}/config.json" "d['workload']['workload'] == '${w}'"
 done
-json_check "${work}/demo/results.json" 'len(d) >= 3 and all(r["requests"] == 2 for r in d)'
+json_check "${work}/demo/mix/results.json" 'len(d) >= 3 and all(r["requests"] == 2 for r in d)'
 # 10% of 4096 tokens = 409 tokens, minus the 64 sink tokens.
-json_check "${work}/demo/results.json" 'any(r["policy"] == "sliding_window:sinks=64,window=345" for r in d)'
-json_check "${work}/demo/results.json" 'all(r["footprint_mean_ratio"] <= 0.1 + 0.02 for r in d if ":budget=" in r["policy"] or "budget=0.1" in r["policy"])'
+json_check "${work}/demo/mix/results.json" 'any(r["policy"] == "sliding_window:sinks=64,window=345" for r in d)'
+json_check "${work}/demo/needle/results.json" 'all(r["footprint_mean_ratio"] <= 0.1 + 0.02 for r in d if ":budget=" in r["policy"] or "budget=0.1" in r["policy"])'
+checks=$((checks + 1))
+grep -qE '^sliding_window:window=345 ' "${work}/out.txt" || fail "demo table: no 'sliding_window:window=345' row"
+checks=$((checks + 1))
+grep -qE '^critical recall by workload:' "${work}/out.txt" || fail "demo: no recall summary by workload"
+expect 2 "--workloads: 'mix' given twice" -- demo --out-dir "${work}/demo" --workloads mix,mix
+expect 2 "--workload: unknown workload 'haystack'" -- demo --out-dir "${work}/demo" --workloads mix,haystack
 
 # ---- bench (tiny) -----------------------------------------------------------------------
 expect 0 "ratio" -- bench --cache-dir "${work}/bench" --context-tokens 8192 --steps 8 --multi-requests 2 \
