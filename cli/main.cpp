@@ -74,7 +74,7 @@ int dispatch(const Argv& args) {
 
 int fail(const char* message, int code) {
   std::cout.flush();
-  std::cerr << "kvlab: error: " << message << "\n";
+  std::cerr << "kvlab: error: " << kvlab::escape_control(message) << "\n";  // always one line
   return code;
 }
 

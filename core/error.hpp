@@ -2,6 +2,7 @@
 // parameter at fault; the CLI maps the type to the exit code (usage 2, failure 1).
 #pragma once
 
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -25,5 +26,26 @@ class PolicyContractError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+/// `text` with control characters escaped (a newline as \n, others as \xNN), so that a name
+/// the user or a file supplied cannot split an error message over several lines.
+inline std::string escape_control(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\r') out += "\\r";
+    else if (c < 0x20 || c == 0x7F) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      out += buf;
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
 
 }  // namespace kvlab

@@ -147,24 +147,7 @@ Id untimed_plist(hid_t cls, const std::string& where) {
 
 }  // namespace
 
-std::string printable(const std::string& text) {
-  std::string out;
-  out.reserve(text.size());
-  for (const char ch : text) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
-    else if (c == '\r') out += "\\r";
-    else if (c < 0x20 || c == 0x7F) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02X", c);
-      out += buf;
-    } else {
-      out += ch;
-    }
-  }
-  return out;
-}
+std::string printable(const std::string& text) { return escape_control(text); }
 
 std::recursive_mutex& library_mutex() { return the_mutex(); }
 
@@ -494,7 +477,10 @@ File File::open(const std::string& path, bool writable) {
   init_library();
   std::error_code ec;
   const std::string name = printable(path);
-  if (!std::filesystem::exists(path, ec)) throw InputError(name + ": no such file");
+  if (!std::filesystem::exists(path, ec)) {
+    // A folder on the way that may not be searched is "permission denied", not "no such file".
+    throw InputError(name + (ec == std::errc::permission_denied ? ": permission denied" : ": no such file"));
+  }
   if (!std::filesystem::is_regular_file(path, ec)) throw InputError(name + ": not a regular file");
   if (::access(path.c_str(), writable ? (R_OK | W_OK) : R_OK) != 0 && errno == EACCES) {
     throw InputError(name + ": permission denied");

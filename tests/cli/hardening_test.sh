@@ -3,11 +3,12 @@
 # (the minimum content of traces/FORMAT.md must load), crafted bad traces (each must fail with
 # exit 1 and one line naming the file and field), out-of-range flags and policy parameters
 # (exit 2, or the documented meaning), and output paths that must not be destroyed.
-# usage: hardening_test.sh PATH/TO/kvlab PYTHON_WITH_H5PY
+# usage: hardening_test.sh PATH/TO/kvlab PYTHON_WITH_H5PY [PATH/TO/kvlab_cpu_bench]
 set -uo pipefail
 
 kvlab="$1"
 python="${2:-/usr/bin/python3}"
+cpu_bench="${3:-}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/kvlab_hardening_test.XXXXXX")"
 trap 'rm -rf "${work}"' EXIT
 source "$(dirname "${BASH_SOURCE[0]}")/expect_lib.sh"
@@ -64,6 +65,37 @@ expect 1 "$(c huge_unwritten_dense): request r0: mass: one step holds 4294967298
 
 # ---- names are echoed on one line --------------------------------------------------------
 expect 1 "request bad\\nid: attribute mass_storage = 'dense\\nor not'" -- trace info "$(c newline_in_names)"
+# Names the user typed are escaped too, wherever the message comes from.
+expect 2 "unknown policy 'full\\nx'" -- replay --trace "$(c minimal_dense)" --policy $'full\nx'
+expect 2 "unknown parameter 'win\\ndow'" -- replay --trace "$(c minimal_dense)" --policy $'sliding_window:win\ndow=3'
+expect 2 "unknown command 'tr\\tace'" -- $'tr\tace'
+expect 1 "${work}/no\\nsuch.h5: no such file" -- trace info "${work}/no"$'\n'"such.h5"
+
+# ---- unreadable files are "permission denied" ------------------------------------------
+# root reads everything, so as root the commands run as nobody (setpriv), where they can.
+as_user=()
+[[ $(id -u) -eq 0 ]] && as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+chmod 711 "${work}"
+mkdir -p "${work}/perm/locked"
+cp "$(c minimal_dense)" "${work}/perm/closed.h5"
+cp "$(c minimal_dense)" "${work}/perm/locked/inside.h5"
+chmod 000 "${work}/perm/closed.h5"
+chmod 700 "${work}/perm/locked"
+chmod 755 "${work}/perm"
+if [[ ${#as_user[@]} -gt 0 ]] && ! "${as_user[@]}" test -x "${kvlab}" 2>/dev/null; then
+  echo "hardening_test: nobody cannot run ${kvlab}; permission checks skipped"
+else
+  kvlab_real="${kvlab}"
+  kvlab_as_user() { "${as_user[@]}" "${kvlab_real}" "$@"; }
+  kvlab=kvlab_as_user
+  expect 1 "${work}/perm/closed.h5: permission denied" -- trace info "${work}/perm/closed.h5"
+  expect 1 "${work}/perm/locked/inside.h5: permission denied" -- replay --trace "${work}/perm/locked/inside.h5" \
+    --policy full
+  expect 1 "--csv ${work}/perm/locked/r.csv: cannot write into folder ${work}/perm/locked (Permission denied)" \
+    -- replay --trace "$(c minimal_dense)" --policy full --csv "${work}/perm/locked/r.csv"
+  kvlab="${kvlab_real}"
+fi
+chmod 700 "${work}"
 
 # ---- budgets: out of range is a usage error, above the context means everything ----------
 trace="${work}/mix.h5"
@@ -173,6 +205,24 @@ expect 1 "${ckpt}/nan_weight.h5:/tensors/query_tower.layers.0.weight: tensor val
   -- replay --trace "${needle}" --policy "lsa:indexer=${ckpt}/nan_weight.h5"
 expect 1 "${ckpt}/width_huge.h5: tensor 'query_tower.layers.0.weight' has shape [8, 64]" \
   -- indexer eval --indexer "${ckpt}/width_huge.h5" --trace "${needle}"
+
+# ---- kvlab_cpu_bench: --help answers, bad flags are usage errors (before the model loads) ----
+if [[ -n "${cpu_bench}" ]]; then
+  bench_expect() {  # CODE NEEDLE ARGS...: exit code and one line holding NEEDLE
+    local code="$1" needle="$2"
+    shift 2
+    checks=$((checks + 1))
+    "${cpu_bench}" "$@" >"${work}/out.txt" 2>&1
+    local rc=$?
+    [[ ${rc} -eq ${code} ]] || fail "kvlab_cpu_bench $* exited ${rc}, expected ${code}: $(head -c 300 "${work}/out.txt")"
+    grep -qF -- "${needle}" "${work}/out.txt" || fail "kvlab_cpu_bench $*: no '${needle}': $(head -c 300 "${work}/out.txt")"
+  }
+  bench_expect 0 "usage: kvlab_cpu_bench [--model FILE]" --help
+  bench_expect 2 "kvlab_cpu_bench: --steps needs a value" --steps
+  bench_expect 2 "kvlab_cpu_bench: --threads must be a whole number between 0 and 4096, got '-1'" --threads -1
+  bench_expect 2 "kvlab_cpu_bench: --decode 20 leaves no prompt before 2 x --steps 16 timed steps" --decode 20
+  bench_expect 2 "kvlab_cpu_bench: unknown option --fast" --fast 1
+fi
 
 echo "hardening_test: ${checks} checks, ${failures} failed"
 [[ ${failures} -eq 0 ]]
