@@ -387,6 +387,21 @@ herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* data) {
   static_cast<std::vector<std::string>*>(data)->emplace_back(name);
   return 0;
 }
+
+herr_t collect_child(hid_t, const char* name, const H5L_info_t* info, void* data) {
+  Group::Child child;
+  child.name = name;
+#if !H5_VERSION_GE(1, 12, 0)  // 1.12 names objects by token; there children open by name
+  if (info->type == H5L_TYPE_HARD) {
+    child.address = info->u.address;
+    child.has_address = true;
+  }
+#else
+  (void)info;
+#endif
+  static_cast<std::vector<Group::Child>*>(data)->push_back(std::move(child));
+  return 0;
+}
 }  // namespace
 
 bool Group::has_child(const std::string& name) const {
@@ -403,6 +418,15 @@ std::vector<std::string> Group::children() const {
   return names;
 }
 
+std::vector<Group::Child> Group::children_with_addresses() const {
+  Lock lock(library_mutex());
+  std::vector<Child> children;
+  hsize_t idx = 0;
+  check(H5Literate(id_.get(), H5_INDEX_NAME, H5_ITER_INC, &idx, collect_child, &children), where(),
+        "cannot list group");
+  return children;
+}
+
 Group Group::create_group(const std::string& name) {
   Lock lock(library_mutex());
   Id gcpl = untimed_plist(H5P_GROUP_CREATE, where());
@@ -411,14 +435,45 @@ Group Group::create_group(const std::string& name) {
   return Group(std::move(id), file_, join(path_, name));
 }
 
+namespace {
+
+// Opens the object `name` and says what it is. Not H5Oget_info: besides the type it sums the
+// storage of a group's whole link index, a walk over every request of /requests for each one.
+Id open_object(hid_t loc, const std::string& name, const std::string& what, H5I_type_t& type) {
+  Id id(check(H5Oopen(loc, name.c_str(), H5P_DEFAULT), what, "cannot open"));
+  type = H5Iget_type(id.get());
+  return id;
+}
+
+}  // namespace
+
 Group Group::open_group(const std::string& name) const {
   Lock lock(library_mutex());
   if (!has_child(name)) throw InputError(where() + ": missing group '" + name + "'");
-  H5O_info_t info;
-  check(H5Oget_info_by_name(id_.get(), name.c_str(), &info, H5P_DEFAULT), where(), "cannot open '" + name + "'");
-  if (info.type != H5O_TYPE_GROUP) throw InputError(file_ + ":" + join(path_, name) + ": is not a group");
-  Id id(check(H5Gopen2(id_.get(), name.c_str(), H5P_DEFAULT), where(), "cannot open group '" + name + "'"));
-  return Group(std::move(id), file_, join(path_, name));
+  const std::string what = file_ + ":" + join(path_, name);
+  // Opened as a group directly; only a failure asks what the object is, for the message.
+  const hid_t id = H5Gopen2(id_.get(), name.c_str(), H5P_DEFAULT);
+  if (id < 0) {
+    H5Eclear2(H5E_DEFAULT);
+    H5I_type_t type = H5I_BADID;
+    (void)open_object(id_.get(), name, what, type);
+    if (type != H5I_GROUP) throw InputError(what + ": is not a group");
+    throw InputError(what + ": cannot open group");
+  }
+  return Group(Id(id), file_, join(path_, name));
+}
+
+Group Group::open_group(const Child& child) const {
+#if !H5_VERSION_GE(1, 12, 0)
+  if (child.has_address) {
+    Lock lock(library_mutex());
+    const std::string what = file_ + ":" + join(path_, printable(child.name));
+    Id id(check(H5Oopen_by_addr(id_.get(), static_cast<haddr_t>(child.address)), what, "cannot open"));
+    if (H5Iget_type(id.get()) != H5I_GROUP) throw InputError(what + ": is not a group");
+    return Group(std::move(id), file_, join(path_, child.name));
+  }
+#endif
+  return open_group(child.name);
 }
 
 Dataset Group::create_dataset(const std::string& name, const DatasetSpec& spec) {
@@ -446,16 +501,22 @@ Dataset Group::open_dataset(const std::string& name, int64_t cache_bytes) const 
   Lock lock(library_mutex());
   const std::string what = file_ + ":" + join(path_, name);
   if (!has_child(name)) throw InputError(where() + ": missing dataset '" + name + "'");
-  H5O_info_t info;
-  check(H5Oget_info_by_name(id_.get(), name.c_str(), &info, H5P_DEFAULT), what, "cannot open");
-  if (info.type != H5O_TYPE_DATASET) throw InputError(what + ": is not a dataset");
-  Id dapl(check(H5Pcreate(H5P_DATASET_ACCESS), what, "cannot create property list"));
+  Id dapl;
   if (cache_bytes > 0) {
+    dapl = Id(check(H5Pcreate(H5P_DATASET_ACCESS), what, "cannot create property list"));
     // A prime slot count well above the chunks that fit, as the HDF5 guide recommends.
     check(H5Pset_chunk_cache(dapl.get(), 12421, static_cast<size_t>(cache_bytes), 1.0), what, "cannot set chunk cache");
   }
-  Id id(check(H5Dopen2(id_.get(), name.c_str(), dapl.get()), what, "cannot open dataset"));
-  return Dataset(std::move(id), file_, join(path_, name));
+  // Opened as a dataset directly; only a failure asks what the object is, for the message.
+  const hid_t id = H5Dopen2(id_.get(), name.c_str(), dapl.valid() ? dapl.get() : H5P_DEFAULT);
+  if (id < 0) {
+    H5Eclear2(H5E_DEFAULT);
+    H5I_type_t type = H5I_BADID;
+    (void)open_object(id_.get(), name, what, type);
+    if (type != H5I_DATASET) throw InputError(what + ": is not a dataset");
+    throw InputError(what + ": cannot open dataset");
+  }
+  return Dataset(Id(id), file_, join(path_, name));
 }
 
 // ---- File --------------------------------------------------------------------------------

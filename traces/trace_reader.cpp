@@ -33,7 +33,8 @@ bool is_integer(h5::Type t) {
 
 class H5RequestReader final : public RequestReader {
  public:
-  H5RequestReader(std::shared_ptr<const h5::File> file, const Geometry& geometry, const std::string& id);
+  H5RequestReader(std::shared_ptr<const h5::File> file, const Geometry& geometry, const h5::Group& requests,
+                  const h5::Group::Child& id);
   [[nodiscard]] const RequestHeader& header() const override { return header_; }
   void read_step(int64_t t, StepMass& out) override;
   void read_query(int64_t t, std::vector<float>& out) override;
@@ -91,11 +92,12 @@ class H5RequestReader final : public RequestReader {
   std::vector<uint32_t> row_sorted_;  // one row's chunks, sorted, for the duplicate check
 };
 
-H5RequestReader::H5RequestReader(std::shared_ptr<const h5::File> file, const Geometry& geometry, const std::string& id)
+H5RequestReader::H5RequestReader(std::shared_ptr<const h5::File> file, const Geometry& geometry,
+                                 const h5::Group& requests, const h5::Group::Child& id)
     : file_(std::move(file)), geometry_(geometry) {
-  header_.id = id;
-  group_ = file_->open_group(fmt::kRequests).open_group(id);
-  const std::string at = file_->file() + ": request " + h5::printable(id);
+  header_.id = id.name;
+  group_ = requests.open_group(id);
+  const std::string at = file_->file() + ": request " + h5::printable(id.name);
   header_.prompt_tokens = group_.read_int(fmt::kPromptTokens);
   header_.decode_steps = group_.read_int(fmt::kDecodeSteps);
   header_.workload = group_.read_string(fmt::kWorkload);
@@ -551,14 +553,15 @@ class H5TraceReader final : public TraceReader {
   H5TraceReader(const std::string& path, h5::File file);
   [[nodiscard]] const std::string& path() const override { return path_; }
   [[nodiscard]] const Geometry& geometry() const override { return geometry_; }
-  [[nodiscard]] int64_t request_count() const override { return static_cast<int64_t>(ids_.size()); }
+  [[nodiscard]] int64_t request_count() const override { return static_cast<int64_t>(children_.size()); }
   [[nodiscard]] std::unique_ptr<RequestReader> request(int64_t i) const override;
 
  private:
   std::string path_;
   std::shared_ptr<const h5::File> file_;
   Geometry geometry_;
-  std::vector<std::string> ids_;
+  h5::Group requests_;
+  std::vector<h5::Group::Child> children_;  // with addresses: opening by name is O(log n) and churns the cache
 };
 
 // A geometry attribute, range-checked (against Geometry's limits) before it is narrowed.
@@ -589,8 +592,9 @@ H5TraceReader::H5TraceReader(const std::string& path, h5::File opened) : path_(p
   geometry_.chunk_tokens = read_geometry_int(*file, fmt::kChunkTokens, geometry_limits::kMaxChunkTokens);
   geometry_.validate(path);
   if (!file->has_child(fmt::kRequests)) throw InputError(path + ": missing group /requests");
-  ids_ = file->open_group(fmt::kRequests).children();
-  if (ids_.empty()) throw InputError(path + ": group /requests holds no requests (an empty trace)");
+  requests_ = file->open_group(fmt::kRequests);
+  children_ = requests_.children_with_addresses();
+  if (children_.empty()) throw InputError(path + ": group /requests holds no requests (an empty trace)");
   file_ = std::move(file);
 }
 
@@ -599,7 +603,7 @@ std::unique_ptr<RequestReader> H5TraceReader::request(int64_t i) const {
     throw InputError(path_ + ": request index " + std::to_string(i) + " out of range (" +
                      std::to_string(request_count()) + " requests)");
   }
-  return std::make_unique<H5RequestReader>(file_, geometry_, ids_[static_cast<size_t>(i)]);
+  return std::make_unique<H5RequestReader>(file_, geometry_, requests_, children_[static_cast<size_t>(i)]);
 }
 
 }  // namespace
