@@ -53,6 +53,13 @@ expect 1 "mass_index step 0: row 1 (layer 1, head 0) lists chunk -1" -- trace va
 expect 1 "mass_value step 1: row 1 (layer 1, head 0) is not sorted by decreasing value" \
   -- replay --trace "$(c unsorted_row)" --policy full
 
+# A data chunk damaged on disk, read on worker threads: one line, not HDF5's error stack from
+# each thread (its automatic printing is silenced on every thread, not only the first).
+expect 0 "" -- trace gen --context-tokens 8192 --steps 32 --requests 4 --out "${work}/four.h5"
+"${python}" -c 'import os, sys
+f = open(sys.argv[1], "r+b"); f.seek(os.path.getsize(sys.argv[1]) * 3 // 10); f.write(b"\xff" * 2048)' "${work}/four.h5"
+expect 1 "/mass: cannot read data (file damaged?)" -- replay --trace "${work}/four.h5" --policy full --threads 4
+
 # ---- memory from tiny files --------------------------------------------------------------
 # trace info reads headers only: a 2^34-token sparse request costs nothing (it used to
 # allocate 4 bytes per chunk, 4 GiB here). 1.5 GB of address space is plenty.
