@@ -27,18 +27,7 @@ CpuDecoder::CpuDecoder(std::shared_ptr<const LlamaWeights> weights, DecoderOptio
 
 DecoderShape CpuDecoder::shape() const {
   const LlamaConfig& c = decoder_.config();
-  DecoderShape s;
-  s.device = "cpu";
-  s.model = c.name;
-  s.n_layers = c.n_layers;
-  s.n_kv_heads = c.n_kv_heads;
-  s.head_dim = c.head_dim;
-  s.hidden = c.hidden;
-  s.vocab = c.vocab;
-  s.chunk_tokens = decoder_.options().chunk_tokens;
-  s.chunk_feature_size = decoder_.chunk_feature_size();
-  s.qk_dim = c.head_dim;
-  return s;
+  return llama_decoder_shape(c, "cpu", decoder_.options().chunk_tokens, decoder_.chunk_feature_size(), c.head_dim);
 }
 
 void CpuDecoder::prefill(std::span<const int32_t> tokens, DecodeOutput& out) { copy_out(decoder_.prefill(tokens), out); }

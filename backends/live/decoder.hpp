@@ -32,8 +32,10 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "backends/model/llama_weights.hpp"
 #include "core/error.hpp"
 
 namespace kvlab {
@@ -123,6 +125,23 @@ struct DecoderShape {
   int qk_dim = 0;
   [[nodiscard]] int rows() const { return n_layers * n_kv_heads; }
 };
+
+/// The shape of a Llama decoder on `device` (both decoders fill it alike).
+inline DecoderShape llama_decoder_shape(const LlamaConfig& c, std::string device, int chunk_tokens,
+                                        int chunk_feature_size, int qk_dim) {
+  DecoderShape s;
+  s.device = std::move(device);
+  s.model = c.name;
+  s.n_layers = c.n_layers;
+  s.n_kv_heads = c.n_kv_heads;
+  s.head_dim = c.head_dim;
+  s.hidden = c.hidden;
+  s.vocab = c.vocab;
+  s.chunk_tokens = chunk_tokens;
+  s.chunk_feature_size = chunk_feature_size;
+  s.qk_dim = qk_dim;
+  return s;
+}
 
 /// What one step (or the prefill's last token) reports, in plain row-major arrays. n_chunks
 /// is the chunk count after the token was appended.

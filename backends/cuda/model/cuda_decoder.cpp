@@ -76,18 +76,8 @@ CudaDecoder::~CudaDecoder() {
 
 DecoderShape CudaDecoder::shape() const {
   const CudaLlamaDecoder& d = shared_->unlocked();
-  const LlamaConfig& c = d.config();
-  DecoderShape s;
-  s.device = "cuda";
-  s.model = c.name;
-  s.n_layers = c.n_layers;
-  s.n_kv_heads = c.n_kv_heads;
-  s.head_dim = c.head_dim;
-  s.hidden = c.hidden;
-  s.vocab = c.vocab;
-  s.chunk_tokens = d.options().chunk_tokens;
-  s.chunk_feature_size = d.chunk_feature_size();
-  return s;
+  // qk_dim 0: the GPU decoder reports no query vectors or key summaries (yet).
+  return llama_decoder_shape(d.config(), "cuda", d.options().chunk_tokens, d.chunk_feature_size(), 0);
 }
 
 int64_t CudaDecoder::max_context() const { return shared_->unlocked().max_context(); }
