@@ -25,25 +25,12 @@
 # still returns what was done. The TABLE summary is printed last.
 #   experiments/gpu/live_cuda.sh [OUT]          (OUT defaults to $OUT, else results/live_cuda)
 set -uo pipefail
-# The tree the script sits in (a checkout, or a carried copy holding build/, tests/cli/,
-# traces/data/ and experiments/gpu/); the model is looked for in $KVLAB_MODEL, ./models, then
-# that tree's models/.
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/live_env.sh"
 out="${1:-${OUT:-results/live_cuda}}"
 work="${WORK:-/tmp/kvlab_live_cuda}"
 rm -rf "$work"
 mkdir -p "$out" "$work"
-bin="${KVLAB_BIN:-$root/build/bin}"
-K="$bin/kvlab"
-gguf=SmolLM2-135M-Instruct.Q4_1.gguf
-model="${KVLAB_MODEL:-}"
-for candidate in "$PWD/models/$gguf" "$root/models/$gguf"; do
-  [[ -z "$model" && -f "$candidate" ]] && model="$candidate"
-done
-model="${model:-$PWD/models/$gguf}"
 export KVLAB_MODEL="$model"
-export LD_LIBRARY_PATH="$root/build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export OMP_WAIT_POLICY=passive
 budget="${BUDGET_S:-340}"
 t_start=$(date +%s)
 summary="$work/summary.txt"

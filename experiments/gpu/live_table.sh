@@ -19,21 +19,11 @@
 # WORK (default /tmp/kvlab_live_table) and is packed into OUT/live_table.tgz after every run;
 # OUT/table.md is the table so far.
 set -uo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/live_env.sh"
 out="${1:-${OUT:-results/live_table}}"
 work="${WORK:-/tmp/kvlab_live_table}"
 rm -rf "$work"
 mkdir -p "$out" "$work"
-bin="${KVLAB_BIN:-$root/build/bin}"
-K="$bin/kvlab"
-gguf=SmolLM2-135M-Instruct.Q4_1.gguf
-model="${KVLAB_MODEL:-}"
-for candidate in "$PWD/models/$gguf" "$root/models/$gguf"; do
-  [[ -z "$model" && -f "$candidate" ]] && model="$candidate"
-done
-model="${model:-$PWD/models/$gguf}"
-export LD_LIBRARY_PATH="$root/build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export OMP_WAIT_POLICY=passive
 budget="${BUDGET_S:-560}"
 samples="${SAMPLES:-100}"
 batch="${BATCH:-64}"
