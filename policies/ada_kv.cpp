@@ -33,7 +33,7 @@ class AdaKvPolicy final : public BudgetedPolicy {
             ParamSpec{"floor", ParamType::Float, "0", "share of the even per-head budget each head is guaranteed"}
                 .at_least(0)
                 .at_most(1),
-            ParamSpec{"kernel", ParamType::Int, "7", "max-pooling kernel over prompt positions, in tokens"}.at_least(1)};
+            pool_kernel_param()};
   }
 
   explicit AdaKvPolicy(const Params& p) : BudgetedPolicy(p), floor_(p.get_float("floor")), kernel_(p.get_int("kernel")) {}

@@ -18,11 +18,18 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/params.hpp"
 #include "core/policy.hpp"
 
 namespace kvlab {
 
 inline constexpr double kKeepScore = std::numeric_limits<double>::infinity();
+
+/// The pooling kernel parameter the three policies share.
+inline ParamSpec pool_kernel_param() {
+  return ParamSpec{"kernel", ParamType::Int, "7", "max-pooling kernel over prompt positions, in tokens (paper: 7)"}
+      .at_least(1);
+}
 
 /// Neighbouring chunks a token-level pooling kernel spans at this chunk size (odd, >= 1).
 inline int64_t pool_chunks(int64_t kernel_tokens, int chunk_tokens) {

@@ -30,7 +30,7 @@ class PyramidKvPolicy final : public BudgetedPolicy {
     return {budget_param("0.1"),
             ParamSpec{"beta", ParamType::Float, "20", "the top layer keeps 1/beta of the average layer budget (paper: 20)"}
                 .at_least(1),
-            ParamSpec{"kernel", ParamType::Int, "7", "max-pooling kernel over prompt positions, in tokens"}.at_least(1)};
+            pool_kernel_param()};
   }
 
   explicit PyramidKvPolicy(const Params& p)

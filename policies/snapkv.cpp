@@ -30,8 +30,7 @@ class SnapKvPolicy final : public BudgetedPolicy {
   static PolicyTraits traits() { return {{PolicyNeed::PrefillObservation}, false}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
-            ParamSpec{"kernel", ParamType::Int, "7", "max-pooling kernel over prompt positions, in tokens (paper: 7)"}
-                .at_least(1)};
+            pool_kernel_param()};
   }
 
   explicit SnapKvPolicy(const Params& p) : BudgetedPolicy(p), kernel_(p.get_int("kernel")) {}
