@@ -65,6 +65,15 @@ DecoderOptions live_decoder_options(const Args& args) {
   return o;
 }
 
+FlagSpec template_set_flag() {
+  return {"template-set", "default|train|heldout",
+          "task wording: default (the fixed RULER-style templates); train or heldout: per sample, haystack, needle, "
+          "key/value and question templates drawn from one of two families that share no template",
+          "default"};
+}
+
+TemplateSet live_template_set(const Args& args) { return parse_template_set(args.get("template-set"), "--template-set"); }
+
 bool live_stop_at_eos(const Args& args) {
   const std::string stop = args.get("stop");
   if (stop != "limit" && stop != "eos") throw UsageError("--stop must be limit or eos, got '" + stop + "'");

@@ -27,6 +27,10 @@ struct TaskSetFlags {
 };
 TaskSetFlags live_task_set(const Args& args);
 
+/// --template-set of run and record (default|train|heldout), as a FlagSpec and parsed.
+FlagSpec template_set_flag();
+TemplateSet live_template_set(const Args& args);
+
 /// --stop limit|eos of run and record: true when a request ends at its first stop token.
 bool live_stop_at_eos(const Args& args);
 

@@ -30,6 +30,7 @@ CommandSpec record_spec() {
        {"context-tokens", "N", "prompt length target in tokens (template included)", "4096"},
        {"samples", "K", "requests to record", "8"},
        {"seed", "S", "task seed", "0"},
+       template_set_flag(),
        {"steps", "N", "decode steps per request", "64"},
        {"heads", "aggregated|per-head", "mass rows: mean over a layer's KV heads, or one row per KV head",
         "aggregated"},
@@ -80,6 +81,7 @@ int run_record(const Argv& argv) {
   }
   record.query_keys = parse_on_off(args.get("qk-vectors"), "--qk-vectors");
   const bool stop_at_eos = live_stop_at_eos(args);
+  const TemplateSet templates = live_template_set(args);
   const int64_t batch = args.get_int("batch");
   if (batch < 1 || batch > 4096) throw UsageError("--batch must be between 1 and 4096");
   record.in_flight = static_cast<int>(batch);
@@ -88,7 +90,7 @@ int run_record(const Argv& argv) {
   const LiveModel model = live_load_model(args);
   live_check_context(model, decoder, context + steps, "--context-tokens plus --steps");
   std::vector<LiveRequest> requests = task_requests(*model.tokenizer, task, context, static_cast<int>(samples),
-                                                    static_cast<uint64_t>(seed), steps);
+                                                    static_cast<uint64_t>(seed), steps, nullptr, templates);
   LiveOptions options;
   options.stop_at_eos = stop_at_eos;
   options.reference_mass = false;  // every chunk is resident: the observed mass is full attention

@@ -57,6 +57,7 @@ CommandSpec run_spec() {
        {"context-tokens", "N", "prompt length target in tokens (template included)", "4096"},
        {"samples", "K", "task samples (requests)", "20"},
        {"seed", "S", "task seed", "0"},
+       template_set_flag(),
        {"policy", "SPEC", "policy spec name[:key=value,...] (see kvlab policies)", "", true, true},
        {"plugin", "LIB", "load a shared library that registers policies", "", true},
        {"max-tokens", "N", "tokens generated at most per request (stops at EOS)", "16"},
@@ -183,6 +184,7 @@ int run_run(const Argv& argv) {
   if (max_tokens < 1 || max_tokens > 4096) throw UsageError("--max-tokens must be between 1 and 4096");
   const bool agreement = parse_on_off(args.get("agreement"), "--agreement");
   const bool stop_at_eos = live_stop_at_eos(args);
+  const TemplateSet templates = live_template_set(args);
   const int64_t batch = args.get_int("batch");
   if (batch < 1 || batch > 4096) throw UsageError("--batch must be between 1 and 4096");
   EngineOptions engine;
@@ -233,7 +235,7 @@ int run_run(const Argv& argv) {
   std::vector<TaskSample> task_samples;
   std::vector<LiveRequest> requests = task_requests(*model.tokenizer, args.get("task"), context,
                                                     static_cast<int>(samples), static_cast<uint64_t>(seed),
-                                                    max_tokens - 1, &task_samples);
+                                                    max_tokens - 1, &task_samples, templates);
   LiveOptions options;
   options.keep_log_probs = agreement;
   options.stop_at_eos = stop_at_eos;
@@ -279,6 +281,10 @@ int run_run(const Argv& argv) {
                           {"prompt_tokens", backend.request(i).info.prompt_tokens},
                           {"expected", sample.expected},
                           {"needle_depth", sample.needle_depth}};
+    if (templates != TemplateSet::Default) {
+      gen["template_set"] = sample.template_set;
+      gen["template_variants"] = sample.template_variants;
+    }
     prefill_seconds += r.prefill_seconds;
     prefill_timed = prefill_timed && r.prefill_device_seconds >= 0;
     prefill_device_seconds += std::max(r.prefill_device_seconds, 0.0);

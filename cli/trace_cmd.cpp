@@ -152,6 +152,9 @@ int trace_info(const Argv& argv) {
                         {"d_query", h.d_query},
                         {"d_key", h.d_key},
                         {"storage", h.sparse ? "sparse" : "dense"}});
+    // Recorded with kvlab record --template-set train|heldout only.
+    if (!h.template_set.empty()) requests.back()["template_set"] = h.template_set;
+    if (!h.template_variants.empty()) requests.back()["template_variants"] = h.template_variants;
   }
   const nlohmann::json doc = {{"path", info.path},
                               {"file_bytes", info.file_bytes},

@@ -15,6 +15,7 @@
 
 #include "core/error.hpp"
 #include "core/registry.hpp"
+#include "traces/tasks/tasks.hpp"
 
 namespace kvlab::sweep {
 namespace {
@@ -200,11 +201,34 @@ const std::map<std::string, std::string>& live_keys() {
       {"chunk_features", "--chunk-features"},
       {"rope_scaling", "--rope-scaling"},
       {"prefill_block", "--prefill-block"},
+      {"prefill_window", "--prefill-window"},  // the prefill observation (snapkv family)
+      {"stop", "--stop"},                      // eos | limit
+      {"template_set", "--template-set"},      // default | train | heldout
       {"backend", "--backend"},          // cpu | cuda
       {"batch", "--batch"},              // requests in flight (results do not depend on it)
       {"cuda_graphs", "--cuda-graphs"},  // with backend = "cuda"
   };
   return keys;
+}
+
+/// Checks the live keys whose values kvlab run would refuse only once the cell runs: a typo
+/// there would otherwise fail cell after cell of a started sweep.
+void check_live_values(const Reader& r, const toml::table& t) {
+  auto one_of = [&](const char* key, const std::vector<std::string>& valid) {
+    const toml::node* v = t.get(key);
+    if (!v) return;
+    const std::string text = r.string(*v, std::string("source.") + key);
+    if (std::find(valid.begin(), valid.end(), text) != valid.end()) return;
+    std::string list;
+    for (const auto& s : valid) list += (list.empty() ? "" : ", ") + s;
+    fail_at(r.file, line_of(*v), std::string("source.") + key, "'" + text + "' is not one of " + list);
+  };
+  one_of("stop", {"eos", "limit"});
+  one_of("template_set", template_set_names());
+  if (const toml::node* v = t.get("prefill_window")) {
+    const int64_t w = r.integer(*v, "source.prefill_window");
+    if (w < 0 || w > 1 << 20) fail_at(r.file, line_of(*v), "source.prefill_window", "must be between 0 and 1048576");
+  }
 }
 
 void read_sources(const Reader& r, const toml::table& root, const std::vector<int64_t>& default_seeds,
@@ -248,6 +272,7 @@ void read_sources(const Reader& r, const toml::table& root, const std::vector<in
       }
       continue;
     }
+    check_live_values(r, *t);
     Source s;
     s.kind = "live";
     s.seeds = seeds;

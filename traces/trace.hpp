@@ -25,6 +25,10 @@ struct RequestHeader {
   int64_t decode_steps = 0;
   std::string workload;
   uint64_t seed = 0;
+  // A recorded task's wording (kvlab record --template-set): empty for the default set, whose
+  // requests carry neither attribute, as before.
+  std::string template_set;
+  std::string template_variants;
   int heads_stored = 1;      // 1 = heads aggregated, else n_kv_heads
   int64_t n_chunks_max = 0;  // chunks that exist at the last step
   int64_t d_query = 0;       // 0 = no `query` dataset

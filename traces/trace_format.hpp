@@ -23,6 +23,8 @@ inline constexpr const char* kPromptTokens = "prompt_tokens";
 inline constexpr const char* kDecodeSteps = "decode_steps";
 inline constexpr const char* kWorkload = "workload";
 inline constexpr const char* kSeed = "seed";
+inline constexpr const char* kTemplateSet = "template_set";            // optional
+inline constexpr const char* kTemplateVariants = "template_variants";  // optional
 inline constexpr const char* kMassStorage = "mass_storage";
 inline constexpr const char* kHeadsStored = "n_heads_stored";
 

@@ -102,6 +102,10 @@ H5RequestReader::H5RequestReader(std::shared_ptr<const h5::File> file, const Geo
   header_.decode_steps = group_.read_int(fmt::kDecodeSteps);
   header_.workload = group_.read_string(fmt::kWorkload);
   header_.seed = group_.read_uint(fmt::kSeed);
+  if (group_.has_attribute(fmt::kTemplateSet)) header_.template_set = group_.read_string(fmt::kTemplateSet);
+  if (group_.has_attribute(fmt::kTemplateVariants)) {
+    header_.template_variants = group_.read_string(fmt::kTemplateVariants);
+  }
   if (header_.prompt_tokens < 0) throw InputError(at + ": attribute prompt_tokens is negative");
   if (header_.decode_steps < 1) throw InputError(at + ": attribute decode_steps must be >= 1");
   if (header_.prompt_tokens > fmt::kMaxTokens || header_.decode_steps > fmt::kMaxTokens - header_.prompt_tokens) {

@@ -268,6 +268,8 @@ H5RequestWriter::H5RequestWriter(h5::Group& parent, const std::string& file, con
   group_.write_int(fmt::kDecodeSteps, steps);
   group_.write_string(fmt::kWorkload, header.workload);
   group_.write_uint(fmt::kSeed, header.seed);
+  if (!header.template_set.empty()) group_.write_string(fmt::kTemplateSet, header.template_set);
+  if (!header.template_variants.empty()) group_.write_string(fmt::kTemplateVariants, header.template_variants);
   group_.write_string(fmt::kMassStorage, sparse_ ? "sparse" : "dense");
   group_.write_int(fmt::kHeadsStored, header.heads_stored);
 

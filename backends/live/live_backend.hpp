@@ -65,6 +65,8 @@ namespace kvlab {
 struct LiveRequest {
   RequestInfo info;  // prompt_tokens is set from `prompt`; decode_steps = the most steps to run
   std::vector<int32_t> prompt;
+  std::string template_set;       // a task request's wording family; empty for the default one
+  std::string template_variants;  // the templates it drew (traces/tasks/tasks.hpp)
 };
 
 struct LiveOptions {

@@ -59,11 +59,13 @@ std::string task_prompt(const TaskSample& sample) {
 
 std::vector<LiveRequest> task_requests(const Tokenizer& tokenizer, const std::string& task, int64_t context_tokens,
                                        int samples, uint64_t seed, int64_t decode_steps,
-                                       std::vector<TaskSample>* samples_out) {
+                                       std::vector<TaskSample>* samples_out, TemplateSet templates) {
   const TokenCounter count = [&tokenizer](const std::string& text) {
     return static_cast<int64_t>(tokenizer.encode(text, /*parse_special=*/false).size());
   };
-  std::vector<TaskSample> set = make_task_set(task, context_tokens, samples, seed, count);
+  TaskOptions options;
+  options.template_set = templates;
+  std::vector<TaskSample> set = make_task_set(task, context_tokens, samples, seed, count, options);
   std::vector<LiveRequest> out;
   for (size_t i = 0; i < set.size(); ++i) {
     char id[64];
@@ -72,6 +74,10 @@ std::vector<LiveRequest> task_requests(const Tokenizer& tokenizer, const std::st
     r.info.id = task + "-" + id;
     r.info.workload = task;
     r.info.seed = set[i].seed;
+    if (templates != TemplateSet::Default) {
+      r.template_set = set[i].template_set;
+      r.template_variants = set[i].template_variants;
+    }
     r.info.decode_steps = decode_steps;
     r.prompt = tokenizer.encode(task_prompt(set[i]));
     r.info.prompt_tokens = static_cast<int64_t>(r.prompt.size());

@@ -34,9 +34,11 @@ RopeScaling parse_rope_scaling(const std::string& spec, const std::string& flag)
 std::string task_prompt(const TaskSample& sample);
 
 /// `samples` samples of `task` at `context_tokens` (measured with the real tokenizer), each a
-/// request of `decode_steps` planned steps with id "<task>-<index>" (zero-padded).
+/// request of `decode_steps` planned steps with id "<task>-<index>" (zero-padded), worded from
+/// `templates` (a request of another set than the default one names its set and variants).
 std::vector<LiveRequest> task_requests(const Tokenizer& tokenizer, const std::string& task, int64_t context_tokens,
                                        int samples, uint64_t seed, int64_t decode_steps,
-                                       std::vector<TaskSample>* samples_out = nullptr);
+                                       std::vector<TaskSample>* samples_out = nullptr,
+                                       TemplateSet templates = TemplateSet::Default);
 
 }  // namespace kvlab

@@ -193,6 +193,8 @@ RecordSummary record_trace(LiveBackend& backend, const std::string& path, const 
     header.decode_steps = steps;
     header.workload = info.workload;
     header.seed = info.seed;
+    header.template_set = backend.request(i).template_set;
+    header.template_variants = backend.request(i).template_variants;
     header.heads_stored = options.per_head ? layout.heads_stored : 1;
     header.d_query = session->d_query();
     header.d_key = session->d_key();

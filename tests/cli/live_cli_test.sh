@@ -64,6 +64,21 @@ checks=$((checks + 1))
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert abs(d[0]["critical_recall"]-1)<1e-9 and d[0]["steps"]==6, d' \
   "${work}/out.txt" || fail "replay of a recorded trace under full attention: recall is not 1"
 
+# Task wording (--template-set): a recording names its set and the templates each request drew
+# (the default set writes neither attribute); the prompt still fits the context with the real
+# tokenizer; run's generations say the same.
+expect 0 "" -- trace info "${trace}" --json
+json_check "${work}/out.txt" 'all("template_set" not in r and "template_variants" not in r for r in d["requests"])'
+expect 2 "--template-set: unknown template set 'test'" -- record --model "${model}" --template-set test --out "${work}/x.h5"
+expect 0 "wrote" -- record --model "${model}" --context-tokens 256 --samples 1 --steps 1 --template-set heldout \
+  --task niah_multikey --out "${work}/heldout.h5"
+expect 0 "" -- trace info "${work}/heldout.h5" --json
+json_check "${work}/out.txt" 'all(r["template_set"] == "heldout" and "needle=" in r["template_variants"] and 230 <= r["prompt_tokens"] <= 256 for r in d["requests"])'
+expect 0 "" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 2 --agreement off --template-set train \
+  --task vt --policy full --out-dir "${work}/train_run"
+json_check "${work}/train_run/generations.json" 'd[0]["template_set"] == "train" and "statements=" in d[0]["template_variants"]'
+json_check "${work}/train_run/config.json" 'd["flags"]["template-set"] == ["train"]'
+
 expect 0 "" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 4 \
   --policy full --policy sliding_window:window=64,sinks=64 --json
 checks=$((checks + 1))

@@ -2,6 +2,7 @@
 // the file/line/key errors a bad config gets before anything runs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -131,6 +132,42 @@ TEST_F(StudyTest, BadConfigsNameFileLineAndKey) {
   EXPECT_NE(error_of(header() + "[[source]]\ntraces = [\"@idx\"]\n" + policy).find(":3: source.traces: '@idx' names no artifact"),
             std::string::npos);
   EXPECT_NE(error_of(header() + traces("*.h5") + "[[policy]\n").find(":4: "), std::string::npos);
+}
+
+TEST_F(StudyTest, LiveSourcesTakeStopPrefillWindowAndTemplateSet) {
+  const std::string policy = "[[policy]]\nname = \"full\"\n";
+  const std::string live = "[[source]]\ntask = \"niah_single\"\n";
+  const std::vector<Cell> plain = expand_cells(parse_study(write(header() + live + policy)));
+  const std::vector<Cell> worded = expand_cells(parse_study(
+      write(header() + live + "stop = \"limit\"\nprefill_window = 16\ntemplate_set = \"heldout\"\n" + policy)));
+  ASSERT_EQ(plain.size(), 1u);
+  ASSERT_EQ(worded.size(), 1u);
+  const auto flags = worded[0].config["run_flags"].get<std::vector<std::string>>();
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--stop", "limit"}, {"--prefill-window", "16"}, {"--template-set", "heldout"}}) {
+    const auto at = std::find(flags.begin(), flags.end(), flag);
+    ASSERT_NE(at, flags.end()) << flag;
+    ASSERT_NE(at + 1, flags.end()) << flag;
+    EXPECT_EQ(*(at + 1), value) << flag;
+  }
+  // A source without the keys keeps the cell it had before they existed.
+  EXPECT_EQ(plain[0].config["run_flags"], (nlohmann::json{"--task", "niah_single"}));
+  EXPECT_NE(plain[0].hash, worded[0].hash);
+
+  const std::string file = (dir_ / "study.toml").string();
+  EXPECT_EQ(error_of(header() + live + "stop = \"never\"\n" + policy),
+            file + ":4: source.stop: 'never' is not one of eos, limit");
+  EXPECT_EQ(error_of(header() + live + "template_set = \"test\"\n" + policy),
+            file + ":4: source.template_set: 'test' is not one of default, train, heldout");
+  EXPECT_EQ(error_of(header() + live + "prefill_window = -1\n" + policy),
+            file + ":4: source.prefill_window: must be between 0 and 1048576");
+  EXPECT_EQ(error_of(header() + live + "prefill_window = \"32\"\n" + policy),
+            file + ":4: source.prefill_window: expected an integer, got a string");
+  EXPECT_EQ(error_of(header() + live + "stop = 1\n" + policy), file + ":4: source.stop: expected a string, got an integer");
+  // Replay sources take none of them.
+  EXPECT_NE(error_of(header() + traces("*.h5") + "template_set = \"train\"\n" + policy)
+                .find("source.template_set: only live sources (task = ...) take it"),
+            std::string::npos);
 }
 
 TEST(Shards, ShareEveryCellExactlyOnce) {

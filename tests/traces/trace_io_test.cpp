@@ -223,6 +223,23 @@ TEST(TraceWriter, AutoStorageIsSparseOnlyWhenDenseWouldBeLarge) {
   EXPECT_EQ(cells, 2 * 200 + 4420);
 }
 
+TEST(TraceWriter, TemplateAttributesRoundTripAndAreAbsentByDefault) {
+  TempDir dir;
+  const std::string path = dir.file("t.h5");
+  RequestHeader worded = make_header("worded", 6, 3);
+  worded.template_set = "heldout";
+  worded.template_variants = "filler=recipe,key=place,value=serial,needle=ledger,asking=recall";
+  test::write_trace(path, small_geometry(), {worded, make_header("plain", 6, 3)}, MassStorage::Dense);
+  auto reader = TraceReader::open(path);
+  ASSERT_EQ(reader->request_count(), 2);
+  const RequestHeader plain = reader->request(0)->header();  // sorted: "plain" < "worded"
+  const RequestHeader back = reader->request(1)->header();
+  EXPECT_EQ(back.template_set, worded.template_set);
+  EXPECT_EQ(back.template_variants, worded.template_variants);
+  EXPECT_TRUE(plain.template_set.empty());
+  EXPECT_TRUE(plain.template_variants.empty());
+}
+
 TEST(TraceWriter, SameInputGivesByteIdenticalFiles) {
   TempDir dir;
   const Geometry g = small_geometry();

@@ -1,11 +1,12 @@
-// The needle-in-a-haystack family: one needle format, four ways of asking.
+// The needle-in-a-haystack family: one needle sentence per sample (drawn from the template
+// family), four ways of asking.
 #include <algorithm>
 #include <unordered_set>
 #include <utility>
 
 #include "traces/tasks/task_builders.hpp"
 #include "core/random.hpp"
-#include "traces/tasks/word_lists.hpp"
+#include "traces/tasks/templates.hpp"
 
 namespace kvlab::task_detail {
 
@@ -15,17 +16,13 @@ namespace {
 constexpr int kNeedlesPerMultiTask = 4;
 
 // Streams of a sample's seed, one per independent choice.
-enum Stream : uint64_t { kKeys = 1, kValues = 2, kPlacement = 3 };
+enum Stream : uint64_t { kKeys = 1, kValues = 2, kPlacement = 3, kTemplates = 4 };
 
-std::string needle_text(const std::string& key, const std::string& value) {
-  return "One of the special magic numbers for " + key + " is: " + value + ".";
-}
-
-std::vector<std::string> distinct_keys(Rng& rng, int count) {
+std::vector<std::string> distinct_keys(const KeyKind& kind, Rng& rng, int count) {
   std::vector<std::string> keys;
   std::unordered_set<std::string> seen;
   while (static_cast<int>(keys.size()) < count) {
-    auto k = task_words::key_word(rng);
+    auto k = kind.make(rng);
     if (seen.insert(k).second) {
       keys.push_back(std::move(k));
     }
@@ -33,11 +30,11 @@ std::vector<std::string> distinct_keys(Rng& rng, int count) {
   return keys;
 }
 
-// Seven-digit values, distinct so that no answer is credited for another needle's value.
-std::vector<std::string> distinct_values(Rng& rng, int count) {
+// Distinct, so that no answer is credited for another needle's value.
+std::vector<std::string> distinct_values(const ValueKind& kind, Rng& rng, int count) {
   std::vector<std::string> values;
   while (static_cast<int>(values.size()) < count) {
-    auto v = std::to_string(rng.between(1000000, 9999999));
+    auto v = kind.make(rng);
     if (std::find(values.begin(), values.end(), v) == values.end()) {
       values.push_back(std::move(v));
     }
@@ -59,19 +56,31 @@ std::string join_keys(const std::vector<std::string>& keys) {
 
 }  // namespace
 
-TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth) {
+TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth, const TemplateFamily& family) {
+  Rng pick(seed, kTemplates);
+  const FillerStyle& filler = choose(family.fillers, pick);
+  const KeyKind& key_kind = choose(family.keys, pick);
+  const ValueKind& value_kind = choose(family.values, pick);
+  const NiahWording& wording = choose(family.needles, pick);
+  const NiahAsking& asking = choose(family.niah_askings, pick);
+
   Rng key_rng(seed, kKeys);
   Rng value_rng(seed, kValues);
   Rng place_rng(seed, kPlacement);
   const int needles = kind == NiahKind::Single ? 1 : kNeedlesPerMultiTask;
   const int key_count = kind == NiahKind::MultiValue ? 1 : needles;
-  const auto keys = distinct_keys(key_rng, key_count);
-  const auto values = distinct_values(value_rng, needles);
+  const auto keys = distinct_keys(key_kind, key_rng, key_count);
+  const auto values = distinct_values(value_kind, value_rng, needles);
+  const std::string thing(value_kind.thing);
+  const std::string things(value_kind.things);
 
   // needles[0] is the primary one, placed at `depth`; the others at random fractions.
   std::vector<std::string> texts;
   for (int i = 0; i < needles; ++i) {
-    texts.push_back(needle_text(keys[static_cast<size_t>(std::min(i, key_count - 1))], values[static_cast<size_t>(i)]));
+    texts.push_back(fill(wording.needle, {{"key", keys[static_cast<size_t>(std::min(i, key_count - 1))]},
+                                          {"value", values[static_cast<size_t>(i)]},
+                                          {"thing", thing},
+                                          {"things", things}}));
   }
   std::vector<double> fractions;
   for (int i = 1; i < needles; ++i) {
@@ -79,34 +88,30 @@ TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth) {
   }
 
   TaskDraft base;
-  base.instruction =
-      "Some special magic numbers are hidden in the text below. Remember them: you will be "
-      "asked about them afterwards.";
-  switch (kind) {
-    case NiahKind::Single:
-    case NiahKind::MultiKey:
-      base.question = "What is the special magic number for " + keys[0] + " mentioned in the provided text?";
-      base.answer_prefix = "The special magic number for " + keys[0] + " mentioned in the provided text is";
-      base.expected = {values[0]};
-      break;
-    case NiahKind::MultiValue:
-      base.question = "What are all the special magic numbers for " + keys[0] + " mentioned in the provided text?";
-      base.answer_prefix = "The special magic numbers for " + keys[0] + " mentioned in the provided text are";
-      base.expected = values;
-      break;
-    case NiahKind::MultiQuery:
-      base.question =
-          "What are all the special magic numbers for " + join_keys(keys) + " mentioned in the provided text?";
-      base.answer_prefix = "The special magic numbers for " + join_keys(keys) + " mentioned in the provided text are";
-      base.expected = values;
-      break;
+  // MultiValue asks for one key's values, MultiQuery for every key's.
+  const std::string asked = kind == NiahKind::MultiQuery ? join_keys(keys) : keys[0];
+  const std::vector<std::pair<std::string_view, std::string>> slots = {
+      {"key", keys[0]}, {"keys", asked}, {"thing", thing}, {"things", things}};
+  base.instruction = fill(asking.instruction, slots);
+  const bool one = kind == NiahKind::Single || kind == NiahKind::MultiKey;
+  base.question = fill(one ? asking.question_one : asking.question_all, slots);
+  base.answer_prefix = fill(one ? asking.prefix_one : asking.prefix_all, slots);
+  base.expected = one ? std::vector<std::string>{values[0]} : values;
+  if (family.set != TemplateSet::Default) {
+    VariantLog log;
+    log.add("filler", filler.name);
+    log.add("key", key_kind.name);
+    log.add("value", value_kind.name);
+    log.add("needle", wording.name);
+    log.add("asking", asking.name);
+    base.variants = log.text();
   }
 
   TaskPlan plan;
   plan.min_units = 0;
-  plan.draft = [base, texts, fractions, depth](int64_t units) {
+  plan.draft = [base, texts, fractions, depth, &filler, seed](int64_t units) {
     TaskDraft d = base;
-    Passage p = Passage::noise(units);
+    Passage p = Passage::filler(filler, seed, units);
     // Distractors first, at boundaries of the plain haystack; inserting from the last boundary
     // backwards keeps the earlier boundaries valid.
     std::vector<std::pair<size_t, size_t>> at;  // (boundary, needle index)

@@ -1,26 +1,31 @@
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <string_view>
 
 #include "traces/tasks/task_builders.hpp"
+#include "traces/tasks/templates.hpp"
 
 namespace kvlab::task_detail {
 
 namespace {
 
-// The RULER noise haystack: content-free sentences that a model must read past.
-constexpr std::array<std::string_view, 5> kNoiseSentences = {
-    "The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again."};
+// Stream of a sample's seed for its filler sentences.
+constexpr uint64_t kFillerStream = 7;
 
 }  // namespace
 
-Passage Passage::noise(int64_t sentences) {
+Passage Passage::filler(const FillerStyle& style, uint64_t seed, int64_t sentences) {
   Passage p;
+  p.separator_ = style.separator;
   p.segments_.reserve(static_cast<size_t>(std::max<int64_t>(sentences, 0)) + 8);
-  for (int64_t i = 0; i < sentences; ++i) {
-    p.segments_.emplace_back(kNoiseSentences[static_cast<size_t>(i) % kNoiseSentences.size()]);
+  if (style.cycle) {
+    for (int64_t i = 0; i < sentences; ++i) {
+      p.segments_.emplace_back(style.sentences[static_cast<size_t>(i) % style.sentences.size()]);
+    }
+    return p;
   }
+  Rng rng(seed, kFillerStream);
+  for (int64_t i = 0; i < sentences; ++i) p.segments_.push_back(filler_sentence(style, rng));
   return p;
 }
 
@@ -65,7 +70,7 @@ std::string Passage::text() const {
   out.reserve(n);
   for (size_t i = 0; i < segments_.size(); ++i) {
     if (i > 0) {
-      out += ' ';
+      out += separator_;
     }
     out += segments_[i];
   }

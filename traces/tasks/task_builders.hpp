@@ -23,6 +23,7 @@ struct TaskDraft {
   std::string answer_prefix;
   std::vector<std::string> expected;
   double needle_depth = -1.0;  // achieved depth of the primary needle; -1 without a needle
+  std::string variants;        // the templates drawn (TaskSample::template_variants)
 };
 
 struct TaskPlan {
@@ -32,16 +33,22 @@ struct TaskPlan {
 
 enum class NiahKind { Single, MultiKey, MultiValue, MultiQuery };
 
-[[nodiscard]] TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth);
-[[nodiscard]] TaskPlan vt_plan(uint64_t seed, double depth);
-[[nodiscard]] TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens);
-[[nodiscard]] TaskPlan fwe_plan(uint64_t seed);
+struct TemplateFamily;
+struct FillerStyle;
 
-/// A sequence of text segments (sentences, needles) joined by single spaces.
+// Each builder draws its templates from `family` (templates.hpp) on a stream of its own, so the
+// default family, with one template of each, leaves every other draw as it was.
+[[nodiscard]] TaskPlan niah_plan(NiahKind kind, uint64_t seed, double depth, const TemplateFamily& family);
+[[nodiscard]] TaskPlan vt_plan(uint64_t seed, double depth, const TemplateFamily& family);
+[[nodiscard]] TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens, const TemplateFamily& family);
+[[nodiscard]] TaskPlan fwe_plan(uint64_t seed, const TemplateFamily& family);
+
+/// A sequence of text segments (sentences, needles) joined by a separator (one character).
 class Passage {
  public:
-  /// `sentences` noise sentences cycling through the RULER noise passage.
-  static Passage noise(int64_t sentences);
+  /// `sentences` sentences of `style`: a cycling style repeats its sentences in order; any
+  /// other draws them from `seed`, in sequence, so a longer passage extends a shorter one.
+  static Passage filler(const FillerStyle& style, uint64_t seed, int64_t sentences);
 
   [[nodiscard]] size_t size() const { return segments_.size(); }
   /// Inserts before segment `boundary` (0 = at the start, size() = at the end).
@@ -56,6 +63,7 @@ class Passage {
 
  private:
   std::vector<std::string> segments_;
+  char separator_ = ' ';
 };
 
 /// Character offset of `needle` in `text` divided by the text length (-1 if absent).

@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "traces/tasks/task_builders.hpp"
+#include "traces/tasks/templates.hpp"
 #include "core/random.hpp"
 
 namespace kvlab {
@@ -39,14 +40,15 @@ std::string valid_list() {
 
 bool has_needle(const std::string& task) { return task != "cwe" && task != "fwe"; }
 
-TaskPlan plan_for(const std::string& task, uint64_t seed, double depth, int64_t target) {
-  if (task == "niah_single") return task_detail::niah_plan(NiahKind::Single, seed, depth);
-  if (task == "niah_multikey") return task_detail::niah_plan(NiahKind::MultiKey, seed, depth);
-  if (task == "niah_multivalue") return task_detail::niah_plan(NiahKind::MultiValue, seed, depth);
-  if (task == "niah_multiquery") return task_detail::niah_plan(NiahKind::MultiQuery, seed, depth);
-  if (task == "vt") return task_detail::vt_plan(seed, depth);
-  if (task == "cwe") return task_detail::cwe_plan(seed, target);
-  if (task == "fwe") return task_detail::fwe_plan(seed);
+TaskPlan plan_for(const std::string& task, uint64_t seed, double depth, int64_t target, TemplateSet set) {
+  const task_detail::TemplateFamily& f = task_detail::template_family(set);
+  if (task == "niah_single") return task_detail::niah_plan(NiahKind::Single, seed, depth, f);
+  if (task == "niah_multikey") return task_detail::niah_plan(NiahKind::MultiKey, seed, depth, f);
+  if (task == "niah_multivalue") return task_detail::niah_plan(NiahKind::MultiValue, seed, depth, f);
+  if (task == "niah_multiquery") return task_detail::niah_plan(NiahKind::MultiQuery, seed, depth, f);
+  if (task == "vt") return task_detail::vt_plan(seed, depth, f);
+  if (task == "cwe") return task_detail::cwe_plan(seed, target, f);
+  if (task == "fwe") return task_detail::fwe_plan(seed, f);
   throw UsageError("unknown task '" + task + "' (--task); valid tasks: " + valid_list());
 }
 
@@ -152,6 +154,27 @@ Measured fit(const std::string& task, const TaskPlan& plan, int64_t target, cons
 
 std::vector<std::string> task_names() { return valid_tasks(); }
 
+std::vector<std::string> template_set_names() { return {"default", "train", "heldout"}; }
+
+std::string template_set_name(TemplateSet set) {
+  switch (set) {
+    case TemplateSet::Train:
+      return "train";
+    case TemplateSet::Heldout:
+      return "heldout";
+    case TemplateSet::Default:
+      break;
+  }
+  return "default";
+}
+
+TemplateSet parse_template_set(const std::string& name, const std::string& flag) {
+  if (name == "default") return TemplateSet::Default;
+  if (name == "train") return TemplateSet::Train;
+  if (name == "heldout") return TemplateSet::Heldout;
+  throw UsageError(flag + ": unknown template set '" + name + "' (valid: default, train, heldout)");
+}
+
 uint64_t derive_sample_seed(uint64_t seed, int index) { return mix_seed(seed, static_cast<uint64_t>(index) + 1000); }
 
 TaskSample make_task(const std::string& task, int64_t target_tokens, uint64_t seed, double depth,
@@ -177,7 +200,7 @@ TaskSample make_task(const std::string& task, int64_t target_tokens, uint64_t se
   if (depth < 0.0) {
     depth = Rng(seed, kDepthStream).uniform();
   }
-  const TaskPlan plan = plan_for(task, seed, depth, target_tokens);
+  const TaskPlan plan = plan_for(task, seed, depth, target_tokens, options.template_set);
   Measured best = fit(task, plan, target_tokens, count_tokens, options);
 
   TaskSample s;
@@ -189,6 +212,8 @@ TaskSample make_task(const std::string& task, int64_t target_tokens, uint64_t se
   s.expected = std::move(best.draft.expected);
   s.needle_depth = has_needle(task) ? best.draft.needle_depth : -1.0;
   s.seed = seed;
+  s.template_set = template_set_name(options.template_set);
+  s.template_variants = std::move(best.draft.variants);
   s.target_tokens = target_tokens;
   s.measured_tokens = best.tokens;
   return s;

@@ -26,6 +26,15 @@
 // go to seeded random places (vt's later assignments always after the first). cwe and fwe have
 // no needle: needle_depth is -1 and the depth argument is ignored.
 //
+// Wording (TaskOptions::template_set): `default` gives the prompts described above, always the
+// same templates; `train` and `heldout` each draw, per sample from its seed, one of several
+// haystack styles (prose, service logs, narrative, inventory lists / weather reports, recipes,
+// chat transcripts, spec sheets), needle sentences, key and value kinds (numbers, UUID-like
+// identifiers, serials, made-up passwords), instructions and question / answer-prefix pairs,
+// and for vt, cwe and fwe their statement, list-entry and question wordings. The two sets
+// share no template string (templates.hpp), so an indexer trained on `train` recordings can be
+// evaluated on wording it never saw. Scoring is the same for every set.
+//
 // Determinism: a sample depends only on (task, target_tokens, seed, depth, counter, options).
 // All draws use std::mt19937_64 through kvlab::Rng (core/random.hpp), whose distributions are our own, so the same
 // arguments give the same sample on every platform and standard library.
@@ -45,8 +54,18 @@ using TokenCounter = std::function<int64_t(const std::string&)>;
 /// about 30 tokens; 32 leaves a little room.
 inline constexpr int64_t kChatTemplateTokens = 32;
 
+/// Which wording family a sample draws its templates from (see the header comment).
+enum class TemplateSet { Default, Train, Heldout };
+
+/// "default", "train", "heldout".
+[[nodiscard]] std::vector<std::string> template_set_names();
+[[nodiscard]] std::string template_set_name(TemplateSet set);
+/// UsageError naming `flag` and the valid names for anything else.
+[[nodiscard]] TemplateSet parse_template_set(const std::string& name, const std::string& flag);
+
 struct TaskOptions {
   int64_t template_tokens = kChatTemplateTokens;  // added to every measurement
+  TemplateSet template_set = TemplateSet::Default;
 };
 
 struct TaskSample {
@@ -58,6 +77,10 @@ struct TaskSample {
   std::vector<std::string> expected;
   double needle_depth = -1.0;  // see the header comment; -1 when the task has no needle
   uint64_t seed = 0;
+  std::string template_set = "default";
+  /// The templates the sample drew, "filler=service_log,key=person,value=uuid,needle=memo,...";
+  /// empty for the default set (it has one template of each).
+  std::string template_variants;
   int64_t target_tokens = 0;
   int64_t measured_tokens = 0;  // counter(prompt_user_text) + counter(answer_prefix) + template
 

@@ -6,6 +6,7 @@
 
 #include "traces/tasks/task_builders.hpp"
 #include "core/random.hpp"
+#include "traces/tasks/templates.hpp"
 #include "traces/tasks/word_lists.hpp"
 
 namespace kvlab::task_detail {
@@ -17,7 +18,7 @@ constexpr int kFrequentWords = 3;
 constexpr int kCodedVocabulary = 200;
 constexpr int kCodedSyllables = 3;
 constexpr double kZipfExponent = 2.0;  // RULER's alpha for fwe
-enum Stream : uint64_t { kWords = 1, kExtraWords = 2, kArrange = 3 };
+enum Stream : uint64_t { kWords = 1, kExtraWords = 2, kArrange = 3, kTemplates = 4 };
 
 struct CweFrequencies {
   int common;
@@ -39,7 +40,10 @@ CweFrequencies cwe_frequencies(int64_t target_tokens) {
 
 }  // namespace
 
-TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
+TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens, const TemplateFamily& family) {
+  Rng pick(seed, kTemplates);
+  const EntryFormat& format = choose(family.cwe_entries, pick);
+  const Asking& asking = choose(family.cwe_askings, pick);
   const CweFrequencies freq = cwe_frequencies(target_tokens);
   Rng word_rng(seed, kWords);
   std::vector<std::string> words(task_words::common_words().begin(), task_words::common_words().end());
@@ -49,17 +53,21 @@ TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
   const std::unordered_set<std::string> real(words.begin(), words.end());
 
   TaskDraft base;
-  base.instruction =
-      "Below is a numbered list of words. A few of the words appear many more times than the "
-      "others; keep count as you read.";
-  base.question = "What are the " + std::to_string(kCommonWords) +
-                  " most common words in the list above? Answer with the words only.";
-  base.answer_prefix = "The " + std::to_string(kCommonWords) + " most common words in the list are:";
+  const std::string count = std::to_string(kCommonWords);
+  base.instruction = std::string(asking.instruction);
+  base.question = fill(asking.question, {{"count", count}});
+  base.answer_prefix = fill(asking.prefix, {{"count", count}});
   base.expected = common;
+  if (family.set != TemplateSet::Default) {
+    VariantLog log;
+    log.add("entries", format.name);
+    log.add("asking", asking.name);
+    base.variants = log.text();
+  }
 
   TaskPlan plan;
   plan.min_units = kCommonWords;  // at least as many rare words as common ones
-  plan.draft = [base, common, others, real, freq, seed](int64_t units) {
+  plan.draft = [base, common, others, real, freq, seed, &format](int64_t units) {
     TaskDraft d = base;
     // Rare words: the rest of the English list, then made-up words once it runs out. The
     // made-up words come from their own stream, so a longer list only appends to a shorter one.
@@ -84,14 +92,17 @@ TaskPlan cwe_plan(uint64_t seed, int64_t target_tokens) {
       if (i > 0) {
         d.context += ' ';
       }
-      d.context += std::to_string(i + 1) + ". " + *entries[i];
+      d.context += fill(format.entry, {{"n", std::to_string(i + 1)}, {"word", *entries[i]}});
     }
     return d;
   };
   return plan;
 }
 
-TaskPlan fwe_plan(uint64_t seed) {
+TaskPlan fwe_plan(uint64_t seed, const TemplateFamily& family) {
+  Rng pick(seed, kTemplates);
+  const EntryFormat& format = choose(family.fwe_entries, pick);
+  const Asking& asking = choose(family.fwe_askings, pick);
   Rng word_rng(seed, kWords);
   std::unordered_set<std::string> taken;
   const auto vocab = task_words::distinct_pseudo_words(word_rng, kCodedVocabulary, kCodedSyllables, taken);
@@ -103,18 +114,23 @@ TaskPlan fwe_plan(uint64_t seed) {
   }
 
   TaskDraft base;
-  base.instruction = "Read the coded text below and keep track of how often each coded word appears.";
-  base.question = "What are the " + std::to_string(kFrequentWords) +
-                  " most frequently appearing coded words in the text above? Answer with the "
-                  "words only.";
-  base.answer_prefix = "The " + std::to_string(kFrequentWords) + " most frequently appearing coded words are:";
+  const std::string count = std::to_string(kFrequentWords);
+  base.instruction = std::string(asking.instruction);
+  base.question = fill(asking.question, {{"count", count}});
+  base.answer_prefix = fill(asking.prefix, {{"count", count}});
   base.expected.assign(vocab.begin(), vocab.begin() + kFrequentWords);
+  if (family.set != TemplateSet::Default) {
+    VariantLog log;
+    log.add("entries", format.name);
+    log.add("asking", asking.name);
+    base.variants = log.text();
+  }
 
   TaskPlan plan;
   // Counts are floor(units * p_k): from 64 words on, the third word's count is strictly above
   // the fourth's (64 * (1/9 - 1/16) / 1.64 > 1.8), so the answer is unambiguous.
   plan.min_units = 64;
-  plan.draft = [base, vocab, weight, total, seed](int64_t units) {
+  plan.draft = [base, vocab, weight, total, seed, &format](int64_t units) {
     TaskDraft d = base;
     // Exact Zipf-proportional counts rather than sampled ones: the ranking never has ties,
     // and the length grows steadily with units.
@@ -129,7 +145,7 @@ TaskPlan fwe_plan(uint64_t seed) {
       if (i > 0) {
         d.context += ' ';
       }
-      d.context += *words[i];
+      d.context += fill(format.entry, {{"word", *words[i]}});
     }
     return d;
   };
