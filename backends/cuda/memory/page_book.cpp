@@ -23,6 +23,7 @@ RequestPages::RequestPages(SlotAllocator& hbm, SlotAllocator* host, PageShape sh
   const auto n = static_cast<size_t>(rows_.rows());
   hbm_slot_.resize(n);
   host_slot_.resize(n);
+  hbm_version_.assign(n, 0);
   for (auto* masks : {&resident_, &in_flight_, &host_only_, &dropped_}) masks->resize(n);
   try {
     grow_to(prompt_tokens);
@@ -40,7 +41,7 @@ void RequestPages::release_all() {
     for (size_t c = 0; c < hbm_slot_[r].size(); ++c) {
       if (hbm_slot_[r][c] >= 0) hbm_->release(hbm_slot_[r][c]);
       if (host_ != nullptr && host_slot_[r][c] >= 0) host_->release(host_slot_[r][c]);
-      hbm_slot_[r][c] = -1;
+      set_hbm_slot(r, static_cast<int64_t>(c), -1);
       host_slot_[r][c] = -1;
     }
   }
@@ -86,6 +87,7 @@ RequestPages::RequestPages(SlotAllocator& hbm, SlotAllocator& host, PageShape sh
   const auto n = static_cast<size_t>(rows_.rows());
   hbm_slot_.resize(n);
   host_slot_.resize(n);
+  hbm_version_.assign(n, 0);
   for (auto* masks : {&resident_, &in_flight_, &host_only_, &dropped_}) masks->resize(n);
   try {
     grow_to(prompt_tokens, /*new_chunks_in_hbm=*/false);
@@ -103,7 +105,7 @@ void RequestPages::materialize(const std::vector<RowChunk>& chunks) {
     if (!host_only_[r].test(rc.chunk)) {
       throw std::logic_error("materialize of " + page_name(rc.row, rc.chunk) + ", which is not in host memory only");
     }
-    hbm_slot_[r][static_cast<size_t>(rc.chunk)] = hbm_->allocate(page_name(rc.row, rc.chunk));
+    set_hbm_slot(r, rc.chunk, hbm_->allocate(page_name(rc.row, rc.chunk)));
     ++hbm_pages_;
     host_only_[r].reset(rc.chunk);
     resident_[r].set(rc.chunk);
@@ -142,7 +144,7 @@ void RequestPages::grow_to(int64_t n_tokens, bool new_chunks_in_hbm) {
     for (int r = 0; r < rows_.rows(); ++r) {
       const auto ri = static_cast<size_t>(r);
       if (new_chunks_in_hbm) {
-        hbm_slot_[ri][c] = hbm_->allocate(page_name(r, c));
+        set_hbm_slot(ri, c, hbm_->allocate(page_name(r, c)));
         ++hbm_pages_;
         resident_[ri].set(c);
       } else {
@@ -168,10 +170,14 @@ void RequestPages::grow_to(int64_t n_tokens, bool new_chunks_in_hbm) {
   }
 }
 
+void RequestPages::set_hbm_slot(size_t row, int64_t chunk, int32_t slot) {
+  hbm_slot_[row][static_cast<size_t>(chunk)] = slot;
+  ++hbm_version_[row];
+}
+
 void RequestPages::release_hbm(int row, int64_t chunk) {
-  int32_t& slot = hbm_slot_[static_cast<size_t>(row)][static_cast<size_t>(chunk)];
-  hbm_->release(slot);
-  slot = -1;
+  hbm_->release(hbm_slot_[static_cast<size_t>(row)][static_cast<size_t>(chunk)]);
+  set_hbm_slot(static_cast<size_t>(row), chunk, -1);
   --hbm_pages_;
 }
 
@@ -223,7 +229,7 @@ FetchOrder RequestPages::fetch(const RowChunk& rc) {
                            (dropped_[r].test(rc.chunk) ? ", which was dropped" : ", which is not in host memory only"));
   }
   const int32_t slot = hbm_->allocate(page_name(rc.row, rc.chunk));
-  hbm_slot_[r][static_cast<size_t>(rc.chunk)] = slot;
+  set_hbm_slot(r, rc.chunk, slot);
   ++hbm_pages_;
   host_only_[r].reset(rc.chunk);
   in_flight_[r].set(rc.chunk);

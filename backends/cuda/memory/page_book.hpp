@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "backends/cuda/memory/slot_allocator.hpp"
@@ -141,6 +142,12 @@ class RequestPages {
   [[nodiscard]] PageState state(int row, int64_t chunk) const;
   [[nodiscard]] int32_t hbm_slot(int row, int64_t chunk) const;   // -1 if none
   [[nodiscard]] int32_t host_slot(int row, int64_t chunk) const;  // -1 if none
+  /// HBM slots of one row by chunk (-1 = none): hbm_slot() without the state checks, for
+  /// loops over every resident chunk (the executor's page lists).
+  [[nodiscard]] std::span<const int32_t> hbm_slots(int row) const { return hbm_slot_[static_cast<size_t>(row)]; }
+  /// Changes whenever an HBM slot of the row is taken or given back: a row whose version and
+  /// residency are those of an earlier step has the same pages as then.
+  [[nodiscard]] uint64_t hbm_version(int row) const { return hbm_version_[static_cast<size_t>(row)]; }
   [[nodiscard]] int64_t n_tokens() const { return n_tokens_; }
   [[nodiscard]] int64_t n_chunks() const { return n_chunks_; }
   [[nodiscard]] const ChunkMask& resident_row(int row) const { return resident_[static_cast<size_t>(row)]; }
@@ -163,6 +170,7 @@ class RequestPages {
   void cancel(const RowChunk& rc);
   FetchOrder fetch(const RowChunk& rc);
   void release_hbm(int row, int64_t chunk);
+  void set_hbm_slot(size_t row, int64_t chunk, int32_t slot);
   void release_host(int row, int64_t chunk);
   [[nodiscard]] int64_t token_bytes(const std::vector<ChunkMask>& rows) const;
   [[nodiscard]] std::string page_name(int row, int64_t chunk) const;
@@ -177,6 +185,7 @@ class RequestPages {
   int64_t n_chunks_ = 0;
   std::vector<std::vector<int32_t>> hbm_slot_;   // [row][chunk], -1 = none
   std::vector<std::vector<int32_t>> host_slot_;
+  std::vector<uint64_t> hbm_version_;            // [row]
   std::vector<ChunkMask> resident_;      // per row
   std::vector<ChunkMask> in_flight_;
   std::vector<ChunkMask> host_only_;
