@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <stdexcept>
 #include <utility>
@@ -31,11 +32,13 @@ float elapsed_ms(cudaEvent_t a, cudaEvent_t b) {
 struct DeviceBuffer {
   void* ptr = nullptr;
   size_t bytes = 0;
-  void reserve(size_t need) {
-    if (need <= bytes) return;
+  /// True when the buffer was reallocated (its content is lost).
+  bool reserve(size_t need) {
+    if (need <= bytes) return false;
     if (ptr != nullptr) KVLAB_CUDA_CHECK(cudaFree(ptr));
     bytes = std::max(need, bytes * 2);
     KVLAB_CUDA_CHECK(cudaMalloc(&ptr, bytes));
+    return true;
   }
   ~DeviceBuffer() {
     if (ptr != nullptr) cudaFree(ptr);
@@ -67,7 +70,7 @@ struct GpuExecResources::Impl {
   };
   std::vector<CachedPlan> plans;
   int64_t plan_uploads = 0;
-  DeviceBuffer q, out, summary_kv, csr, launch_csr;
+  DeviceBuffer q, out, summary_kv, launch_csr;
   cudaEvent_t step_begin = nullptr, step_end = nullptr;
   std::vector<cudaEvent_t> marks;  // begin/end pairs around attention and model launches
 
@@ -133,23 +136,36 @@ int64_t GpuExecResources::weights_bytes() const { return impl_->model ? impl_->m
 
 // ---- one (request, policy) ------------------------------------------------------------
 
-/// Host-side CSR of one step, all layers back to back: layer l's rows are
-/// [l·rows_per_layer, (l+1)·rows_per_layer), each layer's arrays start at 0 as the planner
-/// wants, and `page_offset` / `summary_offset` say where each layer's entries begin.
+/// The step's page lists (page_lists.hpp) and their device copies, per executor: the copies
+/// are refreshed by what changed since this executor's previous step.
 struct TraceExecutor::Staging {
-  std::vector<int32_t> page_indptr;     // per layer: rows_per_layer + 1 entries
-  std::vector<int32_t> page_indices;
-  std::vector<int32_t> last_page_tokens;
-  std::vector<int32_t> summary_indptr;
-  std::vector<int32_t> summary_counts;
-  std::vector<int64_t> page_offset;     // [n_layers + 1]
-  std::vector<int64_t> summary_offset;  // [n_layers + 1]
-  int64_t attended_tokens = 0;
+  IncrementalPageLists lists;
+  bool full_rebuild = false;  // KVLAB_EXEC_PAGE_LISTS=full: the reference rebuild every step
+  StepPageLists full;
+  std::vector<const RequestPages*> books;
+  DeviceBuffer small;      // page indptr, last page tokens, summary indptr
+  DeviceBuffer pages;      // page indices
+  DeviceBuffer summaries;  // summary counts
   std::map<std::pair<int, int64_t>, int> landings;  // (row, chunk) → replicas whose copy landed
 };
 
+namespace {
+
+/// KVLAB_EXEC_PAGE_LISTS: `incremental` (the default) or `full` (rebuild every list at every
+/// step, as before the incremental builder: for measuring the difference on the device).
+bool full_rebuild_requested() {
+  const char* env = std::getenv("KVLAB_EXEC_PAGE_LISTS");
+  if (env == nullptr || *env == '\0' || std::string(env) == "incremental") return false;
+  if (std::string(env) == "full") return true;
+  throw std::invalid_argument("KVLAB_EXEC_PAGE_LISTS must be incremental or full, not '" + std::string(env) + "'");
+}
+
+}  // namespace
+
 TraceExecutor::TraceExecutor(GpuExecResources& resources, int64_t prompt_tokens, int64_t request)
-    : resources_(&resources), request_(request), staging_(std::make_unique<Staging>()), prompt_tokens_(prompt_tokens) {}
+    : resources_(&resources), request_(request), staging_(std::make_unique<Staging>()), prompt_tokens_(prompt_tokens) {
+  staging_->full_rebuild = full_rebuild_requested();
+}
 
 void TraceExecutor::create_replicas(const PageDeltas& first) {
   auto& d = resources_->impl();
@@ -313,89 +329,50 @@ void TraceExecutor::land(const std::vector<RowChunk>& landed) {
   }
 }
 
-void TraceExecutor::build_page_lists(int64_t n_tokens, const Residency& resident_set, const TierSpec& tiers) {
+PageListsView TraceExecutor::build_page_lists(int64_t n_tokens, const Residency& resident, const TierSpec& tiers) {
   const ExecOptions& o = resources_->options();
-  const Geometry& g = o.geometry;
-  const PageShape shape = resources_->page_shape();
   Staging& s = *staging_;
-  s.page_indptr.clear();
-  s.page_indices.clear();
-  s.last_page_tokens.clear();
-  s.summary_indptr.clear();
-  s.summary_counts.clear();
-  s.page_offset.assign(1, 0);
-  s.summary_offset.assign(1, 0);
-  s.attended_tokens = 0;
-  // A page slot holds K[token][head][d] then V: (slot, head) is addressed as the virtual page
-  // slot·(page_elems / head_dim) + head with a page stride of head_dim (see finish()).
-  const int64_t virtual_per_slot = shape.page_elems() / g.head_dim;
-  const int64_t n_chunks = g.chunks_for(n_tokens);
-  const int chunks_per_summary =
-      tiers.summary_ratio > 0 ? std::max(1, tiers.summary_ratio / g.chunk_tokens) : 0;
-  for (int layer = 0; layer < g.n_layers; ++layer) {
-    s.page_indptr.push_back(0);
-    s.summary_indptr.push_back(0);
-    const int64_t layer_pages_begin = static_cast<int64_t>(s.page_indices.size());
-    const int64_t layer_summary_begin = static_cast<int64_t>(s.summary_counts.size());
-    // The chunks each row attends are the same for every replica; only the slots differ.
-    std::vector<std::vector<int64_t>> row_chunks(static_cast<size_t>(g.n_kv_heads));
-    for (int head = 0; head < g.n_kv_heads; ++head) {
-      const int row = o.rows.heads_stored == 1 ? o.rows.row(layer, 0) : o.rows.row(layer, head);
-      if (o.rows.heads_stored == 1 && head > 0) {
-        row_chunks[static_cast<size_t>(head)] = row_chunks[0];
-        continue;
-      }
-      resident_set.row(row).for_each([&](int64_t c) { row_chunks[static_cast<size_t>(head)].push_back(c); });
-    }
-    // Summary entries of each row: one per group of chunks with any chunk not resident,
-    // standing for its non-resident tokens (sparse_decode_reference.hpp's summarize_unattended).
-    std::vector<std::vector<int32_t>> row_summaries(static_cast<size_t>(g.n_kv_heads));
-    for (int head = 0; chunks_per_summary > 0 && head < g.n_kv_heads; ++head) {
-      if (o.rows.heads_stored == 1 && head > 0) {
-        row_summaries[static_cast<size_t>(head)] = row_summaries[0];
-        continue;
-      }
-      const ChunkMask& resident = resident_set.row(o.rows.heads_stored == 1 ? o.rows.row(layer, 0)
-                                                                               : o.rows.row(layer, head));
-      for (int64_t first = 0; first < n_chunks; first += chunks_per_summary) {
-        int64_t tokens = 0;
-        for (int64_t c = first; c < std::min(n_chunks, first + chunks_per_summary); ++c) {
-          if (!resident.test(c)) tokens += g.tokens_in_chunk(c, n_tokens);
-        }
-        if (tokens > 0) row_summaries[static_cast<size_t>(head)].push_back(static_cast<int32_t>(tokens));
-      }
-    }
-    for (const auto& pages : replicas_) {
-      for (int head = 0; head < g.n_kv_heads; ++head) {
-        const int row = o.rows.heads_stored == 1 ? o.rows.row(layer, 0) : o.rows.row(layer, head);
-        const int head_in_page = o.rows.heads_stored == 1 ? head : 0;
-        const std::vector<int64_t>& chunks = row_chunks[static_cast<size_t>(head)];
-        for (int64_t c : chunks) {
-          const int32_t slot = pages->hbm_slot(row, c);
-          if (slot < 0) {
-            throw std::logic_error("--execute cuda: row " + std::to_string(row) + " chunk " + std::to_string(c) +
-                                   " is resident in the ledger but has no HBM page");
-          }
-          s.page_indices.push_back(static_cast<int32_t>(slot * virtual_per_slot + head_in_page));
-        }
-        const int64_t last = chunks.empty() ? -1 : chunks.back();
-        s.last_page_tokens.push_back(static_cast<int32_t>(last >= 0 ? g.tokens_in_chunk(last, n_tokens) : 0));
-        s.page_indptr.push_back(static_cast<int32_t>(s.page_indices.size() - layer_pages_begin));
-        if (chunks_per_summary > 0) {
-          const std::vector<int32_t>& counts = row_summaries[static_cast<size_t>(head)];
-          s.summary_counts.insert(s.summary_counts.end(), counts.begin(), counts.end());
-          s.summary_indptr.push_back(static_cast<int32_t>(s.summary_counts.size() - layer_summary_begin));
-        }
-      }
-    }
-    s.page_offset.push_back(static_cast<int64_t>(s.page_indices.size()));
-    s.summary_offset.push_back(static_cast<int64_t>(s.summary_counts.size()));
+  s.books.clear();
+  for (const auto& pages : replicas_) s.books.push_back(pages.get());
+  PageListInputs in;
+  in.geometry = &o.geometry;
+  in.rows = o.rows;
+  in.replicas = s.books;
+  in.virtual_pages_per_slot = resources_->page_shape().page_elems() / o.geometry.head_dim;
+  in.n_tokens = n_tokens;
+  in.resident = &resident;
+  in.tiers = tiers;
+  if (s.full_rebuild) {
+    build_page_lists_full(in, s.full);
+    return s.full.view();
   }
-  // Attended tokens, for the bytes the attention read.
-  for (int r = 0; r < o.rows.rows(); ++r) {
-    resident_set.row(r).for_each([&](int64_t c) { s.attended_tokens += g.tokens_in_chunk(c, n_tokens); });
-  }
-  s.attended_tokens *= static_cast<int64_t>(replicas_.size());
+  return s.lists.build(in);
+}
+
+void TraceExecutor::upload_page_lists(const PageListsView& v) {
+  auto& d = resources_->impl();
+  Staging& s = *staging_;
+  auto upload = [&](DeviceBuffer& buffer, size_t at, std::span<const int32_t> src) {
+    if (!src.empty()) {
+      KVLAB_CUDA_CHECK(cudaMemcpyAsync(static_cast<int32_t*>(buffer.ptr) + at, src.data(), src.size_bytes(),
+                                       cudaMemcpyHostToDevice, d.compute));
+    }
+  };
+  // The small arrays every step; of the entries, what changed since the previous upload
+  // (everything after a rebuild or when the device buffer had to grow).
+  s.small.reserve((v.page_indptr.size() + v.last_page_tokens.size() + v.summary_indptr.size()) * sizeof(int32_t));
+  upload(s.small, 0, v.page_indptr);
+  upload(s.small, v.page_indptr.size(), v.last_page_tokens);
+  upload(s.small, v.page_indptr.size() + v.last_page_tokens.size(), v.summary_indptr);
+  auto refresh = [&](DeviceBuffer& buffer, std::span<const int32_t> src, ChangedRange changed) {
+    const bool grew = buffer.reserve(src.size_bytes());
+    if (grew || s.full_rebuild) changed = {0, static_cast<int64_t>(src.size())};
+    if (changed.empty()) return;
+    upload(buffer, static_cast<size_t>(changed.begin),
+           src.subspan(static_cast<size_t>(changed.begin), static_cast<size_t>(changed.end - changed.begin)));
+  };
+  refresh(s.pages, v.page_indices, s.lists.changed_pages());
+  refresh(s.summaries, v.summary_counts, s.lists.changed_summaries());
 }
 
 StepTiming TraceExecutor::finish(int64_t n_tokens, const Residency& resident, const TierSpec& tiers) {
@@ -405,29 +382,16 @@ StepTiming TraceExecutor::finish(int64_t n_tokens, const Residency& resident, co
   const PageShape shape = resources_->page_shape();
   StepTiming timing;
   if (o.wait_for_fetches && d.prefetch) d.prefetch->wait_all(d.compute);
-  build_page_lists(n_tokens, resident, tiers);
-  Staging& s = *staging_;
+  const PageListsView s = build_page_lists(n_tokens, resident, tiers);
+  upload_page_lists(s);
   const bool summaries = !s.summary_counts.empty();
-  // One upload of every layer's CSR arrays; the per-layer views point into it.
-  const size_t ints = s.page_indptr.size() + s.page_indices.size() + s.last_page_tokens.size() +
-                      s.summary_indptr.size() + s.summary_counts.size();
-  d.csr.reserve(ints * sizeof(int32_t));
-  auto* base = static_cast<int32_t*>(d.csr.ptr);
-  int32_t* dev_page_indptr = base;
-  int32_t* dev_page_indices = dev_page_indptr + s.page_indptr.size();
-  int32_t* dev_last = dev_page_indices + s.page_indices.size();
-  int32_t* dev_summary_indptr = dev_last + s.last_page_tokens.size();
-  int32_t* dev_summary_counts = dev_summary_indptr + s.summary_indptr.size();
-  auto upload = [&](int32_t* dst, const std::vector<int32_t>& src) {
-    if (!src.empty()) {
-      KVLAB_CUDA_CHECK(cudaMemcpyAsync(dst, src.data(), src.size() * sizeof(int32_t), cudaMemcpyHostToDevice, d.compute));
-    }
-  };
-  upload(dev_page_indptr, s.page_indptr);
-  upload(dev_page_indices, s.page_indices);
-  upload(dev_last, s.last_page_tokens);
-  upload(dev_summary_indptr, s.summary_indptr);
-  upload(dev_summary_counts, s.summary_counts);
+  // The per-layer views point into the device copies.
+  const Staging& staged = *staging_;
+  const auto* dev_page_indptr = static_cast<const int32_t*>(staged.small.ptr);
+  const int32_t* dev_last = dev_page_indptr + s.page_indptr.size();
+  const int32_t* dev_summary_indptr = dev_last + s.last_page_tokens.size();
+  const auto* dev_page_indices = static_cast<const int32_t*>(staged.pages.ptr);
+  const auto* dev_summary_counts = static_cast<const int32_t*>(staged.summaries.ptr);
   if (summaries) {
     // Summary keys and values: random, one (K, V) pair per entry in CSR order.
     const size_t need = s.summary_counts.size() * static_cast<size_t>(g.head_dim) * 2 * 2;

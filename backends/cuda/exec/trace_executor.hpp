@@ -6,7 +6,8 @@
 //   - the new token's K/V (random, deterministic) is written into its HBM page and appended to
 //     the mirror;
 //   - sparse paged decode attention (backends/cuda/kernels) runs over the resident pages of
-//     every layer, with the summary tier when the plan keeps one;
+//     every layer, with the summary tier when the plan keeps one; its CSR page lists are kept
+//     across steps and only the rows that changed are rewritten and uploaded (page_lists.hpp);
 //   - optionally (--model-shape) the rest of a decode step of a model of that shape runs
 //     around it with random weights, one layer at a time, through cuBLAS.
 // Every request is executed `replicas` times in one batch: N independent page sets that
@@ -37,6 +38,7 @@
 #include <vector>
 
 #include "backends/cuda/exec/model_shape.hpp"
+#include "backends/cuda/exec/page_lists.hpp"
 #include "backends/cuda/memory/device_memory.hpp"
 #include "backends/cuda/memory/mirror_format.hpp"
 #include "backends/cuda/memory/page_book.hpp"
@@ -126,7 +128,8 @@ class TraceExecutor {
   struct Staging;
   void write_new_tokens();
   void create_replicas(const PageDeltas& first);
-  void build_page_lists(int64_t n_tokens, const Residency& resident, const TierSpec& tiers);
+  [[nodiscard]] PageListsView build_page_lists(int64_t n_tokens, const Residency& resident, const TierSpec& tiers);
+  void upload_page_lists(const PageListsView& lists);
 
   GpuExecResources* resources_;
   int64_t request_;

@@ -9,6 +9,7 @@
 #include "backends/cuda/memory/page_book.hpp"
 #include "core/backend.hpp"
 #include "core/ledger.hpp"
+#include "tests/backends/cuda/ledger_step_io.hpp"
 
 namespace kvlab::cuda {
 namespace {
@@ -151,14 +152,7 @@ TEST_P(PageBookVsLedger, StepIoDeltasKeepOccupancyEqualInBothArrivalModes) {
       ledger.begin_step(t, n_tokens);
       const Plan plan = random_plan(ledger, sc.rows, rng, sc.per_row_plans);
       ledger.apply(plan);
-      StepIO io;
-      io.step = t;
-      io.n_tokens = n_tokens;
-      io.fetched = &ledger.deltas().fetched;
-      io.evicted = &ledger.deltas().evicted;
-      io.dropped = &ledger.deltas().dropped;
-      io.cancelled = &ledger.deltas().cancelled;
-      io.landed = &ledger.deltas().landed;
+      const StepIO io = test::ledger_step_io(ledger, t, n_tokens);
       const bool measured = mode == ArrivalMode::Measured;
       (void)book.apply(page_deltas(io, sc.rows, !measured));
       if (measured) {
