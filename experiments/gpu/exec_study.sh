@@ -4,6 +4,9 @@
 # capacity / throughput table at llama3-8b shape (FlashMemory's table, for any policy).
 #
 #   KVLAB=build/bin/kvlab OUT=results/gpu_exec experiments/gpu/exec_study.sh [calibration|capacity|long|all]
+#   ONLY=REGEX runs only the runs whose name matches (e.g. '^cap128k_(full_n7|lsa_n21_int4)$');
+#   KVLAB_EXEC_PAGE_LISTS=full makes the executor rebuild its page lists every step, as it did
+#   before they were kept across steps (backends/cuda/exec/NOTES.md).
 #
 # Parts (each writes <part>_*.json under OUT; analysis/gpu_exec_report.py makes the tables):
 #   calibration  64K mix (fit) and 64K needle (check) traces, 3 policies, with a random-weight
@@ -67,7 +70,8 @@ for r in d:
     e = r.get("execution", {})
     print(f"| {r['policy'][:28]} fp={r['footprint_mean_ratio']:.3f} rec={r['critical_recall']:.3f} "
           f"step={e.get('step_ms_mean', 0):.2f}ms attn={e.get('attention_ms_mean', 0):.2f}ms "
-          f"tok/s={e.get('decode_tokens_per_s', 0):.0f} link={e.get('link_gbps', 0):.1f}GB/s "
+          f"tok/s={e.get('decode_tokens_per_s', 0):.0f} (device-bound {e.get('decode_tokens_per_s_device_bound', 0):.0f}) "
+          f"link={e.get('link_gbps', 0):.1f}GB/s "
           f"late={r['late_fetches']} pool={e.get('pool_peak_bytes', 0) / 2**30:.1f}GiB", end=" ")
 PY
 )"
