@@ -568,6 +568,10 @@ void launch_chunk_sums(const ChunkSumsView& v, cudaStream_t stream) {
 
 void launch_prefill_attention(const PrefillAttentionView& v, cudaStream_t stream) {
   if (v.n == 0) return;
+  if (v.variant == 2 || (v.variant == 0 && prefill_attention_mma_applies(v))) {
+    launch_prefill_attention_mma(v, stream);
+    return;
+  }
   const int hd = v.pool.head_dim;
   const size_t smem = sizeof(float) * (2 * kKeyTile * (hd + 1) + kPrefillRows * hd);
   const dim3 grid(static_cast<unsigned>((v.n + kPrefillRows - 1) / kPrefillRows), static_cast<unsigned>(v.n_heads));

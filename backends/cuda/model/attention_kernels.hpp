@@ -99,8 +99,14 @@ struct PrefillAttentionView {
   const int32_t* slot_table = nullptr;
   bf16* out = nullptr;  // [n × out_stride], head h at h·head_dim
   int64_t out_stride = 0;
+  /// 0 picks the fastest that applies; 1 forces the float32 SIMT kernel (any head_dim up to
+  /// 128: Q, K, V and P in float32); 2 the tensor-core kernel (head_dim 64 or 128, even
+  /// out_stride: Q and P rounded to bf16, float32 accumulation), prefill_attention_mma.cu.
+  int variant = 0;
 };
 void launch_prefill_attention(const PrefillAttentionView& v, cudaStream_t stream);
+[[nodiscard]] bool prefill_attention_mma_applies(const PrefillAttentionView& v);
+void launch_prefill_attention_mma(const PrefillAttentionView& v, cudaStream_t stream);
 
 struct DecodeAttentionView {
   const float* q = nullptr;  // [batch × q_stride], Q heads at 0, post-RoPE

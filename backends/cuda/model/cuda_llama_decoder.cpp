@@ -577,7 +577,8 @@ CudaStepOutput CudaLlamaDecoder::prefill(SequenceId id, std::span<const int32_t>
     layers(len, nullptr, p0, slot_table_d_.get(), 0, false, last ? len - 1 : len,
            [&](int l, const KvPoolView& pool) {
              launch_prefill_attention(PrefillAttentionView{qkv_.get(), qkv_dim, len, p0, c.n_heads, pool, l,
-                                                           slot_table_d_.get(), attn_.get(), q_dim},
+                                                           slot_table_d_.get(), attn_.get(), q_dim,
+                                                           options_.prefill_attention_variant},
                                       stream_);
              if (!last) return;
              // The last token again through decode attention: its per-chunk mass (and the

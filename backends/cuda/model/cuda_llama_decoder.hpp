@@ -61,6 +61,9 @@ struct CudaDecoderOptions {
   /// (CSR page lists per (sequence, layer, KV head) row; steps with summary entries fall back
   /// to 0).
   int decode_attention_variant = 0;
+  /// Prefill attention (PrefillAttentionView::variant): 0 = the fastest that applies (tensor
+  /// cores for head_dim 64 and 128), 1 = the float32 SIMT kernel, 2 = tensor cores.
+  int prefill_attention_variant = 0;
   /// Replay decode steps from a CUDA graph while batch, chunk count and buffers stay the same
   /// (re-captured when they change; not with variant 3). Falls back to plain launches if a
   /// capture fails. The step that captures also runs eagerly, timed per layer; replays are
@@ -153,6 +156,7 @@ class CudaLlamaDecoder {
   [[nodiscard]] const CudaStepTiming& last_timing() const { return timing_; }
   /// For benchmarks comparing kernels on the same cache (see CudaDecoderOptions).
   void set_decode_attention_variant(int variant) { options_.decode_attention_variant = variant; }
+  void set_prefill_attention_variant(int variant) { options_.prefill_attention_variant = variant; }
   void set_cuda_graphs(bool on) { options_.cuda_graphs = on; }
   /// For benchmarks timing what batch invariance costs (CudaDecoderOptions::gemm_row_block).
   void set_gemm_row_block(int rows) { options_.gemm_row_block = rows; }

@@ -109,33 +109,51 @@ int run(const Options& o) {
        << ", \"contexts\": [";
   bool first = true;
   for (const int64_t ctx : o.contexts) {
-    Tally t;
+    // Per prefill-attention kernel of the GPU (2: tensor cores, the default; 1: float32 SIMT),
+    // against one CPU run per prompt: the CPU's greedy tokens and logits at every position.
+    Tally t[2];
     const auto t0 = std::chrono::steady_clock::now();
     for (const TaskSample& sample : make_task_set(o.task, ctx, o.samples, o.seed, counter)) {
       const auto prompt = tok.encode(task_prompt(sample));
       LlamaDecoder cpu(weights, DecoderOptions{});
-      const cuda::SequenceId s = gpu.open();
+      std::vector<Eigen::VectorXf> cpu_logits;
+      std::vector<int32_t> cpu_tokens;
       StepResult c = cpu.prefill(prompt);
-      cuda::CudaStepOutput g = gpu.prefill(s, prompt, cuda::CudaStepWants{true, false, false});
       for (int step = 0;; ++step) {
-        const int32_t want = argmax(c.logits.data(), static_cast<size_t>(c.logits.size()));
-        ++t.positions;
-        t.agree += g.next_token == want ? 1 : 0;
-        t.worst = std::max(t.worst, max_rel(g.logits, c.logits));
+        cpu_logits.push_back(c.logits);
+        cpu_tokens.push_back(argmax(c.logits.data(), static_cast<size_t>(c.logits.size())));
         if (step == o.steps) break;
-        c = cpu.step(want);
-        g = gpu.step(std::vector<cuda::CudaStepInput>{{s, want, {}}}, cuda::CudaStepWants{true, false, false}).at(0);
+        c = cpu.step(cpu_tokens.back());
       }
-      gpu.close(s);
+      for (int k = 0; k < 2; ++k) {
+        gpu.set_prefill_attention_variant(k == 0 ? 2 : 1);
+        const cuda::SequenceId s = gpu.open();
+        cuda::CudaStepOutput g = gpu.prefill(s, prompt, cuda::CudaStepWants{true, false, false});
+        for (size_t step = 0;; ++step) {
+          ++t[k].positions;
+          t[k].agree += g.next_token == cpu_tokens[step] ? 1 : 0;
+          t[k].worst = std::max(t[k].worst, max_rel(g.logits, cpu_logits[step]));
+          if (step + 1 == cpu_tokens.size()) break;
+          g = gpu.step(std::vector<cuda::CudaStepInput>{{s, cpu_tokens[step], {}}}, cuda::CudaStepWants{true, false, false})
+                  .at(0);
+        }
+        gpu.close(s);
+      }
     }
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double frac = static_cast<double>(t.agree) / static_cast<double>(std::max<int64_t>(1, t.positions));
-    std::printf("TABLE agreement %s ctx %5lld: greedy %lld/%lld = %.4f, max relative logit error %.4g (%.0f s)\n",
-                o.task.c_str(), static_cast<long long>(ctx), static_cast<long long>(t.agree),
-                static_cast<long long>(t.positions), frac, t.worst, sec);
+    json << (first ? "" : ", ") << "{\"context\": " << ctx;
+    for (int k = 0; k < 2; ++k) {
+      const double frac = static_cast<double>(t[k].agree) / static_cast<double>(std::max<int64_t>(1, t[k].positions));
+      const char* kernel = k == 0 ? "tensor-core prefill" : "float32 prefill";
+      std::printf("TABLE agreement %s ctx %5lld (%s): greedy %lld/%lld = %.4f, max relative logit error %.4g (%.0f s)\n",
+                  o.task.c_str(), static_cast<long long>(ctx), kernel, static_cast<long long>(t[k].agree),
+                  static_cast<long long>(t[k].positions), frac, t[k].worst, sec);
+      const std::string key = k == 0 ? "" : "simt_prefill_";
+      json << ", \"" << key << "positions\": " << t[k].positions << ", \"" << key << "agree\": " << t[k].agree
+           << ", \"" << key << "fraction\": " << frac << ", \"" << key << "max_rel_logit_error\": " << t[k].worst;
+    }
     std::fflush(stdout);
-    json << (first ? "" : ", ") << "{\"context\": " << ctx << ", \"positions\": " << t.positions
-         << ", \"agree\": " << t.agree << ", \"fraction\": " << frac << ", \"max_rel_logit_error\": " << t.worst << "}";
+    json << "}";
     first = false;
   }
   json << "]}\n";

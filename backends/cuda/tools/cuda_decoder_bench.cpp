@@ -152,24 +152,30 @@ int run(const Options& o) {
   std::cout << "TABLE cuda decoder (" << model_name << " weights): " << dec.weight_bytes() / (1 << 20)
             << " MiB of weights, KV pool "
             << dec.kv_capacity_tokens() << " tokens\n";
-  // Prefill: one warm-up, then the median of 3.
+  // Prefill: one warm-up, then the median of 3, with the tensor-core attention kernel (2) and
+  // the float32 SIMT one (1).
   bool first = true;
-  for (const int64_t ctx : o.contexts) {
-    std::vector<double> tps;
-    for (int rep = 0; rep < 4; ++rep) {
-      const SequenceId s = dec.open();
-      const auto prompt = random_prompt(ctx, vocab, static_cast<uint32_t>(rep));
-      const auto t0 = Clock::now();
-      dec.prefill(s, prompt, CudaStepWants{false, true, false});
-      const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
-      dec.close(s);
-      if (rep > 0) tps.push_back(static_cast<double>(ctx) / sec);
+  for (const int variant : {2, 1}) {
+    dec.set_prefill_attention_variant(variant);
+    for (const int64_t ctx : o.contexts) {
+      std::vector<double> tps;
+      for (int rep = 0; rep < 4; ++rep) {
+        const SequenceId s = dec.open();
+        const auto prompt = random_prompt(ctx, vocab, static_cast<uint32_t>(rep));
+        const auto t0 = Clock::now();
+        dec.prefill(s, prompt, CudaStepWants{false, true, false});
+        const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
+        dec.close(s);
+        if (rep > 0) tps.push_back(static_cast<double>(ctx) / sec);
+      }
+      const double med = median(tps);
+      std::printf("TABLE prefill %6lld tokens attn v%d: %9.0f tokens/s\n", static_cast<long long>(ctx), variant, med);
+      json << (first ? "" : ", ") << "{\"tokens\": " << ctx << ", \"attention_variant\": " << variant
+           << ", \"tokens_per_s\": " << med << "}";
+      first = false;
     }
-    const double med = median(tps);
-    std::printf("TABLE prefill %6lld tokens: %9.0f tokens/s\n", static_cast<long long>(ctx), med);
-    json << (first ? "" : ", ") << "{\"tokens\": " << ctx << ", \"tokens_per_s\": " << med << "}";
-    first = false;
   }
+  dec.set_prefill_attention_variant(0);
   json << "], \"decode\": [";
   first = true;
   for (const int64_t ctx : o.contexts) {
