@@ -12,7 +12,9 @@ namespace kvlab::cli {
 
 std::vector<FlagSpec> live_device_flags() {
   return {{"backend", "cpu|cuda", "what decodes: the CPU decoder, or the GPU decoder (an sm_90 GPU)", "cpu"},
-          {"cuda-graphs", "on|off", "with --backend cuda: replay decode steps from CUDA graphs", "off"}};
+          {"cuda-graphs", "on|off", "with --backend cuda: replay decode steps from CUDA graphs", "off"},
+          {"cuda-prefill", "tensor|float32",
+           "with --backend cuda: prefill attention on tensor cores (bf16 Q and probabilities; head size 64 or 128, else float32) or in float32", "tensor"}};
 }
 
 namespace {
@@ -24,6 +26,11 @@ std::string backend_of(const Args& args) {
   }
   if (backend == "cpu" && args.get("cuda-graphs") != "off") throw UsageError("--cuda-graphs needs --backend cuda");
   (void)parse_on_off(args.get("cuda-graphs"), "--cuda-graphs");
+  const std::string prefill = args.get("cuda-prefill");
+  if (prefill != "tensor" && prefill != "float32") {
+    throw UsageError("--cuda-prefill must be tensor or float32, got '" + prefill + "'");
+  }
+  if (backend == "cpu" && prefill != "tensor") throw UsageError("--cuda-prefill needs --backend cuda");
   return backend;
 }
 
@@ -61,6 +68,7 @@ LiveDecoders live_decoders(const Args& args, const LiveModel& model, const Decod
 #if KVLAB_WITH_CUDA
   cuda::CudaDecoderOptions o = cuda::cuda_options_of(options);
   o.cuda_graphs = parse_on_off(args.get("cuda-graphs"), "--cuda-graphs");
+  o.prefill_attention_variant = args.get("cuda-prefill") == "float32" ? 1 : 0;  // 0: tensor cores where they apply
   cuda::CudaDecoderSet set = cuda::cuda_decoder_set(model.weights, o);
   out.factory = set.factory;
   out.group = &set.shared->group();

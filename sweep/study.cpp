@@ -207,6 +207,7 @@ const std::map<std::string, std::string>& live_keys() {
       {"backend", "--backend"},          // cpu | cuda
       {"batch", "--batch"},              // requests in flight (results do not depend on it)
       {"cuda_graphs", "--cuda-graphs"},  // with backend = "cuda"
+      {"cuda_prefill", "--cuda-prefill"},  // with backend = "cuda": tensor | float32
   };
   return keys;
 }

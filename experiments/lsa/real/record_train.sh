@@ -122,7 +122,7 @@ train() {  # NAME FILES... (extra flags after --)
   run "train_$name" 30 "$K" indexer train --traces "${files[@]}" "${train_flags[@]}" "${extra[@]}" \
     --out "$work/indexer_$name.h5" || return 1
   note "TABLE train $name: $((${#files[@]})) files, $(($(date +%s) - t0)) s on $threads threads:" \
-       "$(grep -iE 'validation|bilinear|oracle' "$work/logs/train_$name.log" | tail -n 4 | tr '\n' ' ' | head -c 400)"
+       "$(grep -E '^  (untrained|trained|bilinear|lsa_oracle)' "$work/logs/train_$name.log" | tr -s ' ' | tr '\n' ';' | head -c 400)"
 }
 if want train; then
   train all "$work"/recordings/train_a/*.h5 "$work"/recordings/train_b/*.h5
