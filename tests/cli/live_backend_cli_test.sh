@@ -22,6 +22,9 @@ for sub in generate run record; do
   expect 0 "--backend" -- "${sub}" --help
   expect 2 "--backend must be cpu or cuda, got 'tpu'" -- "${sub}" --model "${absent}" --backend tpu "${extra[@]}"
   expect 2 "--cuda-graphs needs --backend cuda" -- "${sub}" --model "${absent}" --cuda-graphs on "${extra[@]}"
+  expect 2 "--cuda-prefill needs --backend cuda" -- "${sub}" --model "${absent}" --cuda-prefill float32 "${extra[@]}"
+  expect 2 "--cuda-prefill must be tensor or float32, got 'fp16'" -- "${sub}" --model "${absent}" --backend cuda \
+    --cuda-prefill fp16 "${extra[@]}"
 done
 expect 2 "--batch must be between 1 and 4096" -- run --model "${absent}" --policy full --batch 0
 expect 2 "--batch must be between 1 and 4096" -- record --model "${absent}" --out "${work}/x.h5" --batch 0
