@@ -280,15 +280,13 @@ void TraceExecutor::launch(const PageDeltas& deltas, EvictTo evict_to) {
     KVLAB_CUDA_CHECK(cudaEventRecord(d.step_begin, d.compute));  // prefill is not timed
     return;
   }
-  // Landings the executor already recorded (measured arrival) are not landings again.
+  // Landings the executor already recorded (measured arrival) are not landings again. A chunk
+  // fetched in this very step and landed before its attention (modelled arrival) is still in
+  // host memory only here: its landing stays, and RequestPages::apply lands it after the fetch.
   PageDeltas own = deltas;
   std::erase_if(own.landed, [&](const RowChunk& rc) {
-    return replicas_.front()->state(rc.row, rc.chunk) != PageState::InFlight;
+    return replicas_.front()->state(rc.row, rc.chunk) == PageState::Resident;
   });
-  if (!own.landed.empty() && d.prefetch) {
-    // Modelled arrival declared these landed: attention may read them only after their copies.
-    d.prefetch->wait_all(d.compute);
-  }
   // One mirror write per step for every replica's new tokens (each write waits for the
   // previous one's descriptors: one wait per step, not one per replica).
   std::vector<AppendOrder> appends;
@@ -304,6 +302,11 @@ void TraceExecutor::launch(const PageDeltas& deltas, EvictTo evict_to) {
     }
   }
   if (d.writer) d.writer->write(appends, d.compute);
+  if (!own.landed.empty() && d.prefetch) {
+    // Modelled arrival declared these landed: attention may read them only after their copies,
+    // this step's included (issued above).
+    d.prefetch->wait_all(d.compute);
+  }
 }
 
 std::vector<RowChunk> TraceExecutor::poll_landed() {
