@@ -112,6 +112,7 @@ int run(const Options& o) {
     // Per prefill-attention kernel of the GPU (2: tensor cores, the default; 1: float32 SIMT),
     // against one CPU run per prompt: the CPU's greedy tokens and logits at every position.
     Tally t[2];
+    int done = 0;
     const auto t0 = std::chrono::steady_clock::now();
     for (const TaskSample& sample : make_task_set(o.task, ctx, o.samples, o.seed, counter)) {
       const auto prompt = tok.encode(task_prompt(sample));
@@ -139,6 +140,13 @@ int run(const Options& o) {
         }
         gpu.close(s);
       }
+      // One line per prompt, so that a run cut short by a time limit still says what it saw.
+      ++done;
+      std::printf("prompt %d at %lld: tensor-core prefill %lld/%lld, float32 prefill %lld/%lld (%.0f s)\n", done,
+                  static_cast<long long>(ctx), static_cast<long long>(t[0].agree), static_cast<long long>(t[0].positions),
+                  static_cast<long long>(t[1].agree), static_cast<long long>(t[1].positions),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      std::fflush(stdout);
     }
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json << (first ? "" : ", ") << "{\"context\": " << ctx;
