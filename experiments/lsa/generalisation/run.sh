@@ -24,8 +24,7 @@
 #          [--batch N] [--live-tasks "T ..."] [--live-samples N] [--max-tokens N]
 #          [--train-traces GLOB] [--heldout-traces GLOB] [--train-eval-traces GLOB]
 #          [--indexer-flags "..."] [--baseline-traces GLOB | --baseline-indexer FILE] [--lsa-window W]
-#          [--sw-window W]
-#          [--threads N]
+#          [--sw-window W] [--feature-layer L] [--threads N]
 # --baseline-traces GLOB trains a second indexer the same way on other recordings (e.g. of the
 # default wording, what kvlab's earlier indexers saw) into OUT/indexer_baseline.h5;
 # --baseline-indexer FILE takes a trained one. Either adds a second lsa, the same but for its
@@ -60,6 +59,7 @@ BASELINE_INDEXER=""
 BASELINE_GLOB=""
 SW_WINDOW=""
 LSA_WINDOW=""
+FEATURE_LAYER=""
 THREADS=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -89,6 +89,7 @@ while [[ $# -gt 0 ]]; do
     --baseline-traces) BASELINE_GLOB=$2 ;;
     --sw-window) SW_WINDOW=$2 ;;
     --lsa-window) LSA_WINDOW=$2 ;;
+    --feature-layer) FEATURE_LAYER=$2 ;;
     --threads) THREADS=$2 ;;
     *) echo "run.sh: unknown option $1 (see the usage at the top of the script)" >&2; exit 2 ;;
   esac
@@ -125,11 +126,14 @@ if [[ -n "$BASELINE_INDEXER" ]]; then
 fi
 backend_flags=()
 [[ "$BACKEND" == cpu ]] || backend_flags=(--backend "$BACKEND")
+# The layer whose hidden state gives the query and chunk features: recordings and live runs must
+# agree (kvlab's default unless given).
+[[ -z "$FEATURE_LAYER" ]] || backend_flags+=(--feature-layer "$FEATURE_LAYER")
 
 cat > "$OUT/settings.json" <<EOF
 {"backend": "$BACKEND", "tasks": "$TASKS", "context": $CONTEXT, "train_samples": $TRAIN_SAMPLES,
  "eval_samples": $EVAL_SAMPLES, "steps": $STEPS, "train_seed": $TRAIN_SEED, "eval_seed": $EVAL_SEED,
- "budget": $BUDGET, "chunk_tokens": $CHUNK, "sinks": $SINKS, "tau": $TAU, "stride": $STRIDE,
+ "feature_layer": "$FEATURE_LAYER", "budget": $BUDGET, "chunk_tokens": $CHUNK, "sinks": $SINKS, "tau": $TAU, "stride": $STRIDE,
  "lsa": "$LSA", "lsa_oracle": "$ORACLE", "sw_window_flag": "$SW_WINDOW", "live_tasks": "$LIVE_TASKS",
  "live_samples": $LIVE_SAMPLES, "max_tokens": $MAX_TOKENS, "indexer_flags": "$INDEXER_FLAGS",
  "baseline_indexer": "$BASELINE_INDEXER", "baseline_traces": "$BASELINE_GLOB", "train_traces": "$TRAIN_GLOB", "heldout_traces": "$HELDOUT_GLOB", "train_eval_traces": "$TRAIN_EVAL_GLOB"}
