@@ -151,6 +151,8 @@ int trace_info(const Argv& argv) {
                         {"n_chunks_max", h.n_chunks_max},
                         {"d_query", h.d_query},
                         {"d_key", h.d_key},
+                        {"qk_dim", h.qk_dim},
+                        {"prefill_window", h.prefill_window},
                         {"storage", h.sparse ? "sparse" : "dense"}});
     // Recorded with kvlab record --template-set train|heldout only.
     if (!h.template_set.empty()) requests.back()["template_set"] = h.template_set;

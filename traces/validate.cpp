@@ -29,15 +29,18 @@ std::string format_trace_info(const TraceInfo& info) {
       << g.head_dim << ", kv_dtype_bytes " << g.kv_dtype_bytes << ", chunk_tokens " << g.chunk_tokens << "\n"
       << info.requests.size() << " requests\n";
   char line[512];
-  std::snprintf(line, sizeof line, "%-24s %10s %10s %-16s %6s %-7s %-8s %8s %8s\n", "id", "prompt", "steps",
-                "workload", "heads", "storage", "dtype", "d_query", "d_key");
+  // qk_dim: width of the query/key vectors (quest, infllm; 0 = none); prefill: the prefill
+  // observation's window (snapkv family; 0 = none).
+  std::snprintf(line, sizeof line, "%-24s %10s %10s %-16s %6s %-7s %-8s %8s %8s %7s %8s\n", "id", "prompt", "steps",
+                "workload", "heads", "storage", "dtype", "d_query", "d_key", "qk_dim", "prefill");
   out << line;
   for (const RequestHeader& r : info.requests) {
-    std::snprintf(line, sizeof line, "%-24s %10lld %10lld %-16s %6d %-7s %-8s %8lld %8lld\n", r.id.c_str(),
+    std::snprintf(line, sizeof line, "%-24s %10lld %10lld %-16s %6d %-7s %-8s %8lld %8lld %7lld %8lld\n", r.id.c_str(),
                   static_cast<long long>(r.prompt_tokens), static_cast<long long>(r.decode_steps), r.workload.c_str(),
                   r.heads_stored, r.sparse ? "sparse" : "dense",
                   r.mass_dtype == MassDtype::Float16 ? "float16" : "float32", static_cast<long long>(r.d_query),
-                  static_cast<long long>(r.d_key));
+                  static_cast<long long>(r.d_key), static_cast<long long>(r.qk_dim),
+                  static_cast<long long>(r.prefill_window));
     out << line;
   }
   return out.str();

@@ -35,6 +35,15 @@ expect 0 "smollm2-135m" -- trace info "${trace}"
 expect 0 "" -- trace info "${trace}" --json
 cp "${work}/out.txt" "${work}/info.json"
 json_check "${work}/info.json" 'len(d["requests"]) == 3 and d["geometry"]["chunk_tokens"] == 64'
+json_check "${work}/info.json" 'all(r["qk_dim"] == 0 and r["prefill_window"] == 0 for r in d["requests"])'
+# The zoo's optional inputs show in trace info: qk_dim and the prefill window.
+qk_trace="${work}/qk.h5"
+expect 0 "wrote ${qk_trace}" -- trace gen --workload needle --context-tokens 2048 --steps 4 --requests 1 --seed 3 \
+  --qk-dim 16 --prefill-window 8 --out "${qk_trace}"
+expect 0 "qk_dim  prefill" -- trace info "${qk_trace}"
+expect 0 "" -- trace info "${qk_trace}" --json
+cp "${work}/out.txt" "${work}/qk_info.json"
+json_check "${work}/qk_info.json" 'd["requests"][0]["qk_dim"] == 16 and d["requests"][0]["prefill_window"] == 8'
 expect 0 "valid" -- trace validate "${trace}"
 expect 0 "" -- trace stats "${trace}" --window 1024 --sinks 64
 expect 0 "" -- trace stats "${trace}" --json
