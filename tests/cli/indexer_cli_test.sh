@@ -132,5 +132,17 @@ expect 2 "'budget' must not be negative" -- replay --trace "${held_out}" --polic
 expect 2 "larger than the context" -- replay --trace "${held_out}" --policy "${lsa_base},budget=99999999"
 expect 2 "larger than the whole context" -- replay --trace "${held_out}" --policy "${lsa_base},budget=1.5"
 
+# ---- the shipped real indexer on the shipped GPU recording ---------------------------------
+# experiments/lsa/real's checkpoint (trained on 1008 requests recorded on the GPU) loads against a
+# recording of the same features (layer-15 hidden state, mean keys) and carries information: at
+# the same budget it keeps far more of the critical chunks than random does.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+real_idx="${root}/experiments/lsa/real/results/indexer_real_1008.h5"
+real_trace="${root}/traces/data/smollm2_gpu_cwe_4k.h5"
+expect 0 "" -- replay --trace "${real_trace}" --json --threads 2 \
+  --policy "lsa:indexer=${real_idx},window=256,sinks=64,budget=0.15,tau=16" --policy random:budget=0.15
+cp "${work}/out.txt" "${work}/real.json"
+json_check "${work}/real.json" 'd[0]["footprint_mean_ratio"] <= 0.15 and d[0]["critical_recall"] > d[1]["critical_recall"] + 0.2'
+
 echo "indexer_cli_test: ${checks} checks, ${failures} failed"
 [[ ${failures} -eq 0 ]]
