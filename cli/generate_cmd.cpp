@@ -25,14 +25,20 @@ namespace {
 
 CommandSpec generate_spec() {
   CommandSpec spec{
-      "kvlab generate --prompt TEXT [--max-tokens N] [--policy SPEC] [options]",
+      "kvlab generate --prompt TEXT | --prompt-file FILE | --task NAME [--max-tokens N] [--policy SPEC] [options]",
       "Generates a continuation of a prompt (closed loop, on --backend cpu or cuda): at each step the\n"
       "policy decides which KV chunks are resident and attention reads only those, so the policy\n"
       "changes the text. Greedy by default; --temperature T > 0 samples (seeded by --seed).\n"
-      "The text goes to stdout, prefill and decode speed to stderr.",
+      "The text goes to stdout, prefill and decode speed to stderr. --task generates from one sample\n"
+      "of a task instead (the prompt kvlab run gives its first sample of --task-seed: chat template\n"
+      "and answer prefix included) and also prints the sample's expected answer and score to stderr.",
       {{"prompt", "TEXT", "the prompt (raw text; add --chat for the chat template)", ""},
        {"prompt-file", "FILE", "read the prompt from FILE instead", ""},
        {"chat", "", "wrap the prompt in SmolLM2's ChatML template as a user turn", ""},
+       {"task", "NAME", "generate from a task sample instead (niah_single, ..., fwe; see kvlab run)", ""},
+       {"context-tokens", "N", "with --task: prompt length target in tokens (template included)", "4096"},
+       {"task-seed", "S", "with --task: the task seed (the sample is kvlab run's first of that seed)", "0"},
+       template_set_flag(),
        {"max-tokens", "N", "tokens to generate at most (stops earlier at EOS)", "64"},
        {"policy", "SPEC", "KV policy (see kvlab policies); oracles cannot run live", "full"},
        {"temperature", "T", "0 = greedy; > 0 samples from softmax(logits / T)", "0"},
@@ -43,7 +49,8 @@ CommandSpec generate_spec() {
       {},
       "example:\n"
       "  kvlab generate --prompt \"The capital of France is\" --max-tokens 8\n"
-      "  kvlab generate --prompt-file doc.txt --chat --policy sliding_window:window=512,sinks=64"};
+      "  kvlab generate --prompt-file doc.txt --chat --policy sliding_window:window=512,sinks=64\n"
+      "  kvlab generate --task niah_single --context-tokens 2048 --template-set heldout --max-tokens 24"};
   auto model = live_model_flags();
   spec.flags.insert(spec.flags.begin(), model.begin(), model.end());
   return spec;
@@ -137,6 +144,58 @@ std::string footprint_text(const std::vector<PolicyResult>& results) {
   return out.str();
 }
 
+/// The prompt's text and tokens, from --prompt, --prompt-file or --task, and where it came from.
+struct GeneratePrompt {
+  std::string text;
+  std::vector<int32_t> tokens;
+  std::string where;
+  std::vector<TaskSample> sample;  // --task: the one sample
+};
+
+/// Refuses the flags of the other prompt sources before the model loads.
+void check_prompt_flags(const Args& args) {
+  const int sources = (args.has("prompt") ? 1 : 0) + (args.has("prompt-file") ? 1 : 0) + (args.has("task") ? 1 : 0);
+  if (sources != 1) throw UsageError("give exactly one of --prompt, --prompt-file and --task");
+  if (args.has("task")) {
+    if (args.has("chat")) throw UsageError("--chat: a --task prompt already has the chat template");
+    const int64_t context = args.get_int("context-tokens");
+    if (context < 1 || context > 1 << 22) throw UsageError("--context-tokens must be between 1 and 4194304");
+    if (args.get_int("task-seed") < 0) throw UsageError("--task-seed must not be negative");
+    (void)live_template_set(args);
+    return;
+  }
+  for (const char* flag : {"context-tokens", "task-seed", "template-set"}) {
+    if (args.has(flag)) throw UsageError("--" + std::string(flag) + " is only for --task");
+  }
+}
+
+GeneratePrompt generate_prompt(const Args& args, const LiveModel& model, int64_t max_tokens) {
+  GeneratePrompt p;
+  if (args.has("task")) {
+    p.where = "--task " + args.get("task");
+    std::vector<LiveRequest> r =
+        task_requests(*model.tokenizer, args.get("task"), args.get_int("context-tokens"), 1,
+                      static_cast<uint64_t>(args.get_int("task-seed")), max_tokens - 1, &p.sample, live_template_set(args));
+    p.text = task_prompt(p.sample[0]);
+    p.tokens = std::move(r[0].prompt);
+    return p;
+  }
+  p.text = args.has("prompt") ? args.get("prompt") : read_text(args.get("prompt-file"));
+  p.where = args.has("prompt") ? "--prompt" : "--prompt-file";
+  if (model.tokenizer->encode(p.text).empty()) throw InputError(p.where + ": the prompt tokenizes to no tokens");
+  p.tokens = model.tokenizer->encode(args.has("chat") ? chat_prompt({{"user", p.text}}, true) : p.text);
+  return p;
+}
+
+/// --task's line on stderr: the sample, its expected answer and the generation's score.
+void report_task(const TaskSample& s, const std::string& generated) {
+  std::string expected;
+  for (const auto& e : s.expected) expected += (expected.empty() ? "" : ", ") + e;
+  std::cerr << "task " << s.task << " (" << s.template_set << " templates"
+            << (s.template_variants.empty() ? "" : ": " + s.template_variants) << "; " << s.measured_tokens
+            << " tokens): expected " << expected << "; score " << score_answer(s, generated) << "\n";
+}
+
 }  // namespace
 
 int run_generate(const Argv& argv) {
@@ -146,7 +205,7 @@ int run_generate(const Argv& argv) {
     std::cout << spec.help_text();
     return 0;
   }
-  if (args.has("prompt") == args.has("prompt-file")) throw UsageError("give exactly one of --prompt and --prompt-file");
+  check_prompt_flags(args);
   const DecoderOptions decoder = live_decoder_options(args);
   const int64_t max_tokens = args.get_int("max-tokens");
   if (max_tokens < 1 || max_tokens > 1 << 20) throw UsageError("--max-tokens must be between 1 and 1048576");
@@ -162,11 +221,10 @@ int run_generate(const Argv& argv) {
   }
 
   const LiveModel model = live_load_model(args);
-  const std::string text = args.has("prompt") ? args.get("prompt") : read_text(args.get("prompt-file"));
-  const std::string where = args.has("prompt") ? "--prompt" : "--prompt-file";
-  if (model.tokenizer->encode(text).empty()) throw InputError(where + ": the prompt tokenizes to no tokens");
-  const std::vector<int32_t> tokens =
-      model.tokenizer->encode(args.has("chat") ? chat_prompt({{"user", text}}, true) : text);
+  const GeneratePrompt prompt = generate_prompt(args, model, max_tokens);
+  const std::string& text = prompt.text;
+  const std::string& where = prompt.where;
+  const std::vector<int32_t>& tokens = prompt.tokens;
 
   if (args.has("dump-logits")) {
     return dump_logits(args, model, decoder, tokens, text, args.get("positions"), args.get("dump-logits"));
@@ -197,7 +255,9 @@ int run_generate(const Argv& argv) {
                                 model.stop_tokens.end()) {
     generated.pop_back();
   }
-  std::cout << model.tokenizer->decode(generated, /*skip_special=*/true) << "\n";
+  const std::string answer = model.tokenizer->decode(generated, /*skip_special=*/true);
+  std::cout << answer << "\n";
+  if (!prompt.sample.empty()) report_task(prompt.sample[0], answer);
   std::cerr << std::fixed << std::setprecision(1) << "prefill: " << n_prompt << " tokens in " << std::setprecision(2)
             << out.prefill_seconds << " s (" << std::setprecision(1)
             << static_cast<double>(n_prompt) / std::max(out.prefill_seconds, 1e-9) << " tok/s); decode: " << out.steps

@@ -29,6 +29,10 @@ expect 2 "oracles read attention" -- run --model "${work}/absent.gguf" --policy 
 expect 2 "--summaries" -- run --model "${work}/absent.gguf" --policy full --summaries on
 expect 2 "--arrival" -- run --model "${work}/absent.gguf" --policy full --arrival late
 expect 2 "--prompt" -- generate --model "${work}/absent.gguf"
+expect 2 "give exactly one of --prompt, --prompt-file and --task" -- generate --prompt hi --task vt
+expect 2 "--chat" -- generate --model "${work}/absent.gguf" --task vt --chat
+expect 2 "--template-set is only for --task" -- generate --model "${work}/absent.gguf" --prompt hi --template-set train
+expect 2 "--template-set: unknown template set" -- generate --model "${work}/absent.gguf" --task vt --template-set x
 
 # A well-formed GGUF of another architecture.
 python3 - "${work}/gpt2.gguf" <<'PY'
@@ -74,6 +78,10 @@ expect 0 "wrote" -- record --model "${model}" --context-tokens 256 --samples 1 -
   --task niah_multikey --out "${work}/heldout.h5"
 expect 0 "" -- trace info "${work}/heldout.h5" --json
 json_check "${work}/out.txt" 'all(r["template_set"] == "heldout" and "needle=" in r["template_variants"] and 230 <= r["prompt_tokens"] <= 256 for r in d["requests"])'
+# generate --task: kvlab run's first sample of the seed, with its expected answer and score.
+expect 0 "task niah_single (heldout templates: filler=" -- generate --model "${model}" --task niah_single \
+  --context-tokens 256 --template-set heldout --task-seed 4 --max-tokens 2
+grep -qE "tokens\): expected [^;]+; score (0|1)" "${work}/err.txt" || fail "generate --task: no score line: $(cat "${work}/err.txt")"
 expect 0 "" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 2 --agreement off --template-set train \
   --task vt --policy full --out-dir "${work}/train_run"
 json_check "${work}/train_run/generations.json" 'd[0]["template_set"] == "train" and "statements=" in d[0]["template_variants"]'
