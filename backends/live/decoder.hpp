@@ -67,6 +67,10 @@ struct DecoderOptions {
   /// Prefill observation (SnapKV's window): the prefill also reports the attention of the last
   /// `prefill_window` prompt positions over the prompt's chunks, averaged over them. 0 = none.
   int prefill_window = 0;
+  /// Query vectors and key summaries (DecodeOutput::query_vectors, Decoder::chunk_keys; Quest,
+  /// InfLLM). The CPU decoder computes them whatever this says; the GPU decoder only when set
+  /// (it reports qk_dim 0 otherwise), so a run whose policies do not read them pays nothing.
+  bool query_keys = true;
 };
 
 /// One row's resident chunks as a bitmap: bit c of bits[c / 64] set ⇔ chunk c resident.

@@ -18,6 +18,9 @@ void copy_out(CudaStepOutput&& in, DecodeOutput& out) {
   out.summary_mass = std::move(in.summary_mass);
   out.full_mass = std::move(in.full_mass);
   out.query_features = std::move(in.query_features);
+  out.query_vectors = std::move(in.query_vectors);
+  out.prefill_mass = std::move(in.prefill_mass);
+  out.prefill_window = in.prefill_window;
 }
 
 void copy_timing(const CudaStepTiming& timing, int batch, DecodeOutput& out) {
@@ -76,8 +79,7 @@ CudaDecoder::~CudaDecoder() {
 
 DecoderShape CudaDecoder::shape() const {
   const CudaLlamaDecoder& d = shared_->unlocked();
-  // qk_dim 0: the GPU decoder reports no query vectors or key summaries (yet).
-  return llama_decoder_shape(d.config(), "cuda", d.options().chunk_tokens, d.chunk_feature_size(), 0);
+  return llama_decoder_shape(d.config(), "cuda", d.options().chunk_tokens, d.chunk_feature_size(), d.qk_dim());
 }
 
 int64_t CudaDecoder::max_context() const { return shared_->unlocked().max_context(); }
@@ -121,6 +123,29 @@ void CudaDecoder::chunk_features(int64_t chunk, std::span<float> out) const {
   std::copy_n(f.begin(), std::min(f.size(), out.size()), out.begin());
 }
 
+void CudaDecoder::chunk_keys(int64_t chunk, std::span<float> key_min, std::span<float> key_max,
+                             std::span<float> key_repr) const {
+  const CudaLlamaDecoder& u = shared_->unlocked();
+  const auto per = static_cast<size_t>(u.config().n_layers) * u.config().n_kv_heads * u.qk_dim();
+  if (per == 0) throw UsageError("cuda decoder: chunk_keys without query_keys (the decoder reports no key summaries)");
+  if (key_min.size() != per || key_max.size() != per || key_repr.size() != per) {
+    throw UsageError("cuda decoder: chunk_keys wants " + std::to_string(per) + " floats per summary");
+  }
+  if (chunk < keys_first_ || chunk >= keys_first_ + keys_count_) {
+    // Sessions ask for chunks in order as they complete: fetch every complete one from here on.
+    shared_->with_decoder([&](const CudaLlamaDecoder& d) {
+      const int64_t count = std::max<int64_t>(d.n_complete_chunks(sequence_) - chunk, 1);
+      keys_ = d.chunk_keys(sequence_, chunk, count);
+      keys_first_ = chunk;
+      keys_count_ = count;
+    });
+  }
+  const auto at = static_cast<std::ptrdiff_t>(static_cast<size_t>(chunk - keys_first_) * per);
+  std::copy_n(keys_.min.begin() + at, per, key_min.begin());
+  std::copy_n(keys_.max.begin() + at, per, key_max.begin());
+  std::copy_n(keys_.repr.begin() + at, per, key_repr.begin());
+}
+
 std::unique_ptr<Decoder> CudaDecoder::fork() const {
   const SequenceId id = shared_->with_decoder([&](CudaLlamaDecoder& d) { return d.fork(sequence_); });
   return std::make_unique<CudaDecoder>(shared_, id);
@@ -132,6 +157,8 @@ CudaDecoderOptions cuda_options_of(const DecoderOptions& options) {
   o.feature_layer = options.feature_layer;
   o.chunk_feature_source = options.chunk_feature_source;
   o.rope_scaling = options.rope_scaling;
+  o.query_keys = options.query_keys;
+  o.prefill_window = options.prefill_window;
   return o;
 }
 

@@ -87,6 +87,8 @@ class CudaDecoder final : public Decoder {
   void prefill(std::span<const int32_t> tokens, DecodeOutput& out) override;
   void step(int32_t token, const StepRequest& request, DecodeOutput& out) override;
   void chunk_features(int64_t chunk, std::span<float> out) const override;
+  void chunk_keys(int64_t chunk, std::span<float> key_min, std::span<float> key_max,
+                  std::span<float> key_repr) const override;
   [[nodiscard]] std::unique_ptr<Decoder> fork() const override;
   [[nodiscard]] bool batches_steps() const override { return true; }
   void submit(int32_t token, const StepRequest& request) override;
@@ -96,10 +98,15 @@ class CudaDecoder final : public Decoder {
   std::shared_ptr<SharedCudaDecoder> shared_;
   SequenceId sequence_;
   bool submitted_ = false;
+  // Key summaries of complete chunks [keys_first_, keys_first_ + keys_count_), fetched together
+  // (a complete chunk never changes).
+  mutable CudaChunkKeys keys_;
+  mutable int64_t keys_first_ = 0, keys_count_ = 0;
 };
 
 /// CudaDecoderOptions from the live backend's DecoderOptions (chunking, feature layer and
-/// source, rope scaling); everything else keeps its default.
+/// source, rope scaling, the policy inputs: query_keys, prefill_window); everything else keeps
+/// its default.
 [[nodiscard]] CudaDecoderOptions cuda_options_of(const DecoderOptions& options);
 
 /// A factory of GPU decoders and the shared decoder behind them (its StepGroup and stats).

@@ -12,6 +12,7 @@
 #include "backends/cuda/device.hpp"
 #include "backends/cuda/model/attention_kernels.hpp"
 #include "backends/cuda/model/llama_kernels.hpp"
+#include "backends/cuda/model/policy_input_kernels.hpp"
 #include "core/error.hpp"
 
 namespace kvlab::cuda {
@@ -25,6 +26,10 @@ void check_cublas(cublasStatus_t status, const char* what) {
 }
 
 [[noreturn]] void fail_usage(const std::string& what) { throw UsageError("cuda decoder: " + what); }
+
+/// Prefill-window positions per decode-attention launch: bounds the observation's scratch (their
+/// partial softmax states) whatever the window.
+constexpr int kWindowBatch = 32;
 
 std::vector<bf16> to_bf16(const float* src, size_t n) {
   std::vector<bf16> out(n);
@@ -91,6 +96,7 @@ CudaLlamaDecoder::CudaLlamaDecoder(std::shared_ptr<const LlamaWeights> weights, 
     fail_usage("chunk features from hidden states are not computed on the GPU; use keys");
   }
   if (options_.kv_capacity_tokens < 0) fail_usage("kv_capacity_tokens must be >= 0");
+  if (options_.prefill_window < 0) fail_usage("prefill_window must be >= 0, got " + std::to_string(options_.prefill_window));
   if (options_.gemm_row_block < 0 || options_.gemm_row_block > 4096) {
     fail_usage("gemm_row_block must be between 0 and 4096, got " + std::to_string(options_.gemm_row_block));
   }
@@ -184,8 +190,9 @@ void CudaLlamaDecoder::upload_weights() {
 void CudaLlamaDecoder::allocate_pool() {
   const LlamaConfig& c = config();
   const KvPoolView shape{nullptr, nullptr, nullptr, nullptr, c.n_layers, c.n_kv_heads, c.head_dim, options_.chunk_tokens};
+  const int64_t score_elements = options_.query_keys ? representative_score_elements(shape) : 0;
   const int64_t slot_bytes = 2 * shape.slot_elements() * static_cast<int64_t>(sizeof(bf16)) +
-                             2 * shape.slot_sum_elements() * static_cast<int64_t>(sizeof(float));
+                             (2 * shape.slot_sum_elements() + score_elements) * static_cast<int64_t>(sizeof(float));
   int64_t slots = 0;
   if (options_.kv_capacity_tokens > 0) {
     slots = (options_.kv_capacity_tokens + options_.chunk_tokens - 1) / options_.chunk_tokens;
@@ -200,6 +207,7 @@ void CudaLlamaDecoder::allocate_pool() {
   v_pool_.reset(static_cast<size_t>(slots * shape.slot_elements()));
   k_sum_.reset(static_cast<size_t>(slots * shape.slot_sum_elements()));
   v_sum_.reset(static_cast<size_t>(slots * shape.slot_sum_elements()));
+  if (score_elements > 0) repr_score_.reset(static_cast<size_t>(slots * score_elements));
 }
 
 // ---- sequences --------------------------------------------------------------------------
@@ -227,6 +235,11 @@ int CudaLlamaDecoder::new_slot() {
   const int64_t sum_n = static_cast<int64_t>(c.n_layers) * c.n_kv_heads * c.head_dim;
   KVLAB_CUDA_CHECK(cudaMemsetAsync(k_sum_.get() + s * sum_n, 0, static_cast<size_t>(sum_n) * sizeof(float), stream_));
   KVLAB_CUDA_CHECK(cudaMemsetAsync(v_sum_.get() + s * sum_n, 0, static_cast<size_t>(sum_n) * sizeof(float), stream_));
+  if (options_.query_keys) {
+    const int64_t score_n = static_cast<int64_t>(c.n_layers) * c.n_kv_heads * options_.chunk_tokens;
+    KVLAB_CUDA_CHECK(
+        cudaMemsetAsync(repr_score_.get() + s * score_n, 0, static_cast<size_t>(score_n) * sizeof(float), stream_));
+  }
   return s;
 }
 
@@ -255,6 +268,7 @@ SequenceId CudaLlamaDecoder::fork(SequenceId parent_id) {
     copy(v_pool_.get(), elems);
     copy(k_sum_.get(), sum_n);
     copy(v_sum_.get(), sum_n);
+    if (options_.query_keys) copy(repr_score_.get(), static_cast<int64_t>(c.n_layers) * c.n_kv_heads * ct);
     child.slots.push_back(dst);
   }
   const SequenceId id = next_id_++;
@@ -288,6 +302,39 @@ std::vector<float> CudaLlamaDecoder::chunk_features(SequenceId id, int64_t chunk
   const float inv = 1.0F / static_cast<float>(options_.chunk_tokens);
   for (float& x : f) x *= inv;
   return f;
+}
+
+CudaChunkKeys CudaLlamaDecoder::chunk_keys(SequenceId id, int64_t first, int64_t count) const {
+  if (!options_.query_keys) fail_usage("chunk_keys needs query_keys on");
+  const SequenceSlots& s = sequence(id);
+  const int64_t complete = s.n_tokens / options_.chunk_tokens;
+  if (first < 0 || count < 0 || first + count > complete) {
+    throw InputError("cuda decoder: chunk_keys: chunks [" + std::to_string(first) + ", " + std::to_string(first + count) +
+                     ") are not all complete (complete chunks: " + std::to_string(complete) + ")");
+  }
+  CudaChunkKeys out;
+  if (count == 0) return out;
+  const LlamaConfig& c = config();
+  const auto per = static_cast<size_t>(count) * c.n_layers * c.n_kv_heads * c.head_dim;
+  chunk_slots_d_.reserve(static_cast<size_t>(count));
+  chunk_slots_d_.upload(s.slots.data() + first, static_cast<size_t>(count), stream_);
+  chunk_keys_d_.reserve(3 * per);
+  ChunkKeysView v;
+  v.pool = KvPoolView{k_pool_.get(), v_pool_.get(), k_sum_.get(), v_sum_.get(), c.n_layers, c.n_kv_heads, c.head_dim,
+                      options_.chunk_tokens};
+  v.scores = repr_score_.get();
+  v.slots = chunk_slots_d_.get();
+  v.n_chunks = static_cast<int>(count);
+  v.representatives = kRepresentativeTokens;
+  v.key_min = chunk_keys_d_.get();
+  v.key_max = v.key_min + per;
+  v.key_repr = v.key_max + per;
+  launch_chunk_keys(v, stream_);
+  download(out.min, v.key_min, per, stream_);
+  download(out.max, v.key_max, per, stream_);
+  download(out.repr, v.key_repr, per, stream_);
+  KVLAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return out;
 }
 
 // ---- the forward pass -------------------------------------------------------------------
@@ -485,7 +532,8 @@ void CudaLlamaDecoder::lm_head(int rows) {
 
 template <class Attention>
 void CudaLlamaDecoder::layers(int rows, const int32_t* positions, int64_t first_position, const int32_t* slot_table,
-                              int64_t slot_stride, bool add_to_sums, int feature_first_row, Attention&& attention) {
+                              int64_t slot_stride, bool add_to_sums, int feature_first_row,
+                              const QueryKeyRows* query_keys, Attention&& attention) {
   const LlamaConfig& c = config();
   const int q_dim = c.n_heads * c.head_dim;
   const int kv_dim = c.n_kv_heads * c.head_dim;
@@ -511,6 +559,13 @@ void CudaLlamaDecoder::layers(int rows, const int32_t* positions, int64_t first_
     launch_kv_write(KvWriteView{qkv_.get(), qkv_dim, q_dim, q_dim + kv_dim, rows, positions, first_position,
                                 slot_table, slot_stride, pool, l, add_to_sums},
                     stream_);
+    if (query_keys != nullptr) {
+      float* mean = query_keys->query_mean != nullptr ? query_keys->query_mean + static_cast<int64_t>(l) * kv_dim : nullptr;
+      launch_query_scores(QueryScoresView{qkv_.get(), qkv_dim, rows, c.n_heads, positions, first_position, slot_table,
+                                          slot_stride, pool, l, repr_score_.get(), mean, query_keys->row_stride,
+                                          query_keys->first_row},
+                          stream_);
+    }
     if (time_layers_) KVLAB_CUDA_CHECK(cudaEventRecord(attn_events_[2 * static_cast<size_t>(l)], stream_));
     attention(l, pool);
     if (time_layers_) KVLAB_CUDA_CHECK(cudaEventRecord(attn_events_[2 * static_cast<size_t>(l) + 1], stream_));
@@ -560,6 +615,23 @@ CudaStepOutput CudaLlamaDecoder::prefill(SequenceId id, std::span<const int32_t>
   ntok_d_.upload(&total32, 1, stream_);
   partial_.reserve(static_cast<size_t>(decode_partial_floats(1, c.n_heads, final_chunks, c.head_dim)));
   mass_d_.reserve(static_cast<size_t>(n_rows) * final_chunks);
+  // The prefill observation: the window's positions, each weighing 1/window.
+  const int64_t window = options_.prefill_window > 0 ? std::min<int64_t>(options_.prefill_window, n) : 0;
+  const int64_t window_first = total - window;
+  if (window > 0) {
+    const auto mass_n = static_cast<size_t>(n_rows) * final_chunks;
+    prefill_mass_d_.reserve(mass_n);
+    KVLAB_CUDA_CHECK(cudaMemsetAsync(prefill_mass_d_.get(), 0, mass_n * sizeof(float), stream_));
+    std::vector<int32_t> ntok(static_cast<size_t>(window));
+    for (int64_t w = 0; w < window; ++w) ntok[static_cast<size_t>(w)] = static_cast<int32_t>(window_first + w + 1);
+    window_ntok_d_.reserve(ntok.size());
+    window_ntok_d_.upload(ntok.data(), ntok.size(), stream_);
+    const auto nb = static_cast<size_t>(std::min<int64_t>(window, kWindowBatch));
+    window_partial_.reserve(static_cast<size_t>(decode_partial_floats(static_cast<int>(nb), c.n_heads, final_chunks, c.head_dim)));
+    window_mass_.reserve(nb * mass_n);
+    window_out_.reserve(nb * static_cast<size_t>(q_dim));
+  }
+  if (options_.query_keys) query_vectors_d_.reserve(static_cast<size_t>(n_rows) * c.head_dim);
   blocked_gemms_ = false;  // one request alone: nothing to be invariant to
   time_layers_ = true;
   KVLAB_CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
@@ -574,12 +646,16 @@ CudaStepOutput CudaLlamaDecoder::prefill(SequenceId id, std::span<const int32_t>
     } else {
       launch_embedding(EmbeddingView<bf16>{embd_bf16_.get(), tokens_d_.get(), x_.get(), len, c.hidden}, stream_);
     }
+    // Query vectors of the block's last row when it is the prompt's last token.
+    const QueryKeyRows query_keys{last ? query_vectors_d_.get() : nullptr, 0, last ? len - 1 : 0};
+    const auto window_row = static_cast<int>(std::clamp<int64_t>(window_first - p0, 0, len));
     layers(len, nullptr, p0, slot_table_d_.get(), 0, false, last ? len - 1 : len,
-           [&](int l, const KvPoolView& pool) {
+           options_.query_keys ? &query_keys : nullptr, [&](int l, const KvPoolView& pool) {
              launch_prefill_attention(PrefillAttentionView{qkv_.get(), qkv_dim, len, p0, c.n_heads, pool, l,
                                                            slot_table_d_.get(), attn_.get(), q_dim,
                                                            options_.prefill_attention_variant},
                                       stream_);
+             if (window > 0 && window_row < len) prefill_window_mass(l, window_row, len, p0, window_first, window, final_chunks);
              if (!last) return;
              // The last token again through decode attention: its per-chunk mass (and the
              // same output, computed chunk by chunk).
@@ -632,10 +708,56 @@ CudaStepOutput CudaLlamaDecoder::prefill(SequenceId id, std::span<const int32_t>
     out.summary_mass.assign(static_cast<size_t>(n_rows), 0.0F);
   }
   if (wants.query_features) download(out.query_features, features_.get(), static_cast<size_t>(c.hidden), stream_);
+  if (options_.query_keys && wants.query_vectors) {
+    download(out.query_vectors, query_vectors_d_.get(), static_cast<size_t>(n_rows) * c.head_dim, stream_);
+  }
+  if (window > 0) {
+    download(out.prefill_mass, prefill_mass_d_.get(), static_cast<size_t>(n_rows) * final_chunks, stream_);
+    out.prefill_window = window;
+  }
   KVLAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
   read_timing();
   seq.n_tokens = total;
   return out;
+}
+
+void CudaLlamaDecoder::prefill_window_mass(int layer, int first_row, int rows, int64_t p0, int64_t window_first,
+                                           int64_t window, int final_chunks) {
+  const LlamaConfig& c = config();
+  const int q_dim = c.n_heads * c.head_dim;
+  const int qkv_dim = q_dim + 2 * c.n_kv_heads * c.head_dim;
+  const int64_t row_chunks = static_cast<int64_t>(c.n_layers) * c.n_kv_heads * final_chunks;
+  const int64_t layer_at = static_cast<int64_t>(layer) * c.n_kv_heads * final_chunks;
+  // Each window position is a "sequence" of its own for decode attention: its keys are the
+  // prompt's up to its position (slot_stride 0: one slot table), its mass a row per KV head.
+  for (int r0 = first_row; r0 < rows; r0 += kWindowBatch) {
+    const int nb = std::min(kWindowBatch, rows - r0);
+    const int32_t* ntok = window_ntok_d_.get() + (p0 + r0 - window_first);
+    DecodeAttentionView d;
+    d.q = qkv_.get() + static_cast<int64_t>(r0) * qkv_dim;
+    d.q_stride = qkv_dim;
+    d.batch = nb;
+    d.n_heads = c.n_heads;
+    d.pool = KvPoolView{k_pool_.get(), v_pool_.get(), k_sum_.get(), v_sum_.get(), c.n_layers, c.n_kv_heads, c.head_dim,
+                        options_.chunk_tokens};
+    d.layer = layer;
+    d.slot_table = slot_table_d_.get();
+    d.slot_stride = 0;
+    d.n_tokens = ntok;
+    d.max_chunks = final_chunks;
+    d.partial = window_partial_.get();
+    d.out = window_out_.get();
+    d.out_stride = q_dim;
+    d.mass = window_mass_.get();
+    d.mass_seq_stride = row_chunks;
+    d.mass_row_stride = final_chunks;
+    d.variant = options_.decode_attention_variant;
+    launch_decode_attention(d, stream_);
+    launch_mass_sum(MassSumView{window_mass_.get() + layer_at, nb, row_chunks, final_chunks, ntok, options_.chunk_tokens,
+                                c.n_kv_heads, final_chunks, 1.0F / static_cast<float>(window),
+                                prefill_mass_d_.get() + layer_at, final_chunks},
+                    stream_);
+  }
 }
 
 std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput> inputs, const CudaStepWants& wants) {
@@ -824,6 +946,9 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     temperature_d_.upload(temperature.data(), nb, stream_);
     uniform_d_.upload(uniform.data(), nb, stream_);
   }
+  const auto qv_n = nb * n_rows * static_cast<size_t>(c.head_dim);
+  if (options_.query_keys) query_vectors_d_.reserve(qv_n);
+  const QueryKeyRows query_keys{query_vectors_d_.get(), static_cast<int64_t>(n_rows) * c.head_dim, 0};
   blocked_gemms_ = true;
   auto forward = [&] {
     if (options_.fp32_lm_head) {
@@ -831,7 +956,8 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     } else {
       launch_embedding(EmbeddingView<bf16>{embd_bf16_.get(), tokens_d_.get(), x_.get(), batch, c.hidden}, stream_);
     }
-    layers(batch, positions_d_.get(), 0, slot_table_d_.get(), max_chunks, true, 0, [&](int l, const KvPoolView& pool) {
+    layers(batch, positions_d_.get(), 0, slot_table_d_.get(), max_chunks, true, 0,
+           options_.query_keys ? &query_keys : nullptr, [&](int l, const KvPoolView& pool) {
       if (paged) {
         paged_attention(l);
         return;
@@ -884,7 +1010,8 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
                                    reinterpret_cast<int64_t>(summary_chunks_d_.get()), reinterpret_cast<int64_t>(ntok_d_.get()),
                                    reinterpret_cast<int64_t>(next_d_.get()), reinterpret_cast<int64_t>(temperature_d_.get()),
                                    reinterpret_cast<int64_t>(uniform_d_.get()), reinterpret_cast<int64_t>(head_in_f32_.get()),
-                                   reinterpret_cast<int64_t>(head_in_bf16_.get()), reinterpret_cast<int64_t>(summary_mass_d_.get())};
+                                   reinterpret_cast<int64_t>(head_in_bf16_.get()), reinterpret_cast<int64_t>(summary_mass_d_.get()),
+                                   reinterpret_cast<int64_t>(query_vectors_d_.get()), reinterpret_cast<int64_t>(repr_score_.get())};
     run_graph(key, forward);
   } else {
     time_layers_ = true;
@@ -906,6 +1033,9 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     if (any_full) download(full, full_d_.get(), mass_n, stream_);
   }
   if (wants.query_features) download(features, features_.get(), nb * c.hidden, stream_);
+  std::vector<float> query_vectors;
+  const bool want_query_vectors = options_.query_keys && wants.query_vectors;
+  if (want_query_vectors) download(query_vectors, query_vectors_d_.get(), qv_n, stream_);
   KVLAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
   read_timing();
   if (wants.mass && paged) {
@@ -956,6 +1086,11 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     }
     if (wants.query_features) {
       o.query_features.assign(features.begin() + bi * c.hidden, features.begin() + (bi + 1) * c.hidden);
+    }
+    if (want_query_vectors) {
+      const size_t per = qv_n / nb;
+      o.query_vectors.assign(query_vectors.begin() + static_cast<int64_t>(bi * per),
+                             query_vectors.begin() + static_cast<int64_t>((bi + 1) * per));
     }
     s.n_tokens += 1;
   }

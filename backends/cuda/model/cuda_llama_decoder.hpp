@@ -75,6 +75,15 @@ struct CudaDecoderOptions {
   /// different algorithm per batch size, and results change in the last bits). The prefill is
   /// not blocked: it runs one request alone.
   int gemm_row_block = 64;
+  /// Policy inputs, computed only when asked (the CPU decoder's definitions; see
+  /// policy_input_kernels.hpp). query_keys: every pass reports each sequence's query vectors
+  /// (CudaStepOutput::query_vectors) and chunk_keys() gives complete chunks' key bounds and
+  /// representative keys (Quest, InfLLM); it costs one kernel per layer and pass and
+  /// chunk_tokens floats per (slot, layer, KV head) of representative scores.
+  bool query_keys = false;
+  /// > 0: the prefill also reports the attention of its last prefill_window positions per chunk,
+  /// averaged over them (CudaStepOutput::prefill_mass; DecoderOptions::prefill_window).
+  int prefill_window = 0;
 };
 
 using SequenceId = int64_t;
@@ -94,6 +103,7 @@ struct CudaStepWants {
   bool logits = true;
   bool mass = true;
   bool query_features = true;
+  bool query_vectors = true;  // when CudaDecoderOptions::query_keys
 };
 
 struct CudaStepOutput {
@@ -105,6 +115,18 @@ struct CudaStepOutput {
   std::vector<float> summary_mass;  // [rows], when wanted
   std::vector<float> full_mass;   // [rows × n_chunks], when full_reference_mass was asked
   std::vector<float> query_features;  // [hidden], when wanted
+  /// [rows × head_dim], with CudaDecoderOptions::query_keys (and wanted): per (layer, KV head)
+  /// the post-RoPE query of the token just processed, averaged over the group's query heads.
+  std::vector<float> query_vectors;
+  /// Prefill only, with CudaDecoderOptions::prefill_window > 0: [rows × n_chunks], the mass of
+  /// the last prefill_window (at most the prompt's) positions averaged over them.
+  std::vector<float> prefill_mass;
+  int64_t prefill_window = 0;
+};
+
+/// Key summaries of consecutive complete chunks, each [chunks × rows × head_dim].
+struct CudaChunkKeys {
+  std::vector<float> min, max, repr;
 };
 
 /// Milliseconds on the device, by CUDA events, of the latest step() or prefill(): the whole
@@ -166,6 +188,12 @@ class CudaLlamaDecoder {
   /// Mean post-RoPE key of the feature layer over a complete chunk, all KV heads concatenated.
   [[nodiscard]] std::vector<float> chunk_features(SequenceId sequence, int64_t chunk) const;
   [[nodiscard]] int chunk_feature_size() const { return config().n_kv_heads * config().head_dim; }
+  /// Width of query vectors and key summaries per row: head_dim with query_keys, else 0.
+  [[nodiscard]] int qk_dim() const { return options_.query_keys ? config().head_dim : 0; }
+  /// Key summaries of complete chunks [first, first + count) of a sequence (Decoder::chunk_keys;
+  /// needs query_keys). Throws InputError for a chunk that is not complete, UsageError without
+  /// query_keys.
+  [[nodiscard]] CudaChunkKeys chunk_keys(SequenceId sequence, int64_t first, int64_t count) const;
 
  private:
   struct LayerWeights {
@@ -174,6 +202,15 @@ class CudaLlamaDecoder {
     DeviceArray<bf16> wgu;    // [2·ffn × hidden]
     DeviceArray<bf16> wdown;  // [hidden × ffn]
     DeviceArray<float> attn_norm, ffn_norm;
+  };
+
+  /// Where layers() writes query vectors (query_keys on): row r >= first_row at
+  /// query_mean + (r − first_row)·row_stride + layer·n_kv·head_dim; query_mean null: none (the
+  /// representative scores are still added).
+  struct QueryKeyRows {
+    float* query_mean = nullptr;
+    int64_t row_stride = 0;
+    int first_row = 0;
   };
 
   SequenceSlots& sequence(SequenceId id);
@@ -208,9 +245,16 @@ class CudaLlamaDecoder {
   [[nodiscard]] int64_t padded_rows(int64_t rows) const;
   /// The transformer layers over `rows` rows already embedded in x_; `attention` runs
   /// the layer's attention into attn_.
+  /// With `query_keys` (non-null only when options_.query_keys) every layer also adds the rows'
+  /// queries to the representative scores and writes their query vectors.
   template <class Attention>
   void layers(int rows, const int32_t* positions, int64_t first_position, const int32_t* slot_table,
-              int64_t slot_stride, bool add_to_sums, int feature_row_stride_rows, Attention&& attention);
+              int64_t slot_stride, bool add_to_sums, int feature_row_stride_rows, const QueryKeyRows* query_keys,
+              Attention&& attention);
+  /// The prefill observation of one layer over the window rows [first_row, rows) of a prefill
+  /// block starting at p0 (window_first: the window's first position), added to prefill_mass_d_.
+  void prefill_window_mass(int layer, int first_row, int rows, int64_t p0, int64_t window_first, int64_t window,
+                           int final_chunks);
 
   std::shared_ptr<const LlamaWeights> weights_;
   CudaDecoderOptions options_;
@@ -243,6 +287,7 @@ class CudaLlamaDecoder {
   SlotPool pool_;
   DeviceArray<bf16> k_pool_, v_pool_;
   DeviceArray<float> k_sum_, v_sum_;
+  DeviceArray<float> repr_score_;  // with query_keys: representative scores, per slot
   std::unordered_map<SequenceId, SequenceSlots> sequences_;
   SequenceId next_id_ = 0;
 
@@ -260,6 +305,13 @@ class CudaLlamaDecoder {
   DeviceArray<int32_t> paged_lists_d_;
   DeviceArray<float> paged_mass_d_, paged_full_d_;
   DeviceArray<bf16> q_bf16_, attn_scratch_;
+  // Policy inputs: query vectors of a pass, the prefill observation and its window rows' scratch,
+  // chunk_keys()'s slots and results.
+  DeviceArray<float> query_vectors_d_, prefill_mass_d_, window_partial_, window_mass_;
+  DeviceArray<bf16> window_out_;
+  DeviceArray<int32_t> window_ntok_d_;
+  mutable DeviceArray<int32_t> chunk_slots_d_;
+  mutable DeviceArray<float> chunk_keys_d_;
 };
 
 }  // namespace kvlab::cuda

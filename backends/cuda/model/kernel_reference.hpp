@@ -194,3 +194,73 @@ inline DecodeReference decode_attention(const std::vector<float>& q, int n_heads
 }
 
 }  // namespace kvlab::cuda::reference
+
+// ---- policy inputs (policy_input_kernels.hpp) ---------------------------------------------
+
+namespace kvlab::cuda::reference {
+
+/// One token's query heads [n_heads × head_dim] → per KV head the mean over its group
+/// [n_kv × head_dim] (LlamaDecoder::group_mean).
+inline std::vector<float> query_vectors(const float* q, int n_heads, int n_kv, int head_dim) {
+  const int group = n_heads / n_kv;
+  std::vector<float> out(static_cast<size_t>(n_kv) * head_dim, 0.0F);
+  for (int g = 0; g < n_kv; ++g) {
+    for (int d = 0; d < head_dim; ++d) {
+      float m = 0.0F;
+      for (int j = 0; j < group; ++j) m += q[static_cast<size_t>(g * group + j) * head_dim + d];
+      out[static_cast<size_t>(g) * head_dim + d] = m * (1.0F / static_cast<float>(group));
+    }
+  }
+  return out;
+}
+
+/// Adds one query vector [head_dim] to the representative scores [chunk_tokens] of the tokens
+/// before `own` in a chunk whose keys are [chunk_tokens × head_dim] (score_representatives).
+inline void add_representative_scores(std::vector<float>& scores, const float* keys, const float* query,
+                                      int head_dim, int own) {
+  for (int i = 0; i < own; ++i) {
+    double dot = 0;
+    for (int d = 0; d < head_dim; ++d) dot += static_cast<double>(query[d]) * keys[static_cast<size_t>(i) * head_dim + d];
+    scores[static_cast<size_t>(i)] += static_cast<float>(dot);
+  }
+}
+
+/// Key summaries of one complete chunk of one row (LlamaDecoder::chunk_keys): channel-wise min
+/// and max of keys [chunk_tokens × head_dim], and the mean key of the `representatives` tokens
+/// of highest mean score (score_i / (chunk_tokens − 1 − i)), the last token a candidate only
+/// when the chunk is too small, ties to the lower index.
+struct ChunkKeySummary {
+  std::vector<float> min, max, repr;
+  std::vector<int> chosen;  // the representative tokens, best first
+};
+inline ChunkKeySummary chunk_key_summary(const std::vector<float>& keys, const std::vector<float>& scores,
+                                         int chunk_tokens, int head_dim, int representatives) {
+  const int ct = chunk_tokens;
+  ChunkKeySummary s;
+  s.min.assign(static_cast<size_t>(head_dim), std::numeric_limits<float>::infinity());
+  s.max.assign(static_cast<size_t>(head_dim), -std::numeric_limits<float>::infinity());
+  s.repr.assign(static_cast<size_t>(head_dim), 0.0F);
+  for (int t = 0; t < ct; ++t) {
+    for (int d = 0; d < head_dim; ++d) {
+      const float x = keys[static_cast<size_t>(t) * head_dim + d];
+      s.min[static_cast<size_t>(d)] = std::min(s.min[static_cast<size_t>(d)], x);
+      s.max[static_cast<size_t>(d)] = std::max(s.max[static_cast<size_t>(d)], x);
+    }
+  }
+  const int candidates = ct - 1 >= representatives ? ct - 1 : ct;
+  auto mean_score = [&](int i) {
+    return i + 1 < ct ? scores[static_cast<size_t>(i)] / static_cast<float>(ct - 1 - i) : 0.0F;
+  };
+  std::vector<int> order(static_cast<size_t>(candidates));
+  for (int i = 0; i < candidates; ++i) order[static_cast<size_t>(i)] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return mean_score(a) > mean_score(b); });
+  order.resize(static_cast<size_t>(std::min(representatives, candidates)));
+  s.chosen = order;
+  for (int t : order) {
+    for (int d = 0; d < head_dim; ++d) s.repr[static_cast<size_t>(d)] += keys[static_cast<size_t>(t) * head_dim + d];
+  }
+  for (float& x : s.repr) x /= static_cast<float>(order.size());
+  return s;
+}
+
+}  // namespace kvlab::cuda::reference

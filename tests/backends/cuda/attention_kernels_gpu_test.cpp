@@ -17,6 +17,7 @@ namespace {
 using test::Dev;
 using test::random_floats;
 using test::rel_error;
+using test::scattered_slots;
 
 struct PoolFixture {
   int n_layers = 2, n_kv = 2, hd = 64, ct = 8, n_slots = 40;
@@ -58,15 +59,6 @@ struct Pool {
   Dev<bf16> k, v;
   Dev<float> k_sum, v_sum;
 };
-
-std::vector<int32_t> scattered_slots(int n, int n_slots, uint32_t seed) {
-  std::vector<int32_t> all(static_cast<size_t>(n_slots));
-  std::iota(all.begin(), all.end(), 0);
-  std::mt19937 rng(seed);
-  std::shuffle(all.begin(), all.end(), rng);
-  all.resize(static_cast<size_t>(n));
-  return all;
-}
 
 TEST(CudaAttentionSanitize, KvWriteStoresBf16AndSumsAgreeWithRecomputation) {
   KVLAB_REQUIRE_GPU();

@@ -36,8 +36,11 @@ TEST(CudaDecoderInterface, MatchesTheCpuDecoderThroughTheSameInterface) {
   DecoderOptions opt;
   opt.chunk_tokens = 8;
   opt.feature_layer = 1;
+  opt.prefill_window = 8;
   CudaDecoderOptions gopt = cuda_options_of(opt);
   gopt.kv_capacity_tokens = 2048;
+  EXPECT_TRUE(gopt.query_keys);
+  EXPECT_EQ(gopt.prefill_window, 8);
   const DecoderFactory gpu_factory = cuda_decoder_factory(weights, gopt);
   const DecoderFactory cpu_factory = cpu_decoder_factory(weights, opt);
   std::unique_ptr<Decoder> gpu = gpu_factory();
@@ -51,6 +54,10 @@ TEST(CudaDecoderInterface, MatchesTheCpuDecoderThroughTheSameInterface) {
   gpu->prefill(prompt, g);
   cpu->prefill(prompt, c);
   EXPECT_LT(test::rel_error(g.logits, c.logits), 5e-2);
+  EXPECT_EQ(gpu->shape().qk_dim, cpu->shape().qk_dim);
+  EXPECT_EQ(g.prefill_window, 8);
+  EXPECT_LT(test::rel_error(g.prefill_mass, c.prefill_mass), 5e-2);
+  EXPECT_LT(test::rel_error(g.query_vectors, c.query_vectors), 5e-2);
   std::unique_ptr<Decoder> gpu_fork = gpu->fork();
   std::unique_ptr<Decoder> cpu_fork = cpu->fork();
   EXPECT_EQ(gpu_fork->n_tokens(), 29);
@@ -61,6 +68,7 @@ TEST(CudaDecoderInterface, MatchesTheCpuDecoderThroughTheSameInterface) {
     EXPECT_EQ(g.n_chunks, c.n_chunks);
     EXPECT_LT(test::rel_error(g.logits, c.logits), 5e-2) << "step " << t;
     EXPECT_LT(test::rel_error(g.chunk_mass, c.chunk_mass), 5e-2) << "step " << t;
+    EXPECT_LT(test::rel_error(g.query_vectors, c.query_vectors), 5e-2) << "step " << t;
   }
   EXPECT_EQ(gpu->n_tokens(), 29);  // the parent is unchanged by its fork's steps
   EXPECT_EQ(gpu_fork->n_complete_chunks(), cpu_fork->n_complete_chunks());
@@ -69,6 +77,17 @@ TEST(CudaDecoderInterface, MatchesTheCpuDecoderThroughTheSameInterface) {
   gpu_fork->chunk_features(2, fg);
   cpu_fork->chunk_features(2, fc);
   EXPECT_LT(test::rel_error(fg, fc), 3e-2);
+  // Key bounds of every complete chunk, asked in order as a session asks (the GPU decoder
+  // fetches them together), then one again out of order.
+  const auto per = static_cast<size_t>(gpu->shape().rows() * gpu->shape().qk_dim);
+  std::vector<float> gmin(per), gmax(per), grepr(per), cmin(per), cmax(per), crepr(per);
+  for (int64_t ch : {0, 1, 2, 3, 1}) {
+    gpu_fork->chunk_keys(ch, gmin, gmax, grepr);
+    cpu_fork->chunk_keys(ch, cmin, cmax, crepr);
+    EXPECT_LT(test::rel_error(gmin, cmin), 3e-2) << "chunk " << ch;
+    EXPECT_LT(test::rel_error(gmax, cmax), 3e-2) << "chunk " << ch;
+  }
+  EXPECT_THROW(gpu_fork->chunk_keys(gpu_fork->n_complete_chunks(), gmin, gmax, grepr), InputError);
 }
 
 // ---- batching through the live backend and the engine ----------------------------------------
@@ -91,7 +110,8 @@ std::vector<LiveRequest> random_requests(int n, int vocab, int64_t steps) {
 
 std::vector<ResolvedPolicy> live_policies() {
   auto& reg = PolicyRegistry::instance();
-  return {reg.resolve("full"), reg.resolve("sliding_window:window=128,sinks=64"), reg.resolve("random:budget=0.5")};
+  return {reg.resolve("full"), reg.resolve("sliding_window:window=128,sinks=64"), reg.resolve("random:budget=0.5"),
+          reg.resolve("quest:budget=0.5"), reg.resolve("snapkv:budget=0.5")};
 }
 
 /// Every request's results (per policy) and generated tokens, with `threads` requests in flight.
@@ -130,6 +150,8 @@ TEST(CudaDecoderBatching, EngineResultsAreIdenticalAtBatch1AndBatch32) {
   const auto weights = std::make_shared<const LlamaWeights>(synthetic_smollm2(8));
   CudaDecoderOptions gopt;
   gopt.kv_capacity_tokens = 1 << 18;
+  gopt.query_keys = true;  // quest reads query vectors and key bounds
+  gopt.prefill_window = 32;  // snapkv reads the prefill observation
   constexpr int kRequests = 32;
   constexpr int64_t kSteps = 6;
   LiveOptions o;
@@ -145,8 +167,8 @@ TEST(CudaDecoderBatching, EngineResultsAreIdenticalAtBatch1AndBatch32) {
   CoalescerStats one, many;
   const LiveRun a = run_with(1, one);
   const LiveRun b = run_with(kRequests, many);
-  EXPECT_EQ(one.max_batch, 3);  // one request's three policies
-  EXPECT_EQ(many.max_batch, kRequests * 3);  // all of them: 96 rows, two row blocks
+  EXPECT_EQ(one.max_batch, 5);  // one request's five policies
+  EXPECT_EQ(many.max_batch, kRequests * 5);  // all of them: 160 rows, three row blocks
   std::cout << "[ batching ] batch 1: " << one.passes << " passes; batch 32: " << many.passes << " passes, mean "
             << static_cast<double>(many.sequence_steps) / std::max<int64_t>(many.passes, 1) << " sequences\n";
   EXPECT_EQ(a.tokens, b.tokens);

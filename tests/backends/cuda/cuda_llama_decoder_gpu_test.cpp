@@ -6,8 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <random>
 
@@ -371,6 +373,7 @@ TEST(CudaLlamaDecoder, GraphReplayEqualsPlainLaunches) {
   KVLAB_REQUIRE_GPU();
   const auto weights = tiny_weights(11);
   CudaDecoderOptions plain_opt = tiny_options();
+  plain_opt.query_keys = true;  // the policy inputs' kernel is captured too
   CudaDecoderOptions graph_opt = plain_opt;
   graph_opt.cuda_graphs = true;
   CudaLlamaDecoder plain(weights, plain_opt);
@@ -396,6 +399,7 @@ TEST(CudaLlamaDecoder, GraphReplayEqualsPlainLaunches) {
     // inside a capture could change.
     EXPECT_LT(rel_error(y.logits, x.logits), 1e-6) << "step " << t;
     EXPECT_LT(rel_error(y.chunk_mass, x.chunk_mass), 1e-6) << "step " << t;
+    EXPECT_LT(rel_error(y.query_vectors, x.query_vectors), 1e-6) << "step " << t;
     EXPECT_EQ(x.full_mass.size(), y.full_mass.size());
     if (req.full_reference_mass) {
       EXPECT_LT(rel_error(y.full_mass, x.full_mass), 1e-6) << "step " << t;
@@ -411,6 +415,9 @@ TEST(CudaLlamaDecoder, GraphReplayEqualsPlainLaunches) {
   }
   EXPECT_FALSE(graphed.graphs_failed());
   EXPECT_GT(replays, 5);  // 20 steps; a capture whenever the chunk count or the residency kind changes
+  // Representative scores were added by the replayed steps as by the plain ones.
+  const int64_t complete = plain.n_complete_chunks(a);
+  EXPECT_LT(rel_error(graphed.chunk_keys(b, 0, complete).repr, plain.chunk_keys(a, 0, complete).repr), 1e-6);
 }
 
 TEST(CudaLlamaDecoder, GraphReplayKeepsTokensAndTimingAtSmolLm2Shapes) {
@@ -456,10 +463,187 @@ TEST(CudaLlamaDecoder, GraphReplayKeepsTokensAndTimingAtSmolLm2Shapes) {
             << plain.last_timing().total_ms << " ms\n";
 }
 
+// ---- policy inputs ------------------------------------------------------------------------
+
+/// Worst differences between the GPU's and the CPU's policy inputs over one run.
+struct InputErrors {
+  double query = 0;         // ‖·‖₂-relative, per (prefill or step) report
+  double prefill_mass = 0;  // max |gpu − cpu| over the prefill observation
+  double bounds = 0;        // ‖·‖₂-relative per (chunk, row) of key_min and key_max
+  double repr = 0;          // ‖·‖₂-relative per (chunk, row) whose representatives are well separated
+  int repr_checked = 0, repr_rows = 0;
+  void print(const char* what) const {
+    std::cout << "[ inputs ] " << what << ": query vectors " << query << ", prefill mass (max abs) " << prefill_mass
+              << ", key bounds " << bounds << ", representatives " << repr << " over " << repr_checked << "/"
+              << repr_rows << " well-separated (chunk, row) pairs\n";
+  }
+};
+
+/// A row's representatives are well separated when the mean score of the last one chosen leads
+/// the next candidate's by 5% of the largest: bf16 keys and weights then cannot reorder them.
+bool representatives_separated(const float* score, int ct) {
+  const int candidates = ct - 1 >= kRepresentativeTokens ? ct - 1 : ct;
+  const int chosen = std::min(kRepresentativeTokens, candidates);
+  if (chosen == candidates) return true;
+  std::vector<float> mean(static_cast<size_t>(candidates));
+  float scale = 0;
+  for (int i = 0; i < candidates; ++i) {
+    mean[static_cast<size_t>(i)] = i + 1 < ct ? score[i] / static_cast<float>(ct - 1 - i) : 0.0F;
+    scale = std::max(scale, std::abs(mean[static_cast<size_t>(i)]));
+  }
+  std::sort(mean.begin(), mean.end(), std::greater<>());
+  return mean[static_cast<size_t>(chosen - 1)] - mean[static_cast<size_t>(chosen)] > 0.05F * scale;
+}
+
+/// Prefill (prefill window 32) and `steps` teacher-forced all-resident steps on both decoders,
+/// then the key summaries of every complete chunk.
+InputErrors compare_policy_inputs(const std::shared_ptr<const LlamaWeights>& weights, CudaDecoderOptions gopt,
+                                  DecoderOptions copt, int64_t prompt_tokens, int steps) {
+  gopt.query_keys = true;
+  gopt.prefill_window = copt.prefill_window = 32;
+  CudaLlamaDecoder gpu(weights, gopt);
+  LlamaDecoder cpu(weights, copt);
+  const LlamaConfig& c = weights->config;
+  const int n_rows = c.n_layers * c.n_kv_heads;
+  EXPECT_EQ(gpu.qk_dim(), c.head_dim);
+  const auto prompt = random_tokens(prompt_tokens, c.vocab, 17);
+  const SequenceId s = gpu.open();
+  const CudaStepOutput g0 = gpu.prefill(s, prompt);
+  const StepResult c0 = cpu.prefill(prompt);
+  InputErrors e;
+  e.query = rel_error(g0.query_vectors, flat(c0.query_vectors));
+  EXPECT_EQ(g0.prefill_window, c0.prefill_window);
+  EXPECT_EQ(g0.prefill_mass.size(), static_cast<size_t>(c0.prefill_mass.size()));
+  const std::vector<float> cpu_window = flat(c0.prefill_mass);
+  for (size_t i = 0; i < std::min(g0.prefill_mass.size(), cpu_window.size()); ++i) {
+    e.prefill_mass = std::max(e.prefill_mass, static_cast<double>(std::abs(g0.prefill_mass[i] - cpu_window[i])));
+  }
+  int32_t token = argmax(c0.logits);
+  for (int t = 0; t < steps; ++t) {
+    const CudaStepOutput g = gpu.step(std::vector<CudaStepInput>{{s, token, {}}}).at(0);
+    const StepResult cs = cpu.step(token);
+    e.query = std::max(e.query, rel_error(g.query_vectors, flat(cs.query_vectors)));
+    token = argmax(cs.logits);
+  }
+  const int64_t complete = cpu.n_complete_chunks();
+  EXPECT_EQ(gpu.n_complete_chunks(s), complete);
+  const CudaChunkKeys keys = gpu.chunk_keys(s, 0, complete);
+  const auto per = static_cast<size_t>(n_rows) * c.head_dim;
+  std::vector<float> lo(per), hi(per), repr(per);
+  for (int64_t ch = 0; ch < complete; ++ch) {
+    cpu.chunk_keys(ch, lo.data(), hi.data(), repr.data());
+    for (int r = 0; r < n_rows; ++r) {
+      const auto at = static_cast<int64_t>(static_cast<size_t>(ch) * per + static_cast<size_t>(r) * c.head_dim);
+      auto gpu_row = [&](const std::vector<float>& all) {
+        return std::vector<float>(all.begin() + at, all.begin() + at + c.head_dim);
+      };
+      auto cpu_row = [&](const std::vector<float>& all) {
+        return std::vector<float>(all.begin() + static_cast<int64_t>(r) * c.head_dim,
+                                  all.begin() + static_cast<int64_t>(r + 1) * c.head_dim);
+      };
+      e.bounds = std::max({e.bounds, rel_error(gpu_row(keys.min), cpu_row(lo)), rel_error(gpu_row(keys.max), cpu_row(hi))});
+      ++e.repr_rows;
+      if (!representatives_separated(cpu.cache().representative_scores(r / c.n_kv_heads, ch, r % c.n_kv_heads),
+                                     copt.chunk_tokens)) {
+        continue;
+      }
+      ++e.repr_checked;
+      e.repr = std::max(e.repr, rel_error(gpu_row(keys.repr), cpu_row(repr)));
+    }
+  }
+  return e;
+}
+
+/// `prefill_mass_tol`: the largest |GPU − CPU| of one chunk's window mass. At SmolLM2's shapes
+/// 1e-3 (measured on the H200: 4.7e-4); the tiny model's attention is far peakier (its query and
+/// key weights are scaled up), so bf16 moves its masses about five times more (its decode mass
+/// is 1.1% off in ‖·‖₂, measured 1.4e-3 for the window): 5e-3 there.
+void expect_inputs_close(const InputErrors& e, double prefill_mass_tol) {
+  EXPECT_LT(e.query, kLogitTol);
+  EXPECT_LT(e.prefill_mass, prefill_mass_tol);
+  EXPECT_LT(e.bounds, 3e-2);
+  EXPECT_LT(e.repr, 3e-2);
+  EXPECT_GE(e.repr_checked, e.repr_rows / 5) << "too few rows with well-separated representatives to compare";
+}
+
+TEST(CudaLlamaDecoder, PolicyInputsMatchCpuDecoderOnTheTinyModel) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = tiny_weights();
+  // The window, positions 5..36, spans three prefill blocks of 16.
+  const InputErrors e = compare_policy_inputs(weights, tiny_options(), cpu_options(tiny_options()), 37, 20);
+  e.print("tiny model, 37-token prompt, 20 steps");
+  expect_inputs_close(e, 5e-3);
+}
+
+TEST(CudaLlamaDecoder, PolicyInputsMatchCpuDecoderAtSmolLm2ShapesWithRandomWeights) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = std::make_shared<const LlamaWeights>(synthetic_smollm2(3));
+  CudaDecoderOptions gopt;
+  gopt.kv_capacity_tokens = 4096;
+  gopt.prefill_block = 1024;  // the window (positions 1008..1039) spans two prefill blocks
+  const InputErrors e = compare_policy_inputs(weights, gopt, DecoderOptions{}, 1040, 6);
+  e.print("SmolLM2 shapes, random weights, 1040-token prompt, 6 steps");
+  expect_inputs_close(e, 1e-3);
+}
+
+TEST(CudaLlamaDecoder, PrefillObservationOfOnePositionIsTheLastTokensMass) {
+  KVLAB_REQUIRE_GPU();
+  const auto weights = tiny_weights();
+  CudaDecoderOptions gopt = tiny_options();
+  gopt.prefill_window = 1;
+  CudaLlamaDecoder gpu(weights, gopt);
+  const SequenceId s = gpu.open();
+  const CudaStepOutput out = gpu.prefill(s, random_tokens(29, weights->config.vocab, 2));
+  EXPECT_EQ(out.prefill_window, 1);
+  EXPECT_EQ(out.prefill_mass, out.chunk_mass);  // the same kernels on the same row
+  EXPECT_TRUE(out.query_vectors.empty());       // query_keys off: nothing computed
+  EXPECT_EQ(gpu.qk_dim(), 0);
+  EXPECT_THROW((void)gpu.chunk_keys(s, 0, 1), UsageError);
+}
+
+TEST(CudaLlamaDecoder, ForksKeepTheirOwnRepresentativeScores) {
+  KVLAB_REQUIRE_GPU();
+  // A fork continues the parent's partial chunk with other tokens: the parent's key summaries
+  // are bitwise those of a sequence that was never forked, and the fork's differ where it
+  // wrote its own tokens.
+  const auto weights = tiny_weights();
+  CudaDecoderOptions gopt = tiny_options();
+  gopt.query_keys = true;
+  CudaLlamaDecoder dec(weights, gopt);
+  const auto prompt = random_tokens(13, weights->config.vocab, 3);  // chunk 1 partial (5 of 8)
+  const auto mine = random_tokens(3, weights->config.vocab, 4);
+  const auto theirs = random_tokens(3, weights->config.vocab, 5);
+  auto feed = [&](SequenceId id, const std::vector<int32_t>& tokens) {
+    for (int32_t t : tokens) (void)dec.step(std::vector<CudaStepInput>{{id, t, {}}});
+  };
+  const SequenceId parent = dec.open();
+  (void)dec.prefill(parent, prompt);
+  const SequenceId child = dec.fork(parent);
+  feed(child, theirs);
+  feed(parent, mine);
+  const SequenceId never_forked = dec.open();
+  (void)dec.prefill(never_forked, prompt);
+  feed(never_forked, mine);
+  ASSERT_EQ(dec.n_complete_chunks(parent), 2);
+  ASSERT_EQ(dec.n_complete_chunks(child), 2);
+  const CudaChunkKeys a = dec.chunk_keys(parent, 0, 2);
+  const CudaChunkKeys b = dec.chunk_keys(never_forked, 0, 2);
+  const CudaChunkKeys f = dec.chunk_keys(child, 0, 2);
+  EXPECT_EQ(a.min, b.min);
+  EXPECT_EQ(a.max, b.max);
+  EXPECT_EQ(a.repr, b.repr);
+  // Chunk 0 is shared and was complete before the fork; chunk 1 is the fork's own copy.
+  const auto per = static_cast<int64_t>(a.repr.size() / 2);
+  EXPECT_TRUE(std::equal(a.repr.begin(), a.repr.begin() + per, f.repr.begin()));
+  EXPECT_FALSE(std::equal(a.min.begin() + per, a.min.end(), f.min.begin() + per));
+}
+
 /// Steps of each sequence alone and of all of them in one batch, teacher-forced the same.
 struct InvarianceRun {
   std::vector<std::vector<std::vector<float>>> logits;  // [sequence][step]
   std::vector<std::vector<std::vector<float>>> mass;
+  std::vector<std::vector<std::vector<float>>> query_vectors;  // with query_keys
+  std::vector<CudaChunkKeys> keys;  // [sequence]: every complete chunk's, after the steps
 };
 InvarianceRun run_batched(CudaLlamaDecoder& dec, const std::vector<std::vector<int32_t>>& prompts,
                           const std::vector<std::vector<int32_t>>& fed, bool together) {
@@ -471,6 +655,7 @@ InvarianceRun run_batched(CudaLlamaDecoder& dec, const std::vector<std::vector<i
   }
   run.logits.resize(ids.size());
   run.mass.resize(ids.size());
+  run.query_vectors.resize(ids.size());
   const int n_rows = dec.config().n_layers * dec.config().n_kv_heads;
   for (size_t t = 0; t < fed[0].size(); ++t) {
     std::vector<Residency> res;
@@ -494,9 +679,13 @@ InvarianceRun run_batched(CudaLlamaDecoder& dec, const std::vector<std::vector<i
     for (size_t i = 0; i < ids.size(); ++i) {
       run.logits[i].push_back(out[i].logits);
       run.mass[i].push_back(out[i].chunk_mass);
+      run.query_vectors[i].push_back(out[i].query_vectors);
     }
   }
-  for (SequenceId id : ids) dec.close(id);
+  for (SequenceId id : ids) {
+    if (dec.qk_dim() > 0) run.keys.push_back(dec.chunk_keys(id, 0, dec.n_complete_chunks(id)));
+    dec.close(id);
+  }
   return run;
 }
 
@@ -511,16 +700,29 @@ TEST(CudaLlamaDecoder, StepsAreBitwiseTheSameAloneAndInABatchAtSmolLm2Shapes) {
   }
   CudaDecoderOptions opt;
   opt.kv_capacity_tokens = 1 << 18;
+  opt.query_keys = true;  // the policy inputs too: query vectors and key summaries
   CudaLlamaDecoder dec(weights, opt);
   const InvarianceRun alone = run_batched(dec, prompts, fed, false);
   const InvarianceRun together = run_batched(dec, prompts, fed, true);
   int differing = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
     for (size_t t = 0; t < fed[i].size(); ++t) {
-      differing += alone.logits[i][t] == together.logits[i][t] && alone.mass[i][t] == together.mass[i][t] ? 0 : 1;
+      ASSERT_FALSE(alone.query_vectors[i][t].empty());
+      differing += alone.logits[i][t] == together.logits[i][t] && alone.mass[i][t] == together.mass[i][t] &&
+                           alone.query_vectors[i][t] == together.query_vectors[i][t]
+                       ? 0
+                       : 1;
     }
   }
   EXPECT_EQ(differing, 0) << "of " << prompts.size() * fed[0].size() << " sequence steps";
+  int keys_differing = 0;
+  ASSERT_EQ(alone.keys.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const CudaChunkKeys& a = alone.keys[i];
+    const CudaChunkKeys& b = together.keys[i];
+    keys_differing += a.min == b.min && a.max == b.max && a.repr == b.repr ? 0 : 1;
+  }
+  EXPECT_EQ(keys_differing, 0) << "of " << prompts.size() << " sequences' key summaries";
 
   // For the record: one cuBLAS product over all rows (gemm_row_block = 0) is not guaranteed
   // to be invariant; say how often it differs here.

@@ -7,7 +7,10 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -83,5 +86,15 @@ double rel_error(const A& out, const B& ref) {
 }
 
 inline void sync_and_check() { KVLAB_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+/// `n` distinct slots of a pool of `n_slots`, in a random order (as after forks and closes).
+inline std::vector<int32_t> scattered_slots(int n, int n_slots, uint32_t seed) {
+  std::vector<int32_t> all(static_cast<size_t>(n_slots));
+  std::iota(all.begin(), all.end(), 0);
+  std::mt19937 rng(seed);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(static_cast<size_t>(n));
+  return all;
+}
 
 }  // namespace kvlab::cuda::test
