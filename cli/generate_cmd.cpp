@@ -243,7 +243,7 @@ int run_generate(const Argv& argv) {
   request.info.workload = "generate";
   request.info.decode_steps = max_tokens - 1;  // prefill yields the first token
   request.prompt = tokens;
-  const LiveDecoders decoders = live_decoders(args, model, decoder);
+  const LiveDecoders decoders = live_decoders(args, model, live_policy_inputs(decoder, {policy}));
   LiveBackend backend(decoders.factory, model.stop_tokens, {request}, options);
   EngineOptions engine;
   engine.threads = 1;  // the decoder itself uses every core

@@ -1,5 +1,6 @@
 #include "cli/live_common.hpp"
 
+#include <algorithm>
 #include <iostream>
 
 #include "backends/cpu/llama_decoder.hpp"
@@ -73,6 +74,15 @@ FlagSpec template_set_flag() {
 }
 
 TemplateSet live_template_set(const Args& args) { return parse_template_set(args.get("template-set"), "--template-set"); }
+
+DecoderOptions live_policy_inputs(DecoderOptions options, const std::vector<ResolvedPolicy>& policies) {
+  auto any_needs = [&](PolicyNeed need) {
+    return std::any_of(policies.begin(), policies.end(), [&](const ResolvedPolicy& p) { return p.descriptor->needs(need); });
+  };
+  options.query_keys = any_needs(PolicyNeed::QueryKeyVectors);
+  if (!any_needs(PolicyNeed::PrefillObservation)) options.prefill_window = 0;
+  return options;
+}
 
 bool live_stop_at_eos(const Args& args) {
   const std::string stop = args.get("stop");

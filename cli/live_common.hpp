@@ -19,6 +19,11 @@ std::vector<FlagSpec> live_model_flags();
 /// Decoder options from those flags (UsageError naming the flag).
 DecoderOptions live_decoder_options(const Args& args);
 
+/// `options` asking the decoder for the policy inputs that `policies` read and no others: query
+/// vectors and key summaries when one needs them, the prefill observation (--prefill-window)
+/// when one needs it. The GPU decoder computes only what it is asked for.
+DecoderOptions live_policy_inputs(DecoderOptions options, const std::vector<ResolvedPolicy>& policies);
+
 /// --context-tokens, --samples and --seed of a task set, range-checked (UsageError naming the flag).
 struct TaskSetFlags {
   int64_t context_tokens;

@@ -94,7 +94,9 @@ int run_record(const Argv& argv) {
   LiveOptions options;
   options.stop_at_eos = stop_at_eos;
   options.reference_mass = false;  // every chunk is resident: the observed mass is full attention
-  const LiveDecoders decoders = live_decoders(args, model, decoder);
+  DecoderOptions inputs = decoder;
+  inputs.query_keys = record.query_keys;  // the prefill observation is recorded with --prefill-window > 0
+  const LiveDecoders decoders = live_decoders(args, model, inputs);
   LiveBackend backend(decoders.factory, model.stop_tokens, std::move(requests), options);
 
   record.group = decoders.group;

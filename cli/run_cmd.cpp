@@ -240,7 +240,7 @@ int run_run(const Argv& argv) {
   options.keep_log_probs = agreement;
   options.stop_at_eos = stop_at_eos;
   options.arrival = arrival == "measured" ? ArrivalMode::Measured : ArrivalMode::Modelled;
-  const LiveDecoders decoders = live_decoders(args, model, decoder);
+  const LiveDecoders decoders = live_decoders(args, model, live_policy_inputs(decoder, free_pass));
   LiveBackend backend(decoders.factory, model.stop_tokens, std::move(requests), options);
   check_policies_fit(backend, policies);  // a budget that cannot fit fails now, not after a prefill
 

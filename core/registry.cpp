@@ -30,9 +30,9 @@ std::string_view policy_need_source(PolicyNeed need) {
     case PolicyNeed::QueryFeatures: return "the 'query' dataset (kvlab trace gen --features on; kvlab record)";
     case PolicyNeed::ChunkFeatures: return "the 'chunk_features' dataset (kvlab trace gen --features on; kvlab record)";
     case PolicyNeed::QueryKeyVectors:
-      return "the datasets query_vectors, key_min, key_max, key_repr (kvlab trace gen --qk-dim N; kvlab record --qk-vectors on; live, a decoder that reports them: the CPU one)";
+      return "the datasets query_vectors, key_min, key_max, key_repr (kvlab trace gen --qk-dim N; kvlab record --qk-vectors on; live, both decoders report them)";
     case PolicyNeed::PrefillObservation:
-      return "the dataset prefill_mass (kvlab trace gen --prefill-window W; kvlab record --prefill-window W; live, --prefill-window W on a decoder that reports it: the CPU one)";
+      return "the dataset prefill_mass (kvlab trace gen --prefill-window W; kvlab record --prefill-window W; live, --prefill-window W > 0)";
   }
   return "?";
 }

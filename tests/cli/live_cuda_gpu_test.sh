@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # kvlab generate | run | record --backend cuda on an sm_90 GPU with the real model: a greedy
 # completion, `kvlab run` whose results (per policy) and generations (per request) are
-# identical at --batch 1 and --batch 32 and with CUDA graphs on, the throughput fields, and a
-# recording that validates and is the same file at --batch 1 and 4. Exits 77 (ctest: skipped) without a usable GPU or the model.
+# identical at --batch 1 and --batch 32 and with CUDA graphs on, the throughput fields, a
+# recording that validates and is the same file at --batch 1 and 4, and the zoo policies that
+# read the decoder's query vectors, key summaries or prefill observation (quest, infllm, snapkv,
+# pyramidkv, ada_kv) against --backend cpu. Exits 77 (ctest: skipped) without a usable GPU or the model.
 # usage: live_cuda_gpu_test.sh PATH/TO/kvlab SOURCE_DIR [OUT_DIR]
 set -uo pipefail
 kvlab="$1"
@@ -58,6 +60,44 @@ expect 0 "" -- trace validate "${work}/rec.h5"
 checks=$((checks + 1))
 cmp -s "${work}/rec.h5" "${work}/rec4.h5" || fail "record --backend cuda --batch 4 wrote another trace than --batch 1"
 
-if [[ -n "${keep}" ]]; then mkdir -p "${keep}" && cp -r "${work}/b1" "${work}/b32" "${work}/g32" "${work}"/*.txt "${keep}/"; fi
+"${kvlab}" record --model "${model}" --backend cuda --task niah_single --context-tokens 1024 --samples 2 --steps 8 \
+  --qk-vectors on --out "${work}/rec_qk.h5" >"${work}/rec_qk.txt" 2>&1 || fail "record --qk-vectors on: $(tail -3 "${work}/rec_qk.txt")"
+expect 0 "" -- trace validate "${work}/rec_qk.h5"
+
+# The zoo on both decoders, every request running all --max-tokens (--stop limit) so that both
+# take the same steps. Footprint: each policy keeps what its budget allows, whichever chunks it
+# picks, so it is the same on both. Recall: the GPU decoder's bf16 weights and KV move scores
+# and keys in the 2nd-3rd digit, so a near-tie between chunks can fall the other way and a
+# greedy token can differ late in a generation; the critical and mass recall of 4 requests x 7
+# steps may then move by a few hundredths, not more (0.05).
+zoo=(--model "${model}" --task niah_single --context-tokens 1024 --samples 4 --max-tokens 8 --stop limit --agreement off
+     --policy quest:budget=0.3 --policy infllm:budget=0.3,sinks=64,window=128 --policy snapkv:budget=0.3
+     --policy pyramidkv:budget=0.3 --policy ada_kv:budget=0.3)
+"${kvlab}" run "${zoo[@]}" --backend cpu --out-dir "${work}/zoo_cpu" >"${work}/zoo_cpu.txt" 2>&1 ||
+  fail "zoo run --backend cpu: $(tail -3 "${work}/zoo_cpu.txt")"
+"${kvlab}" run "${zoo[@]}" --backend cuda --batch 4 --out-dir "${work}/zoo_cuda" >"${work}/zoo_cuda.txt" 2>&1 ||
+  fail "zoo run --backend cuda: $(tail -3 "${work}/zoo_cuda.txt")"
+checks=$((checks + 1))
+python3 - "${work}/zoo_cpu/results.json" "${work}/zoo_cuda/results.json" <<'PY' || fail "zoo --backend cuda differs from --backend cpu"
+import json, sys
+cpu = {p["policy"]: p for p in json.load(open(sys.argv[1]))}
+gpu = {p["policy"]: p for p in json.load(open(sys.argv[2]))}
+bad = sorted(set(cpu) ^ set(gpu))
+for name in sorted(set(cpu) & set(gpu)):
+    c, g = cpu[name], gpu[name]
+    print(f"zoo {name}: footprint {c['footprint_mean_ratio']:.4f} / {g['footprint_mean_ratio']:.4f}, critical recall "
+          f"{c['critical_recall']:.4f} / {g['critical_recall']:.4f}, mass recall {c['mass_recall']:.4f} / {g['mass_recall']:.4f} (cpu / cuda)")
+    if c["steps"] != g["steps"] or abs(c["footprint_mean_ratio"] - g["footprint_mean_ratio"]) > 1e-9:
+        bad.append(name + " (steps or footprint)")
+    if abs(c["critical_recall"] - g["critical_recall"]) > 0.05 or abs(c["mass_recall"] - g["mass_recall"]) > 0.05:
+        bad.append(name + " (recall)")
+if len(cpu) != 5:
+    bad.append(f"{len(cpu)} policies in the CPU results, expected 5")
+if bad:
+    print("differs:", ", ".join(bad))
+    sys.exit(1)
+PY
+
+if [[ -n "${keep}" ]]; then mkdir -p "${keep}" && cp -r "${work}/b1" "${work}/b32" "${work}/g32" "${work}/zoo_cpu" "${work}/zoo_cuda" "${work}"/*.txt "${keep}/"; fi
 echo "live cuda CLI: ${checks} checks, ${failures} failures"
 [[ ${failures} -eq 0 ]]
