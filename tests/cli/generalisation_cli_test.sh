@@ -72,6 +72,11 @@ run_study "${study[@]}" --train-seed 3 --eval-seed 3
 run_study "${study[@]}" --heldout-traces "${work}/none_*.h5"
 [[ $? -eq 2 ]] || fail "a glob matching nothing: not exit 2"
 grep -qF "matches no file" "${work}/err.txt" || fail "a glob matching nothing: $(cat "${work}/err.txt")"
+# A step that fails stops the run with exit 1, naming its log.
+echo "not a trace" >"${work}/bad.h5"
+run_study "${study[@]}" --out "${work}/out_bad" --train-traces "${work}/bad.h5"
+[[ $? -eq 1 ]] || fail "a failing indexer training: not exit 1"
+grep -qF "failed, see ${work}/out_bad/indexer.log" "${work}/err.txt" || fail "a failing step: $(cat "${work}/err.txt")"
 run_study --colour blue
 [[ $? -eq 2 ]] || fail "an unknown option: not exit 2"
 

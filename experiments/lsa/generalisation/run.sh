@@ -140,6 +140,12 @@ cat > "$OUT/settings.json" <<EOF
 EOF
 
 # ---- 1. recordings ---------------------------------------------------------------------------
+# A failed step names its log and shows its end before the run stops.
+failed() {  # log
+  echo "run.sh: failed, see $1:" >&2
+  tail -n 3 "$1" >&2
+  exit 1
+}
 record() {  # set-folder template-set seed samples task
   local file="$OUT/traces/$1/$5.h5"
   [[ -f "$file" ]] && return
@@ -147,7 +153,7 @@ record() {  # set-folder template-set seed samples task
   echo "record: $1/$5 ($4 prompts, --template-set $2, --seed $3)" >&2
   "$KVLAB" record "${backend_flags[@]}" --task "$5" --template-set "$2" --seed "$3" --samples "$4" \
     --context-tokens "$CONTEXT" --steps "$STEPS" --chunk-tokens "$CHUNK" --batch "$BATCH" --threads "$THREADS" \
-    --out "$file" > "$OUT/traces/$1/$5.log" 2>&1
+    --out "$file" > "$OUT/traces/$1/$5.log" 2>&1 || failed "$OUT/traces/$1/$5.log"
 }
 # A set's files: the caller's glob, else this run's recordings of it (recorded here, in the
 # main shell, so that a failed recording stops the run).
@@ -176,7 +182,7 @@ train_indexer() {  # out log trace...
   echo "indexer train: $# recording(s) -> $out (window $LSA_WINDOW, sinks $SINKS, tau $TAU)" >&2
   # shellcheck disable=SC2086  # INDEXER_FLAGS is a list of flags
   "$KVLAB" indexer train --traces "$@" --out "$out" --window "$LSA_WINDOW" --sinks "$SINKS" --tau "$TAU" \
-    --stride "$STRIDE" --threads "$THREADS" $INDEXER_FLAGS > "$log" 2>&1
+    --stride "$STRIDE" --threads "$THREADS" $INDEXER_FLAGS > "$log" 2>&1 || failed "$log"
 }
 train_indexer "$INDEXER" "$OUT/indexer.log" "${train_traces[@]}"
 if [[ -n "$BASELINE_GLOB" ]]; then
@@ -238,7 +244,8 @@ if [[ "$LIVE_SAMPLES" -gt 0 ]]; then
       "$KVLAB" run "${backend_flags[@]}" --task "$task" --template-set "$set" --seed "$EVAL_SEED" \
         --samples "$LIVE_SAMPLES" --context-tokens "$CONTEXT" --max-tokens "$MAX_TOKENS" --chunk-tokens "$CHUNK" \
         --batch "$BATCH" --threads "$THREADS" --agreement off "${live_policies[@]}" \
-        --json --out-dir "$OUT/live/$set/$task" > "$json.tmp" 2> "$OUT/live/$set/$task.log"
+        --json --out-dir "$OUT/live/$set/$task" > "$json.tmp" 2> "$OUT/live/$set/$task.log" ||
+        failed "$OUT/live/$set/$task.log"
       mv "$json.tmp" "$json"
       echo "${live_policies[*]}" > "$json.policies"
     done
