@@ -38,6 +38,9 @@ mkdir -p "$out_dir"
 bin="$build_dir/bin"
 export LD_LIBRARY_PATH="$build_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OMP_WAIT_POLICY=passive
+# Tests that read files of the tree (traces/data) look here: carried binaries were built
+# against another machine's tree.
+export KVLAB_SOURCE_DIR="${KVLAB_SOURCE_DIR:-$PWD}"
 summary="$out_dir/summary.txt"
 : >"$summary"
 row() { printf '%-34s %s\n' "$1" "$2" | tee -a "$summary" >/dev/null; }

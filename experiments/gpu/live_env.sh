@@ -13,3 +13,4 @@ done
 model="${model:-$PWD/models/$gguf}"
 export LD_LIBRARY_PATH="$root/build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OMP_WAIT_POLICY=passive
+export KVLAB_SOURCE_DIR="${KVLAB_SOURCE_DIR:-$root}"  # for gpu tests that read traces/data

@@ -198,7 +198,7 @@ void train_real_indexer(const std::string& path) {
   IndexerTrainOptions opt;
   opt.epochs = 5;
   opt.threads = 0;
-  const auto data = load_indexer_data({std::string(KVLAB_SOURCE_DIR) + "/traces/data/smollm2_niah_single_2k.h5"}, labels);
+  const auto data = load_indexer_data({test::source_file("traces/data/smollm2_niah_single_2k.h5")}, labels);
   const IndexerTrainResult result = train_indexer(data, opt);
   save_indexer(path, result.model, labels, "{}", "{}", "{}");
 }

@@ -10,8 +10,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backends/cuda/cuda_check.hpp"
@@ -83,6 +85,13 @@ double rel_error(const A& out, const B& ref) {
     den += r * r;
   }
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+/// A file of the source tree: under $KVLAB_SOURCE_DIR when set (binaries carried to another
+/// machine, whose tree lies elsewhere), else under the tree the tests were built from.
+inline std::string source_file(const std::string& relative) {
+  const char* root = std::getenv("KVLAB_SOURCE_DIR");
+  return std::string(root != nullptr && *root != '\0' ? root : KVLAB_SOURCE_DIR) + "/" + relative;
 }
 
 inline void sync_and_check() { KVLAB_CUDA_CHECK(cudaDeviceSynchronize()); }
