@@ -18,13 +18,7 @@
 namespace kvlab::cuda {
 namespace {
 
-using mma::cp_async_16;
-using mma::cp_async_commit;
-using mma::cp_async_wait;
-using mma::ldmatrix_x4;
-using mma::ldmatrix_x4_trans;
-using mma::mma_bf16_16816;
-using mma::pack_bf16;
+using namespace mma;  // mma_primitives.cuh: cp.async, ldmatrix, mma.sync, bf16 packing
 
 constexpr int kWarps = 4;
 constexpr int kWarpRows = 16;
