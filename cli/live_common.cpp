@@ -77,7 +77,7 @@ TemplateSet live_template_set(const Args& args) { return parse_template_set(args
 
 DecoderOptions live_policy_inputs(DecoderOptions options, const std::vector<ResolvedPolicy>& policies) {
   auto any_needs = [&](PolicyNeed need) {
-    return std::any_of(policies.begin(), policies.end(), [&](const ResolvedPolicy& p) { return p.descriptor->needs(need); });
+    return std::any_of(policies.begin(), policies.end(), [&](const ResolvedPolicy& p) { return p.needs(need); });
   };
   options.query_keys = any_needs(PolicyNeed::QueryKeyVectors);
   if (!any_needs(PolicyNeed::PrefillObservation)) options.prefill_window = 0;

@@ -23,13 +23,16 @@ FlagSpec plugin_flag() {
 }
 
 void print_traits(std::ostream& out, const PolicyDescriptor& d) {
-  if (d.traits.needs.empty() && !d.keeps_tiers()) return;
+  if (d.traits.needs.empty() && d.traits.needs_when.empty() && !d.keeps_tiers()) return;
   out << "    ";
   std::string sep;
   if (!d.traits.needs.empty()) {
     out << "needs ";
     for (const PolicyNeed n : d.traits.needs) out << std::exchange(sep, ", ") << policy_need_name(n);
     sep = "; ";
+  }
+  for (const ConditionalNeed& c : d.traits.needs_when) {
+    out << std::exchange(sep, "; ") << "needs " << policy_need_name(c.need) << " with " << c.param << "=true";
   }
   if (d.keeps_tiers()) out << sep << "keeps summary/index tiers";
   out << "\n";

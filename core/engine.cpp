@@ -77,7 +77,7 @@ class ComputedAttention final : public ObservedAttention {
 
 /// Stops the run when the source lacks data the policy declared it needs (never a fallback).
 void check_needs(const ResolvedPolicy& policy, const RequestContext& request, const std::string& source) {
-  for (const PolicyNeed need : policy.descriptor->traits.needs) {
+  for (const PolicyNeed need : policy.needs()) {
     const bool missing = (need == PolicyNeed::QueryKeyVectors && request.qk_dim == 0) ||
                          (need == PolicyNeed::PrefillObservation && request.prefill == nullptr);
     if (missing) {

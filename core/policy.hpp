@@ -32,6 +32,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/attention.hpp"
 #include "core/geometry.hpp"
@@ -162,10 +163,17 @@ enum class PolicyNeed {
 std::string_view policy_need_source(PolicyNeed need);
 std::string_view policy_need_name(PolicyNeed need);
 
+/// A need only some configurations have: it holds when the Bool parameter `param` is true.
+struct ConditionalNeed {
+  std::string param;
+  PolicyNeed need;
+};
+
 /// What a policy class declares about itself beyond its parameters (see Policy::traits()).
 struct PolicyTraits {
   std::set<PolicyNeed> needs;
   bool keeps_tiers = false;  // plan.tiers may hold summary or index tiers
+  std::vector<ConditionalNeed> needs_when;  // e.g. h2o's prompt_scores needs the prefill observation
 };
 
 class Policy {

@@ -44,8 +44,25 @@ const ParamSpec* PolicyDescriptor::param_with(ParamRole role) const {
   return nullptr;
 }
 
+std::set<PolicyNeed> ResolvedPolicy::needs() const {
+  std::set<PolicyNeed> out = descriptor->traits.needs;
+  for (const ConditionalNeed& c : descriptor->traits.needs_when) {
+    if (params.get_bool(c.param)) out.insert(c.need);
+  }
+  return out;
+}
+
 void PolicyRegistry::add(PolicyDescriptor descriptor) {
   if (descriptor.param_with(ParamRole::Indexer) != nullptr) descriptor.traits.needs.insert(PolicyNeed::Indexer);
+  for (const ConditionalNeed& c : descriptor.traits.needs_when) {
+    const auto p = std::find_if(descriptor.params.begin(), descriptor.params.end(),
+                                [&](const ParamSpec& s) { return s.key == c.param; });
+    if (p == descriptor.params.end() || p->type != ParamType::Bool) {
+      errors_.push_back("policy '" + descriptor.name + "': a need depends on '" + c.param +
+                        "', which is not one of its Bool parameters");
+      return;
+    }
+  }
   if (find(descriptor.name) != nullptr) {
     errors_.push_back("policy '" + descriptor.name + "' is registered twice");
     return;

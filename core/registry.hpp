@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,10 @@ struct ResolvedPolicy {
   std::string label;  // the canonical spec, e.g. "sliding_window:sinks=64,window=8192"
 
   [[nodiscard]] std::unique_ptr<Policy> instantiate() const { return descriptor->create(params); }
+  /// The class's needs plus those its parameters turn on (PolicyTraits::needs_when): what a
+  /// source must give this configuration.
+  [[nodiscard]] std::set<PolicyNeed> needs() const;
+  [[nodiscard]] bool needs(PolicyNeed need) const { return needs().count(need) > 0; }
 };
 
 class PolicyRegistry {

@@ -20,13 +20,18 @@
 //
 // The paper also counts the prompt's attention (every prompt query over the prompt) in the
 // scores. Decoding-time feedback is all a kvlab source always has, so by default the scores
-// start at zero after prefill and the first over-budget steps evict by recency.
+// start at zero after prefill and the first over-budget steps evict by recency, which drops
+// the attention sink first. With prompt_scores=true the scores start from the prompt's
+// attention as the source observed it: the prefill observation (the last W prompt positions'
+// attention per chunk, their mean) times W, i.e. those W queries' accumulated mass, the part
+// of the paper's prompt accumulation a source records (all of it when W covers the prompt).
 #include <algorithm>
 #include <vector>
 
 #include "core/error.hpp"
 #include "core/registry.hpp"
 #include "policies/eviction.hpp"
+#include "policies/prefill_scores.hpp"
 
 namespace kvlab {
 
@@ -35,17 +40,23 @@ class H2oPolicy final : public BudgetedPolicy {
   static constexpr const char* kDescription =
       "H2O: recent window + heavy hitters (largest accumulated attention) within the budget; evicted chunks dropped";
   static constexpr bool kOracle = false;
+  static PolicyTraits traits() { return {{}, false, {{"prompt_scores", PolicyNeed::PrefillObservation}}}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.2"),
             ParamSpec{"recent_ratio", ParamType::Float, "0.5", "share of the budget for the recent window (paper: k_r = k_h)"}
                 .at_least(0)
                 .at_most(1),
             {"per_row", ParamType::Bool, "true", "accumulate scores and evict per layer and head (paper); false = summed"},
-            {"evict", ParamType::String, "drop", "where evicted chunks go: drop (paper) or host"}};
+            {"evict", ParamType::String, "drop", "where evicted chunks go: drop (paper) or host"},
+            {"prompt_scores", ParamType::Bool, "false",
+             "start the scores from the prompt's attention (the prefill observation; the paper counts the prompt's)"}};
   }
 
   explicit H2oPolicy(const Params& p)
-      : BudgetedPolicy(p), recent_ratio_(p.get_float("recent_ratio")), per_row_(p.get_bool("per_row")) {
+      : BudgetedPolicy(p),
+        recent_ratio_(p.get_float("recent_ratio")),
+        per_row_(p.get_bool("per_row")),
+        prompt_scores_(p.get_bool("prompt_scores")) {
     const std::string& evict = p.get_string("evict");
     if (evict != "drop" && evict != "host") {
       throw UsageError("policy h2o: parameter 'evict' must be drop or host, got '" + evict + "'");
@@ -56,6 +67,7 @@ class H2oPolicy final : public BudgetedPolicy {
   void on_request(const RequestContext& request, Plan& plan) override {
     plan.evict_to = evict_to_;
     score_.assign(per_row_ ? static_cast<size_t>(request.rows.rows()) : 1, {});
+    if (prompt_scores_) seed_from_prompt(request);
   }
 
   void on_step(const StepContext& step, Plan& plan) override {
@@ -85,8 +97,21 @@ class H2oPolicy final : public BudgetedPolicy {
   }
 
  private:
+  /// The observation is the mean over its window's queries: times their number it is what
+  /// those queries would have added to the accumulated scores.
+  void seed_from_prompt(const RequestContext& request) {
+    const double queries = static_cast<double>(std::min(request.prefill_window, request.prompt_tokens));
+    const std::vector<std::vector<double>> observed = prefill_observation_rows(request);
+    for (size_t r = 0; r < observed.size(); ++r) {
+      std::vector<double>& score = score_[per_row_ ? r : 0];
+      if (score.size() < observed[r].size()) score.resize(observed[r].size(), 0.0);
+      for (size_t c = 0; c < observed[r].size(); ++c) score[c] += queries * observed[r][c];
+    }
+  }
+
   double recent_ratio_;
   bool per_row_;
+  bool prompt_scores_;
   EvictTo evict_to_ = EvictTo::Drop;
   std::vector<std::vector<double>> score_;  // per row (or one summed row): accumulated mass per chunk
   std::vector<int64_t> scratch_;

@@ -37,8 +37,9 @@ inline int64_t pool_chunks(int64_t kernel_tokens, int chunk_tokens) {
   return k % 2 == 1 ? k : k + 1;
 }
 
-/// Per row: pooled prefill scores of the prompt chunks, +∞ for the observation window's chunks.
-inline std::vector<std::vector<double>> prefill_chunk_scores(const RequestContext& request, int64_t kernel_tokens) {
+/// Per row, the prefill observation's mass per prompt chunk (the mean over the window's
+/// positions), checked against the request's rows and prompt.
+inline std::vector<std::vector<double>> prefill_observation_rows(const RequestContext& request) {
   const StepMass& obs = *request.prefill;
   const Geometry& g = *request.geometry;
   const int64_t chunks = obs.n_chunks();
@@ -47,14 +48,24 @@ inline std::vector<std::vector<double>> prefill_chunk_scores(const RequestContex
                      " rows over " + std::to_string(chunks) + " chunks, expected " + std::to_string(request.rows.rows()) +
                      " over the prompt's " + std::to_string(g.chunks_for(request.prompt_tokens)));
   }
+  std::vector<std::vector<double>> rows(static_cast<size_t>(obs.rows()), std::vector<double>(static_cast<size_t>(chunks)));
+  for (int r = 0; r < obs.rows(); ++r) {
+    const MassRow row = obs.row(r);
+    for (size_t i = 0; i < row.value.size(); ++i) rows[static_cast<size_t>(r)][row.chunk_of(i)] = row.value[i];
+  }
+  return rows;
+}
+
+/// Per row: pooled prefill scores of the prompt chunks, +∞ for the observation window's chunks.
+inline std::vector<std::vector<double>> prefill_chunk_scores(const RequestContext& request, int64_t kernel_tokens) {
+  const Geometry& g = *request.geometry;
+  const std::vector<std::vector<double>> observed = prefill_observation_rows(request);
   const int64_t half = pool_chunks(kernel_tokens, g.chunk_tokens) / 2;
   const int64_t window_first = std::max<int64_t>(request.prompt_tokens - request.prefill_window, 0) / g.chunk_tokens;
-  std::vector<std::vector<double>> scores(static_cast<size_t>(obs.rows()));
-  std::vector<double> raw(static_cast<size_t>(chunks));
-  for (int r = 0; r < obs.rows(); ++r) {
-    std::fill(raw.begin(), raw.end(), 0.0);
-    const MassRow row = obs.row(r);
-    for (size_t i = 0; i < row.value.size(); ++i) raw[row.chunk_of(i)] = row.value[i];
+  std::vector<std::vector<double>> scores(observed.size());
+  for (size_t r = 0; r < observed.size(); ++r) {
+    const std::vector<double>& raw = observed[r];
+    const auto chunks = static_cast<int64_t>(raw.size());
     std::vector<double>& s = scores[r];
     s.assign(static_cast<size_t>(chunks), 0.0);
     for (int64_t c = 0; c < chunks; ++c) {

@@ -13,12 +13,16 @@
 // head (heads=per_head); at step t + 1 the lowest-scoring chunks are dropped until the budget
 // holds, which for chunk_tokens = 1 is the paper's one eviction per new token. The chunk being
 // written is always kept (it holds the current token). At the first step no attention has been
-// observed yet, so all scores are zero and the oldest chunks go first.
+// observed yet, so all scores are zero and the oldest chunks go first (the attention sink
+// among them). With prompt_scores=true the first step ranks by the prompt's last queries
+// instead: the prefill observation (the mean attention of the last W prompt positions, exactly
+// the last query's when W = 1), averaged over heads as the step's attention is.
 #include <vector>
 
 #include "core/error.hpp"
 #include "core/registry.hpp"
 #include "policies/eviction.hpp"
+#include "policies/prefill_scores.hpp"
 
 namespace kvlab {
 
@@ -27,12 +31,15 @@ class TovaPolicy final : public BudgetedPolicy {
   static constexpr const char* kDescription =
       "TOVA: when over budget, drop the chunks with the lowest attention at the latest step (head-averaged per layer)";
   static constexpr bool kOracle = false;
+  static PolicyTraits traits() { return {{}, false, {{"prompt_scores", PolicyNeed::PrefillObservation}}}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
-            {"heads", ParamType::String, "mean", "mean: one set per layer from head-averaged attention (paper); per_head"}};
+            {"heads", ParamType::String, "mean", "mean: one set per layer from head-averaged attention (paper); per_head"},
+            {"prompt_scores", ParamType::Bool, "false",
+             "rank the first step by the prompt's last queries (the prefill observation) instead of by age"}};
   }
 
-  explicit TovaPolicy(const Params& p) : BudgetedPolicy(p) {
+  explicit TovaPolicy(const Params& p) : BudgetedPolicy(p), prompt_scores_(p.get_bool("prompt_scores")) {
     const std::string& heads = p.get_string("heads");
     if (heads != "mean" && heads != "per_head") {
       throw UsageError("policy tova: parameter 'heads' must be mean or per_head, got '" + heads + "'");
@@ -44,6 +51,11 @@ class TovaPolicy final : public BudgetedPolicy {
     plan.evict_to = EvictTo::Drop;
     layout_ = request.rows;
     score_.assign(static_cast<size_t>(groups()), {});
+    if (prompt_scores_) {
+      const std::vector<std::vector<double>> observed = prefill_observation_rows(request);
+      for (auto& s : score_) s.assign(observed.empty() ? 0 : observed[0].size(), 0.0);
+      for (int r = 0; r < static_cast<int>(observed.size()); ++r) add_scores(r, observed[static_cast<size_t>(r)]);
+    }
   }
 
   void on_step(const StepContext& step, Plan& plan) override {
@@ -64,17 +76,24 @@ class TovaPolicy final : public BudgetedPolicy {
     const ObservedAttention& attention = *feedback.attention;
     const int64_t n_chunks = feedback.resident->n_chunks();
     for (auto& s : score_) s.assign(static_cast<size_t>(n_chunks), 0.0);
-    const double weight = per_head_ ? 1.0 : 1.0 / layout_.heads_stored;
     for (int r = 0; r < attention.rows(); ++r) {
       std::vector<double>& score = score_[per_head_ ? r : layout_.layer_of(r)];
-      attention.for_each(r, [&](int64_t chunk, float mass) { score[chunk] += weight * mass; });
+      attention.for_each(r, [&](int64_t chunk, float mass) { score[chunk] += head_weight() * mass; });
     }
   }
 
  private:
+  /// A row's share of its group's score: heads=mean averages a layer's heads.
+  [[nodiscard]] double head_weight() const { return per_head_ ? 1.0 : 1.0 / layout_.heads_stored; }
+  void add_scores(int row, const std::vector<double>& mass) {
+    std::vector<double>& score = score_[per_head_ ? row : layout_.layer_of(row)];
+    for (size_t c = 0; c < mass.size(); ++c) score[c] += head_weight() * mass[c];
+  }
+
   [[nodiscard]] int groups() const { return per_head_ ? layout_.rows() : layout_.n_layers; }
 
   bool per_head_ = false;
+  bool prompt_scores_;
   RowLayout layout_;
   std::vector<std::vector<double>> score_;  // per layer (or per row): latest attention per chunk
   std::vector<int64_t> scratch_;

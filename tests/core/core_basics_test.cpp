@@ -9,6 +9,7 @@
 #include "core/geometry.hpp"
 #include "core/metrics.hpp"
 #include "core/params.hpp"
+#include "core/registry.hpp"
 
 using namespace kvlab;
 
@@ -192,4 +193,18 @@ TEST(CriticalSet, SparseRowsAreSortedAndRemainderIsSpreadOverUnlistedChunks) {
   const RowRecall r = row_recall(m, 0, sets.row(0), resident, 2);
   EXPECT_NEAR(r.critical, 0.5, 1e-12);
   EXPECT_NEAR(r.mass, 0.6 + 0.1 / 7.0, 1e-6);
+}
+
+TEST(PolicyRegistry, AConditionalNeedMustNameABoolParameter) {
+  PolicyRegistry& registry = PolicyRegistry::instance();
+  const size_t before = registry.errors().size();
+  PolicyDescriptor d;
+  d.name = "test_conditional_need";
+  d.params = {ParamSpec{"n", ParamType::Int, "1", "an integer"}};
+  d.traits.needs_when = {{"n", PolicyNeed::PrefillObservation}};
+  registry.add(d);
+  const std::vector<std::string> errors = registry.take_errors_since(before);
+  ASSERT_EQ(errors.size(), 1U);
+  EXPECT_NE(errors[0].find("'n'"), std::string::npos) << errors[0];
+  EXPECT_EQ(registry.find("test_conditional_need"), nullptr);
 }

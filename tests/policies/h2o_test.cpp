@@ -104,3 +104,31 @@ TEST(H2o, BadParametersAreUsageErrors) {
     EXPECT_THROW((void)PolicyRegistry::instance().resolve(spec).instantiate(), UsageError) << spec;
   }
 }
+
+// The prompt's attention as the source observed it: 16-token chunks, a 64-token prompt
+// (chunks 0..3) whose last 16 positions paid 0.60 0.10 0.05 0.25 to chunks 0..3.
+namespace {
+const std::vector<float> kPromptObservation{0.60F, 0.10F, 0.05F, 0.25F};
+}  // namespace
+
+TEST(H2o, PromptScoresStartFromThePrefillObservationAndKeepTheSink) {
+  auto data = single_request(small_geometry(), 64, 40, eviction_example_mass);
+  attach_prefill(data, 16, [](int) { return kPromptObservation; });
+  // Step 0 as in the worked example (recent = chunks 3, 4), but the scores start at 16 queries
+  // times the observation: chunk 0 = 9.6, 1 = 1.6, 2 = 0.8. Chunk 2 goes, the sink stays.
+  const auto seeded = record("h2o:budget=64,recent_ratio=0.5,prompt_scores=true", data);
+  EXPECT_EQ(members(seeded.resident.at({0, 0})), (std::vector<int64_t>{0, 1, 3, 4}));
+  // Without them the oldest chunk, the sink, goes (the default: decoding-time feedback only).
+  const auto plain = record("h2o:budget=64,recent_ratio=0.5", data);
+  EXPECT_EQ(members(plain.resident.at({0, 0})), (std::vector<int64_t>{1, 2, 3, 4}));
+}
+
+TEST(H2o, PromptScoresNeedAPrefillObservation) {
+  const auto& registry = PolicyRegistry::instance();
+  EXPECT_FALSE(registry.resolve("h2o").needs(PolicyNeed::PrefillObservation));
+  EXPECT_TRUE(registry.resolve("h2o:prompt_scores=true").needs(PolicyNeed::PrefillObservation));
+  const std::string error =
+      run_error("h2o:budget=64,prompt_scores=true", single_request(small_geometry(), 64, 4, eviction_example_mass));
+  EXPECT_NE(error.find("prefill_mass"), std::string::npos) << error;
+  EXPECT_NE(error.find("--prefill-window"), std::string::npos) << error;
+}

@@ -86,3 +86,19 @@ TEST(Tova, BadParametersAreUsageErrors) {
     EXPECT_THROW((void)PolicyRegistry::instance().resolve(spec).instantiate(), UsageError) << spec;
   }
 }
+
+TEST(Tova, PromptScoresRankTheFirstStepByThePromptsLastQueries) {
+  // 16-token chunks, a 64-token prompt (chunks 0..3) whose last 16 positions paid 0.60 0.10
+  // 0.05 0.25 to chunks 0..3. Step 0 (65 tokens, budget 64): one chunk must go. By age it is
+  // chunk 0, the sink; by the observation it is chunk 2.
+  auto data = single_request(small_geometry(), 64, 20, eviction_example_mass);
+  attach_prefill(data, 16, [](int) { return std::vector<float>{0.60F, 0.10F, 0.05F, 0.25F}; });
+  const auto seeded = record("tova:budget=64,prompt_scores=true", data);
+  EXPECT_EQ(members(seeded.resident.at({0, 0})), (std::vector<int64_t>{0, 1, 3, 4}));
+  const auto plain = record("tova:budget=64", data);
+  EXPECT_EQ(members(plain.resident.at({0, 0})), (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_TRUE(PolicyRegistry::instance().resolve("tova:prompt_scores=true").needs(PolicyNeed::PrefillObservation));
+  const std::string error =
+      run_error("tova:budget=64,prompt_scores=true", single_request(small_geometry(), 64, 4, eviction_example_mass));
+  EXPECT_NE(error.find("prefill_mass"), std::string::npos) << error;
+}
