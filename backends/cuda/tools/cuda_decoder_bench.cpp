@@ -179,8 +179,14 @@ int run(const Options& o) {
   json << "], \"decode\": [";
   first = true;
   for (const int64_t ctx : o.contexts) {
-    // The prompt leaves room for the timed steps inside the model's context.
-    const int64_t prompt = std::min<int64_t>(ctx, dec.max_context() - o.warmup - o.steps - 1);
+    // The prompt leaves room inside the model's context for every timed run: the sequences are
+    // reused, so the first one decodes (warm-up + steps) in each of the 7 runs per batch size.
+    constexpr int64_t kRunsPerBatch = 7;  // 5 attention kernels, unblocked gemm, CUDA graphs
+    const int64_t decoded = kRunsPerBatch * static_cast<int64_t>(o.batches.size()) * (o.warmup + o.steps);
+    const int64_t prompt = std::min<int64_t>(ctx, dec.max_context() - decoded - 1);
+    if (prompt < 1) {
+      throw kvlab::UsageError("--steps and --warmup leave no room for a prompt inside the model's context");
+    }
     std::vector<SequenceId> ids;
     for (int64_t b = 0; b < max_batch; ++b) {
       ids.push_back(dec.open());
