@@ -6,12 +6,19 @@
 //
 //   kvlab_cuda_agreement [--model PATH] [--task niah_single] [--contexts 2048,4096,8192]
 //                        [--samples 20] [--steps 16] [--seed 7] [--out FILE]
-// Prints "TABLE ..." lines; exit 1 when the model file is missing or a decoder fails.
+//                        [--progress FILE] [--shard I/N]
+// Prints "TABLE ..." lines; exit 1 when the model file is missing or a decoder fails. The CPU
+// side dominates (an 8K prompt takes minutes): --progress makes a run resumable across
+// time-limited calls (one line per finished prompt, skipped when run again), and --shard I/N
+// splits the prompts over processes (give each its own progress file; a last run with their
+// lines concatenated into one file prints the totals).
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -35,6 +42,10 @@ struct Options {
   int steps = 16;
   uint64_t seed = 7;
   std::string out;
+  /// One line per finished prompt; prompts already in it are not run again (a run cut short
+  /// by a time limit resumes), and the tallies include them.
+  std::string progress;
+  int shard = 0, shards = 1;  // this process runs prompts whose index % shards == shard
 };
 
 std::vector<int64_t> parse_list(const std::string& s, const std::string& flag) {
@@ -68,9 +79,22 @@ Options parse(int argc, char** argv) {
     else if (a == "--steps") o.steps = static_cast<int>(parse_list(value(), a).at(0));
     else if (a == "--seed") o.seed = static_cast<uint64_t>(parse_list(value(), a).at(0));
     else if (a == "--out") o.out = value();
+    else if (a == "--progress") o.progress = value();
+    else if (a == "--shard") {
+      const std::string v = value();
+      const auto slash = v.find('/');
+      try {
+        if (slash == std::string::npos) throw std::invalid_argument(v);
+        o.shard = std::stoi(v.substr(0, slash));
+        o.shards = std::stoi(v.substr(slash + 1));
+      } catch (const std::exception&) {
+        throw kvlab::UsageError("--shard: expected I/N, got '" + v + "'");
+      }
+      if (o.shards < 1 || o.shard < 0 || o.shard >= o.shards) throw kvlab::UsageError("--shard: need 0 <= I < N");
+    }
     else if (a == "-h" || a == "--help") {
       std::cout << "kvlab_cuda_agreement [--model PATH] [--task niah_single] [--contexts 2048,4096,8192] "
-                   "[--samples 20] [--steps 16] [--seed 7] [--out FILE]\n";
+                   "[--samples 20] [--steps 16] [--seed 7] [--out FILE] [--progress FILE] [--shard I/N]\n";
       std::exit(0);
     } else {
       throw kvlab::UsageError("unknown option " + a);
@@ -92,7 +116,32 @@ double max_rel(const std::vector<float>& gpu, const Eigen::VectorXf& cpu) {
 struct Tally {
   int64_t positions = 0, agree = 0;
   double worst = 0;
+  void add(const Tally& o) {
+    positions += o.positions;
+    agree += o.agree;
+    worst = std::max(worst, o.worst);
+  }
 };
+
+/// A finished prompt: (context, sample index) → its tallies for both prefill kernels.
+using PromptKey = std::pair<int64_t, int>;
+using Finished = std::map<PromptKey, std::array<Tally, 2>>;
+
+Finished read_progress(const std::string& path) {
+  Finished done;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    int64_t ctx = 0;
+    int index = 0;
+    std::array<Tally, 2> t;
+    if (ls >> ctx >> index >> t[0].agree >> t[0].positions >> t[0].worst >> t[1].agree >> t[1].positions >> t[1].worst) {
+      done[{ctx, index}] = t;
+    }
+  }
+  return done;
+}
 
 int run(const Options& o) {
   using namespace kvlab;
@@ -104,6 +153,7 @@ int run(const Options& o) {
   gopt.kv_capacity_tokens = max_ctx + 2 * o.steps + 128;
   cuda::CudaLlamaDecoder gpu(weights, gopt);
   const auto counter = [&](const std::string& s) { return static_cast<int64_t>(tok.encode(s, false).size()); };
+  const Finished finished = o.progress.empty() ? Finished{} : read_progress(o.progress);
   std::ostringstream json;
   json << "{\"task\": \"" << o.task << "\", \"samples\": " << o.samples << ", \"steps\": " << o.steps
        << ", \"contexts\": [";
@@ -114,8 +164,16 @@ int run(const Options& o) {
     Tally t[2];
     int done = 0;
     const auto t0 = std::chrono::steady_clock::now();
-    for (const TaskSample& sample : make_task_set(o.task, ctx, o.samples, o.seed, counter)) {
-      const auto prompt = tok.encode(task_prompt(sample));
+    const std::vector<TaskSample> samples = make_task_set(o.task, ctx, o.samples, o.seed, counter);
+    for (int index = 0; index < static_cast<int>(samples.size()); ++index) {
+      if (index % o.shards != o.shard) continue;
+      if (const auto it = finished.find({ctx, index}); it != finished.end()) {
+        for (int k = 0; k < 2; ++k) t[k].add(it->second[static_cast<size_t>(k)]);
+        ++done;
+        continue;
+      }
+      const auto prompt = tok.encode(task_prompt(samples[static_cast<size_t>(index)]));
+      Tally p[2];
       LlamaDecoder cpu(weights, DecoderOptions{});
       std::vector<Eigen::VectorXf> cpu_logits;
       std::vector<int32_t> cpu_tokens;
@@ -131,14 +189,20 @@ int run(const Options& o) {
         const cuda::SequenceId s = gpu.open();
         cuda::CudaStepOutput g = gpu.prefill(s, prompt, cuda::CudaStepWants{true, false, false});
         for (size_t step = 0;; ++step) {
-          ++t[k].positions;
-          t[k].agree += g.next_token == cpu_tokens[step] ? 1 : 0;
-          t[k].worst = std::max(t[k].worst, max_rel(g.logits, cpu_logits[step]));
+          ++p[k].positions;
+          p[k].agree += g.next_token == cpu_tokens[step] ? 1 : 0;
+          p[k].worst = std::max(p[k].worst, max_rel(g.logits, cpu_logits[step]));
           if (step + 1 == cpu_tokens.size()) break;
           g = gpu.step(std::vector<cuda::CudaStepInput>{{s, cpu_tokens[step], {}}}, cuda::CudaStepWants{true, false, false})
                   .at(0);
         }
         gpu.close(s);
+      }
+      for (int k = 0; k < 2; ++k) t[k].add(p[k]);
+      if (!o.progress.empty()) {
+        std::ofstream(o.progress, std::ios::app) << ctx << " " << index << " " << p[0].agree << " " << p[0].positions
+                                                 << " " << p[0].worst << " " << p[1].agree << " " << p[1].positions
+                                                 << " " << p[1].worst << "\n";
       }
       // One line per prompt, so that a run cut short by a time limit still says what it saw.
       ++done;
