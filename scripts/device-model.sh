@@ -9,7 +9,7 @@
 set -euo pipefail
 here="$(dirname "${BASH_SOURCE[0]}")"
 gguf=SmolLM2-135M-Instruct.Q4_1.gguf
-stash=/tmp/kvlab_model
+stash="${KVLAB_MODEL_STASH:-/tmp/kvlab_model}"  # where the halves wait between calls
 case "${1:-}" in
   split)
     [[ -f "models/$gguf" ]] || "$here/fetch-model.sh"
@@ -28,7 +28,7 @@ case "${1:-}" in
     cat "$stash/a" "$stash/b" >"models/$gguf.tmp"
     got=$(sha256sum "models/$gguf.tmp" | cut -d' ' -f1)
     want=$(sed -n 's/^readonly MODEL_SHA256="\([0-9a-f]*\)"/\1/p' "$here/fetch-model.sh")
-    [[ "$got" == "$want" ]] || { echo "device-model: hash $got, expected $want" >&2; exit 1; }
+    [[ "$got" == "$want" ]] || { rm -f "models/$gguf.tmp"; echo "device-model: hash $got, expected $want" >&2; exit 1; }
     mv "models/$gguf.tmp" "models/$gguf"
     echo "device-model: models/$gguf ($got)" ;;
   *) sed -n 2,8p "$0"; exit 2 ;;
