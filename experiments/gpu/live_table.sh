@@ -70,12 +70,12 @@ if claim:
     print("| task | context | lsa footprint | lsa accuracy − full | best other policy's accuracy − lsa's |")
     print("|---|---|---|---|---|")
     for task, ctx, fp, delta, best in claim:
-        print(f"| {task} | {ctx} | {f(fp)} | {delta:+.2f} | "
-              f"{'n/a' if best is None else f'{best:+.2f}'} |")
+        print(f"| {task} | {ctx} | {f(fp)} | {delta:+.3f} | "
+              f"{'n/a' if best is None else f'{best:+.3f}'} |")
     n = len(claim)
     print(f"\nLSA over {n} cells: mean footprint {sum(c[2] for c in claim) / n:.3f}, "
-          f"mean accuracy delta vs full {sum(c[3] for c in claim) / n:+.3f}; "
-          f"cells within 0.02 of full: {sum(1 for c in claim if c[3] >= -0.02)}/{n}")
+          f"mean accuracy delta vs full {sum(c[3] for c in claim) / n:+.4f}; "
+          f"cells within 0.02 of full: {sum(1 for c in claim if round(c[3], 9) >= -0.02)}/{n}")
 PY
   tar czf "$out/live_table.tgz.tmp" --exclude='*.h5' -C "$(dirname "$work")" "$(basename "$work")" &&
     mv "$out/live_table.tgz.tmp" "$out/live_table.tgz"
