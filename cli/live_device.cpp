@@ -81,6 +81,11 @@ LiveDecoders live_decoders(const Args& args, const LiveModel& model, const Decod
                           {"batch_max", s.max_batch},
                           {"pass_ms_mean", s.passes > 0 ? s.pass_ms / s.passes : 0.0},
                           {"pass_wall_ms_mean", s.passes > 0 ? s.pass_wall_ms / s.passes : 0.0},
+                          // where a pass's host time goes (CudaStepTiming)
+                          {"pass_host_prepare_ms_mean", s.passes > 0 ? s.host_prepare_ms / s.passes : 0.0},
+                          {"pass_host_launch_ms_mean", s.passes > 0 ? s.host_launch_ms / s.passes : 0.0},
+                          {"pass_host_wait_ms_mean", s.passes > 0 ? s.host_wait_ms / s.passes : 0.0},
+                          {"pass_host_unpack_ms_mean", s.passes > 0 ? s.host_unpack_ms / s.passes : 0.0},
                           {"decode_tokens_per_s_in_passes",
                            s.pass_wall_ms > 0 ? static_cast<double>(s.sequence_steps) / (s.pass_wall_ms * 1e-3) : 0.0},
                           {"attention_ms_mean", s.passes > 0 ? s.attention_ms / s.passes : 0.0},
@@ -134,7 +139,10 @@ nlohmann::json live_speed_fields() {
           {"decode_tokens_per_s_overall", "config.json: every session's decode steps over the run's wall time less the "
                                           "device's prefill time (prefills hold the device one at a time)"},
           {"device.decode_tokens_per_s_in_passes", "config.json: sequence steps over the host time of the batched "
-                                                   "passes (uploads, kernels, downloads, unpacking)"}};
+                                                   "passes (uploads, kernels, downloads, unpacking)"},
+          {"device.pass_host_*_ms_mean", "config.json: a pass's host time split into prepare (checks, tables, uploads), "
+                                         "launch (enqueueing the kernels), wait (for the device and the downloads) "
+                                         "and unpack (per-sequence outputs)"}};
 }
 
 }  // namespace kvlab::cli

@@ -142,7 +142,9 @@ print(f"TABLE {name}: {flag('samples')} samples at {flag('context-tokens')} toke
       f"batch {c['batch']}: {c['seconds']:.1f} s; decode {c['decode_tokens_per_s_overall']:.0f} tok/s over all sessions "
       f"({c['decode_steps_all_sessions']} steps, prefill time excluded), {dev.get('decode_tokens_per_s_in_passes', 0):.0f} "
       f"tok/s in passes ({dev.get('passes', 0)} passes, mean {dev.get('batch_mean', 0):.1f} sequences, "
-      f"{dev.get('pass_ms_mean', 0):.2f} ms device / {dev.get('pass_wall_ms_mean', 0):.2f} ms host each); "
+      f"{dev.get('pass_ms_mean', 0):.2f} ms device / {dev.get('pass_wall_ms_mean', 0):.2f} ms host each: "
+      f"prepare {dev.get('pass_host_prepare_ms_mean', 0):.1f}, launch {dev.get('pass_host_launch_ms_mean', 0):.1f}, "
+      f"wait {dev.get('pass_host_wait_ms_mean', 0):.1f}, unpack {dev.get('pass_host_unpack_ms_mean', 0):.1f} ms); "
       f"prefill {c['prefill_tokens_per_s']:.0f} tok/s")
 for p in r:
     print(f"TABLE {name}   {p['policy'][:48]:48s} acc {f(p['accuracy'], 2)} footprint {f(p['footprint_mean_ratio'])} "

@@ -45,6 +45,10 @@ std::vector<BatchedStep> SharedCudaDecoder::run_pass(const std::vector<CudaStepI
   const CudaStepTiming& timing = decoder_->last_timing();
   attention_ms_ += timing.attention_ms;
   pass_ms_ += timing.total_ms;
+  host_prepare_ms_ += timing.host_prepare_ms;
+  host_launch_ms_ += timing.host_launch_ms;
+  host_wait_ms_ += timing.host_wait_ms;
+  host_unpack_ms_ += timing.host_unpack_ms;
   std::vector<BatchedStep> steps(outs.size());
   for (size_t i = 0; i < outs.size(); ++i) {
     steps[i].output = std::move(outs[i]);
@@ -64,6 +68,10 @@ CoalescerStats SharedCudaDecoder::stats() const {
   s.attention_ms = attention_ms_;
   s.pass_ms = pass_ms_;
   s.pass_wall_ms = pass_wall_ms_;
+  s.host_prepare_ms = host_prepare_ms_;
+  s.host_launch_ms = host_launch_ms_;
+  s.host_wait_ms = host_wait_ms_;
+  s.host_unpack_ms = host_unpack_ms_;
   return s;
 }
 

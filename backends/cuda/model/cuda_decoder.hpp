@@ -30,6 +30,8 @@ struct CoalescerStats {
   double attention_ms = 0;  // device time, summed over passes
   double pass_ms = 0;
   double pass_wall_ms = 0;  // host time of the passes (uploads, downloads and unpacking included)
+  // pass_wall_ms split as CudaStepTiming splits a step's host time, summed over passes
+  double host_prepare_ms = 0, host_launch_ms = 0, host_wait_ms = 0, host_unpack_ms = 0;
 };
 
 /// One sequence's result of a batched pass.
@@ -71,6 +73,7 @@ class SharedCudaDecoder {
   std::unique_ptr<CudaLlamaDecoder> decoder_;
   StepCoalescer<CudaStepInput, BatchedStep> coalescer_;
   double attention_ms_ = 0, pass_ms_ = 0, pass_wall_ms_ = 0;  // guarded by the coalescer's lock
+  double host_prepare_ms_ = 0, host_launch_ms_ = 0, host_wait_ms_ = 0, host_unpack_ms_ = 0;  // likewise
 };
 
 class CudaDecoder final : public Decoder {

@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <cmath>
 #include <limits>
@@ -717,6 +718,7 @@ CudaStepOutput CudaLlamaDecoder::prefill(SequenceId id, std::span<const int32_t>
   }
   KVLAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
   read_timing();
+  timing_.host_prepare_ms = timing_.host_launch_ms = timing_.host_wait_ms = timing_.host_unpack_ms = 0;
   seq.n_tokens = total;
   return out;
 }
@@ -763,6 +765,12 @@ void CudaLlamaDecoder::prefill_window_mass(int layer, int first_row, int rows, i
 std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput> inputs, const CudaStepWants& wants) {
   const auto batch = static_cast<int>(inputs.size());
   if (batch == 0) return {};
+  using HostClock = std::chrono::steady_clock;
+  const auto ms_since = [](HostClock::time_point t) {
+    return std::chrono::duration<double, std::milli>(HostClock::now() - t).count();
+  };
+  HostClock::time_point mark = HostClock::now();
+  double host_prepare_ms = 0, host_launch_ms = 0, host_wait_ms = 0;
   const LlamaConfig& c = config();
   const int ct = options_.chunk_tokens;
   const int q_dim = c.n_heads * c.head_dim;
@@ -999,6 +1007,8 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
       launch_argmax(ArgmaxView{logits_.get(), next_d_.get(), batch, c.vocab, c.vocab}, stream_);
     }
   };
+  host_prepare_ms = ms_since(mark);
+  mark = HostClock::now();
   if (options_.cuda_graphs && !paged && !graphs_failed_) {
     const std::vector<int64_t> key{batch, max_chunks, max_groups, any_restricted, any_full, any_sampled,
                                    options_.decode_attention_variant, seq_words,
@@ -1019,6 +1029,8 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     forward();
     KVLAB_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
   }
+  host_launch_ms = ms_since(mark);
+  mark = HostClock::now();
   std::vector<int32_t> next;
   download(next, next_d_.get(), nb, stream_);
   std::vector<float> logits, mass, full, summary_mass, features;
@@ -1038,6 +1050,8 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
   if (want_query_vectors) download(query_vectors, query_vectors_d_.get(), qv_n, stream_);
   KVLAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
   read_timing();
+  host_wait_ms = ms_since(mark);
+  mark = HostClock::now();
   if (wants.mass && paged) {
     // CSR-aligned page mass to the dense [sequence][row][chunk] layout of the other kernels.
     auto scatter = [&](const PagedLists& pl, const std::vector<float>& listed) {
@@ -1094,6 +1108,10 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     }
     s.n_tokens += 1;
   }
+  timing_.host_prepare_ms = host_prepare_ms;
+  timing_.host_launch_ms = host_launch_ms;
+  timing_.host_wait_ms = host_wait_ms;
+  timing_.host_unpack_ms = ms_since(mark);
   return outs;
 }
 

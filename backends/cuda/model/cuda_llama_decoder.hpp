@@ -138,6 +138,13 @@ struct CudaStepTiming {
   float attention_ms = 0;
   float total_ms = 0;
   bool attention_measured = true;
+  /// Host wall time of a decode step, in order: checks, tables, uploads and plans before the
+  /// forward pass; enqueueing the pass (kernel launches or a graph replay); waiting for the
+  /// device and the downloads; unpacking the outputs per sequence. Zero for a prefill.
+  double host_prepare_ms = 0;
+  double host_launch_ms = 0;
+  double host_wait_ms = 0;
+  double host_unpack_ms = 0;
 };
 
 class CudaLlamaDecoder {
