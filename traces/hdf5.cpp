@@ -2,15 +2,18 @@
 
 #include <hdf5.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cerrno>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <type_traits>
 
 #include "core/error.hpp"
+#include "traces/raw_chunks.hpp"
 
 namespace kvlab::h5 {
 
@@ -341,8 +344,8 @@ void Dataset::set_extent(const std::vector<int64_t>& dims) {
 
 namespace {
 
-// The file dataspace with the box selected, and a matching memory dataspace.
-std::pair<Id, Id> select_box(const Dataset& d, std::span<const int64_t> start, std::span<const int64_t> count) {
+// Throws unless the box [start, start + count) lies inside the dataset.
+void check_box(const Dataset& d, std::span<const int64_t> start, std::span<const int64_t> count) {
   if (start.size() != d.dims().size() || count.size() != d.dims().size()) {
     throw std::logic_error("h5: selection rank differs from dataset rank at " + d.where());
   }
@@ -351,6 +354,11 @@ std::pair<Id, Id> select_box(const Dataset& d, std::span<const int64_t> start, s
       throw InputError(d.where() + ": read/write past the dataset's extent in dimension " + std::to_string(i));
     }
   }
+}
+
+// The file dataspace with the box selected, and a matching memory dataspace.
+std::pair<Id, Id> select_box(const Dataset& d, std::span<const int64_t> start, std::span<const int64_t> count) {
+  check_box(d, start, count);
   Id space(check(H5Dget_space(d.id()), d.where(), "cannot read dataspace"));
   auto s = to_hsize(start);
   auto c = to_hsize(count);
@@ -374,6 +382,200 @@ void Dataset::write(std::span<const int64_t> start, std::span<const int64_t> cou
   auto [space, mspace] = select_box(*this, start, count);
   check(H5Dwrite(id_.get(), native_type(mem), mspace.get(), space.get(), H5P_DEFAULT, buf), where(),
         "cannot write data");
+}
+
+// ---- ChunkReader -------------------------------------------------------------------------
+
+namespace {
+
+// Chunks above this are read by H5Dread (through HDF5's own chunk cache) instead.
+constexpr int64_t kMaxRawChunkBytes = int64_t{256} << 20;
+
+std::string origin_text(const std::vector<int64_t>& origin) {
+  std::string text = "[";
+  for (size_t d = 0; d < origin.size(); ++d) text += (d > 0 ? ", " : "") + std::to_string(origin[d]);
+  return text + "]";
+}
+
+}  // namespace
+
+ChunkReader::ChunkReader(Dataset dataset, int64_t cache_bytes)
+    : dataset_(std::move(dataset)), cache_bytes_(cache_bytes) {
+  inspect_layout();
+}
+
+// Decides once whether chunks can be decoded here: chunked, every filter deflate or shuffle
+// (at most one deflate, so every stage's output size is known), the file type the native one.
+// Anything unexpected leaves decodable_ false, and reads go through H5Dread as before.
+void ChunkReader::inspect_layout() {
+  Lock lock(library_mutex());
+  const hid_t id = dataset_.id();
+  if (id < 0 || dataset_.type() == Type::Other || dataset_.type() == Type::String) return;
+  Id dcpl(H5Dget_create_plist(id));
+  Id file_type(H5Dget_type(id));
+  if (!dcpl.valid() || !file_type.valid() || H5Pget_layout(dcpl.get()) != H5D_CHUNKED ||
+      H5Tequal(file_type.get(), native_type(dataset_.type())) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    return;
+  }
+  // Partial edge chunks stored unfiltered: which chunks those are follows from the dataset's
+  // extent over its history, not from the chunk's filter mask, so H5Dread decides that.
+  unsigned chunk_opts = 0;
+  if (H5Pget_chunk_opts(dcpl.get(), &chunk_opts) < 0 || (chunk_opts & H5D_CHUNK_DONT_FILTER_PARTIAL_CHUNKS) != 0) {
+    H5Eclear2(H5E_DEFAULT);
+    return;
+  }
+  const size_t rank = dataset_.dims().size();
+  std::vector<hsize_t> dims(rank);
+  if (rank == 0 || H5Pget_chunk(dcpl.get(), static_cast<int>(rank), dims.data()) != static_cast<int>(rank)) {
+    H5Eclear2(H5E_DEFAULT);
+    return;
+  }
+  elem_bytes_ = type_bytes(dataset_.type());
+  int64_t bytes = elem_bytes_;
+  for (hsize_t d : dims) {
+    if (d == 0 || d > static_cast<hsize_t>(kMaxRawChunkBytes) || bytes > kMaxRawChunkBytes / static_cast<int64_t>(d))
+      return;
+    bytes *= static_cast<int64_t>(d);
+  }
+  const int n = H5Pget_nfilters(dcpl.get());
+  int deflates = 0;
+  for (int i = 0; i < n; ++i) {
+    unsigned flags = 0, config = 0;
+    size_t values = 1;
+    unsigned cd[1] = {0};
+    char name[1];
+    const H5Z_filter_t filter =
+        H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &values, cd, 0, name, &config);
+    if (filter == H5Z_FILTER_DEFLATE) {
+      filters_.push_back({true, 0});
+      ++deflates;
+    } else if (filter == H5Z_FILTER_SHUFFLE && values >= 1 && cd[0] >= 1 && cd[0] <= 256) {
+      filters_.push_back({false, static_cast<int>(cd[0])});
+    } else {
+      H5Eclear2(H5E_DEFAULT);
+      filters_.clear();
+      return;
+    }
+  }
+  if (n < 0 || deflates > 1) {
+    H5Eclear2(H5E_DEFAULT);
+    filters_.clear();
+    return;
+  }
+  chunk_dims_.assign(dims.begin(), dims.end());
+  chunk_bytes_ = bytes;
+  decodable_ = true;
+}
+
+bool ChunkReader::load(const std::vector<std::vector<int64_t>>& origins, std::vector<Chunk>& out) {
+  stored_.resize(std::max(stored_.size(), origins.size()));
+  std::vector<uint32_t> skipped(origins.size(), 0);
+  bool deflated = false;
+  for (const Filter& f : filters_) deflated |= f.deflate;
+  // A chunk takes at most what deflate can make of it (zlib's bound, plus slack); more is damage.
+  const auto most =
+      static_cast<hsize_t>(deflated ? compressBound(static_cast<uLong>(chunk_bytes_)) + 1024 : chunk_bytes_);
+  {
+    Lock lock(library_mutex());
+    for (size_t i = 0; i < origins.size(); ++i) {
+      const std::vector<hsize_t> offset(origins[i].begin(), origins[i].end());
+      hsize_t size = 0;
+      if (H5Dget_chunk_storage_size(dataset_.id(), offset.data(), &size) < 0 || size == 0) {
+        H5Eclear2(H5E_DEFAULT);
+        return false;  // never written: H5Dread gives the fill value
+      }
+      if (size > most) {
+        throw InputError(dataset_.where() + ": cannot read data (file damaged?) (chunk at " + origin_text(origins[i]) +
+                         " is stored in " + std::to_string(size) + " bytes, more than a chunk of " +
+                         std::to_string(chunk_bytes_) + " bytes takes)");
+      }
+      stored_[i].resize(size);
+      check(H5Dread_chunk(dataset_.id(), H5P_DEFAULT, offset.data(), &skipped[i], stored_[i].data()), dataset_.where(),
+            "cannot read data (file damaged?)");
+    }
+  }
+  // Outside the lock: the decoding, which is most of the time a read takes.
+  for (size_t i = 0; i < origins.size(); ++i) {
+    Chunk chunk{origins[i], {}};
+    if (!spare_.empty()) {
+      chunk.bytes = std::move(spare_.back());
+      spare_.pop_back();
+    }
+    decode(origins[i], skipped[i], stored_[i], chunk.bytes);
+    out.push_back(std::move(chunk));
+  }
+  return true;
+}
+
+// Undoes the filters in reverse pipeline order, skipping those the chunk's filter mask says were
+// not applied (bit i set: filter i skipped, e.g. an optional filter that failed on write).
+void ChunkReader::decode(const std::vector<int64_t>& origin, uint32_t skipped, const std::vector<uint8_t>& stored,
+                         std::vector<uint8_t>& out) {
+  const std::vector<uint8_t>* data = &stored;
+  for (size_t i = filters_.size(); i-- > 0;) {
+    if (i < 32 && ((skipped >> i) & 1U) != 0) continue;
+    std::vector<uint8_t>& next = data == &out ? scratch_ : out;  // ping-pong between two buffers
+    if (filters_[i].deflate) {
+      next.resize(static_cast<size_t>(chunk_bytes_));
+      const std::string why = raw::inflate_exact(*data, next);
+      if (!why.empty()) {
+        throw InputError(dataset_.where() + ": cannot read data (file damaged?) (chunk at " + origin_text(origin) +
+                         ": " + why + ")");
+      }
+    } else {
+      next.resize(data->size());
+      raw::unshuffle(*data, next, filters_[i].shuffle_bytes);
+    }
+    data = &next;
+  }
+  if (static_cast<int64_t>(data->size()) != chunk_bytes_) {
+    throw InputError(dataset_.where() + ": cannot read data (file damaged?) (chunk at " + origin_text(origin) +
+                     " holds " + std::to_string(data->size()) + " bytes, expected " + std::to_string(chunk_bytes_) +
+                     ")");
+  }
+  if (data == &stored)
+    out.assign(stored.begin(), stored.end());
+  else if (data == &scratch_)
+    out.swap(scratch_);
+}
+
+void ChunkReader::read(std::span<const int64_t> start, std::span<const int64_t> count, Type mem, void* buf) {
+  if (!decodes_raw(mem)) {
+    dataset_.read(start, count, mem, buf);
+    return;
+  }
+  check_box(dataset_, start, count);
+  const raw::Box box{{start.begin(), start.end()}, {count.begin(), count.end()}};
+  const std::vector<std::vector<int64_t>> origins = raw::chunks_overlapping(box, chunk_dims_);
+  // Chunks the last read decoded are reused; the others are read now, into the old buffers.
+  std::vector<Chunk> chunks;
+  std::vector<std::vector<int64_t>> missing;
+  for (const auto& origin : origins) {
+    auto hit = std::find_if(cache_.begin(), cache_.end(), [&](const Chunk& c) { return c.origin == origin; });
+    if (hit == cache_.end()) {
+      missing.push_back(origin);
+      continue;
+    }
+    chunks.push_back(std::move(*hit));
+    hit->origin.clear();
+  }
+  for (Chunk& c : cache_) {
+    if (!c.origin.empty()) spare_.push_back(std::move(c.bytes));
+  }
+  cache_.clear();
+  if (!missing.empty() && !load(missing, chunks)) {
+    dataset_.read(start, count, mem, buf);
+    return;
+  }
+  for (const Chunk& c : chunks) {
+    raw::copy_chunk_part(c.bytes.data(), raw::Box{c.origin, chunk_dims_}, box, elem_bytes_, static_cast<uint8_t*>(buf));
+  }
+  if (static_cast<int64_t>(chunks.size()) * chunk_bytes_ <= cache_bytes_) {
+    cache_ = std::move(chunks);
+  } else {
+    spare_.clear();  // memory stays at about one read's chunks
+  }
 }
 
 // ---- Group -------------------------------------------------------------------------------

@@ -113,6 +113,54 @@ class Dataset : public Node {
   std::vector<int64_t> dims_;
 };
 
+/// Reads boxes of one dataset, giving the same values as Dataset::read, but for a chunked
+/// dataset whose filters are deflate and/or shuffle (or none) and whose file type is the memory
+/// type itself, only the raw chunks are read under library_mutex() (H5Dread_chunk): they are
+/// inflated and unshuffled outside it, so threads reading different requests overlap. Any other
+/// layout (contiguous, compact), filter or type conversion, a chunk never written (fill value)
+/// and a chunk over 256 MiB go through Dataset::read. A chunk that does not decode to its size is
+/// an InputError naming the file, dataset and chunk. Keeps the decoded chunks of the last read
+/// (up to cache_bytes), which the next step's read usually needs again. One per reader and
+/// dataset: not for use by two threads at once.
+class ChunkReader {
+ public:
+  ChunkReader() = default;
+  explicit ChunkReader(Dataset dataset, int64_t cache_bytes = int64_t{4} << 20);
+  [[nodiscard]] const Dataset& dataset() const { return dataset_; }
+  /// Reads the box [start, start + count) into `buf`, as Dataset::read.
+  void read(std::span<const int64_t> start, std::span<const int64_t> count, Type mem, void* buf);
+  /// Whether reads of `mem` values decode raw chunks outside the lock (else Dataset::read).
+  [[nodiscard]] bool decodes_raw(Type mem) const { return decodable_ && mem == dataset_.type(); }
+
+ private:
+  struct Filter {
+    bool deflate = false;  // else shuffle
+    int shuffle_bytes = 0;
+  };
+  struct Chunk {
+    std::vector<int64_t> origin;
+    std::vector<uint8_t> bytes;  // decoded
+  };
+  void inspect_layout();
+  // Reads the chunks at `origins` raw and decodes them onto `out`; false when one was never
+  // written (the caller then reads through H5Dread, which gives the fill value).
+  bool load(const std::vector<std::vector<int64_t>>& origins, std::vector<Chunk>& out);
+  void decode(const std::vector<int64_t>& origin, uint32_t skipped, const std::vector<uint8_t>& stored,
+              std::vector<uint8_t>& out);
+
+  Dataset dataset_;
+  int64_t cache_bytes_ = 0;
+  std::vector<int64_t> chunk_dims_;
+  std::vector<Filter> filters_;  // in pipeline (write) order
+  int64_t chunk_bytes_ = 0;
+  int elem_bytes_ = 0;
+  bool decodable_ = false;
+  std::vector<Chunk> cache_;                  // the chunks of the last read, decoded
+  std::vector<std::vector<uint8_t>> spare_;   // buffers of chunks dropped from the cache, reused
+  std::vector<std::vector<uint8_t>> stored_;  // raw chunks as read
+  std::vector<uint8_t> scratch_;
+};
+
 class Group : public Node {
  public:
   Group() = default;

@@ -77,7 +77,10 @@ class H5RequestReader final : public RequestReader {
   double tolerance_ = 1e-2;
 
   h5::Group group_;
-  h5::Dataset mass_, indptr_, index_, value_, remainder_, query_, features_;
+  h5::Dataset indptr_, index_, value_, remainder_, features_;
+  // Read step by step: their chunks are decoded outside the HDF5 lock, so requests replayed on
+  // different threads overlap.
+  h5::ChunkReader mass_, query_;
   void open_policy_inputs();
   void read_matrix(const h5::Dataset& d, const char* name, std::vector<float>& out) const;
   int64_t nnz_ = 0;
@@ -135,13 +138,15 @@ H5RequestReader::H5RequestReader(std::shared_ptr<const h5::File> file, const Geo
   tolerance_ = fmt::sum_tolerance(header_.mass_dtype == MassDtype::Float16 ? 2 : 4);
 
   if (group_.has_child(fmt::kQuery)) {
-    query_ = group_.open_dataset(fmt::kQuery, fmt::kChunkCacheBytes);
-    if (query_.dims().size() != 2 || query_.dims()[0] != header_.decode_steps) {
+    query_ = h5::ChunkReader(group_.open_dataset(fmt::kQuery, fmt::kChunkCacheBytes), fmt::kChunkCacheBytes);
+    const h5::Dataset& query = query_.dataset();
+    if (query.dims().size() != 2 || query.dims()[0] != header_.decode_steps) {
       throw InputError(where(fmt::kQuery) + ": expected shape [decode_steps = " + std::to_string(header_.decode_steps) +
                        ", d_query]");
     }
-    if (!is_float(query_.type()) && query_.type() != h5::Type::F64) throw InputError(where(fmt::kQuery) + ": not floating point");
-    header_.d_query = query_.dims()[1];
+    if (!is_float(query.type()) && query.type() != h5::Type::F64)
+      throw InputError(where(fmt::kQuery) + ": not floating point");
+    header_.d_query = query.dims()[1];
   }
   if (group_.has_child(fmt::kChunkFeatures)) {
     features_ = group_.open_dataset(fmt::kChunkFeatures);
@@ -288,13 +293,14 @@ void H5RequestReader::expect_dims(const h5::Dataset& d, const std::string& name,
 }
 
 void H5RequestReader::open_dense() {
-  mass_ = group_.open_dataset(fmt::kMass, fmt::kChunkCacheBytes);
-  expect_dims(mass_, fmt::kMass, {header_.decode_steps, layout_.n_layers, layout_.heads_stored, header_.n_chunks_max},
+  mass_ = h5::ChunkReader(group_.open_dataset(fmt::kMass, fmt::kChunkCacheBytes), fmt::kChunkCacheBytes);
+  const h5::Dataset& mass = mass_.dataset();
+  expect_dims(mass, fmt::kMass, {header_.decode_steps, layout_.n_layers, layout_.heads_stored, header_.n_chunks_max},
               {"decode_steps", "n_layers", "n_heads_stored", "n_chunks_max"});
-  if (!is_float(mass_.type())) {
-    throw InputError(where(fmt::kMass) + ": dtype " + h5::type_name(mass_.type()) + ", expected float16 or float32");
+  if (!is_float(mass.type())) {
+    throw InputError(where(fmt::kMass) + ": dtype " + h5::type_name(mass.type()) + ", expected float16 or float32");
   }
-  header_.mass_dtype = mass_.type() == h5::Type::F16 ? MassDtype::Float16 : MassDtype::Float32;
+  header_.mass_dtype = mass.type() == h5::Type::F16 ? MassDtype::Float16 : MassDtype::Float32;
 }
 
 void H5RequestReader::open_sparse() {
@@ -529,7 +535,7 @@ void H5RequestReader::read_sparse(int64_t t, int64_t exist, StepMass& out) {
 }
 
 void H5RequestReader::read_query(int64_t t, std::vector<float>& out) {
-  if (query_.id() < 0) throw std::logic_error(where(fmt::kQuery) + ": the request has no query dataset");
+  if (query_.dataset().id() < 0) throw std::logic_error(where(fmt::kQuery) + ": the request has no query dataset");
   if (t < 0 || t >= header_.decode_steps) throw InputError(where_step(fmt::kQuery, t) + ": past decode_steps");
   sized(out, header_.d_query, where(fmt::kQuery));
   const std::vector<int64_t> start{t, 0};
