@@ -5,7 +5,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup configure build demo test sanitize model bench install clean format lint format-check
+.PHONY: all setup configure build demo test sanitize sanitize-smoke model bench install clean format lint format-check
 
 all: build
 
@@ -43,6 +43,12 @@ sanitize: setup
 	cmake --build $(SANITIZE_DIR) -j $(JOBS)
 	cd $(SANITIZE_DIR) && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 OMP_WAIT_POLICY=passive \
 	  ctest --output-on-failure -j2 -LE fuzz -E '^cli[.]plugin$$'
+
+# CI's sanitizer and fuzz stages (tests/fuzz/README.md says what they check): the core, traces
+# and policies unit tests under clang ASan + UBSan, then a fixed-seed run of the trace and
+# checkpoint libFuzzer targets over the committed corpus. About 10 minutes on 2 cores.
+sanitize-smoke: configure
+	cmake --build $(BUILD_DIR) --target sanitize_smoke
 
 model:
 	scripts/fetch-model.sh

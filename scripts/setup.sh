@@ -19,7 +19,9 @@ readonly PACKAGES=(
   "nlohmann-json3-dev:dpkg"
   "libgtest-dev:dpkg"
   "libbenchmark-dev:dpkg"
-  "clang:cmd:clang++"   # the GGUF reader's libFuzzer smoke test (tests/fuzz)
+  "clang:cmd:clang++"   # the libFuzzer targets and the sanitizer stage of CI (tests/fuzz)
+  "libclang-rt-dev:dpkg"  # clang's ASan, UBSan and libFuzzer runtimes (only recommended by clang)
+  "llvm:cmd:llvm-symbolizer"  # names the frames of sanitizer reports (tests/fuzz/sanitize_smoke.sh)
   "libtomlplusplus-dev:dpkg"  # kvlab sweep reads its study files with toml++
   "libopenmpi-dev:dpkg"       # optional MPI dispatch of kvlab sweep (KVLAB_MPI=AUTO finds it)
   "openmpi-bin:cmd:mpirun"    # the MPI sweep test runs under mpirun

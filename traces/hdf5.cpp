@@ -15,6 +15,17 @@
 #include "core/error.hpp"
 #include "traces/raw_chunks.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define KVLAB_H5_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KVLAB_H5_ASAN 1
+#endif
+#endif
+#ifdef KVLAB_H5_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace kvlab::h5 {
 
 static_assert(std::is_same_v<hid_t, int64_t>, "kvlab needs HDF5 >= 1.10 (64-bit hid_t)");
@@ -370,9 +381,27 @@ std::pair<Id, Id> select_box(const Dataset& d, std::span<const int64_t> start, s
 
 }  // namespace
 
+namespace {
+
+// libhdf5 is not instrumented: under AddressSanitizer, a buffer too small for what H5Dread
+// writes into it would be overrun unnoticed, so check first that all of it is addressable.
+void check_destination([[maybe_unused]] const Dataset& d, [[maybe_unused]] std::span<const int64_t> count,
+                       [[maybe_unused]] Type mem, [[maybe_unused]] const void* buf) {
+#ifdef KVLAB_H5_ASAN
+  size_t bytes = static_cast<size_t>(type_bytes(mem));
+  for (int64_t c : count) bytes *= static_cast<size_t>(c);
+  if (bytes > 0 && __asan_region_is_poisoned(const_cast<void*>(buf), bytes) != nullptr) {
+    throw std::logic_error("h5: read buffer smaller than the selection at " + d.where());
+  }
+#endif
+}
+
+}  // namespace
+
 void Dataset::read(std::span<const int64_t> start, std::span<const int64_t> count, Type mem, void* buf) const {
   Lock lock(library_mutex());
   auto [space, mspace] = select_box(*this, start, count);
+  check_destination(*this, count, mem, buf);
   check(H5Dread(id_.get(), native_type(mem), mspace.get(), space.get(), H5P_DEFAULT, buf), where(),
         "cannot read data (file damaged?)");
 }
