@@ -3,8 +3,8 @@
 
 Usage: h5py_walk.py FILE
 
-Opens FILE, visits every group and dataset, reads every attribute and every dataset of at most
-2^24 elements. Exits 0 when all of it reads, 1 when h5py refuses the file with an exception (a
+Opens FILE, visits every group and dataset, reads every attribute (also, by name, those kvlab
+reads) and every dataset of at most 2^24 elements. Exits 0 when all of it reads, 1 when h5py refuses the file with an exception (a
 clean error). A hang (the caller's timeout) or a death by signal means libhdf5 itself fails on
 the file, whatever kvlab does with it: tests/fuzz/fuzz_smoke.sh counts such inputs as known
 libhdf5 faults instead of failing (tests/fuzz/README.md).
@@ -15,10 +15,32 @@ import h5py
 
 MAX_ELEMENTS = 1 << 24
 
+# The attributes kvlab reads by name (traces/trace_format.hpp, traces/checkpoint.cpp). Reading
+# them by name is a different libhdf5 path from iterating the attributes (H5Aread through the
+# global heap for variable-length strings against H5Aiterate): a damaged file can make the one
+# hang while the other refuses cleanly, so the second opinion reads them the way kvlab does.
+KVLAB_ATTRIBUTES = (
+    "kvlab_trace_version", "model", "n_layers", "n_kv_heads", "head_dim", "kv_dtype_bytes", "chunk_tokens",
+    "prompt_tokens", "decode_steps", "workload", "seed", "template_set", "template_variants", "mass_storage",
+    "n_heads_stored", "prefill_window",
+    "kvlab_checkpoint_version", "kind", "config_json", "metrics_json", "provenance_json",
+)
+
 
 def read_attributes(obj):
-    for name in obj.attrs:
-        obj.attrs[name]
+    refusal = None
+    try:
+        for name in obj.attrs:
+            obj.attrs[name]
+    except Exception as error:  # noqa: BLE001 - remembered; kvlab's own names are still read
+        refusal = error
+    for name in KVLAB_ATTRIBUTES:
+        try:
+            obj.attrs.get(name)
+        except Exception as error:  # noqa: BLE001
+            refusal = refusal or error
+    if refusal is not None:
+        raise refusal
 
 
 def visit(name, obj):
