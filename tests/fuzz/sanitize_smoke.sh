@@ -129,10 +129,11 @@ executed() { grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$1" | grep -Eo 
 
 # Whose code the fault report in `log` stops in: the innermost stack frame that is libhdf5's or
 # kvlab's (a kvlab function, or a source line under the checkout; sanitizer, libFuzzer and libc
-# frames are skipped). "kvlab" when it cannot tell.
+# frames are skipped). "kvlab" when it cannot tell. A report starts at a sanitizer error, a
+# libFuzzer alarm, or an ASan "CHECK failed" (e.g. libhdf5 asking memcpy for terabytes).
 faulting_code() {
   awk -v root="${root}" '
-    /ERROR: |runtime error|ALARM: / { in_report = 1 }
+    /ERROR: |runtime error|ALARM: |CHECK failed/ { in_report = 1 }
     in_report && /^ *#[0-9]+ / {
       if ($0 ~ /libhdf5/) { print "libhdf5"; found = 1; exit }
       if ($0 ~ / in (kvlab::|[(]anonymous namespace[)]::|LLVMFuzzerTestOneInput)/ ||
