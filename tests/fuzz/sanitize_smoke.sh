@@ -180,6 +180,7 @@ for target in trace checkpoint; do
   left=${runs[${target}]}
   seed=${first_seed}
   known=0
+  unconfirmed=0
   total=0
   declare -A seen=()
   echo "sanitize smoke: stage 2: ${target}_fuzz, ${left} inputs from seed ${seed}"
@@ -197,6 +198,14 @@ for target in trace checkpoint; do
     hash="${artifact##*-}"
     why=""
     [[ -n "${artifact}" ]] && why="${seen[${hash}]:-$(libhdf5_fault "${target}" "${log}" "${artifact}")}"
+    if [[ -z "${why}" && -n "${artifact}" && "$(faulting_code "${log}")" == libhdf5 ]]; then
+      # Stops inside libhdf5, but neither h5py nor the global-heap rule confirms it. Fuzzing is
+      # not repeatable (coverage picks the next inputs), so an unseen libhdf5 fault must not make
+      # CI red at random: it is listed for triage (the work folder is kept) and fuzzing goes on.
+      # A fault whose innermost frame is kvlab's still fails the stage.
+      why="UNCONFIRMED: stops inside libhdf5; neither h5py nor the global-heap rule confirms it (triage by hand)"
+      unconfirmed=$((unconfirmed + 1))
+    fi
     if [[ -z "${why}" ]]; then
       grep -E -A 30 'ERROR|ALARM|runtime error|out-of-memory' "${log}" | head -n 60 || tail -n 40 "${log}"
       echo "FAIL: sanitize smoke: ${target}_fuzz (seed ${seed}) stopped on an input kvlab must handle:" \
@@ -218,9 +227,14 @@ for target in trace checkpoint; do
   done
   unset seen
   ((status == 0)) || break
-  echo "sanitize smoke: stage 2: ${target}_fuzz: ${total} inputs, no fault of kvlab's, ${known} known libhdf5 faults," \
-    "$((SECONDS - started)) s"
+  echo "sanitize smoke: stage 2: ${target}_fuzz: ${total} inputs, no fault of kvlab's, ${known} known libhdf5 faults" \
+    "(${unconfirmed} of them unconfirmed), $((SECONDS - started)) s"
+  ((unconfirmed == 0)) || keep_unconfirmed=1
 done
+if ((status == 0 && ${keep_unconfirmed:-0} == 1)); then
+  echo "sanitize smoke: unconfirmed libhdf5 faults above: inputs kept for triage"
+  keep_work
+fi
 if ((status != 0)); then
   keep_work
   exit 1
