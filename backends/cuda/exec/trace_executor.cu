@@ -280,18 +280,15 @@ void TraceExecutor::launch(const PageDeltas& deltas, EvictTo evict_to) {
     KVLAB_CUDA_CHECK(cudaEventRecord(d.step_begin, d.compute));  // prefill is not timed
     return;
   }
-  // Landings the executor already recorded (measured arrival) are not landings again. A chunk
-  // fetched in this very step and landed before its attention (modelled arrival) is still in
-  // host memory only here: its landing stays, and RequestPages::apply lands it after the fetch.
-  PageDeltas own = deltas;
-  std::erase_if(own.landed, [&](const RowChunk& rc) {
-    return replicas_.front()->state(rc.row, rc.chunk) == PageState::Resident;
-  });
+  // deltas.landed is filled only under modelled arrival (exec_backend's page_deltas), where the
+  // executor lands nothing itself; under measured arrival it lands what its copies report
+  // (land()). A chunk fetched in this very step and landed before its attention is still in
+  // host memory only here: RequestPages::apply lands it after the fetch.
   // One mirror write per step for every replica's new tokens (each write waits for the
   // previous one's descriptors: one wait per step, not one per replica).
   std::vector<AppendOrder> appends;
   for (size_t r = 0; r < replicas_.size(); ++r) {
-    const std::vector<FetchOrder> orders = replicas_[r]->apply(own);
+    const std::vector<FetchOrder> orders = replicas_[r]->apply(deltas);
     const auto& mine = replicas_[r]->appends();
     appends.insert(appends.end(), mine.begin(), mine.end());
     if (!orders.empty()) {
@@ -302,7 +299,7 @@ void TraceExecutor::launch(const PageDeltas& deltas, EvictTo evict_to) {
     }
   }
   if (d.writer) d.writer->write(appends, d.compute);
-  if (!own.landed.empty() && d.prefetch) {
+  if (!deltas.landed.empty() && d.prefetch) {
     // Modelled arrival declared these landed: attention may read them only after their copies,
     // this step's included (issued above).
     d.prefetch->wait_all(d.compute);

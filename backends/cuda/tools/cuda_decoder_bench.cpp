@@ -10,6 +10,7 @@
 //   kvlab_cuda_decoder_bench [--model PATH | --synthetic] [--contexts 2048,8192]
 //                            [--batches 1,16,64] [--steps 24] [--warmup 4] [--out FILE]
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -28,6 +29,11 @@
 #include "core/error.hpp"
 
 namespace {
+
+// The decode attention runs timed per batch size, as (share of chunks kept, kernel): 1 (general),
+// 2 (chunks <= 64 tokens), 3 (backends/cuda/kernels' sparse paged kernel).
+constexpr std::array<std::pair<double, int>, 5> kDecodeKernels{
+    {{1.0, 2}, {1.0, 1}, {1.0, 3}, {0.1, 2}, {0.1, 3}}};
 
 using Clock = std::chrono::steady_clock;
 
@@ -181,7 +187,7 @@ int run(const Options& o) {
   for (const int64_t ctx : o.contexts) {
     // The prompt leaves room inside the model's context for every timed run: the sequences are
     // reused, so the first one decodes (warm-up + steps) in each of the 7 runs per batch size.
-    constexpr int64_t kRunsPerBatch = 7;  // 5 attention kernels, unblocked gemm, CUDA graphs
+    const int64_t kRunsPerBatch = static_cast<int64_t>(kDecodeKernels.size()) + 2;  // + unblocked gemm, graphs
     const int64_t decoded = kRunsPerBatch * static_cast<int64_t>(o.batches.size()) * (o.warmup + o.steps);
     const int64_t prompt = std::min<int64_t>(ctx, dec.max_context() - decoded - 1);
     if (prompt < 1) {
@@ -193,10 +199,7 @@ int run(const Options& o) {
       dec.prefill(ids.back(), random_prompt(prompt, vocab, static_cast<uint32_t>(100 + b)), CudaStepWants{false, false, false});
     }
     for (const int64_t batch : o.batches) {
-      // Decode attention kernels: 1 (general), 2 (chunks <= 64 tokens), 3 (backends/cuda/kernels'
-      // sparse paged kernel).
-      for (const auto& [keep, variant] : {std::pair{1.0, 2}, std::pair{1.0, 1}, std::pair{1.0, 3}, std::pair{0.1, 2},
-                                          std::pair{0.1, 3}}) {
+      for (const auto& [keep, variant] : kDecodeKernels) {
         dec.set_decode_attention_variant(variant);
         const std::vector<SequenceId> sub(ids.begin(), ids.begin() + batch);
         const DecodeFigures f = time_decode(dec, sub, keep, o.warmup, o.steps);
