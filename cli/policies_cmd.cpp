@@ -32,7 +32,10 @@ void print_traits(std::ostream& out, const PolicyDescriptor& d) {
     sep = "; ";
   }
   for (const ConditionalNeed& c : d.traits.needs_when) {
-    out << std::exchange(sep, "; ") << "needs " << policy_need_name(c.need) << " with " << c.param << "=true";
+    const auto spec = std::find_if(d.params.begin(), d.params.end(), [&](const ParamSpec& p) { return p.key == c.param; });
+    const bool by_default = spec != d.params.end() && spec->default_value == "true";
+    out << std::exchange(sep, "; ") << "needs " << policy_need_name(c.need) << " with " << c.param << "=true"
+        << (by_default ? " (the default)" : "");
   }
   if (d.keeps_tiers()) out << sep << "keeps summary/index tiers";
   out << "\n";

@@ -80,11 +80,13 @@ void check_needs(const ResolvedPolicy& policy, const RequestContext& request, co
   for (const PolicyNeed need : policy.needs()) {
     const bool missing = (need == PolicyNeed::QueryKeyVectors && request.qk_dim == 0) ||
                          (need == PolicyNeed::PrefillObservation && request.prefill == nullptr);
-    if (missing) {
-      throw InputError("policy " + policy.descriptor->name + " needs " + std::string(policy_need_name(need)) +
-                       " but request " + request.request_id + " of " + source + " has none: " +
-                       std::string(policy_need_source(need)));
-    }
+    if (!missing) continue;
+    const std::string param = policy.switch_for(need);
+    const std::string instead =
+        param.empty() ? "" : "; or run " + policy.descriptor->name + ":" + param + "=false, which does without it";
+    throw InputError("policy " + policy.descriptor->name + " needs " + std::string(policy_need_name(need)) +
+                     " but request " + request.request_id + " of " + source + " has none: " +
+                     std::string(policy_need_source(need)) + instead);
   }
 }
 

@@ -1,5 +1,8 @@
 // h2o (Zhang et al., NeurIPS 2023, arXiv:2306.14048): the hand-computed eviction example, the
-// paper's per-token Algorithm 1 at chunk_tokens = 1, per-head scores, and the options.
+// paper's per-token Algorithm 1 at chunk_tokens = 1, per-head scores, and the options. The
+// decoding-time rule is worked through with prompt_scores=false (these requests carry no
+// prefill observation, and the default, the paper's prompt scores, needs one); the prompt
+// scores have their own example at the end.
 #include <gtest/gtest.h>
 
 #include "core/error.hpp"
@@ -11,7 +14,7 @@ using namespace kvlab::testing;
 TEST(H2o, WorkedExampleEvictsTheLowestAccumulatedScoreOutsideTheRecentWindow) {
   // budget 64 tokens, recent_ratio 0.5: the recent window is the newest chunks within 32 tokens.
   const auto data = single_request(small_geometry(), 64, 40, eviction_example_mass);
-  const auto run = record("h2o:budget=64,recent_ratio=0.5", data);
+  const auto run = record("h2o:budget=64,recent_ratio=0.5,prompt_scores=false", data);
   // Step 0: 65 tokens in chunks 0..4 (chunk 4 holds 1) > 64. Recent = chunks 3, 4 (17 tokens;
   // adding chunk 2 would make 33). No scores yet: the oldest candidate, chunk 0, goes (49 held).
   EXPECT_EQ(members(run.resident.at({0, 0})), (std::vector<int64_t>{1, 2, 3, 4}));
@@ -41,7 +44,7 @@ TEST(H2o, TokenLevelIsThePapersOneEvictionPerNewToken) {
     return m;
   };
   const auto data = single_request(small_geometry(1), 6, 12, mass);
-  const auto run = record("h2o:budget=4,recent_ratio=0.5", data);
+  const auto run = record("h2o:budget=4,recent_ratio=0.5,prompt_scores=false", data);
   // Step 0: 7 tokens, no scores yet: the three oldest go.
   EXPECT_EQ(members(run.resident.at({0, 0})), (std::vector<int64_t>{3, 4, 5, 6}));
   for (int64_t t = 1; t < 12; ++t) {
@@ -72,18 +75,18 @@ TEST(H2o, ScoresArePerRowUnlessSummed) {
   const auto data = request_with_rows(small_geometry(), RowLayout{2, 1}, 64, 20, mass);
   // Step 0 drops chunk 0 (no scores yet). Step 16 (chunk 5 opens, 65 tokens): each row drops
   // its own weakest chunk, 2 in row 0 (16·0.1) and 1 in row 1.
-  const auto per_row = record("h2o:budget=64,recent_ratio=0.25", data);
+  const auto per_row = record("h2o:budget=64,recent_ratio=0.25,prompt_scores=false", data);
   EXPECT_EQ(members(per_row.resident.at({0, 16}), 0), (std::vector<int64_t>{1, 3, 4, 5}));
   EXPECT_EQ(members(per_row.resident.at({0, 16}), 1), (std::vector<int64_t>{2, 3, 4, 5}));
   // Summed over rows: chunks 1 and 2 score 9.6, chunks 3 and 4 score 6.4; the older, 3, goes.
-  const auto summed = record("h2o:budget=64,recent_ratio=0.25,per_row=false", data);
+  const auto summed = record("h2o:budget=64,recent_ratio=0.25,per_row=false,prompt_scores=false", data);
   EXPECT_TRUE(summed.resident.at({0, 16}).uniform());
   EXPECT_EQ(members(summed.resident.at({0, 16})), (std::vector<int64_t>{1, 2, 4, 5}));
 }
 
 TEST(H2o, EvictToHostKeepsEvictedChunksOnHostAndNeverFetches) {
   const auto data = single_request(small_geometry(), 64, 40, eviction_example_mass);
-  const auto run = record("h2o:budget=64,evict=host", data);
+  const auto run = record("h2o:budget=64,evict=host,prompt_scores=false", data);
   EXPECT_EQ(members(run.resident.at({0, 32})), (std::vector<int64_t>{1, 4, 5, 6}));  // same decisions
   EXPECT_GT(run.bytes.at({0, 39}).host, 0);
   EXPECT_EQ(run.bytes.at({0, 39}).dropped, 0);
@@ -116,19 +119,34 @@ TEST(H2o, PromptScoresStartFromThePrefillObservationAndKeepTheSink) {
   attach_prefill(data, 16, [](int) { return kPromptObservation; });
   // Step 0 as in the worked example (recent = chunks 3, 4), but the scores start at 16 queries
   // times the observation: chunk 0 = 9.6, 1 = 1.6, 2 = 0.8. Chunk 2 goes, the sink stays.
-  const auto seeded = record("h2o:budget=64,recent_ratio=0.5,prompt_scores=true", data);
+  // This is the default (the paper counts the prompt's attention).
+  const auto seeded = record("h2o:budget=64,recent_ratio=0.5", data);
   EXPECT_EQ(members(seeded.resident.at({0, 0})), (std::vector<int64_t>{0, 1, 3, 4}));
-  // Without them the oldest chunk, the sink, goes (the default: decoding-time feedback only).
-  const auto plain = record("h2o:budget=64,recent_ratio=0.5", data);
+  // Steps 0..15 observe {0, 1, 3, 4} (renormalised over them; chunk 0 gets none of the
+  // decoding mass here): 0.4 0.3 0.2 of 0.9 for ten steps, 0.1 0.2 0.2 of 0.5 for six. Step 16
+  // (chunk 5 opens, recent = chunks 4, 5): chunk 0 = 9.6, chunk 1 = 1.6 + 10·4/9 + 6·0.2 = 7.24,
+  // chunk 3 = 16·0.25 + 10·3/9 + 6·0.4 = 9.73. Chunk 1 goes; the sink keeps its prompt score.
+  EXPECT_EQ(members(seeded.resident.at({0, 16})), (std::vector<int64_t>{0, 3, 4, 5}));
+  // Without them (the ablation) the oldest chunk, the sink, goes.
+  const auto plain = record("h2o:budget=64,recent_ratio=0.5,prompt_scores=false", data);
   EXPECT_EQ(members(plain.resident.at({0, 0})), (std::vector<int64_t>{1, 2, 3, 4}));
 }
 
-TEST(H2o, PromptScoresNeedAPrefillObservation) {
+TEST(H2o, PromptScoresAreTheDefaultAndNeedAPrefillObservation) {
   const auto& registry = PolicyRegistry::instance();
-  EXPECT_FALSE(registry.resolve("h2o").needs(PolicyNeed::PrefillObservation));
-  EXPECT_TRUE(registry.resolve("h2o:prompt_scores=true").needs(PolicyNeed::PrefillObservation));
-  const std::string error =
-      run_error("h2o:budget=64,prompt_scores=true", single_request(small_geometry(), 64, 4, eviction_example_mass));
+  EXPECT_TRUE(registry.resolve("h2o").needs(PolicyNeed::PrefillObservation));
+  EXPECT_FALSE(registry.resolve("h2o:prompt_scores=false").needs(PolicyNeed::PrefillObservation));
+  // The setting that does without it, for the error: none for a policy that always needs it.
+  EXPECT_EQ(registry.resolve("h2o").switch_for(PolicyNeed::PrefillObservation), "prompt_scores");
+  EXPECT_EQ(registry.resolve("h2o:prompt_scores=false").switch_for(PolicyNeed::PrefillObservation), "");
+  EXPECT_EQ(registry.resolve("snapkv").switch_for(PolicyNeed::PrefillObservation), "");
+  const auto without = single_request(small_geometry(), 64, 4, eviction_example_mass);
+  const std::string error = run_error("h2o:budget=64", without);
   EXPECT_NE(error.find("prefill_mass"), std::string::npos) << error;
   EXPECT_NE(error.find("--prefill-window"), std::string::npos) << error;
+  EXPECT_NE(error.find("h2o:prompt_scores=false"), std::string::npos) << error;  // the ablation runs without
+  EXPECT_EQ(error.find('\n'), std::string::npos) << "one line: " << error;
+  EXPECT_EQ(run_error("snapkv:budget=64", without).find("or run"), std::string::npos);
+  const auto ablation = record("h2o:budget=64,prompt_scores=false", without);
+  EXPECT_EQ(members(ablation.resident.at({0, 0})), (std::vector<int64_t>{1, 2, 3, 4}));
 }

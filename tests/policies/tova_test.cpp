@@ -1,6 +1,9 @@
 // tova (Oren et al., EMNLP 2024, arXiv:2401.06104): the hand-computed eviction example (the
 // same data h2o_test works through, where the two policies part ways), the per-token rule at
-// chunk_tokens = 1, head averaging per layer, and the options.
+// chunk_tokens = 1, head averaging per layer, and the options. The decoding-time rule is
+// worked through with prompt_scores=false (these requests carry no prefill observation, and
+// the default, ranking the first step by the prompt's last queries, needs one); the prompt
+// scores have their own example at the end.
 #include <gtest/gtest.h>
 
 #include "core/error.hpp"
@@ -11,7 +14,7 @@ using namespace kvlab::testing;
 
 TEST(Tova, WorkedExampleDropsTheLowestAttentionOfTheLatestStep) {
   const auto data = single_request(small_geometry(), 64, 40, eviction_example_mass);
-  const auto run = record("tova:budget=64", data);
+  const auto run = record("tova:budget=64,prompt_scores=false", data);
   // Step 0: 65 tokens > 64 and nothing observed yet: the oldest chunk, 0, goes.
   EXPECT_EQ(members(run.resident.at({0, 0})), (std::vector<int64_t>{1, 2, 3, 4}));
   EXPECT_EQ(members(run.resident.at({0, 15})), (std::vector<int64_t>{1, 2, 3, 4}));
@@ -33,7 +36,7 @@ TEST(Tova, TokenLevelDropsTheTokenTheCurrentQueryAttendsLeast) {
     return m;
   };
   const auto data = single_request(small_geometry(1), 6, 10, mass);
-  const auto run = record("tova:budget=4", data);
+  const auto run = record("tova:budget=4,prompt_scores=false", data);
   EXPECT_EQ(members(run.resident.at({0, 0})), (std::vector<int64_t>{3, 4, 5, 6}));
   for (int64_t t = 1; t < 10; ++t) {
     // Step t − 1 had n = 6 + t tokens and gave token 4 + t nothing: that token goes at step t,
@@ -61,11 +64,11 @@ TEST(Tova, HeadsOfALayerShareOneSetFromTheirMeanAttention) {
   };
   const auto data = request_with_rows(g, RowLayout{1, 2}, 64, 20, mass);
   // Step 16: the mean over heads is 0.45 0.25 0.125 0.175: chunk 3 goes in both heads.
-  const auto mean = record("tova:budget=64", data);
+  const auto mean = record("tova:budget=64,prompt_scores=false", data);
   EXPECT_EQ(members(mean.resident.at({0, 16}), 0), (std::vector<int64_t>{1, 2, 4, 5}));
   EXPECT_EQ(members(mean.resident.at({0, 16}), 1), (std::vector<int64_t>{1, 2, 4, 5}));
   // Per head: head 0 drops chunk 2 (0.1), head 1 drops chunk 3 (0.1).
-  const auto per_head = record("tova:budget=64,heads=per_head", data);
+  const auto per_head = record("tova:budget=64,heads=per_head,prompt_scores=false", data);
   EXPECT_EQ(members(per_head.resident.at({0, 16}), 0), (std::vector<int64_t>{1, 3, 4, 5}));
   EXPECT_EQ(members(per_head.resident.at({0, 16}), 1), (std::vector<int64_t>{1, 2, 4, 5}));
 }
@@ -93,12 +96,19 @@ TEST(Tova, PromptScoresRankTheFirstStepByThePromptsLastQueries) {
   // chunk 0, the sink; by the observation it is chunk 2.
   auto data = single_request(small_geometry(), 64, 20, eviction_example_mass);
   attach_prefill(data, 16, [](int) { return std::vector<float>{0.60F, 0.10F, 0.05F, 0.25F}; });
-  const auto seeded = record("tova:budget=64,prompt_scores=true", data);
+  const auto seeded = record("tova:budget=64", data);  // the default
   EXPECT_EQ(members(seeded.resident.at({0, 0})), (std::vector<int64_t>{0, 1, 3, 4}));
-  const auto plain = record("tova:budget=64", data);
+  // From step 1 on only the latest step counts, as without prompt scores: step 15 gave the
+  // resident {0, 1, 3, 4} 0 0.1 0.2 0.2 (of 0.5), so at step 16 the sink, chunk 0, goes.
+  EXPECT_EQ(members(seeded.resident.at({0, 16})), (std::vector<int64_t>{1, 3, 4, 5}));
+  const auto plain = record("tova:budget=64,prompt_scores=false", data);  // the ablation: by age
   EXPECT_EQ(members(plain.resident.at({0, 0})), (std::vector<int64_t>{1, 2, 3, 4}));
-  EXPECT_TRUE(PolicyRegistry::instance().resolve("tova:prompt_scores=true").needs(PolicyNeed::PrefillObservation));
-  const std::string error =
-      run_error("tova:budget=64,prompt_scores=true", single_request(small_geometry(), 64, 4, eviction_example_mass));
+}
+
+TEST(Tova, PromptScoresAreTheDefaultAndNeedAPrefillObservation) {
+  EXPECT_TRUE(PolicyRegistry::instance().resolve("tova").needs(PolicyNeed::PrefillObservation));
+  EXPECT_FALSE(PolicyRegistry::instance().resolve("tova:prompt_scores=false").needs(PolicyNeed::PrefillObservation));
+  const std::string error = run_error("tova:budget=64", single_request(small_geometry(), 64, 4, eviction_example_mass));
   EXPECT_NE(error.find("prefill_mass"), std::string::npos) << error;
+  EXPECT_NE(error.find("tova:prompt_scores=false"), std::string::npos) << error;
 }
