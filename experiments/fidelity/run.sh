@@ -70,12 +70,14 @@ indexer() {
 # reports, and those that read the decoder's query/key vectors or prefill observation (quest,
 # infllm and the SnapKV family; the CPU decoder reports them). A decoder without them stops that
 # group with one line, kept in the group's .err/.log; the report then says n/a for its policies.
+# h2o and tova run without their prompt scores (prompt_scores=false: decoding-time feedback
+# only), as the committed table did before their default became the papers' prompt scores.
 basic_policies_at() {  # context → --policy flags at about BUDGET
   local ctx=$1 sw lw
   sw=$(python3 -c "print(max(int($BUDGET*$ctx) - 64, 64))")
   lw=$(lsa_window "$ctx")
   echo "--policy full --policy sliding_window:window=$sw,sinks=64 --policy random:budget=$BUDGET" \
-       "--policy h2o:budget=$BUDGET --policy tova:budget=$BUDGET" \
+       "--policy h2o:budget=$BUDGET,prompt_scores=false --policy tova:budget=$BUDGET,prompt_scores=false" \
        "--policy lsa:indexer=$(indexer "$lw"),budget=$BUDGET,window=$lw,sinks=64,tau=16"
 }
 input_policies_at() {

@@ -8,9 +8,11 @@
 # device's decode rate. Then, per task and context, LSA's accuracy minus full's, and the mean
 # footprint and accuracy delta over the cells (the report's 13.5% / +0.6% form).
 #
-# Policies: full, sliding_window (sinks 64, window filling 15%), random, h2o and tova at 15%,
-# with ZOO=1 also quest, infllm, snapkv, pyramidkv, ada_kv, and h2o and tova with prompt scores
-# (which need the GPU decoder's query/key vectors and prefill observation), and lsa at 15% with the indexer INDEXER (an
+# Policies: full, sliding_window (sinks 64, window filling 15%), random, h2o and tova at 15%
+# (with their prompt scores, the default, from the decoder's prefill observation), with ZOO=1
+# also quest, infllm, snapkv, pyramidkv, ada_kv (which need the GPU decoder's query/key vectors
+# and prefill observation) and h2o and tova without prompt scores (prompt_scores=false, the
+# ablation; the tables before 2026-12-02 ran them so), and lsa at 15% with the indexer INDEXER (an
 # indexer checkpoint, e.g. one trained by experiments/lsa/real/record_train.sh on real GPU
 # recordings; without it, one trained here on the shipped 2K trace). The prompts use seed SEED
 # (default 0; the recordings that train indexers use seeds 1000 and 2000).
@@ -101,7 +103,7 @@ for ctx in ${CONTEXTS:-4096 8100}; do
   [[ "${ZOO:-0}" == 1 ]] &&
     policies+=(--policy quest:budget=0.15 --policy "infllm:budget=0.15,sinks=64,window=$((window / 4))"
                --policy snapkv:budget=0.15 --policy pyramidkv:budget=0.15 --policy ada_kv:budget=0.15
-               --policy h2o:budget=0.15,prompt_scores=true --policy tova:budget=0.15,prompt_scores=true)
+               --policy h2o:budget=0.15,prompt_scores=false --policy tova:budget=0.15,prompt_scores=false)
   [[ -f "$indexer" ]] && policies+=(--policy "lsa:indexer=$indexer,$lsa_params")
   if [[ -n "${POLICIES:-}" ]]; then  # space-separated specs in place of the six
     policies=()
