@@ -9,8 +9,10 @@ run.sh's formulas and written into zipped lists scoped to each context's sources
 
 Every synthetic workload at 32K and 128K (2 requests x 128 steps, query/key vectors of width
 16 and a prefill observation of 32 positions), the zoo and the baselines at budgets 5/10/15/20%,
-oracle_topk as the bound; then the shipped real trace (mass only), where the policies that need
-query/key vectors or a prefill observation cannot run (kvlab says so; run.sh records it).
+oracle_topk as the bound, and h2o and tova also without prompt scores (prompt_scores=false, the
+ablation); then the shipped real trace (mass only), where the policies that need query/key
+vectors or a prefill observation cannot run (kvlab says so; run.sh records it): there h2o and
+tova run as the ablation only.
 """
 import os
 
@@ -19,12 +21,19 @@ CONTEXTS = {32768: "32k", 131072: "128k"}
 BUDGETS = [0.05, 0.1, 0.15, 0.2]
 SINKS = 64
 SHARED = ["random", "oracle_topk", "h2o", "tova", "quest", "snapkv", "pyramidkv", "ada_kv"]
-MASS_ONLY = ["random", "oracle_topk", "h2o", "tova"]
+ABLATIONS = {"h2o": {"prompt_scores": False}, "tova": {"prompt_scores": False}}  # need no prefill observation
+MASS_ONLY = ["random", "oracle_topk"]
 REAL = "traces/data/smollm2_niah_single_2k.h5"
 
 
+def toml_value(x):
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    return f'"{x}"' if isinstance(x, str) else repr(x)
+
+
 def toml_list(xs):
-    return "[" + ", ".join(f'"{x}"' if isinstance(x, str) else repr(x) for x in xs) + "]"
+    return "[" + ", ".join(toml_value(x) for x in xs) + "]"
 
 
 def sw_window(b, n):
@@ -39,7 +48,7 @@ def policy(name, sources, **params):
     out = f"[[policy]]\nname = \"{name}\"\nsources = {toml_list(sources)}\n"
     zipped = [k for k, v in params.items() if isinstance(v, list)]
     for k, v in params.items():
-        out += f"{k} = {toml_list(v) if isinstance(v, list) else repr(v)}\n"
+        out += f"{k} = {toml_list(v) if isinstance(v, list) else toml_value(v)}\n"
     if len(zipped) > 1:
         out += f"zip = {toml_list(zipped)}\n"
     return out + "\n"
@@ -63,10 +72,14 @@ def main():
         src = [f"synthetic_{tag}*"]
         for p in SHARED:
             text.append(policy(p, src, budget=BUDGETS))
+        for p, params in ABLATIONS.items():
+            text.append(policy(p, src, budget=BUDGETS, **params))
         text.append(policy("sliding_window", src, sinks=SINKS, window=[sw_window(b, n) for b in BUDGETS]))
         text.append(policy("infllm", src, sinks=SINKS, budget=BUDGETS, window=[infllm_window(b, n) for b in BUDGETS]))
     for p in MASS_ONLY:
         text.append(policy(p, ["real_niah_2k*"], budget=BUDGETS))
+    for p, params in ABLATIONS.items():
+        text.append(policy(p, ["real_niah_2k*"], budget=BUDGETS, **params))
     text.append(policy("sliding_window", ["real_niah_2k*"], sinks=SINKS, window=[sw_window(b, 2048) for b in BUDGETS]))
     with open(os.path.join(here, "study.toml"), "w") as f:
         f.write("".join(text))

@@ -2,7 +2,8 @@
 # The policy zoo at matched footprints: every synthetic workload at the given contexts, with
 # query/key vectors and a prefill observation, replayed through the zoo and the baselines at
 # budgets 5/10/15/20%; then the shipped real trace (mass only: the zoo's policies that need
-# more stop with a one-line reason, recorded in the log). Small by design (2 requests x 128
+# more stop with a one-line reason, recorded in the log; h2o and tova run there without their
+# prompt scores, prompt_scores=false). Small by design (2 requests x 128
 # steps per workload) so it runs on two shared cores.
 #
 # usage: experiments/zoo/run.sh [OUT] [CONTEXTS]   (default results/zoo, "32768 131072")
@@ -19,6 +20,7 @@ policies_at() {  # budget context → --policy flags (matched footprint: the sam
   win=$(python3 -c "print(max(int($b*$ctx) - 64, 0))")
   echo "--policy random:budget=$b --policy oracle_topk:budget=$b --policy sliding_window:window=$win,sinks=64" \
        "--policy h2o:budget=$b --policy tova:budget=$b --policy quest:budget=$b" \
+       "--policy h2o:budget=$b,prompt_scores=false --policy tova:budget=$b,prompt_scores=false" \
        "--policy snapkv:budget=$b --policy pyramidkv:budget=$b --policy ada_kv:budget=$b"
 }
 
@@ -44,11 +46,12 @@ real=traces/data/smollm2_niah_single_2k.h5
 for b in $BUDGETS; do
   win=$(python3 -c "print(max(int($b*2048) - 64, 0))")
   "$KVLAB" replay --trace "$real" --threads "$THREADS" --policy random:budget=$b --policy oracle_topk:budget=$b \
-    --policy sliding_window:window=$win,sinks=64 --policy h2o:budget=$b --policy tova:budget=$b --json \
+    --policy sliding_window:window=$win,sinks=64 --policy h2o:budget=$b,prompt_scores=false \
+    --policy tova:budget=$b,prompt_scores=false --json \
     > "$OUT/real_niah_2048_b$b.json"
 done
 "$KVLAB" replay --trace "$real" --policy full --json > "$OUT/real_niah_2048_full.json"
-for p in quest snapkv; do
+for p in quest snapkv h2o; do  # h2o (and tova) need the prefill observation for their prompt scores
   "$KVLAB" replay --trace "$real" --policy "$p:budget=0.15" --json > /dev/null 2> "$OUT/real_niah_$p.err" || true
 done
 python3 analysis/zoo_report.py "$OUT"
