@@ -75,13 +75,23 @@ class ComputedAttention final : public ObservedAttention {
   const StepMass& mass_;
 };
 
+/// The Bool parameter whose value true alone brings in `need` (PolicyTraits::needs_when), or ""
+/// when the class needs it regardless: the setting a source without that input can run instead.
+std::string switch_for(const ResolvedPolicy& policy, PolicyNeed need) {
+  if (policy.descriptor->needs(need)) return "";
+  for (const ConditionalNeed& c : policy.descriptor->traits.needs_when) {
+    if (c.need == need && policy.params.get_bool(c.param)) return c.param;
+  }
+  return "";
+}
+
 /// Stops the run when the source lacks data the policy declared it needs (never a fallback).
 void check_needs(const ResolvedPolicy& policy, const RequestContext& request, const std::string& source) {
   for (const PolicyNeed need : policy.needs()) {
     const bool missing = (need == PolicyNeed::QueryKeyVectors && request.qk_dim == 0) ||
                          (need == PolicyNeed::PrefillObservation && request.prefill == nullptr);
     if (!missing) continue;
-    const std::string param = policy.switch_for(need);
+    const std::string param = switch_for(policy, need);
     const std::string instead =
         param.empty() ? "" : "; or run " + policy.descriptor->name + ":" + param + "=false, which does without it";
     throw InputError("policy " + policy.descriptor->name + " needs " + std::string(policy_need_name(need)) +

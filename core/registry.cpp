@@ -52,14 +52,6 @@ std::set<PolicyNeed> ResolvedPolicy::needs() const {
   return out;
 }
 
-std::string ResolvedPolicy::switch_for(PolicyNeed need) const {
-  if (descriptor->traits.needs.count(need) > 0) return "";
-  for (const ConditionalNeed& c : descriptor->traits.needs_when) {
-    if (c.need == need && params.get_bool(c.param)) return c.param;
-  }
-  return "";
-}
-
 void PolicyRegistry::add(PolicyDescriptor descriptor) {
   if (descriptor.param_with(ParamRole::Indexer) != nullptr) descriptor.traits.needs.insert(PolicyNeed::Indexer);
   for (const ConditionalNeed& c : descriptor.traits.needs_when) {

@@ -46,10 +46,6 @@ struct ResolvedPolicy {
   /// source must give this configuration.
   [[nodiscard]] std::set<PolicyNeed> needs() const;
   [[nodiscard]] bool needs(PolicyNeed need) const { return needs().count(need) > 0; }
-  /// The Bool parameter whose value true alone brings in `need` (PolicyTraits::needs_when),
-  /// or "" when the class needs it regardless or this configuration does not: the setting a
-  /// source without that input can run instead.
-  [[nodiscard]] std::string switch_for(PolicyNeed need) const;
 };
 
 class PolicyRegistry {

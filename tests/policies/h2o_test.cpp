@@ -136,16 +136,13 @@ TEST(H2o, PromptScoresAreTheDefaultAndNeedAPrefillObservation) {
   const auto& registry = PolicyRegistry::instance();
   EXPECT_TRUE(registry.resolve("h2o").needs(PolicyNeed::PrefillObservation));
   EXPECT_FALSE(registry.resolve("h2o:prompt_scores=false").needs(PolicyNeed::PrefillObservation));
-  // The setting that does without it, for the error: none for a policy that always needs it.
-  EXPECT_EQ(registry.resolve("h2o").switch_for(PolicyNeed::PrefillObservation), "prompt_scores");
-  EXPECT_EQ(registry.resolve("h2o:prompt_scores=false").switch_for(PolicyNeed::PrefillObservation), "");
-  EXPECT_EQ(registry.resolve("snapkv").switch_for(PolicyNeed::PrefillObservation), "");
   const auto without = single_request(small_geometry(), 64, 4, eviction_example_mass);
   const std::string error = run_error("h2o:budget=64", without);
   EXPECT_NE(error.find("prefill_mass"), std::string::npos) << error;
   EXPECT_NE(error.find("--prefill-window"), std::string::npos) << error;
   EXPECT_NE(error.find("h2o:prompt_scores=false"), std::string::npos) << error;  // the ablation runs without
   EXPECT_EQ(error.find('\n'), std::string::npos) << "one line: " << error;
+  // A policy that always needs it has no such setting to name.
   EXPECT_EQ(run_error("snapkv:budget=64", without).find("or run"), std::string::npos);
   const auto ablation = record("h2o:budget=64,prompt_scores=false", without);
   EXPECT_EQ(members(ablation.resident.at({0, 0})), (std::vector<int64_t>{1, 2, 3, 4}));
