@@ -14,7 +14,9 @@ SAMPLES=${3:-4}
 B=0.15
 mkdir -p "$OUT"
 window=$(python3 -c "print(int($B*$CTX/4))")  # InfLLM: sinks 64, a quarter of the budget as window
+# h2o and tova with their prompt scores (the default) and without (prompt_scores=false, the ablation)
 policies=(--policy full --policy h2o:budget=$B --policy tova:budget=$B --policy quest:budget=$B
+          --policy h2o:budget=$B,prompt_scores=false --policy tova:budget=$B,prompt_scores=false
           --policy "infllm:budget=$B,sinks=64,window=$window" --policy snapkv:budget=$B
           --policy pyramidkv:budget=$B --policy ada_kv:budget=$B)
 for task in niah_single vt; do
@@ -32,6 +34,7 @@ for task in ["niah_single", "vt"]:
     if not path.exists() or not path.stat().st_size:
         continue
     for r in json.loads(path.read_text()):
-        print(f"| {task} | {r['policy'].split(':')[0]} | {r['accuracy']:.2f} | {r['footprint_mean_ratio']:.3f} | "
+        name = r['policy'].split(':')[0] + (" (prompt_scores=false)" if "prompt_scores=false" in r['policy'] else "")
+        print(f"| {task} | {name} | {r['accuracy']:.2f} | {r['footprint_mean_ratio']:.3f} | "
               f"{r['critical_recall']:.3f} | {r['mass_recall']:.3f} | {r['kl_mean']:.3f} | {r['top1_agreement']:.3f} |")
 PY
