@@ -1,6 +1,7 @@
 // kvlab sweep: runs a study (a TOML file of sources × policy grids × seeds) cell by cell, each
 // cell into its own folder, skipping finished cells; shards it (--shard, Slurm job arrays) or
 // dispatches it over MPI ranks; merges the cells into one results table.
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -36,6 +37,8 @@ CommandSpec sweep_spec() {
       "The config is checked completely (keys, types, globs, policies) before anything runs.",
       {{"config", "FILE", "the study (see README: Sweeps)", ""},
        {"dry-run", "", "list the cells (of this shard) and which are done; run nothing", ""},
+       {"artifacts-only", "", "build the artifacts and stop; with --shard I/N, this shard's share of those whose inputs "
+        "are built (run the N shards side by side, in rounds, until none is left)", ""},
        {"out-dir", "DIR", "write here instead of the study's out_dir", ""},
        {"shard", "I/N", "run shard I of N (every N-th cell from the I-th); default: from SLURM_ARRAY_TASK_*", ""},
        {"mpi", "auto|on|off", "dispatch cells from rank 0 to the other MPI ranks; auto = when launched by mpirun",
@@ -69,34 +72,71 @@ int run_captured(int (*command)(const Argv&), const Argv& argv, std::string& cap
   return rc;
 }
 
+/// True when the artifact's output exists and was built by its current command.
+bool artifact_built(const StudyConfig& study, const sweep::Artifact& a) {
+  const std::string stamp = (fs::path(study.out_dir) / "artifacts" / (a.name + ".json")).string();
+  std::error_code ec;
+  if (!fs::exists(stamp, ec) || !fs::exists(a.output, ec)) return false;
+  try {
+    return sweep::read_json(stamp) == nlohmann::json{{"command", a.command}, {"output", a.output}};
+  } catch (const InputError&) {
+    return false;
+  }
+}
+
+void build_artifact(const StudyConfig& study, const sweep::Artifact& a) {
+  const std::string stamp = (fs::path(study.out_dir) / "artifacts" / (a.name + ".json")).string();
+  std::cerr << "sweep: building artifact " << a.name << "\n";
+  std::error_code ec;
+  fs::remove(stamp, ec);
+  Argv argv(a.command.begin() + 1, a.command.end());  // e.g. ["gen", "--workload", "mix", ...]
+  argv.push_back("--out");
+  argv.push_back(a.output);
+  fs::create_directories(fs::path(a.output).parent_path(), ec);
+  std::string out;
+  int (*command)(const Argv&) = a.command[0] == "trace" ? run_trace : run_indexer;
+  try {
+    if (run_captured(command, argv, out) != 0) throw InputError("exited non-zero");
+  } catch (const std::exception& e) {
+    throw InputError(study.file + ":" + std::to_string(a.line) + ": artifact." + a.name + ": " + e.what());
+  }
+  sweep::write_atomic((fs::path(study.out_dir) / "artifacts" / (a.name + ".out")).string(), out);
+  sweep::write_atomic(stamp, nlohmann::json{{"command", a.command}, {"output", a.output}}.dump(2) + "\n");
+}
+
 /// Builds the study's artifacts that are missing or were built by another command.
 void build_artifacts(const StudyConfig& study) {
   for (const sweep::Artifact& a : study.artifacts) {
-    const std::string stamp = (fs::path(study.out_dir) / "artifacts" / (a.name + ".json")).string();
-    const nlohmann::json record = {{"command", a.command}, {"output", a.output}};
-    std::error_code ec;
-    if (fs::exists(stamp, ec) && fs::exists(a.output, ec)) {
-      try {
-        if (sweep::read_json(stamp) == record) continue;
-      } catch (const InputError&) {
-      }
-    }
-    std::cerr << "sweep: building artifact " << a.name << "\n";
-    fs::remove(stamp, ec);
-    Argv argv(a.command.begin() + 1, a.command.end());  // e.g. ["gen", "--workload", "mix", ...]
-    argv.push_back("--out");
-    argv.push_back(a.output);
-    fs::create_directories(fs::path(a.output).parent_path(), ec);
-    std::string out;
-    int (*command)(const Argv&) = a.command[0] == "trace" ? run_trace : run_indexer;
-    try {
-      if (run_captured(command, argv, out) != 0) throw InputError("exited non-zero");
-    } catch (const std::exception& e) {
-      throw InputError(study.file + ":" + std::to_string(a.line) + ": artifact." + a.name + ": " + e.what());
-    }
-    sweep::write_atomic((fs::path(study.out_dir) / "artifacts" / (a.name + ".out")).string(), out);
-    sweep::write_atomic(stamp, record.dump(2) + "\n");
+    if (!artifact_built(study, a)) build_artifact(study, a);
   }
+}
+
+/// The artifacts whose outputs `a`'s command reads ("@name" became their output path).
+std::vector<const sweep::Artifact*> artifact_inputs(const StudyConfig& study, const sweep::Artifact& a) {
+  std::vector<const sweep::Artifact*> inputs;
+  for (const sweep::Artifact& other : study.artifacts) {
+    if (&other == &a) continue;
+    if (std::find(a.command.begin(), a.command.end(), other.output) != a.command.end()) inputs.push_back(&other);
+  }
+  return inputs;
+}
+
+/// --artifacts-only with a shard: builds this shard's missing artifacts (every N-th in file
+/// order) whose inputs are built, so N processes build independent artifacts side by side.
+/// One whose inputs are still missing is left for a later round; returns how many were left.
+size_t build_artifact_share(const StudyConfig& study, int64_t index, int64_t count) {
+  size_t waiting = 0;
+  for (size_t k : sweep::shard_share(study.artifacts.size(), index, count)) {
+    const sweep::Artifact& a = study.artifacts[k];
+    if (artifact_built(study, a)) continue;
+    const auto inputs = artifact_inputs(study, a);
+    if (std::all_of(inputs.begin(), inputs.end(), [&](const sweep::Artifact* in) { return artifact_built(study, *in); })) {
+      build_artifact(study, a);
+    } else {
+      ++waiting;
+    }
+  }
+  return waiting;
 }
 
 struct SweepRun {
@@ -206,8 +246,10 @@ void print_dry_run(const StudyConfig& study, const std::vector<Cell>& cells, con
   }
   std::cout << share.size() << " cell(s)";
   if (share.size() != cells.size()) std::cout << " of " << cells.size() << " in the study";
+  const auto built = std::count_if(study.artifacts.begin(), study.artifacts.end(),
+                                   [&](const sweep::Artifact& a) { return artifact_built(study, a); });
   std::cout << ", " << done << " done, " << share.size() - done << " to run; " << study.artifacts.size()
-            << " artifact(s); output in " << study.out_dir << "\n";
+            << " artifact(s), " << built << " built; output in " << study.out_dir << "\n";
 }
 
 bool all_done(const StudyConfig& study, const std::vector<Cell>& cells) {
@@ -298,8 +340,8 @@ int run_sweep(const Argv& argv) {
     return 0;
   }
   if (args.has("merge")) {
-    if (args.has("config") || args.has("shard") || args.has("dry-run")) {
-      throw UsageError("--merge takes no --config, --shard or --dry-run");
+    if (args.has("config") || args.has("shard") || args.has("dry-run") || args.has("artifacts-only")) {
+      throw UsageError("--merge takes no --config, --shard, --dry-run or --artifacts-only");
     }
     return run_merge(args);
   }
@@ -329,11 +371,26 @@ int run_sweep(const Argv& argv) {
   }
   const bool use_mpi = mpi_mode == "on" || (mpi_mode == "auto" && sweep::mpi_launched() && sweep::mpi_built());
   if (use_mpi && shard && !args.has("dry-run")) throw UsageError("--shard and MPI dispatch exclude each other");
+  if (use_mpi && args.has("artifacts-only")) {
+    throw UsageError("--artifacts-only runs without MPI dispatch (--mpi off, or run it outside mpirun)");
+  }
   const auto [index, count] = shard.value_or(std::pair<int64_t, int64_t>{0, 1});
   const std::vector<size_t> share = sweep::shard_share(cells.size(), index, count);
 
   if (args.has("dry-run")) {
     print_dry_run(study, cells, share);
+    return 0;
+  }
+  if (args.has("artifacts-only")) {
+    if (!shard) {
+      build_artifacts(study);
+      std::cerr << "sweep: " << study.artifacts.size() << " artifact(s) built\n";
+      return 0;
+    }
+    const size_t waiting = build_artifact_share(study, index, count);
+    std::cerr << "sweep: artifacts of shard " << index << "/" << count << " built";
+    if (waiting > 0) std::cerr << "; " << waiting << " wait for inputs that other shards build (run the shards again)";
+    std::cerr << "\n";
     return 0;
   }
   if (use_mpi) return run_mpi(study, cells);

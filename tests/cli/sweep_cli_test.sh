@@ -154,6 +154,44 @@ expect 0 "merged 28 cell(s)" -- sweep --merge "${work}/s0" --merge "${work}/s1"
 checks=$((checks + 1))
 cmp -s "${work}/ref/results.json" "${work}/s0/results.json" || fail "merged shards differ from the single run"
 
+# ---- artifacts side by side: --artifacts-only --shard I/N builds its share of the artifacts
+# whose inputs are built; one whose input another shard builds waits for a later round.
+cat > "${work}/art.toml" <<EOF
+out_dir = "${work}/art"
+[engine]
+threads = 1
+[artifact.mix]
+command = ["trace", "gen", "--workload", "mix", "--context-tokens", "16384", "--steps", "48", "--requests", "2", "--seed", "3"]
+[artifact.needle]
+command = ["trace", "gen", "--workload", "needle", "--context-tokens", "16384", "--steps", "48", "--requests", "2", "--seed", "4"]
+[artifact.idx]
+command = ["indexer", "train", "--traces", "@needle", "--window", "1024", "--depth", "0", "--epochs", "1", "--tau", "16", "--stride", "8"]
+[[source]]
+traces = ["@mix"]
+[[policy]]
+name = "lsa"
+indexer = "@idx"
+window = 1024
+tau = 16
+EOF
+expect 0 "3 artifact(s), 0 built" -- sweep --config "${work}/art.toml" --dry-run
+# Shard 0/2 holds mix and idx; idx reads needle, which is shard 1's.
+expect 0 "1 wait for inputs that other shards build" -- sweep --config "${work}/art.toml" --artifacts-only --shard 0/2
+expect 0 "3 artifact(s), 1 built" -- sweep --config "${work}/art.toml" --dry-run
+expect 0 "artifacts of shard 1/2 built" -- sweep --config "${work}/art.toml" --artifacts-only --shard 1/2
+expect 0 "3 artifact(s), 2 built" -- sweep --config "${work}/art.toml" --dry-run
+expect 0 "artifacts of shard 0/2 built" -- sweep --config "${work}/art.toml" --artifacts-only --shard 0/2
+checks=$((checks + 1))
+grep -q "building artifact idx" "${work}/err.txt" || fail "the second round of shard 0/2 did not build idx"
+expect 0 "3 artifact(s), 3 built" -- sweep --config "${work}/art.toml" --dry-run
+expect 0 "3 artifact(s) built" -- sweep --config "${work}/art.toml" --artifacts-only
+checks=$((checks + 1))
+[[ ! -e "${work}/art/cells" ]] || fail "--artifacts-only ran cells"
+expect 0 "1 cell(s) done" -- sweep --config "${work}/art.toml"
+checks=$((checks + 1))
+! grep -q "building artifact" "${work}/err.txt" || fail "the sweep rebuilt artifacts the shards had built"
+expect 2 "--artifacts-only" -- sweep --merge "${work}/art" --artifacts-only
+
 # ---- MPI: rank 0 hands cells out ------------------------------------------------------------
 if [[ "${have_mpi}" == "ON" ]] && command -v mpirun >/dev/null; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
