@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
-"""Writes OUT/REPORT.md (and, with matplotlib, OUT/pareto_*.png) from experiments/lsa/run_all.sh output.
+"""Writes OUT/REPORT.md (and, with matplotlib, OUT/pareto_*.png) from experiments/lsa/run_all.sh output,
+or from a `kvlab sweep` of experiments/lsa/study.toml (or study_quick.toml).
 
-usage: python3 analysis/lsa_report.py [OUT]   (default results/lsa)
+usage: python3 analysis/lsa_report.py [OUT]   (default results/lsa: run_all.sh's OUT)
+       python3 analysis/lsa_report.py --sweep DIR [OUT]
+         DIR/results.json: the sweep's merged cells; DIR/eval/*.json and DIR/ablation/eval_*.json:
+         `kvlab indexer eval --json` of the study's indexers (experiments/lsa/run_study_sharded.sh
+         writes them); OUT (default DIR) gets REPORT.md and keeps its timing.json (run_all.sh's
+         steps 3 and 8: times, not cells of the grid) when it has one.
 
 Standard library only; matplotlib is optional and used for the Pareto plots when importable.
 """
+import importlib.util
 import json
 import re
 import sys
@@ -22,6 +29,75 @@ ABLATION = [
     ("small_mlp", "40 per remote workload, MLP towers (depth 2, width 256, lr 0.001), no skip path"),
     ("small_mlp_skip", "as small_mlp, with linear skip paths (--skip on)"),
 ]
+
+
+# study.toml's artifact names of the ablation's indexers -> the variants above.
+ABLATION_ARTIFACTS = {"indexer": "study", **{f"indexer_{v}": v for v, _ in ABLATION[1:]}}
+
+
+def make_study():
+    """experiments/lsa/make_study.py as a module: the sizes and windows the study's cells were written with."""
+    path = Path(__file__).resolve().parent.parent / "experiments" / "lsa" / "make_study.py"
+    spec = importlib.util.spec_from_file_location("make_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def indexer_artifact(spec):
+    """The study artifact an lsa spec's indexer is (…/artifacts/NAME.h5 -> NAME)."""
+    m = re.search(r"indexer=[^,]*/([^/,]+)\.h5", spec)
+    return m.group(1) if m else None
+
+
+def sweep_groups(rows, kind):
+    """run_all.sh's replay files ({name: rows}) from a sweep's cells, and the budget fractions: sweep_SOURCE
+    (step 5), headline_mix_N (step 6), tau_SOURCE (step 7) and ablation_SOURCE (step 9). A cell can be in
+    several (lsa at 10% with tau 64 is a point of the budget sweep and of the tau sweep), as in run_all.sh."""
+    ms = make_study()
+    size = ms.SIZES[kind]
+    fractions, n1 = size["fractions"], size["single_ctx"]
+    by_source = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r)
+
+    def num(r, key):
+        v = param(r["policy"], key)
+        return None if v is None else float(v)
+
+    def is_point(r, f, n):
+        """r is the budget-sweep (or headline) cell of its family at footprint fraction f on context n."""
+        fam = family(r["policy"])
+        if fam == "full":
+            return True
+        if fam == "sliding_window":
+            return num(r, "window") == ms.sw_window(f, n)
+        if fam in ("random", "oracle_topk"):
+            return num(r, "budget") == f
+        if fam in ("lsa_oracle", "lsa"):
+            return (num(r, "budget") == f and num(r, "window") == ms.lsa_window(f, n) and num(r, "tau") == 64
+                    and (fam == "lsa_oracle" or indexer_artifact(r["policy"]) == "indexer"))
+        return False
+
+    def in_order(rs):
+        return sorted(rs, key=lambda r: FAMILIES.index(family(r["policy"])))
+
+    groups = {}
+    for src, rs in by_source.items():
+        n = int(src.rsplit("_", 1)[1])
+        groups[f"sweep_{src}"] = [r for r in rs if any(is_point(r, f, n) for f in fractions)]
+        if src.startswith("mix_"):
+            f = ms.HEADLINE.get(n, 0.03)
+            groups[f"headline_{src}"] = in_order(r for r in rs if is_point(r, f, n))
+    for src in (f"mix_{n1}", f"multi_needle_{n1}"):
+        groups[f"tau_{src}"] = [r for r in by_source.get(src, []) if family(r["policy"]) == "lsa"
+                                and num(r, "budget") == 0.1 and num(r, "window") == ms.lsa_window(0.1, n1)
+                                and indexer_artifact(r["policy"]) == "indexer"]
+    for w in ms.REMOTE:
+        groups[f"ablation_{w}_{n1}"] = [r for r in by_source.get(f"{w}_{n1}", []) if family(r["policy"]) == "lsa"
+                                        and num(r, "budget") == 0.15 and num(r, "window") == ms.lsa_window(0.15, n1)
+                                        and num(r, "tau") == 64]
+    return {k: v for k, v in groups.items() if v}, fractions
 
 
 def load(path):
@@ -164,15 +240,15 @@ def plot(name, title, grid, out_dir):
     return path.name
 
 
-def ablation_section(out, replay):
+def ablation_section(eval_dir, replay):
     """Critical recall of lsa at 15% per indexer variant and workload, and the indexer's recall@128."""
     keys = sorted(k for k in replay if k.startswith("ablation_"))
     if not keys:
         return []
     workloads = [k[len("ablation_"):k.rfind("_")] for k in keys]
-    def variant(spec):
-        m = re.search(r"indexer=[^,]*/([^/,]+)\.h5", spec)
-        return m.group(1) if m else None
+    def variant(spec):  # run_all.sh's ablation/NAME.h5, or the sweep's artifacts/indexer_NAME.h5
+        name = indexer_artifact(spec)
+        return ABLATION_ARTIFACTS.get(name, name)
     recall = {(variant(r["policy"]), wl): r for k, wl in zip(keys, workloads) for r in replay[k]}
     rows, eval_rows = [], []
     for name, what in ABLATION:
@@ -182,7 +258,7 @@ def ablation_section(out, replay):
                                            for wl in workloads])
         line = [f"`{name}`"]
         for wl in workloads:
-            p = out / "ablation" / f"eval_{name}_{wl}.json"
+            p = eval_dir / f"eval_{name}_{wl}.json"
             line.append(f"{load(p)['recall@128']:.3f}" if p.exists() else "–")
         eval_rows.append(line)
     n = int(keys[0].rsplit("_", 1)[1])
@@ -194,19 +270,66 @@ def ablation_section(out, replay):
             table(["variant"] + workloads, eval_rows), ""]
 
 
+def timing_lines(timing):
+    """The speed targets (run_all.sh's steps 2, 3 and 8)."""
+    lines = []
+    st = timing["speed_train"]
+    lines.append(f"- training speed: {st['requests']} mix requests × {ctx_label(st['context'])} × {st['steps']} steps, "
+                 f"{st['epochs']} epochs: {st['seconds']:.0f} s, {st['refresh_points_per_s']} refresh points/s, "
+                 f"{st['candidates_per_s']} candidates/s (target < 600 s: {check(st['seconds'] < 600)})")
+    lines.append(f"- LSA indexer training (study model): {timing['train_seconds']:.0f} s, "
+                 f"{timing['train_refresh_points_per_s']} refresh points/s, {timing['train_candidates_per_s']} candidates/s")
+    rp = timing["replay_1m"]
+    ratio = rp["lsa_s"] / rp["sliding_window_s"]
+    lines.append(f"- 1M-token replay ({rp['steps']} steps, --threads 1): sliding_window {rp['sliding_window_s']:.2f} s, "
+                 f"lsa {rp['lsa_s']:.2f} s, ratio {ratio:.2f} (target ≤ 3: {check(ratio <= 3)})")
+    return lines
+
+
 def check(ok):
     return "**met**" if ok else "**not met**"
 
 
-def main():
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "results/lsa")
+def load_run_all(out):
+    """run_all.sh's OUT: (replay files {name: rows}, timing, eval folder, ablation eval folder, source line)."""
     if not (out / "timing.json").exists():
         sys.exit(f"lsa_report.py: {out}/timing.json missing: run experiments/lsa/run_all.sh first")
     timing = load(out / "timing.json")
-    fractions = timing["sweep_fractions"]
     replay = {p.stem: load(p) for p in sorted((out / "replay").glob("*.json"))}
-    md = ["# LSA results", "", f"Generated by `analysis/lsa_report.py` from `{out}` "
-          f"({'quick' if timing['quick'] else 'full'} run of `experiments/lsa/run_all.sh`). All test traces use seeds "
+    made_by = f"`{out}` ({'quick' if timing['quick'] else 'full'} run of `experiments/lsa/run_all.sh`)"
+    return replay, timing, timing["sweep_fractions"], out / "eval", out / "ablation", made_by
+
+
+def load_sweep(sweep_dir, out):
+    """The same from a sweep of study.toml / study_quick.toml: its merged cells regrouped as run_all.sh's replay
+    files; times from OUT/timing.json when there (the sweep has no timing steps)."""
+    path = sweep_dir / "results.json"
+    if not path.exists():
+        sys.exit(f"lsa_report.py: {path} missing: run kvlab sweep (experiments/lsa/run_study_sharded.sh) first")
+    rows = load(path)
+    kind = "full" if any(r["source"].endswith("_1048576") for r in rows) else "quick"
+    replay, fractions = sweep_groups(rows, kind)
+    timing = load(out / "timing.json") if (out / "timing.json").exists() else None
+    study = "study.toml" if kind == "full" else "study_quick.toml"
+    made_by = (f"`kvlab sweep --config experiments/lsa/{study}` ({len(rows)} cells, `{path}`; indexer evals in "
+               f"`{sweep_dir}/eval`, `{sweep_dir}/ablation`)")
+    if timing is not None:
+        made_by += f"; times from `{out}/timing.json` (`experiments/lsa/run_all.sh`'s steps 2, 3 and 8, not re-measured)"
+    return replay, timing, fractions, sweep_dir / "eval", sweep_dir / "ablation", made_by
+
+
+def main():
+    args = sys.argv[1:]
+    if args and args[0] == "--sweep":
+        if len(args) < 2:
+            sys.exit("lsa_report.py: --sweep needs the sweep's output folder (usage: --sweep DIR [OUT])")
+        sweep_dir = Path(args[1])
+        out = Path(args[2]) if len(args) > 2 else sweep_dir
+        replay, timing, fractions, eval_dir, ablation_dir, made_by = load_sweep(sweep_dir, out)
+    else:
+        out = Path(args[0] if args else "results/lsa")
+        replay, timing, fractions, eval_dir, ablation_dir, made_by = load_run_all(out)
+    md = ["# LSA results", "", f"Generated by `analysis/lsa_report.py` from {made_by}. All test traces use seeds "
           "1001+ (train seeds 1-5). † = oracle (reads the true future attention; an upper bound, not a result). "
           "Footprint = mean (KV + summary tier + index) bytes / full KV bytes. Resolved = share of requests whose "
           "critical recall is >= 0.95 at 99% of their steps (README, \"Resolved requests\"); remote = mix's "
@@ -261,7 +384,7 @@ def main():
                        f"{r['mass_recall']:.4f}", fmt_bytes(r["fetch_bytes"]), r["late_fetches"]] for r in rows]), ""]
 
     # ---- indexer --------------------------------------------------------------------------
-    evals = {p.stem: load(p) for p in sorted((out / "eval").glob("*.json"))}
+    evals = {p.stem: load(p) for p in sorted(eval_dir.glob("*.json"))}
     if evals:
         ks = sorted({int(k.split("@")[1]) for e in evals.values() for k in e if k.startswith("recall@")})
         md += ["## 4. Indexer alone (held-out traces, `kvlab indexer eval`)", "",
@@ -271,7 +394,7 @@ def main():
                       for name, e in evals.items()]), ""]
 
     # ---- ablation -------------------------------------------------------------------------
-    md += ablation_section(out, replay)
+    md += ablation_section(ablation_dir, replay)
 
     # ---- targets --------------------------------------------------------------------------
     md += ["## 6. Targets", ""]
@@ -304,16 +427,8 @@ def main():
                              + (" ✓" if l["critical_recall"] > s["critical_recall"] and l["critical_recall"] > rnd["critical_recall"] else " ✗"))
         if beats:
             lines.append(f"  - vs sliding_window and random at equal footprint: " + "; ".join(beats))
-    st = timing["speed_train"]
-    lines.append(f"- training speed: {st['requests']} mix requests × {ctx_label(st['context'])} × {st['steps']} steps, "
-                 f"{st['epochs']} epochs: {st['seconds']:.0f} s, {st['refresh_points_per_s']} refresh points/s, "
-                 f"{st['candidates_per_s']} candidates/s (target < 600 s: {check(st['seconds'] < 600)})")
-    lines.append(f"- LSA indexer training (study model): {timing['train_seconds']:.0f} s, "
-                 f"{timing['train_refresh_points_per_s']} refresh points/s, {timing['train_candidates_per_s']} candidates/s")
-    rp = timing["replay_1m"]
-    ratio = rp["lsa_s"] / rp["sliding_window_s"]
-    lines.append(f"- 1M-token replay ({rp['steps']} steps, --threads 1): sliding_window {rp['sliding_window_s']:.2f} s, "
-                 f"lsa {rp['lsa_s']:.2f} s, ratio {ratio:.2f} (target ≤ 3: {check(ratio <= 3)})")
+    if timing is not None:
+        lines += timing_lines(timing)
     md += lines + [""]
     (out / "REPORT.md").write_text("\n".join(md))
     print(f"wrote {out / 'REPORT.md'}")
