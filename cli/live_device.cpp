@@ -38,23 +38,24 @@ std::string backend_of(const Args& args) {
 
 #if !KVLAB_WITH_CUDA
 
-void live_check_device(const Args& args) {
-  if (backend_of(args) == "cuda") {
-    throw InputError(
-        "--backend cuda: this kvlab was built without CUDA (no nvcc at configure time); rebuild with "
-        "-DKVLAB_CUDA=ON, or use --backend cpu");
-  }
+void check_cuda_usable() {
+  throw InputError(
+      "--backend cuda: this kvlab was built without CUDA (no nvcc at configure time); rebuild with "
+      "-DKVLAB_CUDA=ON, or use --backend cpu");
 }
 
 #else
 
-void live_check_device(const Args& args) {
-  if (backend_of(args) != "cuda") return;
+void check_cuda_usable() {
   const cuda::DeviceReport report = cuda::probe_device();
   if (!report.usable) throw InputError("--backend cuda: no usable GPU (" + report.reason + "); use --backend cpu");
 }
 
 #endif
+
+void live_check_device(const Args& args) {
+  if (backend_of(args) == "cuda") check_cuda_usable();
+}
 
 LiveDecoders live_decoders(const Args& args, const LiveModel& model, const DecoderOptions& options) {
   live_check_device(args);

@@ -23,6 +23,9 @@ std::vector<FlagSpec> live_device_flags();
 /// before loading the model.
 void live_check_device(const Args& args);
 
+/// The cuda half of live_check_device: this build has CUDA and an sm_90 GPU is present.
+void check_cuda_usable();
+
 /// The decoders of a live run.
 struct LiveDecoders {
   std::string backend;  // "cpu" or "cuda"

@@ -11,6 +11,7 @@
 
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
+#include "cli/live_device.hpp"
 #include "cli/output.hpp"
 #include "cli/progress.hpp"
 #include "cli/replay_run.hpp"
@@ -137,6 +138,21 @@ size_t build_artifact_share(const StudyConfig& study, int64_t index, int64_t cou
     }
   }
   return waiting;
+}
+
+/// A live source on the GPU fails before any artifact is built or cell runs when this build or
+/// machine cannot decode on one (kvlab run would refuse it cell after cell).
+void check_live_backends(const StudyConfig& study) {
+  for (const sweep::Source& s : study.sources) {
+    for (size_t i = 0; i + 1 < s.live_args.size(); i += 2) {
+      if (s.live_args[i] != "--backend" || s.live_args[i + 1] != "cuda") continue;
+      try {
+        check_cuda_usable();
+      } catch (const InputError& e) {
+        throw InputError(study.file + ":" + std::to_string(s.line) + ": source " + s.name + ": " + e.what());
+      }
+    }
+  }
 }
 
 struct SweepRun {
@@ -393,6 +409,7 @@ int run_sweep(const Argv& argv) {
     std::cerr << "\n";
     return 0;
   }
+  check_live_backends(study);
   if (use_mpi) return run_mpi(study, cells);
   build_artifacts(study);
   sweep::write_index(study.out_dir, study.file, cells);

@@ -24,7 +24,7 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/build/bin" "$stage/build/lib" "$(dirname "$dest")"
 for b in "${bins[@]}"; do strip -o "$stage/build/bin/$b" "$build/bin/$b"; done
 cp -L "$build/lib/libkvlab_core.so.0" "$stage/build/lib/libkvlab_core.so.0"
-git archive HEAD scripts experiments/gpu experiments/lsa experiments/fidelity analysis tests/cli traces/data |
+git archive HEAD scripts experiments/gpu experiments/lsa experiments/live experiments/fidelity analysis tests/cli traces/data |
   tar -x -C "$stage"
 git rev-parse HEAD >"$stage/REVISION"
 tar cJf "$dest.tmp" -C "$stage" .

@@ -226,6 +226,16 @@ void check_live_values(const Reader& r, const toml::table& t) {
   };
   one_of("stop", {"eos", "limit"});
   one_of("template_set", template_set_names());
+  one_of("backend", {"cpu", "cuda"});
+  one_of("cuda_prefill", {"tensor", "float32"});
+  // kvlab run refuses the GPU decoder's flags without --backend cuda: refused here, not per cell.
+  const toml::node* backend = t.get("backend");
+  const bool cuda = backend && r.string(*backend, "source.backend") == "cuda";
+  for (const char* key : {"cuda_graphs", "cuda_prefill"}) {
+    if (const toml::node* v = t.get(key); v && !cuda) {
+      fail_at(r.file, line_of(*v), std::string("source.") + key, "needs backend = \"cuda\"");
+    }
+  }
   if (const toml::node* v = t.get("prefill_window")) {
     const int64_t w = r.integer(*v, "source.prefill_window");
     if (w < 0 || w > 1 << 20) fail_at(r.file, line_of(*v), "source.prefill_window", "must be between 0 and 1048576");

@@ -82,6 +82,23 @@ EOF
 expect 0 "1 cell(s), 0 done, 1 to run" -- sweep --config "${work}/live.toml" --dry-run
 sed "s|^task = \"niah_single\"|traces = [\"${work}/needle.h5\"]|" "${work}/live.toml" > "${work}/bad.toml"
 expect 1 "source.backend: only live sources (task = ...) take it" -- sweep --config "${work}/bad.toml"
+# The GPU decoder's keys are checked before anything runs, as kvlab run would check them per cell.
+sed 's/^backend = "cuda"/backend = "cdua"/' "${work}/live.toml" > "${work}/bad.toml"
+expect 1 "bad.toml:4: source.backend: 'cdua' is not one of cpu, cuda" -- sweep --config "${work}/bad.toml"
+sed 's/^backend = "cuda"/backend = "cpu"/' "${work}/live.toml" > "${work}/bad.toml"
+expect 1 "bad.toml:6: source.cuda_graphs: needs backend = \"cuda\"" -- sweep --config "${work}/bad.toml"
+sed 's/^cuda_graphs = true/cuda_prefill = "fp16"/' "${work}/live.toml" > "${work}/bad.toml"
+expect 1 "bad.toml:6: source.cuda_prefill: 'fp16' is not one of tensor, float32" -- sweep --config "${work}/bad.toml"
+# A GPU study on a machine (or build) without a GPU stops before any artifact or cell, naming the source.
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  echo "skip: a GPU is present (the no-GPU refusal of a backend = \"cuda\" study)"
+else
+  printf '[artifact.t]\ncommand = ["trace", "gen", "--workload", "mix", "--context-tokens", "4096", "--steps", "8"]\n' \
+    >> "${work}/live.toml"
+  expect 1 "live.toml:2: source niah_single: --backend cuda: " -- sweep --config "${work}/live.toml"
+  checks=$((checks + 1))
+  [[ ! -e "${work}/live_out" ]] || fail "a GPU study without a GPU built artifacts or ran cells"
+fi
 
 # ---- dry run, then the uninterrupted reference run ----------------------------------------
 expect 0 "28 cell(s), 0 done, 28 to run" -- sweep --config "${work}/ref.toml" --dry-run
@@ -211,7 +228,7 @@ fi
 # ---- the shipped studies are valid configs (checked completely by --dry-run) --------------
 if [[ -n "${source_dir}" ]]; then
   for config in experiments/lsa/study.toml experiments/lsa/study_quick.toml experiments/live/accuracy_table.toml \
-                experiments/zoo/study.toml; do
+                experiments/live/accuracy_table_gpu.toml experiments/zoo/study.toml; do
     checks=$((checks + 1))
     (cd "${source_dir}" && "${kvlab}" sweep --config "${config}" --dry-run >"${work}/study.txt" 2>&1) ||
       fail "${config}: $(tail -1 "${work}/study.txt")"
