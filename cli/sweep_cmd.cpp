@@ -73,13 +73,21 @@ int run_captured(int (*command)(const Argv&), const Argv& argv, std::string& cap
   return rc;
 }
 
-/// True when the artifact's output exists and was built by its current command.
+/// What an artifact's build stamp records: its command and output, and for one built from other
+/// artifacts their commands too, so a changed input rebuilds it.
+nlohmann::json artifact_stamp(const sweep::Artifact& a) {
+  nlohmann::json stamp = {{"command", a.command}, {"output", a.output}};
+  if (a.identity.is_object()) stamp["inputs"] = a.identity["inputs"];
+  return stamp;
+}
+
+/// True when the artifact's output exists and was built by its current command (and inputs).
 bool artifact_built(const StudyConfig& study, const sweep::Artifact& a) {
   const std::string stamp = (fs::path(study.out_dir) / "artifacts" / (a.name + ".json")).string();
   std::error_code ec;
   if (!fs::exists(stamp, ec) || !fs::exists(a.output, ec)) return false;
   try {
-    return sweep::read_json(stamp) == nlohmann::json{{"command", a.command}, {"output", a.output}};
+    return sweep::read_json(stamp) == artifact_stamp(a);
   } catch (const InputError&) {
     return false;
   }
@@ -102,7 +110,7 @@ void build_artifact(const StudyConfig& study, const sweep::Artifact& a) {
     throw InputError(study.file + ":" + std::to_string(a.line) + ": artifact." + a.name + ": " + e.what());
   }
   sweep::write_atomic((fs::path(study.out_dir) / "artifacts" / (a.name + ".out")).string(), out);
-  sweep::write_atomic(stamp, nlohmann::json{{"command", a.command}, {"output", a.output}}.dump(2) + "\n");
+  sweep::write_atomic(stamp, artifact_stamp(a).dump(2) + "\n");
 }
 
 /// Builds the study's artifacts that are missing or were built by another command.

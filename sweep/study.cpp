@@ -158,9 +158,18 @@ std::vector<Artifact> read_artifacts(const Reader& r, const toml::table& root, c
     check_keys(r.file, t, where, {"command"});
     const toml::node* cmd = t.get("command");
     if (!cmd) fail_at(r.file, a.line, where + "command", "missing (a kvlab subcommand and its flags, as a list)");
+    nlohmann::json inputs = nlohmann::json::object();
     for (const std::string& word : r.strings(*cmd, where + "command")) {
       a.command.push_back(substitute(r.file, line_of(*cmd), where + "command", word, outputs));
+      if (word.size() > 1 && word[0] == '@' && word[1] != '@') {
+        const std::string input = word.substr(1);
+        inputs[input] = std::find_if(list.begin(), list.end(), [&](const Artifact& x) { return x.name == input; })->identity;
+      }
     }
+    // An artifact built from others is known by its command as written ("@name") and theirs, not
+    // by paths under the output folder; one built from none, by its command (as before).
+    a.identity = inputs.empty() ? nlohmann::json(a.command)
+                                : nlohmann::json{{"command", r.strings(*cmd, where + "command")}, {"inputs", inputs}};
     const std::string& head = a.command.empty() ? std::string() : a.command.front();
     if (head != "trace" && head != "indexer") {
       fail_at(r.file, line_of(*cmd), where + "command", "must start with \"trace\" or \"indexer\" (a kvlab subcommand that writes --out)");
@@ -410,18 +419,18 @@ bool matches_any(const std::vector<std::string>& patterns, const std::string& na
 }
 
 /// `text` with every artifact's output path written as "@name"; records the names it used.
-std::string symbolic(std::string text, const StudyConfig& study, std::map<std::string, std::vector<std::string>>& used) {
+std::string symbolic(std::string text, const StudyConfig& study, std::map<std::string, nlohmann::json>& used) {
   for (const Artifact& a : study.artifacts) {
     for (size_t at = text.find(a.output); at != std::string::npos; at = text.find(a.output, at + a.name.size() + 1)) {
       text.replace(at, a.output.size(), "@" + a.name);
-      used[a.name] = a.command;
+      used[a.name] = a.identity;
     }
   }
   return text;
 }
 
 nlohmann::json cell_config(const StudyConfig& study, const Source& s, const std::string& policy, int64_t seed,
-                           std::map<std::string, std::vector<std::string>>& artifacts) {
+                           std::map<std::string, nlohmann::json>& artifacts) {
   nlohmann::json c = {{"kind", s.kind}, {"policy", policy}, {"seed", seed}, {"critical_mass", study.engine.critical_mass}};
   // Added after studies had run: left out at its default so their cell hashes still hold.
   if (study.engine.resolved_recall != EngineFlags{}.resolved_recall) c["resolved_recall"] = study.engine.resolved_recall;
@@ -517,7 +526,7 @@ std::vector<Cell> expand_cells(const StudyConfig& study) {
         if (s.kind == "live" && p.descriptor->oracle) continue;
         for (int64_t seed : s.seeds) {
           Cell c;
-          std::map<std::string, std::vector<std::string>> artifacts;
+          std::map<std::string, nlohmann::json> artifacts;
           c.source = s.name;
           c.kind = s.kind;
           c.policy = symbolic(p.label, study, artifacts);

@@ -23,6 +23,10 @@ struct Artifact {
   std::string name;
   std::vector<std::string> command;  // kvlab subcommand and flags; "--out OUTPUT" is appended
   std::string output;                // <out_dir>/artifacts/<name>.h5
+  /// What its output depends on, wherever it lies: the command, and for an artifact built from
+  /// others ("@name" in its command) the command as written with the identities of those inputs.
+  /// Cells that use it carry it in their config (and hash); its build stamp records it.
+  nlohmann::json identity;
   int line = 0;
 };
 

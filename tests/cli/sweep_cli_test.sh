@@ -208,6 +208,18 @@ expect 0 "1 cell(s) done" -- sweep --config "${work}/art.toml"
 checks=$((checks + 1))
 ! grep -q "building artifact" "${work}/err.txt" || fail "the sweep rebuilt artifacts the shards had built"
 expect 2 "--artifacts-only" -- sweep --merge "${work}/art" --artifacts-only
+# A cell using an artifact built from another one (idx from needle) has one hash in every output
+# folder: idx is known by its command as written and needle's, not by paths under the folder.
+checks=$((checks + 1))
+"${kvlab}" sweep --config "${work}/art.toml" --dry-run | head -n -1 | cut -d' ' -f1 > "${work}/art_hashes.txt"
+"${kvlab}" sweep --config "${work}/art.toml" --out-dir "${work}/art_elsewhere" --dry-run | head -n -1 | cut -d' ' -f1 |
+  cmp -s - "${work}/art_hashes.txt" || fail "a cell's hash depends on the output folder through a nested artifact"
+# A changed input rebuilds what was built from it, and the cell is a new one.
+sed -i 's/"--requests", "2", "--seed", "4"/"--requests", "2", "--seed", "5"/' "${work}/art.toml"
+expect 0 "3 artifact(s), 1 built" -- sweep --config "${work}/art.toml" --dry-run
+checks=$((checks + 1))
+"${kvlab}" sweep --config "${work}/art.toml" --dry-run | head -n -1 | cut -d' ' -f1 | cmp -s - "${work}/art_hashes.txt" &&
+  fail "the cell kept its hash when the trace its indexer was trained on changed"
 
 # ---- MPI: rank 0 hands cells out ------------------------------------------------------------
 if [[ "${have_mpi}" == "ON" ]] && command -v mpirun >/dev/null; then
