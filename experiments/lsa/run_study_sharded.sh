@@ -11,7 +11,8 @@
 # Environment: KVLAB (build/bin/kvlab), JOBS (nproc), OUT_DIR (the sweep's folder; default the
 # study's out_dir), RESULTS (where results.json, eval/, ablation/ and REPORT.md go; default
 # experiments/lsa/results for study.toml, OUT_DIR/committed otherwise), PACK (a .tgz of what
-# changed, for a device call's $OUT; default $OUT/lsa_study.tgz when OUT is set).
+# changed, for a device call's $OUT; default $OUT/lsa_study.tgz when OUT is set; a stopped run
+# packs its finished cells and indexers into PACK's _partial.tgz instead).
 #
 # Safe to re-run, and resumable across time-limited calls: the sweep skips finished cells and
 # built artifacts, evals are skipped when their file exists, and a run killed (SIGTERM, or a
@@ -47,7 +48,25 @@ stop() {
   say "stopped; ${#pids[@]} process(es) ended; run again to go on"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   wait
+  pack_progress
   exit 1
+}
+# With PACK set, a stopped run also packs what a fresh machine cannot redo quickly: the finished
+# cells and the indexers with their build stamps (not the traces: large, and rebuilt in a round).
+# Unpacked into the tree (tar xzf PARTIAL), the next run there skips them.
+pack_progress() {
+  [[ -n "$pack" && -d "$OUT_DIR/artifacts" ]] || return 0
+  local partial="${pack%.tgz}_partial.tgz" keep=()
+  for a in "$OUT_DIR"/artifacts/*.json; do
+    [[ -e "$a" ]] || continue
+    local h5="${a%.json}.h5"
+    if grep -q '"indexer"' "$a" && [[ -f "$h5" ]]; then keep+=("$a" "$h5" "${a%.json}.out"); fi
+  done
+  [[ -d "$OUT_DIR/cells" ]] && keep+=("$OUT_DIR/cells")
+  [[ ${#keep[@]} -gt 0 ]] || return 0
+  mkdir -p "$(dirname "$partial")"
+  tar czf "$partial" --exclude='.tmp-*' "${keep[@]}" 2>/dev/null &&
+    say "packed the progress so far into $partial ($(stat -c %s "$partial") bytes; tar xzf it into the tree to resume elsewhere)"
 }
 trap stop TERM INT
 

@@ -3,7 +3,7 @@
 # (make_study.py's windows and grid, 1-2 requests per trace): artifacts in rounds, cells on 2
 # shards, merged results identical to one `kvlab sweep` process, the evals, REPORT.md with every
 # section; a SIGTERM mid-run stops its shards and a second run completes with the same results;
-# a finished run re-run builds and computes nothing.
+# its progress (cells, indexers) is packed; a finished run re-run builds and computes nothing.
 # usage: lsa_sharded_test.sh PATH/TO/kvlab SOURCE_DIR
 set -uo pipefail
 
@@ -35,10 +35,10 @@ run() {  # run OUT_DIR RESULTS: the script on 2 shards
 
 # ---- interrupted, then resumed -----------------------------------------------------------------
 checks=$((checks + 1))
-KVLAB="${kvlab}" JOBS=2 OUT_DIR="${work}/sharded" RESULTS="${work}/committed" bash "${script}" "${work}/tiny.toml" \
-  >"${work}/first.txt" 2>&1 &
+KVLAB="${kvlab}" JOBS=2 OUT_DIR="${work}/sharded" RESULTS="${work}/committed" PACK="${work}/first.tgz" \
+  bash "${script}" "${work}/tiny.toml" >"${work}/first.txt" 2>&1 &
 pid=$!
-for _ in $(seq 1 600); do  # SIGTERM once the cells run
+for _ in $(seq 1 3000); do  # SIGTERM once the cells run
   grep -q "^\[[0-9]* s\] cells:" "${work}/first.txt" 2>/dev/null && break
   kill -0 "${pid}" 2>/dev/null || break
   sleep 0.1
@@ -50,6 +50,16 @@ if grep -q "^\[[0-9]* s\] done" "${work}/first.txt"; then
   echo "note: the first run finished before SIGTERM (rc ${rc}); the resume path was not exercised"
 elif [[ ${rc} -ne 1 ]] || ! grep -q "stopped;" "${work}/first.txt"; then
   fail "SIGTERM: expected exit 1 and 'stopped;', got ${rc}: $(tail -3 "${work}/first.txt")"
+fi
+if grep -q "stopped;" "${work}/first.txt"; then  # the progress packed: indexers and their stamps, no traces
+  checks=$((checks + 1))
+  tar tzf "${work}/first_partial.tgz" > "${work}/partial.txt" 2>&1 || fail "no progress pack after SIGTERM"
+  for stamp in "${work}"/sharded/artifacts/indexer*.json; do  # every indexer built, with its stamp
+    listed="${stamp#/}"  # tar lists the paths without their leading /
+    grep -q "${listed}$" "${work}/partial.txt" && grep -q "${listed%.json}.h5$" "${work}/partial.txt" ||
+      fail "progress pack lacks $(basename "${stamp%.json}")"
+  done
+  ! grep -q "test_mix_32768.h5$" "${work}/partial.txt" || fail "progress pack holds a trace"
 fi
 checks=$((checks + 1))
 sleep 0.5
