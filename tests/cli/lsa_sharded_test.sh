@@ -91,10 +91,22 @@ checks=$((checks + 1))
 checks=$((checks + 1))
 tar tzf "${work}/pack.tgz" > "${work}/pack.txt"
 grep -q "committed/REPORT.md" "${work}/pack.txt" || fail "the pack lacks REPORT.md"
-# The tau table holds the four taus, the headline lsa row its operating point at 32K (15%).
+# The cells regroup as run_all.sh's replay files; the tau table holds the four taus, the headline lsa
+# row its operating point at 32K (15%).
 checks=$((checks + 1))
-python3 - "${work}/committed/REPORT.md" <<'PY' || fail "REPORT.md tables are not the study's cells"
-import re, sys
+SRC="${src}" python3 - "${work}/committed/REPORT.md" <<'PY' || fail "REPORT.md tables are not the study's cells"
+import json, os, re, sys
+# run_all.sh's replay files, regrouped from the cells: every step's rows and no others.
+sys.path.insert(0, os.path.join(os.environ["SRC"], "analysis"))
+import lsa_report
+rows = json.load(open(os.path.join(os.path.dirname(sys.argv[1]), "results.json")))
+groups, fractions = lsa_report.sweep_groups(rows, "quick")
+sizes = {k: len(v) for k, v in groups.items()}
+want = {f"sweep_{s}": 1 + 5 * len(fractions) for s in ["mix_32768", "mix_131072", "local_32768", "needle_32768",
+                                                        "multi_needle_32768", "multi_hop_32768", "diffuse_32768"]}
+want.update({"headline_mix_32768": 6, "headline_mix_131072": 6, "tau_mix_32768": 4, "tau_multi_needle_32768": 4})
+want.update({f"ablation_{w}_32768": 6 for w in ["needle", "multi_needle", "multi_hop", "diffuse"]})
+assert sizes == want, sizes
 md = open(sys.argv[1]).read()
 tau = md.split("### mix_32768", 1)[1].split("###", 1)[0]
 assert [int(t) for t in re.findall(r"^\| (\d+) \|", tau, re.M)] == [1, 16, 64, 256], tau
