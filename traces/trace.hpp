@@ -33,6 +33,11 @@ struct RequestHeader {
   int64_t n_chunks_max = 0;  // chunks that exist at the last step
   int64_t d_query = 0;       // 0 = no `query` dataset
   int64_t d_key = 0;         // 0 = no `chunk_features` dataset
+  // The model layers the features come from (attribute feature_layers), in stored order; empty
+  // for a request whose features are of one layer the file does not name. With n layers,
+  // d_query and d_key are the widths of all n side by side (n equal parts, layer by layer):
+  // read_query and read_chunk_features return them concatenated, the writer splits them.
+  std::vector<int> feature_layers;
   int64_t qk_dim = 0;          // 0 = no query_vectors / key_min / key_max / key_repr datasets
   int64_t prefill_window = 0;  // 0 = no prefill_mass dataset
   bool sparse = false;       // mass stored as CSR (mass_indptr/mass_index/mass_value/mass_remainder)
@@ -48,9 +53,10 @@ class RequestReader {
   /// within tolerance over the chunks that exist, zero past them). Throws InputError naming the
   /// file, request, dataset and step.
   virtual void read_step(int64_t t, StepMass& out) = 0;
-  /// Reads step t's query features (d_query values).
+  /// Reads step t's query features (d_query values; every feature layer's, side by side).
   virtual void read_query(int64_t t, std::vector<float>& out) = 0;
-  /// Reads the whole chunk_features matrix, row-major [n_chunks_max × d_key].
+  /// Reads the whole chunk_features matrix, row-major [n_chunks_max × d_key] (a row holds every
+  /// feature layer's, side by side).
   virtual void read_chunk_features(std::vector<float>& out) = 0;
   /// Reads query_vectors [decode_steps × rows × qk_dim] and the key summaries key_min, key_max,
   /// key_repr [n_chunks_max × rows × qk_dim] (header().qk_dim > 0).
@@ -106,6 +112,10 @@ class TraceWriter {
                                                      MassStorage storage = MassStorage::Auto) = 0;
   virtual void commit() = 0;
 };
+
+/// A request's feature_layers as the attribute stores them: decimal layer numbers joined by
+/// commas ("8,15,22").
+std::string feature_layers_text(std::span<const int> layers);
 
 /// Sparse storage keeps, per row, the largest entries until the remainder is at most this.
 inline constexpr float kSparseRemainderTarget = 0.002F;

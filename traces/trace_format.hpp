@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <climits>
+#include <string>
+#include <vector>
 
 namespace kvlab::trace_format {
 
@@ -27,6 +30,7 @@ inline constexpr const char* kTemplateSet = "template_set";            // option
 inline constexpr const char* kTemplateVariants = "template_variants";  // optional
 inline constexpr const char* kMassStorage = "mass_storage";
 inline constexpr const char* kHeadsStored = "n_heads_stored";
+inline constexpr const char* kFeatureLayers = "feature_layers";  // optional: "8,15,22"
 
 // Request datasets.
 inline constexpr const char* kMass = "mass";
@@ -66,6 +70,35 @@ inline constexpr int64_t kMaxChunks = int64_t{1} << 32;
 /// One step's dense mass (rows × chunks), and a request's chunk_features matrix, may not exceed
 /// this many values (2^28, 1 GiB as float32); larger requests must be stored sparse.
 inline constexpr int64_t kMaxStepCells = int64_t{1} << 28;
+
+/// The datasets of feature layer `k` (0-based position in a request's feature_layers, whose
+/// layer number is `layer`): the first is stored as `query` / `chunk_features`, as in a
+/// one-layer trace, the others as `query_layer<L>` / `chunk_features_layer<L>`.
+inline std::string query_dataset(size_t k, int layer) {
+  return k == 0 ? std::string(kQuery) : std::string(kQuery) + "_layer" + std::to_string(layer);
+}
+inline std::string chunk_features_dataset(size_t k, int layer) {
+  return k == 0 ? std::string(kChunkFeatures) : std::string(kChunkFeatures) + "_layer" + std::to_string(layer);
+}
+
+/// Parses feature_layers_text's form (traces/trace.hpp); false on anything else (empty, a sign, spaces, a number
+/// past 2^31).
+inline bool parse_layer_list(const std::string& text, std::vector<int>& out) {
+  out.clear();
+  int64_t value = -1;
+  for (const char ch : text + ",") {
+    if (ch >= '0' && ch <= '9') {
+      value = (value < 0 ? 0 : value * 10) + (ch - '0');
+      if (value > INT32_MAX) return false;
+    } else if (ch == ',' && value >= 0) {
+      out.push_back(static_cast<int>(value));
+      value = -1;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

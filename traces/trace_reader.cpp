@@ -77,11 +77,15 @@ class H5RequestReader final : public RequestReader {
   double tolerance_ = 1e-2;
 
   h5::Group group_;
-  h5::Dataset indptr_, index_, value_, remainder_, features_;
+  h5::Dataset indptr_, index_, value_, remainder_;
+  std::vector<h5::Dataset> features_;  // one per feature layer
   // Read step by step: their chunks are decoded outside the HDF5 lock, so requests replayed on
   // different threads overlap.
-  h5::ChunkReader mass_, query_;
+  h5::ChunkReader mass_;
+  std::vector<h5::ChunkReader> query_;  // one per feature layer
   void open_policy_inputs();
+  void read_feature_layers(const std::string& at);
+  void open_features();
   void read_matrix(const h5::Dataset& d, const char* name, std::vector<float>& out) const;
   int64_t nnz_ = 0;
 
@@ -137,29 +141,69 @@ H5RequestReader::H5RequestReader(std::shared_ptr<const h5::File> file, const Geo
   else open_dense();
   tolerance_ = fmt::sum_tolerance(header_.mass_dtype == MassDtype::Float16 ? 2 : 4);
 
-  if (group_.has_child(fmt::kQuery)) {
-    query_ = h5::ChunkReader(group_.open_dataset(fmt::kQuery, fmt::kChunkCacheBytes), fmt::kChunkCacheBytes);
-    const h5::Dataset& query = query_.dataset();
-    if (query.dims().size() != 2 || query.dims()[0] != header_.decode_steps) {
-      throw InputError(where(fmt::kQuery) + ": expected shape [decode_steps = " + std::to_string(header_.decode_steps) +
-                       ", d_query]");
+  read_feature_layers(at);
+  open_features();
+  open_policy_inputs();
+}
+
+// Optional: which layers the features are of. Without it, one unnamed layer.
+void H5RequestReader::read_feature_layers(const std::string& at) {
+  if (!group_.has_attribute(fmt::kFeatureLayers)) return;
+  const std::string text = group_.read_string(fmt::kFeatureLayers);
+  const std::string bad = at + ": attribute feature_layers '" + h5::printable(text) + "' ";
+  if (!fmt::parse_layer_list(text, header_.feature_layers)) {
+    throw InputError(bad + "is not a comma-separated list of layer numbers");
+  }
+  for (size_t k = 0; k < header_.feature_layers.size(); ++k) {
+    const int layer = header_.feature_layers[k];
+    if (layer >= geometry_.n_layers) {
+      throw InputError(bad + "names layer " + std::to_string(layer) + ", outside [0, n_layers = " +
+                       std::to_string(geometry_.n_layers) + ")");
     }
-    if (!is_float(query.type()) && query.type() != h5::Type::F64)
-      throw InputError(where(fmt::kQuery) + ": not floating point");
-    header_.d_query = query.dims()[1];
+    for (size_t j = 0; j < k; ++j) {
+      if (header_.feature_layers[j] == layer) throw InputError(bad + "names layer " + std::to_string(layer) + " twice");
+    }
+  }
+}
+
+// Each feature layer's `query` and `chunk_features` (trace_format.hpp names them); every layer
+// has the first layer's width, and a dataset the first layer has must exist for every layer.
+void H5RequestReader::open_features() {
+  const size_t n = std::max<size_t>(header_.feature_layers.size(), 1);
+  auto layer = [&](size_t k) { return header_.feature_layers.empty() ? 0 : header_.feature_layers[k]; };
+  auto check = [&](const h5::Dataset& d, const std::string& name, int64_t rows, const char* rows_name,
+                   const char* width_name, int64_t width) {
+    if (d.dims().size() != 2 || d.dims()[0] != rows || (width > 0 && d.dims()[1] != width)) {
+      throw InputError(where(name) + ": expected shape [" + rows_name + " = " + std::to_string(rows) + ", " +
+                       width_name + (width > 0 ? " = " + std::to_string(width) + ", as in the first feature layer" : "") +
+                       "]");
+    }
+    if (!is_float(d.type()) && d.type() != h5::Type::F64) throw InputError(where(name) + ": not floating point");
+    return d.dims()[1];
+  };
+  auto missing = [&](const std::string& name, size_t k) {
+    return InputError(where(name) + ": missing (attribute feature_layers lists layer " + std::to_string(layer(k)) + ")");
+  };
+  if (group_.has_child(fmt::kQuery)) {
+    int64_t width = 0;
+    for (size_t k = 0; k < n; ++k) {
+      const std::string name = fmt::query_dataset(k, layer(k));
+      if (!group_.has_child(name)) throw missing(name, k);
+      query_.emplace_back(group_.open_dataset(name, fmt::kChunkCacheBytes), fmt::kChunkCacheBytes);
+      width = check(query_.back().dataset(), name, header_.decode_steps, "decode_steps", "d_query", width);
+    }
+    header_.d_query = width * static_cast<int64_t>(n);
   }
   if (group_.has_child(fmt::kChunkFeatures)) {
-    features_ = group_.open_dataset(fmt::kChunkFeatures);
-    if (features_.dims().size() != 2 || features_.dims()[0] != header_.n_chunks_max) {
-      throw InputError(where(fmt::kChunkFeatures) + ": expected shape [n_chunks_max = " +
-                       std::to_string(header_.n_chunks_max) + ", d_key]");
+    int64_t width = 0;
+    for (size_t k = 0; k < n; ++k) {
+      const std::string name = fmt::chunk_features_dataset(k, layer(k));
+      if (!group_.has_child(name)) throw missing(name, k);
+      features_.push_back(group_.open_dataset(name));
+      width = check(features_.back(), name, header_.n_chunks_max, "n_chunks_max", "d_key", width);
     }
-    if (!is_float(features_.type()) && features_.type() != h5::Type::F64) {
-      throw InputError(where(fmt::kChunkFeatures) + ": not floating point");
-    }
-    header_.d_key = features_.dims()[1];
+    header_.d_key = width * static_cast<int64_t>(n);
   }
-  open_policy_inputs();
 }
 
 // Optional policy inputs: query/key vectors (all four or none) and the prefill observation.
@@ -535,12 +579,13 @@ void H5RequestReader::read_sparse(int64_t t, int64_t exist, StepMass& out) {
 }
 
 void H5RequestReader::read_query(int64_t t, std::vector<float>& out) {
-  if (query_.dataset().id() < 0) throw std::logic_error(where(fmt::kQuery) + ": the request has no query dataset");
+  if (query_.empty()) throw std::logic_error(where(fmt::kQuery) + ": the request has no query dataset");
   if (t < 0 || t >= header_.decode_steps) throw InputError(where_step(fmt::kQuery, t) + ": past decode_steps");
   sized(out, header_.d_query, where(fmt::kQuery));
+  const int64_t d = header_.d_query / static_cast<int64_t>(query_.size());
   const std::vector<int64_t> start{t, 0};
-  const std::vector<int64_t> count{1, header_.d_query};
-  query_.read(start, count, h5::Type::F32, out.data());
+  const std::vector<int64_t> count{1, d};
+  for (size_t k = 0; k < query_.size(); ++k) query_[k].read(start, count, h5::Type::F32, out.data() + k * d);
   check_features(out, header_.d_query, where(fmt::kQuery) + " step", t);
 }
 
@@ -553,8 +598,19 @@ void H5RequestReader::read_chunk_features(std::vector<float>& out) {
   }
   sized(out, header_.n_chunks_max * header_.d_key, where(fmt::kChunkFeatures));
   const std::vector<int64_t> start{0, 0};
-  const std::vector<int64_t> count{header_.n_chunks_max, header_.d_key};
-  features_.read(start, count, h5::Type::F32, out.data());
+  if (features_.size() == 1) {
+    features_[0].read(start, std::vector<int64_t>{header_.n_chunks_max, header_.d_key}, h5::Type::F32, out.data());
+  } else {  // layer k's columns of every row
+    const int64_t d = header_.d_key / static_cast<int64_t>(features_.size());
+    std::vector<float> layer(static_cast<size_t>(header_.n_chunks_max * d));
+    for (size_t k = 0; k < features_.size(); ++k) {
+      features_[k].read(start, std::vector<int64_t>{header_.n_chunks_max, d}, h5::Type::F32, layer.data());
+      for (int64_t c = 0; c < header_.n_chunks_max; ++c) {
+        std::copy(layer.begin() + c * d, layer.begin() + (c + 1) * d,
+                  out.begin() + c * header_.d_key + static_cast<int64_t>(k) * d);
+      }
+    }
+  }
   check_features(out, header_.d_key, where(fmt::kChunkFeatures) + " row (chunk)", 0);
 }
 

@@ -155,6 +155,9 @@ class H5RequestWriter final : public RequestWriter {
 
  private:
   void write_matrix(const char* name, std::span<const float> values, const std::vector<int64_t>& dims);
+  void check_feature_layers() const;
+  void create_feature_datasets();
+  [[nodiscard]] size_t feature_layer_count() const { return std::max<size_t>(header_.feature_layers.size(), 1); }
   [[nodiscard]] std::string where(const std::string& what) const { return file_ + ": request " + header_.id + ": " + what; }
   void check_step(int64_t t, const StepMass& mass, int64_t exist) const;
   void store_dense(const StepMass& mass, int64_t exist);
@@ -176,10 +179,12 @@ class H5RequestWriter final : public RequestWriter {
 
   h5::Group group_;
   Appender<uint16_t> mass_h_, value_h_;
-  Appender<float> mass_f_, value_f_, remainder_, query_;
+  Appender<float> mass_f_, value_f_, remainder_;
   Appender<int64_t> indptr_;
   Appender<uint32_t> index_;
-  h5::Dataset features_;
+  // One per feature layer (header feature_layers; one when it is empty).
+  std::vector<Appender<float>> query_;
+  std::vector<h5::Dataset> features_;
   int64_t nnz_ = 0;
 
   ValueBuffer values_;
@@ -303,16 +308,53 @@ H5RequestWriter::H5RequestWriter(h5::Group& parent, const std::string& file, con
     else value_f_ = Appender<float>(std::move(value), vtype, csr);
     indptr_.append(int64_t{0});
   }
-  if (header.d_query > 0) {
-    const int64_t chunk = fmt::rows_per_chunk(header.d_query * 4, steps);
-    query_ = Appender<float>(group_.create_dataset(fmt::kQuery, {h5::Type::F32, {steps, header.d_query},
-                                                                 {chunk, header.d_query}, false, kCompression}),
-                             h5::Type::F32, chunk);
+  create_feature_datasets();
+}
+
+// Layers named at most once each, and widths that split evenly between them.
+void H5RequestWriter::check_feature_layers() const {
+  const std::vector<int>& layers = header_.feature_layers;
+  for (size_t k = 0; k < layers.size(); ++k) {
+    if (layers[k] < 0 || layers[k] >= geometry_.n_layers) {
+      throw InputError(where("feature layer " + std::to_string(layers[k]) + " is outside [0, " +
+                             std::to_string(geometry_.n_layers) + ")"));
+    }
+    if (std::find(layers.begin(), layers.begin() + static_cast<std::ptrdiff_t>(k), layers[k]) !=
+        layers.begin() + static_cast<std::ptrdiff_t>(k)) {
+      throw InputError(where("feature layer " + std::to_string(layers[k]) + " is listed twice"));
+    }
   }
-  if (header.d_key > 0) {
-    const int64_t chunk = fmt::rows_per_chunk(header.d_key * 4, cmax);
-    features_ = group_.create_dataset(fmt::kChunkFeatures,
-                                      {h5::Type::F32, {cmax, header.d_key}, {chunk, header.d_key}, false, kCompression});
+  const auto n = static_cast<int64_t>(feature_layer_count());
+  if (header_.d_query % n != 0 || header_.d_key % n != 0) {
+    throw InputError(where("d_query " + std::to_string(header_.d_query) + " and d_key " + std::to_string(header_.d_key) +
+                           " must split evenly between the " + std::to_string(n) + " feature layers"));
+  }
+}
+
+// A one-layer request's `query` and `chunk_features`, as always; further layers get datasets of
+// their own (trace_format.hpp), so a reader that knows only one layer reads the first.
+void H5RequestWriter::create_feature_datasets() {
+  check_feature_layers();
+  const std::vector<int>& layers = header_.feature_layers;
+  if (!layers.empty()) group_.write_string(fmt::kFeatureLayers, feature_layers_text(layers));
+  const auto n = static_cast<int64_t>(feature_layer_count());
+  const int64_t steps = header_.decode_steps;
+  const int64_t cmax = header_.n_chunks_max;
+  for (size_t k = 0; k < feature_layer_count(); ++k) {
+    const int layer = layers.empty() ? 0 : layers[k];
+    if (header_.d_query > 0) {
+      const int64_t d = header_.d_query / n;
+      const int64_t chunk = fmt::rows_per_chunk(d * 4, steps);
+      query_.emplace_back(group_.create_dataset(fmt::query_dataset(k, layer),
+                                                {h5::Type::F32, {steps, d}, {chunk, d}, false, kCompression}),
+                          h5::Type::F32, chunk);
+    }
+    if (header_.d_key > 0) {
+      const int64_t d = header_.d_key / n;
+      const int64_t chunk = fmt::rows_per_chunk(d * 4, cmax);
+      features_.push_back(group_.create_dataset(fmt::chunk_features_dataset(k, layer),
+                                                {h5::Type::F32, {cmax, d}, {chunk, d}, false, kCompression}));
+    }
   }
 }
 
@@ -423,7 +465,8 @@ void H5RequestWriter::write_query(int64_t t, std::span<const float> features) {
     throw InputError(where("query of step " + std::to_string(t) + " has " + std::to_string(features.size()) +
                            " values, expected d_query = " + std::to_string(header_.d_query)));
   }
-  query_.append(features);
+  const size_t d = query_.size() == 0 ? 0 : features.size() / query_.size();
+  for (size_t k = 0; k < query_.size(); ++k) query_[k].append(features.subspan(k * d, d));
   ++next_query_;
 }
 
@@ -436,8 +479,16 @@ void H5RequestWriter::write_chunk_features(std::span<const float> features) {
                            std::to_string(expected) + " (n_chunks_max x d_key)"));
   }
   const std::vector<int64_t> start{0, 0};
-  const std::vector<int64_t> count{header_.n_chunks_max, header_.d_key};
-  features_.write(start, count, h5::Type::F32, features.data());
+  const int64_t d = header_.d_key / static_cast<int64_t>(features_.size());
+  const std::vector<int64_t> count{header_.n_chunks_max, d};
+  std::vector<float> layer(static_cast<size_t>(header_.n_chunks_max * d));
+  for (size_t k = 0; k < features_.size(); ++k) {  // layer k's columns of every row
+    for (int64_t c = 0; c < header_.n_chunks_max; ++c) {
+      const auto from = features.begin() + static_cast<std::ptrdiff_t>(c * header_.d_key + static_cast<int64_t>(k) * d);
+      std::copy(from, from + d, layer.begin() + static_cast<std::ptrdiff_t>(c * d));
+    }
+    features_[k].write(start, count, h5::Type::F32, layer.data());
+  }
   features_written_ = true;
 }
 
@@ -505,19 +556,31 @@ void H5RequestWriter::finish() {
   index_.flush();
   value_h_.flush();
   value_f_.flush();
-  query_.flush();
-  for (auto* a : {&mass_f_, &remainder_, &query_, &value_f_}) a->close();
+  for (auto& q : query_) {
+    q.flush();
+    q.close();
+  }
+  for (auto* a : {&mass_f_, &remainder_, &value_f_}) a->close();
   mass_h_.close();
   value_h_.close();
   indptr_.close();
   index_.close();
-  features_ = h5::Dataset();
+  features_.clear();
   group_ = h5::Group();
   done_ = true;
   *finished_ = true;
 }
 
 }  // namespace
+
+std::string feature_layers_text(std::span<const int> layers) {
+  std::string out;
+  for (size_t k = 0; k < layers.size(); ++k) {
+    if (k > 0) out.push_back(',');
+    out.append(std::to_string(layers[k]));
+  }
+  return out;
+}
 
 std::unique_ptr<TraceWriter> TraceWriter::create(const std::string& path, const Geometry& geometry) {
   return std::make_unique<H5TraceWriter>(path, geometry);
