@@ -165,6 +165,17 @@ int64_t parse_int(const std::string& text, const std::string& what) {
   return v;
 }
 
+std::vector<int64_t> parse_int_list(const std::string& text, const std::string& what) {
+  std::vector<int64_t> out;
+  size_t begin = 0;
+  while (begin <= text.size()) {  // "8,,15" and a trailing comma give an empty item: refused
+    const size_t end = std::min(text.find(',', begin), text.size());
+    out.push_back(parse_int(text.substr(begin, end - begin), what));
+    begin = end + 1;
+  }
+  return out;
+}
+
 bool parse_on_off(const std::string& text, const std::string& what) {
   if (text == "on") return true;
   if (text == "off") return false;

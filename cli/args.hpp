@@ -76,6 +76,8 @@ class Args {
 /// Strict number parsing shared by the CLI: the whole text must be a number.
 /// `what` names the flag or parameter in the UsageError.
 int64_t parse_int(const std::string& text, const std::string& what);
+/// Comma-separated whole numbers ("8,15,22"), at least one; every item as parse_int.
+std::vector<int64_t> parse_int_list(const std::string& text, const std::string& what);
 double parse_double(const std::string& text, const std::string& what);
 /// "on" → true, "off" → false; anything else is a UsageError naming `what`.
 bool parse_on_off(const std::string& text, const std::string& what);

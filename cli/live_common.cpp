@@ -15,6 +15,9 @@ std::vector<FlagSpec> live_model_flags() {
            ""},
           {"chunk-tokens", "N", "tokens per KV chunk (the unit of residency)", "64"},
           {"feature-layer", "L", "layer whose input hidden state is the query feature; -1 = n_layers/2", "-1"},
+          {"feature-layers", "L,L,...", "several feature layers, their features side by side (the trace's feature_layers; a "
+                                        "multi-layer lsa indexer); the first is the query feature layer (instead of "
+                                        "--feature-layer)", ""},
           {"chunk-features", "keys|hidden", "chunk features: mean post-RoPE keys or mean hidden states of the feature layer",
            "keys"},
           {"rope-scaling", "SPEC", "none, linear:FACTOR or ntk:FACTOR; needed past the trained context", "none"},
@@ -45,6 +48,15 @@ DecoderOptions live_decoder_options(const Args& args) {
   const int64_t layer = args.get_int("feature-layer");
   if (layer < -1 || layer > 4096) throw UsageError("--feature-layer must be -1 or a layer index");
   o.feature_layer = static_cast<int>(layer);
+  if (const std::optional<std::string> list = args.get_optional("feature-layers")) {
+    if (args.has("feature-layer")) throw UsageError("--feature-layer and --feature-layers: give one of them");
+    const std::vector<int64_t> layers = parse_int_list(*list, "--feature-layers");
+    for (const int64_t l : layers) {
+      if (l < 0 || l > 4096) throw UsageError("--feature-layers: " + std::to_string(l) + " is not a layer index");
+    }
+    o.feature_layer = static_cast<int>(layers[0]);
+    o.extra_feature_layers.assign(layers.begin() + 1, layers.end());  // the decoder checks range and repeats
+  }
   const std::string source = args.get("chunk-features");
   if (source == "keys") {
     o.chunk_feature_source = ChunkFeatureSource::kKeys;

@@ -103,6 +103,7 @@ ConformanceData conformance_data_from_trace(const std::string& path, int64_t max
     m->info = RequestInfo{h.id, h.workload, h.prompt_tokens, steps, h.seed};
     m->d_query = h.d_query;
     m->d_key = h.d_key;
+    m->feature_layers = h.feature_layers;
     m->steps.resize(static_cast<size_t>(steps));
     m->query.resize(static_cast<size_t>(steps));
     for (int64_t t = 0; t < steps; ++t) {

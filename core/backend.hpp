@@ -40,6 +40,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "core/attention.hpp"
 #include "core/geometry.hpp"
@@ -100,6 +101,9 @@ class RequestSession {
   [[nodiscard]] virtual std::span<const float> query() const = 0;
   /// Chunk features of every chunk known so far; the engine passes policies complete ones only.
   [[nodiscard]] virtual FeatureRows chunk_features() const = 0;
+  /// The model layers query() and chunk_features() come from, side by side in this order
+  /// (RequestContext::feature_layers); empty when the source does not name its one layer.
+  [[nodiscard]] virtual std::vector<int> feature_layers() const { return {}; }
 
   /// Query/key vectors (RowVectors): the per-row width, 0 when the source has none.
   [[nodiscard]] virtual int64_t qk_dim() const { return 0; }
@@ -147,6 +151,9 @@ class Backend {
   /// Request i's attributes without opening a session (the default opens one; override when
   /// opening is expensive, e.g. a live backend that prefills).
   [[nodiscard]] virtual RequestInfo request_info(int64_t index) { return open(index)->info(); }
+  /// The layers every session's features come from, when known before a request is opened (a
+  /// live model's); empty otherwise (a trace names them per request).
+  [[nodiscard]] virtual std::vector<int> feature_layers() const { return {}; }
   /// True when sessions compute attention themselves (closed loop).
   [[nodiscard]] virtual bool closed_loop() const { return false; }
   /// Who decides when fetches land (core/ledger.hpp). Measured needs a closed-loop backend.

@@ -153,7 +153,8 @@ class RequestRunner {
       run.request = RequestContext{&geometry, rows, index_, info.id, info.workload, info.prompt_tokens,
                                    info.decode_steps, combine_seeds(combine_seeds(options_.seed, info.seed), index_),
                                    run.session->d_query(), run.session->d_key(), run.session->qk_dim(),
-                                   run.session->prefill_observation(), run.session->prefill_window()};
+                                   run.session->prefill_observation(), run.session->prefill_window(),
+                                   run.session->feature_layers()};
       check_needs(*run.resolved, run.request, backend_.describe());
       run.ledger = std::make_unique<Ledger>(geometry, rows, info.prompt_tokens, options_.timing, arrival);
       run.plan.keep = run.ledger->target();
@@ -382,6 +383,7 @@ void check_requests_fit(const Backend& backend, const std::vector<ResolvedPolicy
       r.workload = info.workload;
       r.prompt_tokens = info.prompt_tokens;
       r.decode_steps = info.decode_steps;
+      r.feature_layers = backend.feature_layers();
       policy->check_request(r);
     }
   }

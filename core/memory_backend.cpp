@@ -25,6 +25,7 @@ class MemorySession final : public RequestSession {
     return {request_->chunk_features.data(),
             static_cast<int64_t>(request_->chunk_features.size()) / request_->d_key, request_->d_key};
   }
+  [[nodiscard]] std::vector<int> feature_layers() const override { return request_->feature_layers; }
   [[nodiscard]] int64_t qk_dim() const override { return request_->qk_dim; }
   [[nodiscard]] RowVectors query_vectors() const override {
     if (request_->qk_dim == 0) return {};

@@ -17,6 +17,7 @@ struct MemoryRequest {
   std::vector<float> chunk_features;       // n_chunks_max × d_key, row-major (may be empty)
   int64_t d_query = 0;
   int64_t d_key = 0;
+  std::vector<int> feature_layers;  // RequestContext::feature_layers
   // Query/key vectors (see RowVectors), empty when qk_dim is 0.
   int64_t qk_dim = 0;
   std::vector<std::vector<float>> query_vectors;  // decode_steps × (rows × qk_dim)

@@ -90,6 +90,11 @@ struct RequestContext {
   /// over the prompt's chunks (their mean; rows sum to 1). nullptr when the source has none.
   const StepMass* prefill = nullptr;
   int64_t prefill_window = 0;
+  /// The model layers the query and chunk features come from, side by side in this order:
+  /// d_query and d_key are then feature_layers.size() equal parts, layer by layer. Empty when
+  /// the source does not name its one feature layer (a one-layer trace). In check_request,
+  /// set only when the backend knows them before opening (a live model's).
+  std::vector<int> feature_layers;
 };
 
 /// The true attention, for oracle policies only.

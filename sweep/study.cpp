@@ -207,6 +207,7 @@ const std::map<std::string, std::string>& live_keys() {
       {"model", "--model"},
       {"chunk_tokens", "--chunk-tokens"},
       {"feature_layer", "--feature-layer"},
+      {"feature_layers", "--feature-layers"},  // "8,15,22": several layers' features (a multi-layer lsa indexer)
       {"chunk_features", "--chunk-features"},
       {"rope_scaling", "--rope-scaling"},
       {"prefill_block", "--prefill-block"},

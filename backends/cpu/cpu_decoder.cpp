@@ -27,7 +27,8 @@ CpuDecoder::CpuDecoder(std::shared_ptr<const LlamaWeights> weights, DecoderOptio
 
 DecoderShape CpuDecoder::shape() const {
   const LlamaConfig& c = decoder_.config();
-  return llama_decoder_shape(c, "cpu", decoder_.options().chunk_tokens, decoder_.chunk_feature_size(), c.head_dim);
+  return llama_decoder_shape(c, "cpu", decoder_.options().chunk_tokens, decoder_.chunk_feature_size(),
+                             decoder_.feature_layers(), c.head_dim);
 }
 
 void CpuDecoder::prefill(std::span<const int32_t> tokens, DecodeOutput& out) { copy_out(decoder_.prefill(tokens), out); }

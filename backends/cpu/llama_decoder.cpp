@@ -182,10 +182,20 @@ LlamaDecoder::LlamaDecoder(std::shared_ptr<const LlamaWeights> weights, DecoderO
     throw UsageError("cpu decoder: prefill_block must be positive, got " +
                      std::to_string(options_.prefill_block));
   }
-  feature_layer_ = options_.feature_layer < 0 ? c.n_layers / 2 : options_.feature_layer;
-  if (feature_layer_ >= c.n_layers) {
-    throw UsageError("cpu decoder: feature_layer " + std::to_string(options_.feature_layer) +
-                     " is out of range [0, " + std::to_string(c.n_layers - 1) + "]");
+  feature_layers_.push_back(options_.feature_layer < 0 ? c.n_layers / 2 : options_.feature_layer);
+  feature_layers_.insert(feature_layers_.end(), options_.extra_feature_layers.begin(),
+                         options_.extra_feature_layers.end());
+  feature_slot_.assign(static_cast<size_t>(c.n_layers), -1);
+  for (size_t k = 0; k < feature_layers_.size(); ++k) {
+    const int layer = feature_layers_[k];
+    if (layer < 0 || layer >= c.n_layers) {
+      throw UsageError("cpu decoder: feature layer " + std::to_string(layer) + " is out of range [0, " +
+                       std::to_string(c.n_layers - 1) + "]");
+    }
+    if (feature_slot_[static_cast<size_t>(layer)] >= 0) {
+      throw UsageError("cpu decoder: feature layer " + std::to_string(layer) + " is listed twice");
+    }
+    feature_slot_[static_cast<size_t>(layer)] = static_cast<int>(k);
   }
   if (options_.threads < 0) throw UsageError("cpu decoder: threads must be >= 0");
   threads_ = options_.threads > 0 ? options_.threads : default_thread_count();
@@ -274,13 +284,14 @@ void LlamaDecoder::rope_rows(float* rows, int64_t n_rows, int64_t row_stride, in
 
 // ---- features -------------------------------------------------------------------------
 
-void LlamaDecoder::add_hidden_feature(const float* hidden_row, int64_t position) {
+void LlamaDecoder::add_hidden_feature(int slot, const float* hidden_row, int64_t position) {
   if (options_.chunk_feature_source != ChunkFeatureSource::kHidden) return;
+  const int hidden = config().hidden;
   const auto chunk = static_cast<size_t>(position / options_.chunk_tokens);
   if (hidden_sums_.size() <= chunk) {
-    hidden_sums_.resize(chunk + 1, std::vector<float>(static_cast<size_t>(config().hidden), 0.0F));
+    hidden_sums_.resize(chunk + 1, std::vector<float>(feature_layers_.size() * static_cast<size_t>(hidden), 0.0F));
   }
-  VecMap(hidden_sums_[chunk].data(), config().hidden) += ConstVecMap(hidden_row, config().hidden);
+  VecMap(hidden_sums_[chunk].data() + static_cast<ptrdiff_t>(slot) * hidden, hidden) += ConstVecMap(hidden_row, hidden);
 }
 
 void LlamaDecoder::group_mean(const float* q, float* out) const {
@@ -299,8 +310,10 @@ void LlamaDecoder::group_mean(const float* q, float* out) const {
 int64_t LlamaDecoder::n_complete_chunks() const { return n_tokens() / options_.chunk_tokens; }
 
 int LlamaDecoder::chunk_feature_size() const {
-  return options_.chunk_feature_source == ChunkFeatureSource::kKeys ? config().n_kv_heads * config().head_dim
-                                                                    : config().hidden;
+  const int per_layer = options_.chunk_feature_source == ChunkFeatureSource::kKeys
+                            ? config().n_kv_heads * config().head_dim
+                            : config().hidden;
+  return per_layer * static_cast<int>(feature_layers_.size());
 }
 
 Eigen::VectorXf LlamaDecoder::chunk_features(int64_t chunk) const {
@@ -311,14 +324,16 @@ Eigen::VectorXf LlamaDecoder::chunk_features(int64_t chunk) const {
   }
   const auto inv_count = 1.0F / static_cast<float>(options_.chunk_tokens);
   if (options_.chunk_feature_source == ChunkFeatureSource::kHidden) {
-    return ConstVecMap(hidden_sums_[static_cast<size_t>(chunk)].data(), config().hidden) *
-           inv_count;
+    return ConstVecMap(hidden_sums_[static_cast<size_t>(chunk)].data(), chunk_feature_size()) * inv_count;
   }
   const int hd = config().head_dim;
-  Eigen::VectorXf f(config().n_kv_heads * config().head_dim);
-  for (int h = 0; h < config().n_kv_heads; ++h) {
-    f.segment(static_cast<Eigen::Index>(h) * hd, hd) =
-        ConstVecMap(cache_.key_sum(feature_layer_, chunk, h), hd) * inv_count;
+  const int kv = config().n_kv_heads;
+  Eigen::VectorXf f(chunk_feature_size());
+  for (size_t k = 0; k < feature_layers_.size(); ++k) {
+    for (int h = 0; h < kv; ++h) {
+      f.segment((static_cast<Eigen::Index>(k) * kv + h) * hd, hd) =
+          ConstVecMap(cache_.key_sum(feature_layers_[k], chunk, h), hd) * inv_count;
+    }
   }
   return f;
 }
@@ -403,9 +418,12 @@ void LlamaDecoder::prefill_block(const int32_t* tokens, int64_t n, bool last_blo
   RowMatrix h, q, k, v, attn, gate, up;
   for (int l = 0; l < c.n_layers; ++l) {
     const LlamaLayerWeights& lw = w.layers[static_cast<size_t>(l)];
-    if (l == feature_layer_) {
-      for (int64_t t = 0; t < n; ++t) add_hidden_feature(x.row(t).data(), p0 + t);
-      if (last_block) out.query_features = x.row(n - 1).transpose();
+    if (const int slot = feature_slot(l); slot >= 0) {
+      for (int64_t t = 0; t < n; ++t) add_hidden_feature(slot, x.row(t).data(), p0 + t);
+      if (last_block) {
+        out.query_features.resize(static_cast<Eigen::Index>(feature_layers_.size()) * c.hidden);
+        out.query_features.segment(static_cast<Eigen::Index>(slot) * c.hidden, c.hidden) = x.row(n - 1).transpose();
+      }
     }
     rms_norm_rows(x, lw.attn_norm, c.rms_eps, h, threads_);
     q.noalias() = h * lw.wq.transpose();
@@ -585,9 +603,10 @@ StepResult LlamaDecoder::step(int32_t token, const StepRequest& request) {
       delta(c.hidden), gate(c.ffn), up(c.ffn);
   for (int l = 0; l < c.n_layers; ++l) {
     const LlamaLayerWeights& lw = w.layers[static_cast<size_t>(l)];
-    if (l == feature_layer_) {
-      out.query_features = x;
-      add_hidden_feature(x.data(), pos);
+    if (const int slot = feature_slot(l); slot >= 0) {
+      out.query_features.resize(static_cast<Eigen::Index>(feature_layers_.size()) * c.hidden);
+      out.query_features.segment(static_cast<Eigen::Index>(slot) * c.hidden, c.hidden) = x;
+      add_hidden_feature(slot, x.data(), pos);
     }
     rms_norm(x.data(), lw.attn_norm, c.rms_eps, h.data());
     matvec({{&lw.wq, q.data()}, {&lw.wk, k.data()}, {&lw.wv, v.data()}}, h.data(), threads_);

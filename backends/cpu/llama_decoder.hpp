@@ -44,7 +44,7 @@ struct StepResult {
   RowMatrix chunk_mass;           // mass over attended chunks (0 for non-resident)
   Eigen::VectorXf summary_mass;    // [rows]: mass on summary entries (0 when disabled)
   RowMatrix full_mass;            // empty unless full_reference_mass was requested
-  Eigen::VectorXf query_features;  // [hidden]: residual stream entering the feature layer
+  Eigen::VectorXf query_features;  // [feature layers × hidden]: residual stream entering each feature layer
   RowMatrix query_vectors;         // [rows × head_dim]: post-RoPE query, mean over the KV head's group
   /// Prefill with DecoderOptions::prefill_window > 0 only: [rows × n_chunks], the attention of
   /// the last prefill_window positions averaged over them (live decoder interface's definition).
@@ -62,7 +62,9 @@ class LlamaDecoder {
   [[nodiscard]] const LlamaConfig& config() const { return weights_->config; }
   [[nodiscard]] const DecoderOptions& options() const { return options_; }
   [[nodiscard]] const PagedKvCache& cache() const { return cache_; }
-  [[nodiscard]] int feature_layer() const { return feature_layer_; }
+  [[nodiscard]] int feature_layer() const { return feature_layers_[0]; }
+  /// feature_layer then DecoderOptions::extra_feature_layers, checked (in range, distinct).
+  [[nodiscard]] const std::vector<int>& feature_layers() const { return feature_layers_; }
   /// Tokens processed so far (the next token's position).
   [[nodiscard]] int64_t n_tokens() const { return cache_.n_tokens(); }
   /// The longest context usable: the trained context times the rope-scaling factor
@@ -81,7 +83,8 @@ class LlamaDecoder {
 
   /// Chunks whose every token is written.
   [[nodiscard]] int64_t n_complete_chunks() const;
-  /// The feature vector of a complete chunk (see ChunkFeatureSource). Throws InputError for a
+  /// The feature vector of a complete chunk (see ChunkFeatureSource), every feature layer's side
+  /// by side. Throws InputError for a
   /// chunk that does not exist or is still partial.
   [[nodiscard]] Eigen::VectorXf chunk_features(int64_t chunk) const;
   [[nodiscard]] int chunk_feature_size() const;
@@ -97,7 +100,9 @@ class LlamaDecoder {
   void check_room(int64_t extra) const;
   void rope_rows(float* rows, int64_t n_rows, int64_t row_stride, int n_heads_in_row,
                  int64_t first_position) const;
-  void add_hidden_feature(const float* hidden_row, int64_t position);
+  /// Position of `layer` among the feature layers, -1 when it is not one.
+  [[nodiscard]] int feature_slot(int layer) const { return feature_slot_[static_cast<size_t>(layer)]; }
+  void add_hidden_feature(int slot, const float* hidden_row, int64_t position);
   /// One token's query heads (n_heads × head_dim) → one mean per KV head (n_kv_heads × head_dim).
   void group_mean(const float* q, float* out) const;
   Eigen::VectorXf logits_of(const float* residual_row) const;
@@ -115,12 +120,13 @@ class LlamaDecoder {
 
   std::shared_ptr<const LlamaWeights> weights_;
   DecoderOptions options_;
-  int feature_layer_ = 0;
+  std::vector<int> feature_layers_;
+  std::vector<int> feature_slot_;  // per model layer: its position in feature_layers_, or -1
   int threads_ = 1;
   PagedKvCache cache_;
   std::vector<double> inv_freq_;  // [head_dim/2] rotary frequencies after NTK scaling
   double position_scale_ = 1.0;  // linear scaling divides positions
-  std::vector<std::vector<float>> hidden_sums_;  // per chunk, when features are hidden states
+  std::vector<std::vector<float>> hidden_sums_;  // per chunk [feature layers × hidden], when features are hidden states
 };
 
 }  // namespace kvlab

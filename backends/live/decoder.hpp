@@ -60,6 +60,10 @@ struct DecoderOptions {
   /// Layer whose input residual stream is the step's query feature and whose keys (or input
   /// hidden states) make the chunk features. -1 picks n_layers / 2.
   int feature_layer = -1;
+  /// Further layers whose features follow the feature layer's, side by side in this order
+  /// (kvlab record --feature-layers L1,L2,...: L1 is feature_layer). Query features are then
+  /// hidden floats per layer and chunk features chunk_feature_size / layers floats per layer.
+  std::vector<int> extra_feature_layers;
   ChunkFeatureSource chunk_feature_source = ChunkFeatureSource::kKeys;
   RopeScaling rope_scaling;
   /// Threads for the decoder's parallel regions; 0 keeps the default (all cores).
@@ -123,7 +127,9 @@ struct DecoderShape {
   int hidden = 0;
   int vocab = 0;
   int chunk_tokens = 0;
-  int chunk_feature_size = 0;
+  int chunk_feature_size = 0;  // every feature layer's, side by side
+  /// The layers the query and chunk features come from, in their order (feature_layer first).
+  std::vector<int> feature_layers;
   /// Per-row width of query vectors and key summaries (DecodeOutput::query_vectors,
   /// Decoder::chunk_keys): head_dim, or 0 when the decoder does not report them.
   int qk_dim = 0;
@@ -132,7 +138,7 @@ struct DecoderShape {
 
 /// The shape of a Llama decoder on `device` (both decoders fill it alike).
 inline DecoderShape llama_decoder_shape(const LlamaConfig& c, std::string device, int chunk_tokens,
-                                        int chunk_feature_size, int qk_dim) {
+                                        int chunk_feature_size, std::vector<int> feature_layers, int qk_dim) {
   DecoderShape s;
   s.device = std::move(device);
   s.model = c.name;
@@ -143,6 +149,7 @@ inline DecoderShape llama_decoder_shape(const LlamaConfig& c, std::string device
   s.vocab = c.vocab;
   s.chunk_tokens = chunk_tokens;
   s.chunk_feature_size = chunk_feature_size;
+  s.feature_layers = std::move(feature_layers);
   s.qk_dim = qk_dim;
   return s;
 }
@@ -156,7 +163,7 @@ struct DecodeOutput {
   std::vector<float> chunk_mass;     // [rows × n_chunks]: mass over attended chunks (0 elsewhere)
   std::vector<float> summary_mass;   // [rows]: mass on summary entries (0 when disabled)
   std::vector<float> full_mass;      // [rows × n_chunks], empty unless full_reference_mass
-  std::vector<float> query_features;  // [hidden]: residual stream entering the feature layer
+  std::vector<float> query_features;  // [feature layers × hidden]: residual stream entering each feature layer
   /// [rows × qk_dim]: per (layer, KV head) the post-RoPE query of the token just processed,
   /// the mean over the query heads of the KV head's group (empty when qk_dim is 0).
   std::vector<float> query_vectors;
@@ -201,7 +208,8 @@ class Decoder {
   /// request the decoder cannot serve (e.g. a summary ratio that is not a multiple of
   /// chunk_tokens).
   virtual void step(int32_t token, const StepRequest& request, DecodeOutput& out) = 0;
-  /// The feature vector of complete chunk `chunk` into `out` (chunk_feature_size floats).
+  /// The feature vector of complete chunk `chunk` into `out` (chunk_feature_size floats: every
+  /// feature layer's, side by side).
   virtual void chunk_features(int64_t chunk, std::span<float> out) const = 0;
   /// Key summaries of complete chunk `chunk`, each [rows × qk_dim] (shape().qk_dim > 0):
   /// per (layer, KV head) the channel-wise minimum and maximum of the chunk's post-RoPE keys

@@ -142,8 +142,12 @@ class LiveSession final : public RequestSession {
   }
 
   [[nodiscard]] const RequestInfo& info() const override { return info_; }
-  [[nodiscard]] int64_t d_query() const override { return backend_.shape_.hidden; }
+  [[nodiscard]] int64_t d_query() const override {  // a hidden state per feature layer
+    return static_cast<int64_t>(backend_.shape_.hidden) *
+           static_cast<int64_t>(std::max<size_t>(backend_.shape_.feature_layers.size(), 1));
+  }
   [[nodiscard]] int64_t d_key() const override { return backend_.shape_.chunk_feature_size; }
+  [[nodiscard]] std::vector<int> feature_layers() const override { return backend_.shape_.feature_layers; }
 
   bool begin_step(int64_t t) override {
     if (t != out_.steps) {

@@ -122,6 +122,7 @@ class LiveBackend final : public Backend {
   [[nodiscard]] std::unique_ptr<RequestSession> open(int64_t index,
                                                      std::shared_ptr<const PrefilledRequest> prefilled) override;
   [[nodiscard]] RequestInfo request_info(int64_t index) override { return request(index).info; }
+  [[nodiscard]] std::vector<int> feature_layers() const override { return shape_.feature_layers; }
   [[nodiscard]] bool closed_loop() const override { return true; }
   [[nodiscard]] ArrivalMode arrival_mode() const override { return options_.arrival; }
   /// True when the decoder batches steps (the engine then launches a request's policies together).

@@ -198,6 +198,8 @@ RecordSummary record_trace(LiveBackend& backend, const std::string& path, const 
     header.heads_stored = options.per_head ? layout.heads_stored : 1;
     header.d_query = session->d_query();
     header.d_key = session->d_key();
+    // One feature layer: no feature_layers attribute, so such a recording is what it always was.
+    if (const std::vector<int> layers = session->feature_layers(); layers.size() > 1) header.feature_layers = layers;
     // Aggregated rows hold their layer's KV heads side by side: the same floats, wider rows.
     const int64_t qk_dim = options.query_keys ? session->qk_dim() * (options.per_head ? 1 : layout.heads_stored) : 0;
     header.qk_dim = qk_dim;

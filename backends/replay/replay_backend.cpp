@@ -46,6 +46,7 @@ class ReplaySession final : public RequestSession {
     return {features_.data(), known, d_key()};
   }
 
+  [[nodiscard]] std::vector<int> feature_layers() const override { return reader_->header().feature_layers; }
   [[nodiscard]] int64_t qk_dim() const override { return reader_->header().qk_dim; }
   [[nodiscard]] RowVectors query_vectors() const override {
     if (qk_dim() == 0 || current_ < 0) return {};

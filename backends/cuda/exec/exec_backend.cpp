@@ -47,6 +47,7 @@ class CudaExecSession final : public RequestSession {
   [[nodiscard]] const StepMass* reference() const override { return source_->reference(); }
   [[nodiscard]] std::span<const float> query() const override { return source_->query(); }
   [[nodiscard]] FeatureRows chunk_features() const override { return source_->chunk_features(); }
+  [[nodiscard]] std::vector<int> feature_layers() const override { return source_->feature_layers(); }
   // Everything else a policy may read comes from the trace as it is (quest's key bounds,
   // snapkv's prefill observation): execution changes where pages are, not what they hold.
   [[nodiscard]] int64_t qk_dim() const override { return source_->qk_dim(); }

@@ -87,7 +87,8 @@ CudaDecoder::~CudaDecoder() {
 
 DecoderShape CudaDecoder::shape() const {
   const CudaLlamaDecoder& d = shared_->unlocked();
-  return llama_decoder_shape(d.config(), "cuda", d.options().chunk_tokens, d.chunk_feature_size(), d.qk_dim());
+  return llama_decoder_shape(d.config(), "cuda", d.options().chunk_tokens, d.chunk_feature_size(), d.feature_layers(),
+                             d.qk_dim());
 }
 
 int64_t CudaDecoder::max_context() const { return shared_->unlocked().max_context(); }
@@ -163,6 +164,7 @@ CudaDecoderOptions cuda_options_of(const DecoderOptions& options) {
   CudaDecoderOptions o;
   o.chunk_tokens = options.chunk_tokens;
   o.feature_layer = options.feature_layer;
+  o.extra_feature_layers = options.extra_feature_layers;
   o.chunk_feature_source = options.chunk_feature_source;
   o.rope_scaling = options.rope_scaling;
   o.query_keys = options.query_keys;

@@ -69,6 +69,7 @@ DecoderOptions cpu_options_of(const CudaDecoderOptions& o) {
   d.chunk_tokens = o.chunk_tokens;
   d.prefill_block = o.prefill_block;
   d.feature_layer = o.feature_layer;
+  d.extra_feature_layers = o.extra_feature_layers;
   d.chunk_feature_source = o.chunk_feature_source;
   d.rope_scaling = o.rope_scaling;
   d.threads = 0;  // a positive count would set Eigen's process-wide thread count
@@ -85,7 +86,9 @@ CudaLlamaDecoder::CudaLlamaDecoder(std::shared_ptr<const LlamaWeights> weights, 
   // The CPU decoder's checks of the weights, chunking, feature layer and rope scaling apply
   // unchanged; constructing one (it allocates nothing per token) runs them.
   const LlamaDecoder probe(weights_, cpu_options_of(options_));
-  feature_layer_ = probe.feature_layer();
+  feature_layers_ = probe.feature_layers();
+  feature_slot_.assign(static_cast<size_t>(config().n_layers), -1);
+  for (size_t k = 0; k < feature_layers_.size(); ++k) feature_slot_[static_cast<size_t>(feature_layers_[k])] = static_cast<int>(k);
   const LlamaConfig& c = config();
   if (options_.chunk_tokens > 1024) fail_usage("chunk_tokens must be at most 1024, got " + std::to_string(options_.chunk_tokens));
   if (c.head_dim > 128) fail_usage("head_dim " + std::to_string(c.head_dim) + " is above the supported 128");
@@ -296,9 +299,13 @@ std::vector<float> CudaLlamaDecoder::chunk_features(SequenceId id, int64_t chunk
   }
   const LlamaConfig& c = config();
   const KvPoolView shape{nullptr, nullptr, nullptr, nullptr, c.n_layers, c.n_kv_heads, c.head_dim, options_.chunk_tokens};
-  const int64_t at = shape.page(s.slots[static_cast<size_t>(chunk)], feature_layer_, 0) * c.head_dim;
-  std::vector<float> f;
-  download(f, k_sum_.get() + at, static_cast<size_t>(chunk_feature_size()), stream_);
+  const auto per_layer = static_cast<size_t>(c.n_kv_heads) * c.head_dim;  // one layer's KV heads are contiguous
+  std::vector<float> f(static_cast<size_t>(chunk_feature_size()));
+  for (size_t k = 0; k < feature_layers_.size(); ++k) {
+    const int64_t at = shape.page(s.slots[static_cast<size_t>(chunk)], feature_layers_[k], 0) * c.head_dim;
+    KVLAB_CUDA_CHECK(cudaMemcpyAsync(f.data() + k * per_layer, k_sum_.get() + at, per_layer * sizeof(float),
+                                     cudaMemcpyDeviceToHost, stream_));
+  }
   KVLAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
   const float inv = 1.0F / static_cast<float>(options_.chunk_tokens);
   for (float& x : f) x *= inv;
@@ -543,10 +550,12 @@ void CudaLlamaDecoder::layers(int rows, const int32_t* positions, int64_t first_
                         c.n_layers, c.n_kv_heads, c.head_dim, options_.chunk_tokens};
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& lw = layers_[static_cast<size_t>(l)];
-    if (l == feature_layer_ && rows > feature_first_row) {
+    // features_ holds [feature layers × feature rows × hidden]: layer by layer.
+    if (const int slot = feature_slot_[static_cast<size_t>(l)]; slot >= 0 && rows > feature_first_row) {
       const int n_feat = rows - feature_first_row;
-      features_.reserve(static_cast<size_t>(n_feat) * c.hidden);
-      KVLAB_CUDA_CHECK(cudaMemcpyAsync(features_.get(), x_.get() + static_cast<int64_t>(feature_first_row) * c.hidden,
+      features_.reserve(feature_layers_.size() * n_feat * c.hidden);
+      KVLAB_CUDA_CHECK(cudaMemcpyAsync(features_.get() + static_cast<int64_t>(slot) * n_feat * c.hidden,
+                                       x_.get() + static_cast<int64_t>(feature_first_row) * c.hidden,
                                        static_cast<size_t>(n_feat) * c.hidden * sizeof(float),
                                        cudaMemcpyDeviceToDevice, stream_));
     }
@@ -708,7 +717,9 @@ CudaStepOutput CudaLlamaDecoder::prefill(SequenceId id, std::span<const int32_t>
     download(out.chunk_mass, mass_d_.get(), static_cast<size_t>(n_rows) * final_chunks, stream_);
     out.summary_mass.assign(static_cast<size_t>(n_rows), 0.0F);
   }
-  if (wants.query_features) download(out.query_features, features_.get(), static_cast<size_t>(c.hidden), stream_);
+  if (wants.query_features) {  // one feature row per layer: already side by side
+    download(out.query_features, features_.get(), feature_layers_.size() * c.hidden, stream_);
+  }
   if (options_.query_keys && wants.query_vectors) {
     download(out.query_vectors, query_vectors_d_.get(), static_cast<size_t>(n_rows) * c.head_dim, stream_);
   }
@@ -942,7 +953,7 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
   next_d_.reserve(nb);
   const auto padded = static_cast<size_t>(padded_rows(batch));
   logits_.reserve(padded * c.vocab);
-  features_.reserve(nb * c.hidden);
+  features_.reserve(feature_layers_.size() * nb * c.hidden);
   if (options_.fp32_lm_head) {
     head_in_f32_.reserve(padded * c.hidden);
   } else {
@@ -1044,7 +1055,7 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
     download(summary_mass, summary_mass_d_.get(), nb * n_rows, stream_);
     if (any_full) download(full, full_d_.get(), mass_n, stream_);
   }
-  if (wants.query_features) download(features, features_.get(), nb * c.hidden, stream_);
+  if (wants.query_features) download(features, features_.get(), feature_layers_.size() * nb * c.hidden, stream_);
   std::vector<float> query_vectors;
   const bool want_query_vectors = options_.query_keys && wants.query_vectors;
   if (want_query_vectors) download(query_vectors, query_vectors_d_.get(), qv_n, stream_);
@@ -1099,7 +1110,12 @@ std::vector<CudaStepOutput> CudaLlamaDecoder::step(std::span<const CudaStepInput
       if (in.request.full_reference_mass) o.full_mass = slice(full);
     }
     if (wants.query_features) {
-      o.query_features.assign(features.begin() + bi * c.hidden, features.begin() + (bi + 1) * c.hidden);
+      // Sequence bi's row of every feature layer ([layers × nb × hidden]), side by side.
+      o.query_features.clear();
+      for (size_t k = 0; k < feature_layers_.size(); ++k) {
+        const auto row = features.begin() + static_cast<std::ptrdiff_t>((k * nb + bi) * c.hidden);
+        o.query_features.insert(o.query_features.end(), row, row + c.hidden);
+      }
     }
     if (want_query_vectors) {
       const size_t per = qv_n / nb;

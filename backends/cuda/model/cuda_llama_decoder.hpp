@@ -45,8 +45,9 @@ struct CudaDecoderOptions {
   int chunk_tokens = 64;
   /// Prompt tokens per prefill block (a multiple of chunk_tokens): bounds scratch memory.
   int prefill_block = 2048;
-  /// As DecoderOptions::feature_layer (-1: n_layers / 2).
+  /// As DecoderOptions::feature_layer (-1: n_layers / 2) and extra_feature_layers.
   int feature_layer = -1;
+  std::vector<int> extra_feature_layers;
   /// Only kKeys (mean post-RoPE keys of the feature layer) is computed on the GPU.
   ChunkFeatureSource chunk_feature_source = ChunkFeatureSource::kKeys;
   RopeScaling rope_scaling;
@@ -158,7 +159,9 @@ class CudaLlamaDecoder {
 
   [[nodiscard]] const LlamaConfig& config() const { return weights_->config; }
   [[nodiscard]] const CudaDecoderOptions& options() const { return options_; }
-  [[nodiscard]] int feature_layer() const { return feature_layer_; }
+  [[nodiscard]] int feature_layer() const { return feature_layers_[0]; }
+  /// feature_layer then extra_feature_layers (LlamaDecoder::feature_layers checks them).
+  [[nodiscard]] const std::vector<int>& feature_layers() const { return feature_layers_; }
   [[nodiscard]] int64_t max_context() const;
   [[nodiscard]] int64_t kv_capacity_tokens() const {
     return static_cast<int64_t>(pool_.capacity()) * options_.chunk_tokens;
@@ -192,9 +195,12 @@ class CudaLlamaDecoder {
   /// True once a graph capture failed (steps then launch kernels directly).
   [[nodiscard]] bool graphs_failed() const { return graphs_failed_; }
 
-  /// Mean post-RoPE key of the feature layer over a complete chunk, all KV heads concatenated.
+  /// Mean post-RoPE key of each feature layer over a complete chunk, all KV heads concatenated,
+  /// the feature layers side by side.
   [[nodiscard]] std::vector<float> chunk_features(SequenceId sequence, int64_t chunk) const;
-  [[nodiscard]] int chunk_feature_size() const { return config().n_kv_heads * config().head_dim; }
+  [[nodiscard]] int chunk_feature_size() const {
+    return config().n_kv_heads * config().head_dim * static_cast<int>(feature_layers_.size());
+  }
   /// Width of query vectors and key summaries per row: head_dim with query_keys, else 0.
   [[nodiscard]] int qk_dim() const { return options_.query_keys ? config().head_dim : 0; }
   /// Key summaries of complete chunks [first, first + count) of a sequence (Decoder::chunk_keys;
@@ -265,7 +271,8 @@ class CudaLlamaDecoder {
 
   std::shared_ptr<const LlamaWeights> weights_;
   CudaDecoderOptions options_;
-  int feature_layer_ = 0;
+  std::vector<int> feature_layers_;
+  std::vector<int> feature_slot_;  // per model layer: its position in feature_layers_, or -1
   int64_t weight_bytes_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;

@@ -419,5 +419,99 @@ TEST_P(LiveRecord, WritesAValidTraceThatReplaysWithRecallOne) {
 
 INSTANTIATE_TEST_SUITE_P(Heads, LiveRecord, ::testing::Values(false, true));
 
+/// Records two requests of the tiny model with these feature options; returns the trace's path.
+std::string record_features(const std::string& name, int feature_layer, std::vector<int> extra, ChunkFeatureSource source) {
+  DecoderOptions d = decoder_options();
+  d.feature_layer = feature_layer;
+  d.extra_feature_layers = std::move(extra);
+  d.chunk_feature_source = source;
+  LiveOptions o = options();
+  o.stop_at_eos = false;
+  o.reference_mass = false;
+  std::vector<LiveRequest> requests;
+  for (int i = 0; i < 2; ++i) {
+    LiveRequest r;
+    r.info.id = "r" + std::to_string(i);
+    r.info.workload = "tiny";
+    r.info.decode_steps = 5;
+    r.prompt = tokens(kPrompt + i, 100 + static_cast<uint32_t>(i));
+    requests.push_back(std::move(r));
+  }
+  LiveBackend b(cpu_decoder_factory(tiny_weights(), d), {}, std::move(requests), o);
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("kvlab_live_layers_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+                             "_" + name + ".h5"))
+                               .string();
+  record_trace(b, path, RecordOptions{});
+  return path;
+}
+
+class LiveRecordLayers : public ::testing::TestWithParam<ChunkFeatureSource> {};
+
+TEST_P(LiveRecordLayers, EachLayersPartIsWhatAOneLayerRecordingOfItHolds) {
+  const ChunkFeatureSource source = GetParam();
+  const std::string both = record_features("both", 1, {0}, source);
+  const std::string only1 = record_features("only1", 1, {}, source);
+  const std::string only0 = record_features("only0", 0, {}, source);
+  const auto multi = TraceReader::open(both);
+  const auto one = TraceReader::open(only1);
+  const auto zero = TraceReader::open(only0);
+  for (int64_t i = 0; i < 2; ++i) {
+    const auto m = multi->request(i);
+    const auto a = one->request(i);
+    const auto b = zero->request(i);
+    EXPECT_EQ(m->header().feature_layers, (std::vector<int>{1, 0}));
+    EXPECT_TRUE(a->header().feature_layers.empty());  // one layer: the file it always was
+    ASSERT_EQ(m->header().d_query, 2 * a->header().d_query);
+    ASSERT_EQ(m->header().d_key, 2 * a->header().d_key);
+    const auto dq = static_cast<size_t>(a->header().d_query);
+    std::vector<float> qm, qa, qb;
+    for (int64_t t = 0; t < 5; ++t) {
+      m->read_query(t, qm);
+      a->read_query(t, qa);
+      b->read_query(t, qb);
+      EXPECT_EQ(std::vector<float>(qm.begin(), qm.begin() + dq), qa) << "request " << i << " step " << t;
+      EXPECT_EQ(std::vector<float>(qm.begin() + dq, qm.end()), qb) << "request " << i << " step " << t;
+    }
+    std::vector<float> fm, fa, fb;
+    m->read_chunk_features(fm);
+    a->read_chunk_features(fa);
+    b->read_chunk_features(fb);
+    const auto dk = static_cast<size_t>(a->header().d_key);
+    for (size_t c = 0; c < fa.size() / dk; ++c) {
+      for (size_t j = 0; j < dk; ++j) {
+        EXPECT_EQ(fm[c * 2 * dk + j], fa[c * dk + j]) << "request " << i << " chunk " << c;
+        EXPECT_EQ(fm[c * 2 * dk + dk + j], fb[c * dk + j]) << "request " << i << " chunk " << c;
+      }
+    }
+    // The mass does not depend on which features were recorded.
+    StepMass x, y;
+    m->read_step(4, x);
+    a->read_step(4, y);
+    for (int r = 0; r < x.rows(); ++r) {
+      const MassRow u = x.row(r);
+      const MassRow v = y.row(r);
+      ASSERT_EQ(u.value.size(), v.value.size());
+      for (size_t c = 0; c < u.value.size(); ++c) EXPECT_EQ(u.value[c], v.value[c]);
+    }
+  }
+  for (const std::string& p : {both, only1, only0}) std::filesystem::remove(p);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sources, LiveRecordLayers, ::testing::Values(ChunkFeatureSource::kKeys, ChunkFeatureSource::kHidden));
+
+TEST(LiveBackend, FeatureLayersOutOfRangeOrRepeatedAreRefused) {
+  DecoderOptions d = decoder_options();
+  d.extra_feature_layers = {2};
+  EXPECT_THROW(LlamaDecoder(tiny_weights(), d), UsageError);
+  d.extra_feature_layers = {1};  // the feature layer (n_layers / 2 = 1) again
+  try {
+    LlamaDecoder decoder(tiny_weights(), d);
+    FAIL() << "no error";
+  } catch (const UsageError& e) {
+    EXPECT_STREQ(e.what(), "cpu decoder: feature layer 1 is listed twice");
+  }
+}
+
 }  // namespace
 }  // namespace kvlab
