@@ -21,6 +21,7 @@
 #include "indexer/training/trace_dataset.hpp"
 #include "indexer/training/references.hpp"
 #include "indexer/training/trainer.hpp"
+#include "traces/trace.hpp"
 #include "traces/validate.hpp"
 
 namespace kvlab::cli {
@@ -55,6 +56,12 @@ const CommandSpec kTrainSpec{
      {"depth", "N", "hidden layers per tower (0 = linear towers)", std::to_string(IndexerTrainOptions{}.depth)},
      {"width", "N", "hidden width per tower", std::to_string(IndexerTrainOptions{}.width)},
      {"skip", "on|off", "towers with depth > 0 get a linear input-to-output path", "off"},
+     {"layers", "L,L,...",
+      "feature layers to read, in this order, from traces recorded with --feature-layers (default: every layer the "
+      "traces carry)", ""},
+     {"combine", "concat|max|sum",
+      "several layers: one tower pair over their features side by side (concat), or a tower pair per layer with "
+      "the chunk score the max (FlashMemory's cross-layer max) or the sum of the layers' scores", "concat"},
      {"loss", "NAME", "binary or listwise", "listwise"},
      {"tau", "N", "lookahead horizon in decode steps", std::to_string(LabelOptions{}.tau)},
      {"window", "N", "recent tokens that are never candidates", std::to_string(LabelOptions{}.window)},
@@ -99,14 +106,10 @@ const CommandSpec kEvalSpec{
 
 std::vector<int> parse_ks(const std::string& text) {
   std::vector<int> ks;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    const int64_t k = parse_int(item, "--k");
-    if (k <= 0) throw UsageError("--k: every k must be positive, got " + item);
+  for (const int64_t k : parse_int_list(text, "--k")) {
+    if (k <= 0 || k > INT32_MAX) throw UsageError("--k: every k must be positive, got " + std::to_string(k));
     ks.push_back(static_cast<int>(k));
   }
-  if (ks.empty()) throw UsageError("--k: give at least one k");
   return ks;
 }
 
@@ -205,6 +208,18 @@ int train(const Argv& argv) {
   opt.depth = args.get_int32("depth");
   opt.width = args.get_int32("width");
   opt.skip = parse_on_off(args.get("skip"), "--skip");
+  opt.combine = parse_layer_combine(args.get("combine"), "--combine");
+  std::optional<std::vector<int>> layers;
+  if (args.has("layers")) {
+    layers.emplace();
+    for (const int64_t l : parse_int_list(args.get("layers"), "--layers")) {
+      if (l < 0 || l > 4096) throw UsageError("--layers: " + std::to_string(l) + " is not a layer index");
+      if (std::find(layers->begin(), layers->end(), static_cast<int>(l)) != layers->end()) {
+        throw UsageError("--layers: layer " + std::to_string(l) + " is listed twice");
+      }
+      layers->push_back(static_cast<int>(l));
+    }
+  }
   opt.loss.kind = parse_loss(args.get("loss"));
   opt.val_fraction = args.get_double("val-fraction");
   opt.patience = args.get_int("patience");
@@ -217,12 +232,18 @@ int train(const Argv& argv) {
   const auto t0 = std::chrono::steady_clock::now();
   TraceDatasetSummary summary;
   const std::vector<std::string> traces = args.get_all("traces");
-  const std::vector<IndexerRequest> data = load_indexer_data(traces, labels, &summary);
+  const std::vector<IndexerRequest> data = load_indexer_data(traces, labels, &summary, layers);
   if (summary.groups == 0) throw InputError(no_refresh_points(traces, labels));
+  opt.layers = summary.layers;
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::cerr << "indexer: " << summary.requests << " requests, " << summary.groups << " refresh points, "
             << summary.candidates << " candidates (" << summary.positives << " positive), d_query=" << summary.d_query
-            << ", d_key=" << summary.d_key << "; labels in " << std::fixed << std::setprecision(1) << load_s << " s\n";
+            << ", d_key=" << summary.d_key;
+  if (!summary.feature_layers.empty()) {
+    std::cerr << " (layers " << feature_layers_text(summary.feature_layers) << ", " << layer_combine_name(opt.combine)
+              << ")";
+  }
+  std::cerr << "; labels in " << std::fixed << std::setprecision(1) << load_s << " s\n";
 
   ProgressBar bar("train");
   const IndexerTrainResult result = train_indexer(data, opt, [&](const IndexerProgress& p) {
@@ -294,7 +315,8 @@ int train(const Argv& argv) {
   // Like every other output, --out may name a folder that does not exist yet.
   const std::filesystem::path out_parent = std::filesystem::path(args.get("out")).parent_path();
   if (!out_parent.empty()) std::filesystem::create_directories(out_parent);
-  save_indexer(args.get("out"), result.model, labels, training.dump(), metrics.dump(), provenance.dump());
+  save_indexer(args.get("out"), result.model, labels, training.dump(), metrics.dump(), provenance.dump(),
+               summary.feature_layers);
 
   std::cout << "wrote " << args.get("out") << ": best step " << best.step << " of " << result.steps_run
             << (result.stop == IndexerStop::EarlyStopping ? " (early stopping)" : "");
@@ -328,7 +350,9 @@ int eval(const Argv& argv) {
   if (args.has("sinks")) labels.sinks = args.get_int("sinks");
   labels.validate();
   TraceDatasetSummary summary;
-  const std::vector<IndexerRequest> data = load_indexer_data({args.get("trace")}, labels, &summary);
+  // The layers the indexer reads (its first, or only, layer when it names none).
+  const std::vector<IndexerRequest> data =
+      load_indexer_data({args.get("trace")}, labels, &summary, indexer.feature_layers);
   const auto& c = indexer.model.config();
   if (summary.d_query != c.d_query || summary.d_key != c.d_key) {
     throw InputError("--indexer: " + args.get("indexer") + " expects d_query=" + std::to_string(c.d_query) +

@@ -8,9 +8,13 @@
 // the query once and scores every candidate with a dot product: O(chunks × dim). The query is
 // the mean of the last few steps' query features, pooled as the checkpoint says its indexer
 // was trained (indexer/inference/query_pool.hpp); the policy sees every step's query to keep the pool.
+// A source whose features hold several model layers side by side gives the indexer the layers
+// its checkpoint names, in its order (indexer/inference/feature_layers.hpp); one that lacks one
+// of them stops the run, before a live prefill when the backend knows its layers up front.
 #include <Eigen/Core>
 #include <memory>
 
+#include "indexer/inference/feature_layers.hpp"
 #include "indexer/inference/indexer_io.hpp"
 #include "indexer/inference/query_pool.hpp"
 #include "policies/lsa.hpp"
@@ -43,6 +47,11 @@ class LsaPolicy final : public LsaPolicyBase {
     }
   }
 
+  void check_request(const RequestContext& request) const override {
+    LsaPolicyBase::check_request(request);
+    if (!request.feature_layers.empty()) (void)layer_parts(request);  // known before opening: a live model's
+  }
+
   void on_request(const RequestContext& request, Plan& plan) override {
     const DualEncoderConfig& c = indexer_->model.config();
     if (request.d_query == 0 || request.d_key == 0) {
@@ -50,18 +59,23 @@ class LsaPolicy final : public LsaPolicyBase {
                        (request.d_query == 0 ? "'query'" : "'chunk_features'") +
                        " features; the indexer needs both (record or generate them)");
     }
-    if (request.d_query != c.d_query || request.d_key != c.d_key) {
+    parts_ = layer_parts(request);
+    source_parts_ = static_cast<int64_t>(std::max<size_t>(request.feature_layers.size(), 1));
+    const auto picked = static_cast<int64_t>(parts_.size());
+    const int64_t d_query = request.d_query / source_parts_ * picked;
+    const int64_t d_key = request.d_key / source_parts_ * picked;
+    if (d_query != c.d_query || d_key != c.d_key) {
       throw InputError("policy lsa: parameter 'indexer': " + path_ + " was trained for d_query=" +
                        std::to_string(c.d_query) + ", d_key=" + std::to_string(c.d_key) + " but request " +
-                       request.request_id + " has d_query=" + std::to_string(request.d_query) +
-                       ", d_key=" + std::to_string(request.d_key));
+                       request.request_id + " has d_query=" + std::to_string(d_query) +
+                       ", d_key=" + std::to_string(d_key) + (picked > 1 || source_parts_ > 1 ? " in the layers it reads" : ""));
     }
     query_pool_ = QueryPool(indexer_->labels.query_pool);
     LsaPolicyBase::on_request(request, plan);
   }
 
   void on_step(const StepContext& step, Plan& plan) override {
-    query_pool_.add(step.step, step.query);
+    query_pool_.add(step.step, picked(step.query, query_scratch_));
     LsaPolicyBase::on_step(step, plan);
     // After the first step has planned, so a run that fails on its setup (e.g. a budget below
     // the fixed tiers) reports only its error.
@@ -71,18 +85,18 @@ class LsaPolicy final : public LsaPolicyBase {
 
  protected:
   [[nodiscard]] int64_t index_bytes_per_chunk() const override {
-    return static_cast<int64_t>(indexer_->model.config().dim) * element_bytes_;
+    return static_cast<int64_t>(indexer_->model.embedding_width()) * element_bytes_;
   }
 
   void score(const StepContext& step, const std::vector<int64_t>& candidates, std::vector<double>& out) override {
     embed_new_chunks(step.chunk_features());
     const DualEncoder& model = indexer_->model;
-    query_pool_.add(step.step, step.query);  // on_refresh runs before on_step at this step
+    query_pool_.add(step.step, picked(step.query, query_scratch_));  // on_refresh runs before on_step at this step
     query_pool_.mean(pooled_query_);
     const Eigen::Map<const Eigen::VectorXf> query(pooled_query_.data(),
                                                   static_cast<Eigen::Index>(pooled_query_.size()));
     const Eigen::VectorXf q = model.embed_query(query);
-    const Eigen::Map<const DualEncoder::Matrix> keys(key_embeddings_.data(), embedded_, model.config().dim);
+    const Eigen::Map<const DualEncoder::Matrix> keys(key_embeddings_.data(), embedded_, model.embedding_width());
     const Eigen::VectorXf all = model.score_embeddings(q, keys);
     out.resize(candidates.size());
     for (size_t i = 0; i < candidates.size(); ++i) out[i] = all[candidates[i]];
@@ -108,10 +122,35 @@ class LsaPolicy final : public LsaPolicyBase {
                    differ + "; it ranks chunks for a different lookahead than the policy uses");
   }
 
+  std::vector<int> layer_parts(const RequestContext& request) const {
+    return feature_layer_parts(request.feature_layers, indexer_->feature_layers,
+                               "policy lsa: parameter 'indexer': " + path_ + ": request " + request.request_id);
+  }
+
+  /// A feature row of the source's layers → the indexer's layers (the row itself when it reads them all).
+  std::span<const float> picked(std::span<const float> row, std::vector<float>& scratch) const {
+    if (row.empty() || takes_every_part(parts_, source_parts_)) return row;
+    scratch.resize(parts_.size() * (row.size() / static_cast<size_t>(source_parts_)));
+    gather_feature_parts(row, source_parts_, parts_, scratch);
+    return scratch;
+  }
+
   void embed_new_chunks(const FeatureRows& features) {
     if (features.n_rows <= embedded_) return;
-    const Eigen::Map<const DualEncoder::Matrix> rows(features.data + embedded_ * features.n_cols,
-                                                     features.n_rows - embedded_, features.n_cols);
+    const int64_t fresh = features.n_rows - embedded_;
+    const float* first = features.data + embedded_ * features.n_cols;
+    std::vector<float> rows_picked;
+    if (!takes_every_part(parts_, source_parts_)) {
+      const int64_t width = features.n_cols / source_parts_ * static_cast<int64_t>(parts_.size());
+      rows_picked.resize(static_cast<size_t>(fresh * width));
+      for (int64_t r = 0; r < fresh; ++r) {
+        gather_feature_parts(std::span<const float>(first + r * features.n_cols, static_cast<size_t>(features.n_cols)),
+                             source_parts_, parts_,
+                             std::span<float>(rows_picked).subspan(static_cast<size_t>(r * width), static_cast<size_t>(width)));
+      }
+    }
+    const int64_t cols = rows_picked.empty() ? features.n_cols : static_cast<int64_t>(rows_picked.size()) / fresh;
+    const Eigen::Map<const DualEncoder::Matrix> rows(rows_picked.empty() ? first : rows_picked.data(), fresh, cols);
     const DualEncoder::Matrix emb = indexer_->model.embed_keys(rows);
     key_embeddings_.insert(key_embeddings_.end(), emb.data(), emb.data() + emb.size());
     embedded_ = features.n_rows;
@@ -121,6 +160,9 @@ class LsaPolicy final : public LsaPolicyBase {
   int64_t element_bytes_;
   std::shared_ptr<const LoadedIndexer> indexer_;
   QueryPool query_pool_;
+  std::vector<int> parts_{0};  // the source's feature layers the indexer reads (feature_layers.hpp)
+  int64_t source_parts_ = 1;
+  std::vector<float> query_scratch_;
   std::vector<float> pooled_query_;
   std::vector<float> key_embeddings_;  // row-major [embedded_ × dim]
   int64_t embedded_ = 0;

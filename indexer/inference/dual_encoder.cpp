@@ -18,15 +18,36 @@ void DualEncoderConfig::validate() const {
   positive(d_key, "d_key");
   positive(dim, "dim");
   positive(width, "width");
+  positive(layers, "layers");
   if (depth < 0) throw UsageError("indexer: depth must be >= 0, got " + std::to_string(depth));
+  if (d_query % towers() != 0 || d_key % towers() != 0) {
+    throw UsageError("indexer: d_query " + std::to_string(d_query) + " and d_key " + std::to_string(d_key) +
+                     " must split evenly between the " + std::to_string(layers) + " layers' towers");
+  }
 }
 
 MlpConfig DualEncoderConfig::query_tower() const {
-  return MlpConfig{d_query, dim, width, depth, activation, skip};
+  return MlpConfig{d_query / towers(), dim, width, depth, activation, skip};
 }
 
 MlpConfig DualEncoderConfig::key_tower() const {
-  return MlpConfig{d_key, dim, width, depth, activation, skip};
+  return MlpConfig{d_key / towers(), dim, width, depth, activation, skip};
+}
+
+const char* layer_combine_name(LayerCombine combine) {
+  switch (combine) {
+    case LayerCombine::Concat: return "concat";
+    case LayerCombine::Max: return "max";
+    case LayerCombine::Sum: return "sum";
+  }
+  return "?";
+}
+
+LayerCombine parse_layer_combine(const std::string& text, const std::string& what) {
+  for (const LayerCombine c : {LayerCombine::Concat, LayerCombine::Max, LayerCombine::Sum}) {
+    if (text == layer_combine_name(c)) return c;
+  }
+  throw UsageError(what + " must be concat, max or sum, got '" + text + "'");
 }
 
 template <typename Scalar>
@@ -63,13 +84,22 @@ FeatureNorm FeatureStats::finish() const {
   return norm;
 }
 
+// Tower pair k draws from seed streams 2k and 2k + 1: one pair is seeded as it always was.
 template <typename Scalar>
 DualEncoderT<Scalar>::DualEncoderT(const DualEncoderConfig& config, uint64_t seed)
-    : config_(config),
-      query_tower_((config.validate(), config.query_tower()), mix_seed(seed, 0)),
-      key_tower_(config.key_tower(), mix_seed(seed, 1)),
-      query_norm_(Norm::identity(config.d_query)),
-      key_norm_(Norm::identity(config.d_key)) {}
+    : config_(config), query_norm_(Norm::identity(config.d_query)), key_norm_(Norm::identity(config.d_key)) {
+  config.validate();
+  for (int k = 0; k < config.towers(); ++k) {
+    const auto stream = static_cast<uint64_t>(2 * k);
+    query_towers_.emplace_back(config.query_tower(), mix_seed(seed, stream));
+    key_towers_.emplace_back(config.key_tower(), mix_seed(seed, stream + 1));
+  }
+}
+
+template <typename Scalar>
+std::string DualEncoderT<Scalar>::tower_prefix(const std::string& side, int k, int towers) {
+  return towers == 1 ? side + "_tower." : side + "_towers." + std::to_string(k) + ".";
+}
 
 namespace {
 
@@ -134,8 +164,11 @@ DualEncoderT<Scalar>::DualEncoderT(const DualEncoderConfig& config, const std::v
       throw InputError("indexer checkpoint: tensor '" + tensor.name + "' appears twice");
     }
   }
-  load_tower(query_tower_, "query_tower.", by_name);
-  load_tower(key_tower_, "key_tower.", by_name);
+  const int towers = config.towers();
+  for (int k = 0; k < towers; ++k) {
+    load_tower(query_towers_[static_cast<std::size_t>(k)], tower_prefix("query", k, towers), by_name);
+    load_tower(key_towers_[static_cast<std::size_t>(k)], tower_prefix("key", k, towers), by_name);
+  }
   Norm query{load_vector<Scalar>(by_name, "query_norm.mean", config.d_query),
              load_vector<Scalar>(by_name, "query_norm.stddev", config.d_query)};
   Norm key{load_vector<Scalar>(by_name, "key_norm.mean", config.d_key),
@@ -201,14 +234,33 @@ typename DualEncoderT<Scalar>::Matrix DualEncoderT<Scalar>::normalize_keys(const
   return apply_norm(rows, key_norm_, "key");
 }
 
+namespace {
+
+/// Each tower's embedding of its share of `normalised`'s columns, side by side.
+template <typename Scalar>
+RowMatrixT<Scalar> embed_by_tower(const std::vector<MlpT<Scalar>>& towers, const RowMatrixT<Scalar>& normalised,
+                                  int dim) {
+  if (towers.size() == 1) return towers[0].forward(normalised);
+  const auto n = static_cast<Eigen::Index>(towers.size());
+  const Eigen::Index share = normalised.cols() / n;
+  RowMatrixT<Scalar> out(normalised.rows(), n * dim);
+  for (Eigen::Index k = 0; k < n; ++k) {
+    out.middleCols(k * dim, dim) =
+        towers[static_cast<std::size_t>(k)].forward(RowMatrixT<Scalar>(normalised.middleCols(k * share, share)));
+  }
+  return out;
+}
+
+}  // namespace
+
 template <typename Scalar>
 typename DualEncoderT<Scalar>::Matrix DualEncoderT<Scalar>::embed_keys(const Matrix& rows) const {
-  return key_tower_.forward(normalize_keys(rows));
+  return embed_by_tower(key_towers_, normalize_keys(rows), config_.dim);
 }
 
 template <typename Scalar>
 typename DualEncoderT<Scalar>::Vector DualEncoderT<Scalar>::embed_query(const Vector& query) const {
-  return query_tower_.forward(normalize_queries(query.transpose())).row(0).transpose();
+  return embed_by_tower(query_towers_, normalize_queries(query.transpose()), config_.dim).row(0).transpose();
 }
 
 template <typename Scalar>
@@ -219,11 +271,40 @@ Scalar DualEncoderT<Scalar>::score_scale() const {
 template <typename Scalar>
 typename DualEncoderT<Scalar>::Vector DualEncoderT<Scalar>::score_embeddings(
     const Vector& query_embedding, const Eigen::Ref<const Matrix>& key_embeddings) const {
-  if (query_embedding.size() != config_.dim || key_embeddings.cols() != config_.dim) {
-    throw InputError("indexer: embeddings must have " + std::to_string(config_.dim) + " values, got query " +
+  const int width = embedding_width();
+  if (query_embedding.size() != width || key_embeddings.cols() != width) {
+    throw InputError("indexer: embeddings must have " + std::to_string(width) + " values, got query " +
                      std::to_string(query_embedding.size()) + " and keys " + std::to_string(key_embeddings.cols()));
   }
-  return (key_embeddings * query_embedding) * score_scale();
+  const int towers = config_.towers();
+  if (towers == 1) return (key_embeddings * query_embedding) * score_scale();
+  const int dim = config_.dim;
+  Matrix per_tower(key_embeddings.rows(), towers);
+  for (int k = 0; k < towers; ++k) {
+    per_tower.col(k) = (key_embeddings.middleCols(k * dim, dim) * query_embedding.segment(k * dim, dim)) * score_scale();
+  }
+  return combine_scores(per_tower);
+}
+
+template <typename Scalar>
+typename DualEncoderT<Scalar>::Vector DualEncoderT<Scalar>::combine_scores(const Matrix& per_tower,
+                                                                           std::vector<int>* argmax) const {
+  if (per_tower.cols() != config_.towers()) {
+    throw InputError("indexer: " + std::to_string(per_tower.cols()) + " per-tower scores, expected " +
+                     std::to_string(config_.towers()));
+  }
+  if (argmax != nullptr) argmax->assign(static_cast<std::size_t>(per_tower.rows()), 0);
+  if (config_.combine == LayerCombine::Sum) return per_tower.rowwise().sum();
+  Vector out = per_tower.col(0);  // concat has one tower; max keeps the largest
+  for (Eigen::Index i = 0; i < per_tower.rows(); ++i) {
+    for (Eigen::Index k = 1; k < per_tower.cols(); ++k) {
+      if (per_tower(i, k) > out[i]) {
+        out[i] = per_tower(i, k);
+        if (argmax != nullptr) (*argmax)[static_cast<std::size_t>(i)] = static_cast<int>(k);
+      }
+    }
+  }
+  return out;
 }
 
 template <typename Scalar>
@@ -235,8 +316,9 @@ typename DualEncoderT<Scalar>::Vector DualEncoderT<Scalar>::score_chunks(
 template <typename Scalar>
 std::vector<NamedTensor> DualEncoderT<Scalar>::parameters() const {
   std::vector<NamedTensor> out;
-  append_tower(out, query_tower_, "query_tower.");
-  append_tower(out, key_tower_, "key_tower.");
+  const int towers = config_.towers();
+  for (int k = 0; k < towers; ++k) append_tower(out, query_tower(k), tower_prefix("query", k, towers));
+  for (int k = 0; k < towers; ++k) append_tower(out, key_tower(k), tower_prefix("key", k, towers));
   out.push_back(vector_tensor("query_norm.mean", query_norm_.mean));
   out.push_back(vector_tensor("query_norm.stddev", query_norm_.stddev));
   out.push_back(vector_tensor("key_norm.mean", key_norm_.mean));
@@ -245,13 +327,30 @@ std::vector<NamedTensor> DualEncoderT<Scalar>::parameters() const {
 }
 
 template <typename Scalar>
+std::size_t DualEncoderT<Scalar>::query_offset(int k) const {
+  std::size_t offset = 0;
+  for (int j = 0; j < k; ++j) offset += query_tower(j).num_parameters();
+  return offset;
+}
+
+template <typename Scalar>
+std::size_t DualEncoderT<Scalar>::key_offset(int k) const {
+  std::size_t offset = query_offset(config_.towers());
+  for (int j = 0; j < k; ++j) offset += key_tower(j).num_parameters();
+  return offset;
+}
+
+template <typename Scalar>
 std::size_t DualEncoderT<Scalar>::num_trainable() const {
-  return query_tower_.num_parameters() + key_tower_.num_parameters();
+  return key_offset(config_.towers());
 }
 
 template <typename Scalar>
 std::vector<std::span<Scalar>> DualEncoderT<Scalar>::trainable_blocks() {
-  return {query_tower_.flat(), key_tower_.flat()};
+  std::vector<std::span<Scalar>> blocks;
+  for (auto& tower : query_towers_) blocks.push_back(tower.flat());
+  for (auto& tower : key_towers_) blocks.push_back(tower.flat());
+  return blocks;
 }
 
 template struct FeatureNormT<float>;

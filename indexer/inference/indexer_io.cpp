@@ -21,6 +21,8 @@ json config_to_json(const DualEncoderConfig& c, const LabelOptions& l) {
           {"activation", activation_name(c.activation)},
           {"scale_scores", c.scale_scores},
           {"skip", c.skip},
+          {"layers", c.layers},
+          {"combine", layer_combine_name(c.combine)},
           {"labels",
            {{"tau", l.tau}, {"window", l.window}, {"sinks", l.sinks}, {"critical_mass", l.critical_mass}, {"stride", l.stride}}},
           {"query_pool", l.query_pool}};
@@ -55,24 +57,46 @@ void check_labels(const LabelOptions& l, const std::string& path) {
 // Each tower's first layer must be [width (or dim), d_in] as the config says, checked before
 // the towers are built: a config declaring a huge width must not allocate it first.
 void check_tower_shapes(const DualEncoderConfig& c, const std::vector<NamedTensor>& tensors, const std::string& path) {
-  for (const auto& [tower, d_in] : {std::pair<std::string, int64_t>{"query_tower", c.d_query}, {"key_tower", c.d_key}}) {
-    const std::string name = tower + ".layers.0.weight";
-    const std::vector<int64_t> expected{c.depth > 0 ? c.width : c.dim, d_in};
-    for (const NamedTensor& t : tensors) {
-      if (t.name == name && t.shape != expected) {
-        throw InputError(path + ": tensor '" + name + "' has shape " + shape_string(t.shape) + ", but config_json (d_query, "
-                         "d_key, dim, depth, width) implies " + shape_string(expected));
+  const int towers = c.towers();
+  for (const auto& [side, d_in] : {std::pair<std::string, int64_t>{"query", c.d_query / towers}, {"key", c.d_key / towers}}) {
+    for (int k = 0; k < towers; ++k) {
+      const std::string name = DualEncoder::tower_prefix(side, k, towers) + "layers.0.weight";
+      const std::vector<int64_t> expected{c.depth > 0 ? c.width : c.dim, d_in};
+      for (const NamedTensor& t : tensors) {
+        if (t.name == name && t.shape != expected) {
+          throw InputError(path + ": tensor '" + name + "' has shape " + shape_string(t.shape) + ", but config_json "
+                           "(d_query, d_key, dim, depth, width, layers, combine) implies " + shape_string(expected));
+        }
       }
     }
   }
+}
+
+// Optional (absent before multi-layer features): distinct non-negative layer numbers, as many
+// as the config's layers.
+std::vector<int> read_feature_layers(const json& config, const DualEncoderConfig& c, const std::string& path) {
+  if (!config.contains("feature_layers")) return {};
+  const auto layers = field<std::vector<int>>(config, "feature_layers", path);
+  const std::string at = path + ": checkpoint config field 'feature_layers' ";
+  if (static_cast<int>(layers.size()) != c.layers) {
+    throw InputError(at + "lists " + std::to_string(layers.size()) + " layers, but 'layers' is " + std::to_string(c.layers));
+  }
+  for (size_t k = 0; k < layers.size(); ++k) {
+    if (layers[k] < 0) throw InputError(at + "holds a negative layer, " + std::to_string(layers[k]));
+    for (size_t j = 0; j < k; ++j) {
+      if (layers[j] == layers[k]) throw InputError(at + "lists layer " + std::to_string(layers[k]) + " twice");
+    }
+  }
+  return layers;
 }
 
 }  // namespace
 
 void save_indexer(const std::string& path, const DualEncoder& model, const LabelOptions& labels,
                   const std::string& training_json, const std::string& metrics_json,
-                  const std::string& provenance_json) {
+                  const std::string& provenance_json, const std::vector<int>& feature_layers) {
   json config = config_to_json(model.config(), labels);
+  if (!feature_layers.empty()) config["feature_layers"] = feature_layers;
   config["training"] = json::parse(training_json.empty() ? "{}" : training_json);
   Checkpoint ckpt;
   ckpt.kind = kIndexerCheckpointKind;
@@ -100,7 +124,11 @@ LoadedIndexer load_indexer(const std::string& path) {
   c.activation = parse_activation(field<std::string>(config, "activation", path));
   c.scale_scores = field<bool>(config, "scale_scores", path);
   c.skip = config.contains("skip") && field<bool>(config, "skip", path);  // absent before skip paths existed
+  // Absent before multi-layer features: one layer.
+  c.layers = config.contains("layers") ? field<int>(config, "layers", path) : 1;
   try {
+    c.combine = config.contains("combine") ? parse_layer_combine(field<std::string>(config, "combine", path), "'combine'")
+                                           : LayerCombine::Concat;
     c.validate();
   } catch (const UsageError& e) {
     throw InputError(path + ": " + e.what());
@@ -115,8 +143,10 @@ LoadedIndexer load_indexer(const std::string& path) {
   // Checkpoints from before query pooling existed used the refresh step's query alone.
   labels.query_pool = config.contains("query_pool") ? field<int64_t>(config, "query_pool", path) : 1;
   check_labels(labels, path);
+  std::vector<int> feature_layers = read_feature_layers(config, c, path);
   check_tower_shapes(c, ckpt.tensors, path);
-  return LoadedIndexer{DualEncoder(c, ckpt.tensors), labels, ckpt.config_json, ckpt.metrics_json, ckpt.provenance_json};
+  return LoadedIndexer{DualEncoder(c, ckpt.tensors), labels, std::move(feature_layers), ckpt.config_json,
+                       ckpt.metrics_json, ckpt.provenance_json};
 }
 
 std::shared_ptr<const LoadedIndexer> load_indexer_shared(const std::string& path) {

@@ -7,6 +7,7 @@
 #include "core/lookahead.hpp"
 #include "core/metrics.hpp"
 #include "core/random.hpp"
+#include "indexer/inference/feature_layers.hpp"
 #include "indexer/inference/query_pool.hpp"
 #include "traces/checkpoint.hpp"
 #include "traces/trace.hpp"
@@ -56,28 +57,62 @@ void close_window(OpenWindow& w, IndexerRequest& out, TraceDatasetSummary& summa
   out.groups.push_back(std::move(w.group));
 }
 
+/// The part of a request's features the indexer reads (feature_layers.hpp).
+struct LayerPick {
+  std::vector<int> parts;
+  int64_t source_parts = 1;
+  [[nodiscard]] bool all() const { return takes_every_part(parts, source_parts); }
+  /// `row` (every source layer side by side) → the picked layers side by side.
+  [[nodiscard]] std::span<const float> apply(std::span<const float> row, std::vector<float>& scratch) const {
+    if (all()) return row;
+    scratch.resize(parts.size() * (row.size() / static_cast<size_t>(source_parts)));
+    gather_feature_parts(row, source_parts, parts, scratch);
+    return scratch;
+  }
+};
+
+LayerPick pick_layers(const std::string& where, const RequestHeader& h, const std::optional<std::vector<int>>& layers,
+                      TraceDatasetSummary& summary) {
+  LayerPick pick;
+  pick.source_parts = static_cast<int64_t>(std::max<size_t>(h.feature_layers.size(), 1));
+  const std::vector<int>& wanted = layers ? *layers : h.feature_layers;
+  pick.parts = feature_layer_parts(h.feature_layers, wanted, where);
+  const auto d_query = h.d_query / pick.source_parts * static_cast<int64_t>(pick.parts.size());
+  const auto d_key = h.d_key / pick.source_parts * static_cast<int64_t>(pick.parts.size());
+  if (summary.d_query == 0) {
+    summary.d_query = d_query;
+    summary.d_key = d_key;
+    summary.feature_layers = wanted;
+    summary.layers = static_cast<int>(pick.parts.size());
+  } else if (summary.d_query != d_query || summary.d_key != d_key) {
+    throw InputError(where + " has d_query=" + std::to_string(d_query) + ", d_key=" + std::to_string(d_key) +
+                     " but earlier traces have " + std::to_string(summary.d_query) + ", " + std::to_string(summary.d_key));
+  } else if (summary.feature_layers != wanted) {
+    throw InputError(where + " has feature layers '" + feature_layers_text(wanted) + "' but earlier requests have '" +
+                     feature_layers_text(summary.feature_layers) + "' (give --layers)");
+  }
+  return pick;
+}
+
 IndexerRequest load_request(const TraceReader& trace, int64_t index, const LabelOptions& opt,
-                            TraceDatasetSummary& summary) {
+                            TraceDatasetSummary& summary, const std::optional<std::vector<int>>& layers) {
   auto reader = trace.request(index);
   const RequestHeader& h = reader->header();
   if (h.d_query == 0) throw InputError(trace.path() + ": request " + h.id + " has no 'query' dataset (the indexer needs it)");
   if (h.d_key == 0) {
     throw InputError(trace.path() + ": request " + h.id + " has no 'chunk_features' dataset (the indexer needs it)");
   }
-  if (summary.d_query == 0) {
-    summary.d_query = h.d_query;
-    summary.d_key = h.d_key;
-  } else if (summary.d_query != h.d_query || summary.d_key != h.d_key) {
-    throw InputError(trace.path() + ": request " + h.id + " has d_query=" + std::to_string(h.d_query) + ", d_key=" +
-                     std::to_string(h.d_key) + " but earlier traces have " + std::to_string(summary.d_query) + ", " +
-                     std::to_string(summary.d_key));
-  }
+  const LayerPick pick = pick_layers(trace.path() + ": request " + h.id, h, layers, summary);
   IndexerRequest out;
   std::vector<float> features;
+  std::vector<float> scratch;
   reader->read_chunk_features(features);
-  out.key_features.resize(h.n_chunks_max, h.d_key);
+  out.key_features.resize(h.n_chunks_max, summary.d_key);
   for (int64_t c = 0; c < h.n_chunks_max; ++c) {
-    for (int64_t j = 0; j < h.d_key; ++j) out.key_features(c, j) = features[static_cast<size_t>(c * h.d_key + j)];
+    const std::span<const float> row =
+        pick.apply(std::span<const float>(features).subspan(static_cast<size_t>(c * h.d_key), static_cast<size_t>(h.d_key)),
+                   scratch);
+    for (int64_t j = 0; j < summary.d_key; ++j) out.key_features(c, j) = row[static_cast<size_t>(j)];
   }
 
   const Geometry& g = trace.geometry();
@@ -92,7 +127,7 @@ IndexerRequest load_request(const TraceReader& trace, int64_t index, const Label
   for (int64_t t = 0; t < h.decode_steps; ++t) {
     if (t <= last_refresh) {  // the pool needs every step up to the last refresh
       reader->read_query(t, query);
-      pool.add(t, query);
+      pool.add(t, pick.apply(query, scratch));
     }
     if (t % opt.stride == 0 && t <= last_refresh) {
       OpenWindow w;
@@ -120,7 +155,7 @@ IndexerRequest load_request(const TraceReader& trace, int64_t index, const Label
 }  // namespace
 
 std::vector<IndexerRequest> load_indexer_data(const std::vector<std::string>& traces, const LabelOptions& labels,
-                                              TraceDatasetSummary* summary) {
+                                              TraceDatasetSummary* summary, const std::optional<std::vector<int>>& layers) {
   labels.validate();
   if (traces.empty()) throw UsageError("--traces: give at least one trace file");
   TraceDatasetSummary local;
@@ -128,7 +163,7 @@ std::vector<IndexerRequest> load_indexer_data(const std::vector<std::string>& tr
   std::vector<IndexerRequest> data;
   for (const auto& path : traces) {
     const auto trace = TraceReader::open(path);
-    for (int64_t i = 0; i < trace->request_count(); ++i) data.push_back(load_request(*trace, i, labels, s));
+    for (int64_t i = 0; i < trace->request_count(); ++i) data.push_back(load_request(*trace, i, labels, s, layers));
     s.fingerprints.push_back(file_fingerprint(path));
   }
   return data;

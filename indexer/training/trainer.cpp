@@ -58,7 +58,7 @@ void IndexerTrainOptions::validate() const {
   if (std::find(recall_ks.begin(), recall_ks.end(), primary_k) == recall_ks.end()) {
     fail("primary_k " + std::to_string(primary_k) + " is not one of recall_ks");
   }
-  DualEncoderConfig{1, 1, dim, depth, width, activation, scale_scores, skip}.validate();
+  DualEncoderConfig{layers, layers, dim, depth, width, activation, scale_scores, skip, layers, combine}.validate();
   AdamOptions{lr, 0.9, 0.999, 1e-8, weight_decay, grad_clip}.validate();
 }
 
@@ -124,23 +124,52 @@ Scalar group_loss_and_gradient(const DualEncoderT<Scalar>& model, const VectorT<
                                const RowMatrixT<Scalar>& candidate_keys, const VectorT<Scalar>& target,
                                const IndexerLossOptions& loss, std::span<Scalar> grad) {
   using Matrix = RowMatrixT<Scalar>;
-  const std::size_t query_params = model.query_tower().num_parameters();
   if (grad.size() != model.num_trainable()) {
     throw InputError("indexer: gradient buffer has " + std::to_string(grad.size()) + " values, expected " +
                      std::to_string(model.num_trainable()));
   }
-  typename MlpT<Scalar>::Cache query_cache;
-  typename MlpT<Scalar>::Cache key_cache;
-  const Matrix query_emb = model.query_tower().forward(model.normalize_queries(query.transpose()), query_cache);
-  const Matrix key_emb = model.key_tower().forward(model.normalize_keys(candidate_keys), key_cache);
+  const int towers = model.config().towers();
+  const Matrix queries = model.normalize_queries(query.transpose());
+  const Matrix keys = model.normalize_keys(candidate_keys);
+  const Eigen::Index query_share = queries.cols() / towers;
+  const Eigen::Index key_share = keys.cols() / towers;
+  std::vector<typename MlpT<Scalar>::Cache> query_cache(static_cast<std::size_t>(towers));
+  std::vector<typename MlpT<Scalar>::Cache> key_cache(static_cast<std::size_t>(towers));
+  std::vector<Matrix> query_emb;
+  std::vector<Matrix> key_emb;
   const Scalar scale = model.score_scale();
-  const VectorT<Scalar> scores = (key_emb * query_emb.row(0).transpose()) * scale;
+  Matrix per_tower(keys.rows(), towers);
+  Matrix scratch;
+  // Tower k's share of the features' columns (all of them for one tower: no copy).
+  auto share = [&](const Matrix& all, Eigen::Index width, int k) -> const Matrix& {
+    if (towers == 1) return all;
+    scratch = all.middleCols(k * width, width);
+    return scratch;
+  };
+  for (int k = 0; k < towers; ++k) {
+    const auto at = static_cast<std::size_t>(k);
+    query_emb.push_back(model.query_tower(k).forward(share(queries, query_share, k), query_cache[at]));
+    key_emb.push_back(model.key_tower(k).forward(share(keys, key_share, k), key_cache[at]));
+    per_tower.col(k) = (key_emb[at] * query_emb[at].row(0).transpose()) * scale;
+  }
+  std::vector<int> argmax;
+  const VectorT<Scalar> scores = model.combine_scores(per_tower, &argmax);
   const LossValue<Scalar> value = indexer_loss(scores, target, loss);
-  // score_i = scale · <k_i, q>: d/dq = scale · Σ g_i k_i, d/dk_i = scale · g_i q.
-  const Matrix d_query = (value.grad.transpose() * key_emb) * scale;
-  const Matrix d_keys = (value.grad * query_emb) * scale;
-  model.query_tower().backward(query_cache, d_query, grad.subspan(0, query_params));
-  model.key_tower().backward(key_cache, d_keys, grad.subspan(query_params));
+  for (int k = 0; k < towers; ++k) {
+    const auto at = static_cast<std::size_t>(k);
+    // A sum passes each score's gradient to every tower; a max only to the tower it came from.
+    VectorT<Scalar> g = value.grad;
+    if (model.config().combine == LayerCombine::Max) {
+      for (Eigen::Index i = 0; i < g.size(); ++i) g[i] = argmax[static_cast<std::size_t>(i)] == k ? g[i] : Scalar(0);
+    }
+    // score_i = scale · <k_i, q>: d/dq = scale · Σ g_i k_i, d/dk_i = scale · g_i q.
+    const Matrix d_query = (g.transpose() * key_emb[at]) * scale;
+    const Matrix d_keys = (g * query_emb[at]) * scale;
+    model.query_tower(k).backward(query_cache[at], d_query,
+                                  grad.subspan(model.query_offset(k), model.query_tower(k).num_parameters()));
+    model.key_tower(k).backward(key_cache[at], d_keys,
+                                grad.subspan(model.key_offset(k), model.key_tower(k).num_parameters()));
+  }
   return value.loss;
 }
 
@@ -294,7 +323,7 @@ IndexerTrainResult train_indexer(const std::vector<IndexerRequest>& data, const 
   }
   const DualEncoderConfig config{d_query, static_cast<int>(data[0].key_features.cols()),
                                  options.dim, options.depth, options.width, options.activation,
-                                 options.scale_scores, options.skip};
+                                 options.scale_scores, options.skip, options.layers, options.combine};
   DualEncoder model(config, options.seed);
   fit_normalisation(model, data, split.train);
 

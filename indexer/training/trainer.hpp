@@ -61,6 +61,10 @@ struct IndexerTrainOptions {
   MlpActivation activation = MlpActivation::Gelu;
   bool scale_scores = true;
   bool skip = false;  ///< linear skip paths in towers with depth > 0 (indexer/inference/mlp.hpp)
+  /// Feature layers the data's features hold side by side, and how the indexer combines them
+  /// (DualEncoderConfig::layers, combine).
+  int layers = 1;
+  LayerCombine combine = LayerCombine::Concat;
   IndexerLossOptions loss;
   uint64_t seed = 0;
   double val_fraction = 0.1;  ///< of the requests (never of one request's groups)

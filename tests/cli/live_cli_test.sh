@@ -68,6 +68,45 @@ checks=$((checks + 1))
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert abs(d[0]["critical_recall"]-1)<1e-9 and d[0]["steps"]==6, d' \
   "${work}/out.txt" || fail "replay of a recorded trace under full attention: recall is not 1"
 
+# Features of several layers (--feature-layers): a valid trace whose indexer trains in each
+# combine mode and replays; --feature-layers L alone writes what --feature-layer L writes.
+expect 2 "--feature-layer and --feature-layers: give one of them" -- record --model "${model}" --feature-layer 8 \
+  --feature-layers 8,15 --out "${work}/x.h5"
+expect 2 "--feature-layers: 'x' is not a whole number" -- record --model "${model}" --feature-layers 8,x --out "${work}/x.h5"
+expect 2 "feature layer 15 is listed twice" -- record --model "${model}" --context-tokens 256 --samples 1 --steps 1 \
+  --feature-layers 15,15 --out "${work}/x.h5"
+layers="${work}/layers.h5"
+expect 0 "wrote ${layers}" -- record --model "${model}" --context-tokens 256 --samples 2 --steps 3 \
+  --feature-layers 8,15,22 --out "${layers}"
+expect 0 "valid" -- trace validate "${layers}"
+expect 0 "wrote" -- record --model "${model}" --context-tokens 256 --samples 2 --steps 3 --feature-layers 15 \
+  --out "${work}/one_a.h5"
+expect 0 "wrote" -- record --model "${model}" --context-tokens 256 --samples 2 --steps 3 --feature-layer 15 \
+  --out "${work}/one_b.h5"
+checks=$((checks + 1))
+cmp -s "${work}/one_a.h5" "${work}/one_b.h5" || fail "--feature-layers 15 and --feature-layer 15 wrote different files"
+small=(--window 64 --sinks 0 --tau 2 --stride 1 --steps 5 --threads 1 --reference off)
+for combine in concat max sum; do
+  expect 0 "wrote ${work}/idx_${combine}.h5" -- indexer train --traces "${layers}" --out "${work}/idx_${combine}.h5" \
+    --combine "${combine}" "${small[@]}"
+  expect 0 "" -- replay --trace "${layers}" --policy "lsa:indexer=${work}/idx_${combine}.h5,window=64,sinks=0,tau=2,budget=0.9" --json
+  json_check "${work}/out.txt" 'len(d) == 1 and d[0]["steps"] == 6'
+  expect 0 "recall@8" -- indexer eval --indexer "${work}/idx_${combine}.h5" --trace "${layers}" --window 64 --sinks 0 --tau 2
+done
+expect 2 "--combine must be concat, max or sum, got 'mean'" -- indexer train --traces "${layers}" --out "${work}/x.h5" \
+  --combine mean
+expect 1 "the indexer reads feature layer 7, which the features lack" -- indexer train --traces "${layers}" \
+  --out "${work}/x.h5" --layers 15,7
+# A three-layer indexer needs a source of those layers: a one-layer trace, or a live run without
+# --feature-layers (refused before the prefill), stops with one line naming the layers.
+expect 1 "the indexer reads feature layers 8,15,22, but the features are of one unnamed layer" -- replay --trace "${trace}" \
+  --policy "lsa:indexer=${work}/idx_max.h5,window=64,sinks=0,tau=2,budget=0.9"
+expect 1 "the indexer reads feature layer 8, which the features lack" -- run --model "${model}" --context-tokens 256 \
+  --samples 1 --max-tokens 2 --policy "lsa:indexer=${work}/idx_max.h5,window=64,sinks=0,tau=2,budget=0.9"
+expect 0 "" -- run --model "${model}" --context-tokens 256 --samples 1 --max-tokens 3 --feature-layers 8,15,22 \
+  --agreement off --policy "lsa:indexer=${work}/idx_max.h5,window=64,sinks=0,tau=2,budget=0.9" --json
+json_check "${work}/out.txt" 'len(d) == 1 and d[0]["steps"] == 2'
+
 # Task wording (--template-set): a recording names its set and the templates each request drew
 # (the default set writes neither attribute); the prompt still fits the context with the real
 # tokenizer; run's generations say the same.

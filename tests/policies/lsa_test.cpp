@@ -205,6 +205,113 @@ TEST(Lsa, TraceWithoutFeaturesIsRejected) {
 
 namespace {
 
+/// An untrained indexer over `layers` (8 query and 8 key features each) combined by `combine`.
+std::string write_layered_indexer(const std::string& name, const std::vector<int>& layers, LayerCombine combine) {
+  DualEncoderConfig c;
+  c.d_query = 8 * static_cast<int>(std::max<size_t>(layers.size(), 1));
+  c.d_key = c.d_query;
+  c.dim = 8;
+  c.depth = 0;
+  c.layers = static_cast<int>(std::max<size_t>(layers.size(), 1));
+  c.combine = combine;
+  const std::string path = temp_path(name);
+  save_indexer(path, DualEncoder(c, 9), LabelOptions{}, "{}", "{}", "{}", layers);
+  return path;
+}
+
+/// The conformance data (16 query and 16 key features) as the features of layers 4 and 9,
+/// side by side (8 each).
+ConformanceData two_layer_data(uint64_t seed) {
+  ConformanceData data = make_conformance_data(seed);
+  for (auto& r : data.requests) {
+    auto copy = std::make_shared<MemoryRequest>(*r);
+    copy->feature_layers = {4, 9};
+    r = copy;
+  }
+  return data;
+}
+
+/// Columns [first, first + 8) of every query and chunk feature row: one layer's part.
+ConformanceData one_layer_of(const ConformanceData& two, int first) {
+  ConformanceData data = two;
+  for (auto& r : data.requests) {
+    auto copy = std::make_shared<MemoryRequest>(*r);
+    copy->feature_layers = {};
+    copy->d_query = copy->d_key = 8;
+    for (auto& q : copy->query) q = std::vector<float>(q.begin() + first, q.begin() + first + 8);
+    std::vector<float> f;
+    for (size_t row = 0; row < r->chunk_features.size() / 16; ++row) {
+      f.insert(f.end(), r->chunk_features.begin() + static_cast<std::ptrdiff_t>(row * 16 + first),
+               r->chunk_features.begin() + static_cast<std::ptrdiff_t>(row * 16 + first + 8));
+    }
+    copy->chunk_features = std::move(f);
+    r = copy;
+  }
+  return data;
+}
+
+std::string engine_error(const ConformanceData& data, const std::string& spec) {
+  MemoryBackend backend(data.geometry, data.rows, data.requests);
+  try {
+    (void)run_engine(backend, {PolicyRegistry::instance().resolve(spec)}, {});
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+}  // namespace
+
+TEST(Lsa, ReadsTheLayersItsIndexerNamesFromAMultiLayerSource) {
+  // An indexer of layer 9 alone on features of layers 4 and 9 selects what it selects on a source
+  // holding layer 9's part only.
+  const std::string idx = write_layered_indexer("layer9_idx.h5", {9}, LayerCombine::Concat);
+  const std::string spec = "lsa:indexer=" + idx + ",tau=8,window=1024,budget=0.1";
+  const ConformanceData two = two_layer_data(31);
+  const auto picked = record(spec, two);
+  const auto alone = record(spec, one_layer_of(two, 8));
+  ASSERT_FALSE(picked.resident.empty());
+  EXPECT_EQ(picked.resident, alone.resident);
+  EXPECT_NE(record(spec, one_layer_of(two, 0)).resident, alone.resident) << "layer 4's part selects alike: the test cannot tell";
+  // A two-layer max indexer reads both; its index tier caches both layers' embeddings.
+  const std::string both = write_layered_indexer("max_idx.h5", {9, 4}, LayerCombine::Max);
+  const auto run = record("lsa:indexer=" + both + ",tau=8,window=1024,budget=0.1", two);
+  const auto single = record(spec, two);
+  const TierBytes& b2 = run.bytes.at({0, two.requests[0]->info.decode_steps - 1});
+  const TierBytes& b1 = single.bytes.at({0, two.requests[0]->info.decode_steps - 1});
+  EXPECT_EQ(b2.hbm_index, 2 * b1.hbm_index);
+}
+
+TEST(Lsa, AMissingFeatureLayerIsOneLineNamingItAndItsDatasets) {
+  const ConformanceData two = two_layer_data(32);
+  const std::string idx = write_layered_indexer("layer7_idx.h5", {4, 7}, LayerCombine::Max);
+  std::string error = engine_error(two, "lsa:indexer=" + idx + ",window=1024");
+  EXPECT_NE(error.find("the indexer reads feature layer 7, which the features lack (datasets 'query_layer7', "
+                       "'chunk_features_layer7'; their feature layers: 4,9); --feature-layers 4,7 (kvlab record, run, generate) gives them"),
+            std::string::npos)
+      << error;
+  EXPECT_EQ(error.find('\n'), std::string::npos);
+  // Several layers on a source of one unnamed layer.
+  error = engine_error(one_layer_of(two, 0), "lsa:indexer=" + idx + ",window=1024");
+  EXPECT_NE(error.find("the indexer reads feature layers 4,7, but the features are of one unnamed layer"), std::string::npos)
+      << error;
+  // A live source names its layers before a request is opened: refused in check_request.
+  RequestContext request;
+  request.geometry = &two.geometry;
+  request.rows = two.rows;
+  request.request_id = "r0";
+  request.prompt_tokens = 4096;
+  request.decode_steps = 64;
+  request.feature_layers = {15};
+  EXPECT_THROW(PolicyRegistry::instance()
+                   .resolve("lsa:indexer=" + idx + ",budget=0.5,window=1024")
+                   .instantiate()
+                   ->check_request(request),
+               InputError);
+}
+
+namespace {
+
 // One row, 40 prompt chunks of 64 tokens: every step puts half its mass on chunk 5 (so it is
 // critical in every lookahead) and half on the newest chunk.
 ConformanceData needle_at_chunk_5() {

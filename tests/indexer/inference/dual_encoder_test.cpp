@@ -133,12 +133,17 @@ TEST(FeatureStats, MeanAndPopulationStddev) {
 
 // The whole chain (normalisation, both towers, the score, the loss) against finite differences:
 // the largest relative error over every trainable parameter.
-double worst_group_gradient_error(bool skip, IndexerLossKind kind) {
+double worst_group_gradient_error(bool skip, IndexerLossKind kind, LayerCombine combine = LayerCombine::Concat) {
   IndexerLossOptions loss;
   loss.kind = kind;
   loss.class_balanced = kind == IndexerLossKind::Binary;
   DualEncoderConfig config = kConfig;
   config.skip = skip;
+  if (combine != LayerCombine::Concat) {  // two layers of 3 query and 2 key features, a tower pair each
+    config.d_key = 4;
+    config.layers = 2;
+    config.combine = combine;
+  }
   DualEncoderT<double> model(config, 17);
   if (skip) {  // a skip tower's output layer starts at zero; move off it so every path carries gradient
     for (const std::span<double> block : model.trainable_blocks()) {
@@ -148,7 +153,7 @@ double worst_group_gradient_error(bool skip, IndexerLossKind kind) {
   FeatureNormT<double> qn{VectorT<double>::Constant(6, 0.1), VectorT<double>::Constant(6, 2.0)};
   model.set_query_norm(qn);
   const VectorT<double> query = random_rows<double>(1, 6, 3).row(0).transpose();
-  const RowMatrixT<double> keys = random_rows<double>(6, 5, 4);
+  const RowMatrixT<double> keys = random_rows<double>(6, config.d_key, 4);
   VectorT<double> target(6);
   target << 0.0, 0.5, 0.0, 0.0, 1.5, 0.2;
 
@@ -177,8 +182,89 @@ TEST(DualEncoder, GroupGradientMatchesCentralDifferencesInDouble) {
   for (const bool skip : {false, true}) {
     for (const IndexerLossKind kind : {IndexerLossKind::Listwise, IndexerLossKind::Binary}) {
       EXPECT_LT(worst_group_gradient_error(skip, kind), 1e-6) << loss_name(kind) << (skip ? " with skip paths" : "");
+      for (const LayerCombine combine : {LayerCombine::Max, LayerCombine::Sum}) {
+        EXPECT_LT(worst_group_gradient_error(skip, kind, combine), 1e-6)
+            << loss_name(kind) << (skip ? " with skip paths, " : ", ") << layer_combine_name(combine);
+      }
     }
   }
+}
+
+// Two feature layers: query [q0 | q1] of 2 + 2 values, chunk features [k0 | k1] of 1 + 1. Linear
+// towers of dim 1 with hand-set weights, identity norms and unscaled scores, so each layer's score
+// is (wq·q + bq)(wk·k + bk), worked out by hand below.
+DualEncoder two_layer_model(LayerCombine combine) {
+  DualEncoderConfig c;
+  c.d_query = 4;
+  c.d_key = 2;
+  c.dim = 1;
+  c.depth = 0;
+  c.scale_scores = false;
+  c.layers = 2;
+  c.combine = combine;
+  std::vector<NamedTensor> t;
+  if (combine == LayerCombine::Concat) {
+    t = {{"query_tower.layers.0.weight", {1, 4}, {1, 1, 0, 0}}, {"query_tower.layers.0.bias", {1}, {0}},
+         {"key_tower.layers.0.weight", {1, 2}, {0, 1}}, {"key_tower.layers.0.bias", {1}, {0}}};
+  } else {
+    t = {{"query_towers.0.layers.0.weight", {1, 2}, {1, 0}}, {"query_towers.0.layers.0.bias", {1}, {0}},
+         {"query_towers.1.layers.0.weight", {1, 2}, {0, 1}}, {"query_towers.1.layers.0.bias", {1}, {0.5F}},
+         {"key_towers.0.layers.0.weight", {1, 1}, {1}},      {"key_towers.0.layers.0.bias", {1}, {0}},
+         {"key_towers.1.layers.0.weight", {1, 1}, {1}},      {"key_towers.1.layers.0.bias", {1}, {1}}};
+  }
+  t.push_back({"query_norm.mean", {4}, {0, 0, 0, 0}});
+  t.push_back({"query_norm.stddev", {4}, {1, 1, 1, 1}});
+  t.push_back({"key_norm.mean", {2}, {0, 0}});
+  t.push_back({"key_norm.stddev", {2}, {1, 1}});
+  return DualEncoder(c, t);
+}
+
+TEST(DualEncoder, LayerCombinesScoreAsWorkedOutByHand) {
+  const Eigen::Vector4f query(1, 2, 3, -1);
+  RowMatrixT<float> keys(2, 2);
+  keys << 2, 4,    // chunk A: k0 = 2, k1 = 4
+      -1, -6;      // chunk B: k0 = -1, k1 = -6
+  // Layer 0: q0 = 1·1 + 0·2 = 1, k0 = A 2, B −1 → scores A 2, B −1.
+  // Layer 1: q1 = 0·3 + 1·(−1) + 0.5 = −0.5, k1 = A 4 + 1 = 5, B −6 + 1 = −5 → A −2.5, B 2.5.
+  const DualEncoder max = two_layer_model(LayerCombine::Max);
+  EXPECT_EQ(max.embedding_width(), 2);
+  const Eigen::VectorXf by_max = max.score_chunks(query, max.embed_keys(keys));
+  EXPECT_FLOAT_EQ(by_max[0], 2.0F);  // max(2, −2.5)
+  EXPECT_FLOAT_EQ(by_max[1], 2.5F);  // max(−1, 2.5)
+  const DualEncoder sum = two_layer_model(LayerCombine::Sum);
+  const Eigen::VectorXf by_sum = sum.score_chunks(query, sum.embed_keys(keys));
+  EXPECT_FLOAT_EQ(by_sum[0], -0.5F);
+  EXPECT_FLOAT_EQ(by_sum[1], 1.5F);
+  // Concat: one tower over all four query features, q = 1 + 2 = 3, k = the second layer's part.
+  const DualEncoder concat = two_layer_model(LayerCombine::Concat);
+  EXPECT_EQ(concat.embedding_width(), 1);
+  const Eigen::VectorXf by_concat = concat.score_chunks(query, concat.embed_keys(keys));
+  EXPECT_FLOAT_EQ(by_concat[0], 12.0F);
+  EXPECT_FLOAT_EQ(by_concat[1], -18.0F);
+  // The tower a max came from.
+  RowMatrixT<float> per_tower(2, 2);
+  per_tower << 2, -2.5, -1, 2.5;
+  std::vector<int> argmax;
+  EXPECT_EQ(max.combine_scores(per_tower, &argmax), by_max);
+  EXPECT_EQ(argmax, (std::vector<int>{0, 1}));
+}
+
+TEST(DualEncoder, PerLayerTowersRoundTripThroughTheirTensors) {
+  DualEncoderConfig c = kConfig;
+  c.d_key = 4;
+  c.layers = 2;
+  c.combine = LayerCombine::Max;
+  const DualEncoder model(c, 5);
+  const std::vector<NamedTensor> tensors = model.parameters();
+  EXPECT_EQ(tensors.front().name, "query_towers.0.layers.0.weight");
+  EXPECT_EQ(tensors.front().shape, (std::vector<int64_t>{8, 3}));  // width 8, half of d_query 6
+  const DualEncoder loaded(c, tensors);
+  const RowMatrixT<float> keys = random_rows<float>(5, 4, 8);
+  const Eigen::VectorXf query = random_rows<float>(1, 6, 9).row(0).transpose();
+  EXPECT_EQ(loaded.score_chunks(query, loaded.embed_keys(keys)), model.score_chunks(query, model.embed_keys(keys)));
+  c.d_key = 5;  // does not split in two
+  EXPECT_THROW(DualEncoder(c, 0), UsageError);
+  EXPECT_THROW((void)parse_layer_combine("mean", "--combine"), UsageError);
 }
 
 }  // namespace

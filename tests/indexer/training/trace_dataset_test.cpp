@@ -11,6 +11,7 @@
 #include "indexer/training/trace_dataset.hpp"
 #include "traces/checkpoint.hpp"
 #include "traces/synthetic.hpp"
+#include "traces/trace_test_util.hpp"
 
 using namespace kvlab;
 
@@ -158,6 +159,93 @@ TEST(TraceDataset, TracesWithoutFeaturesAreRejected) {
   EXPECT_THROW((void)load_indexer_data({path}, LabelOptions{.tau = 0}), UsageError);
 }
 
+TEST(TraceDataset, ReadsTheChosenFeatureLayersInTheirOrder) {
+  // Features of layers 3, 0, 2 (5 query and 2 key features each): --layers 2,3 reads the third
+  // part, then the first; without --layers every part, in the trace's order.
+  Geometry g = test::small_geometry();
+  g.n_layers = 4;
+  RequestHeader h = test::make_header("r", 10, 6, 1, MassDtype::Float32, 15, 6);
+  h.feature_layers = {3, 0, 2};
+  const std::string path = temp_path("layers.h5");
+  test::write_trace(path, g, {h});
+  LabelOptions labels;
+  labels.tau = 2;
+  labels.stride = 2;
+  labels.window = 0;
+  labels.sinks = 0;
+  labels.query_pool = 1;
+  TraceDatasetSummary summary;
+  const auto picked = load_indexer_data({path}, labels, &summary, std::vector<int>{2, 3});
+  EXPECT_EQ(summary.feature_layers, (std::vector<int>{2, 3}));
+  EXPECT_EQ(summary.layers, 2);
+  EXPECT_EQ(summary.d_query, 10);
+  EXPECT_EQ(summary.d_key, 4);
+  const int64_t chunks = g.chunks_for(16);
+  const std::vector<float> f = test::make_features(chunks, 6);
+  ASSERT_EQ(picked[0].key_features.rows(), chunks);
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int j = 0; j < 2; ++j) {
+      EXPECT_EQ(picked[0].key_features(c, j), f[c * 6 + 4 + j]);   // layer 2: the third part
+      EXPECT_EQ(picked[0].key_features(c, 2 + j), f[c * 6 + j]);   // layer 3: the first
+    }
+  }
+  ASSERT_FALSE(picked[0].groups.empty());
+  const std::vector<float> q0 = test::make_query(0, 15);  // refresh 0's query
+  for (int j = 0; j < 5; ++j) {
+    EXPECT_EQ(picked[0].groups[0].query[j], q0[10 + j]);
+    EXPECT_EQ(picked[0].groups[0].query[5 + j], q0[j]);
+  }
+  TraceDatasetSummary all;
+  const auto every = load_indexer_data({path}, labels, &all);
+  EXPECT_EQ(all.feature_layers, (std::vector<int>{3, 0, 2}));
+  EXPECT_EQ(every[0].key_features.cols(), 6);
+  try {
+    (void)load_indexer_data({path}, labels, nullptr, std::vector<int>{2, 1});
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ": request r: the indexer reads feature layer 1, which the features lack"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(IndexerCheckpoint, RecordsItsFeatureLayersAndHowItCombinesThem) {
+  DualEncoderConfig c;
+  c.d_query = 12;
+  c.d_key = 6;
+  c.dim = 4;
+  c.depth = 0;
+  c.layers = 3;
+  c.combine = LayerCombine::Max;
+  const DualEncoder model(c, 4);
+  const std::string path = temp_path("max_idx.h5");
+  save_indexer(path, model, LabelOptions{}, "{}", "{}", "{}", {8, 15, 22});
+  const LoadedIndexer back = load_indexer(path);
+  EXPECT_EQ(back.feature_layers, (std::vector<int>{8, 15, 22}));
+  EXPECT_EQ(back.model.config().layers, 3);
+  EXPECT_EQ(back.model.config().combine, LayerCombine::Max);
+  EXPECT_EQ(back.model.embedding_width(), 12);
+  // A list that disagrees with `layers`, or repeats a layer, is a bad file.
+  auto with = [&](const std::string& field, const nlohmann::json& value) {
+    Checkpoint ckpt = read_checkpoint(path, kIndexerCheckpointKind);
+    auto config = nlohmann::json::parse(ckpt.config_json);
+    config[field] = value;
+    ckpt.config_json = config.dump();
+    const std::string bad = temp_path("bad_layers.h5");
+    write_checkpoint(bad, ckpt);
+    try {
+      (void)load_indexer(bad);
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(with("feature_layers", {8, 15}).find("field 'feature_layers' lists 2 layers, but 'layers' is 3"),
+            std::string::npos);
+  EXPECT_NE(with("feature_layers", {8, 8, 22}).find("lists layer 8 twice"), std::string::npos);
+  EXPECT_NE(with("combine", "mean").find("'combine' must be concat, max or sum, got 'mean'"), std::string::npos);
+}
+
 TEST(IndexerCheckpoint, RoundTripKeepsWeightsConfigAndScores) {
   DualEncoderConfig c;
   c.d_query = 12;
@@ -204,11 +292,16 @@ TEST(IndexerCheckpoint, OlderCheckpointsKeepTheirMeaning) {
   auto config = nlohmann::json::parse(ckpt.config_json);
   config.erase("query_pool");
   config.erase("skip");
+  config.erase("layers");  // before multi-layer features: one layer, unnamed
+  config.erase("combine");
   ckpt.config_json = config.dump();
   write_checkpoint(path, ckpt);
   const LoadedIndexer old = load_indexer(path);
   EXPECT_EQ(old.labels.query_pool, 1);
   EXPECT_FALSE(old.model.config().skip);
+  EXPECT_EQ(old.model.config().layers, 1);
+  EXPECT_EQ(old.model.config().combine, LayerCombine::Concat);
+  EXPECT_TRUE(old.feature_layers.empty());
 }
 
 TEST(IndexerCheckpoint, BadFilesGiveClearErrorsAndFailedWritesKeepTheOldFile) {
