@@ -157,6 +157,8 @@ int trace_info(const Argv& argv) {
     // Recorded with kvlab record --template-set train|heldout only.
     if (!h.template_set.empty()) requests.back()["template_set"] = h.template_set;
     if (!h.template_variants.empty()) requests.back()["template_variants"] = h.template_variants;
+    // Recorded with kvlab record --feature-layers: d_query and d_key are theirs side by side.
+    if (!h.feature_layers.empty()) requests.back()["feature_layers"] = h.feature_layers;
   }
   const nlohmann::json doc = {{"path", info.path},
                               {"file_bytes", info.file_bytes},

@@ -1,5 +1,6 @@
 #include "traces/validate.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -42,6 +43,15 @@ std::string format_trace_info(const TraceInfo& info) {
                   static_cast<long long>(r.d_key), static_cast<long long>(r.qk_dim),
                   static_cast<long long>(r.prefill_window));
     out << line;
+  }
+  // d_query and d_key above are every feature layer's together.
+  const std::vector<int>& first = info.requests.front().feature_layers;
+  const bool same = std::all_of(info.requests.begin(), info.requests.end(),
+                                [&](const RequestHeader& r) { return r.feature_layers == first; });
+  if (!same) {
+    out << "feature layers differ between requests (--json lists each)\n";
+  } else if (!first.empty()) {
+    out << "feature layers " << feature_layers_text(first) << " (d_query and d_key hold them side by side)\n";
   }
   return out.str();
 }
