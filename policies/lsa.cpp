@@ -61,6 +61,12 @@ class LsaPolicy final : public LsaPolicyBase {
     }
     parts_ = layer_parts(request);
     source_parts_ = static_cast<int64_t>(std::max<size_t>(request.feature_layers.size(), 1));
+    if (indexer_->feature_layers.empty() && request.feature_layers.size() > 1) {
+      // Trained on one layer it does not name: the first is a guess the user should see.
+      policy_warning("policy lsa: indexer " + path_ + " names no feature layer; it reads the first of the source's " +
+                     layer_list(request.feature_layers) + " (layer " + std::to_string(request.feature_layers[0]) +
+                     "); train it with --layers to name its layer");
+    }
     const auto picked = static_cast<int64_t>(parts_.size());
     const int64_t d_query = request.d_query / source_parts_ * picked;
     const int64_t d_key = request.d_key / source_parts_ * picked;

@@ -7,6 +7,8 @@
 
 namespace kvlab {
 
+std::string layer_list(std::span<const int> layers) { return feature_layers_text(layers); }
+
 std::vector<int> feature_layer_parts(std::span<const int> source, std::span<const int> indexer, const std::string& where) {
   if (indexer.empty()) return {0};
   const std::string record = "; --feature-layers " + feature_layers_text(indexer) + " (kvlab record, run, generate) gives them";

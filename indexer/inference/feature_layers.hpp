@@ -22,6 +22,9 @@ namespace kvlab {
 /// datasets and flag that carry it.
 std::vector<int> feature_layer_parts(std::span<const int> source, std::span<const int> indexer, const std::string& where);
 
+/// "8,15,22", as a trace's feature_layers attribute and the --feature-layers flags write them.
+std::string layer_list(std::span<const int> layers);
+
 /// True when `parts` takes all `source_parts` parts in their order (nothing to gather).
 bool takes_every_part(const std::vector<int>& parts, int64_t source_parts);
 

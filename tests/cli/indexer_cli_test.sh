@@ -144,5 +144,33 @@ expect 0 "" -- replay --trace "${real_trace}" --json --threads 2 \
 cp "${work}/out.txt" "${work}/real.json"
 json_check "${work}/real.json" 'd[0]["footprint_mean_ratio"] <= 0.15 and d[0]["critical_recall"] > d[1]["critical_recall"] + 0.2'
 
+# ---- features of several layers (a real CPU recording with --feature-layers 8,15,22) ----------
+# Every combine mode trains, evaluates and replays; an indexer's layers must be the source's; an
+# indexer that names no layer reads the first and says so.
+layers_trace="${root}/traces/data/smollm2_niah_single_512_layers.h5"
+small=(--window 64 --sinks 0 --tau 4 --stride 2 --steps 20 --threads 2 --reference off)
+for combine in concat max sum; do
+  expect 0 "(layers 8,15,22, ${combine})" -- indexer train --traces "${layers_trace}" --combine "${combine}" "${small[@]}" \
+    --out "${work}/layers_${combine}.h5"
+  expect 0 "recall@16" -- indexer eval --indexer "${work}/layers_${combine}.h5" --trace "${layers_trace}"
+  expect 0 "" -- replay --trace "${layers_trace}" --json \
+    --policy "lsa:indexer=${work}/layers_${combine}.h5,window=64,sinks=0,tau=4,budget=0.5"
+  json_check "${work}/out.txt" 'd[0]["steps"] == 40 and 0 < d[0]["critical_recall"] <= 1'
+done
+expect 0 "(layers 15, concat)" -- indexer train --traces "${layers_trace}" --layers 15 "${small[@]}" --out "${work}/layers_15.h5"
+# One named layer on a one-layer recording (which names none): read as that layer.
+expect 0 "" -- replay --trace "${real_trace}" --policy "lsa:indexer=${work}/layers_15.h5,window=64,sinks=0,tau=4,budget=0.5"
+expect 1 "the indexer reads feature layers 8,15,22, but the features are of one unnamed layer" -- \
+  replay --trace "${real_trace}" --policy "lsa:indexer=${work}/layers_max.h5,window=64,sinks=0,tau=4,budget=0.5"
+expect 1 "the indexer reads feature layer 3, which the features lack (datasets 'query_layer3', 'chunk_features_layer3'" -- \
+  indexer train --traces "${layers_trace}" --layers 15,3 "${small[@]}" --out "${work}/x.h5"
+expect 2 "--layers: layer 15 is listed twice" -- indexer train --traces "${layers_trace}" --layers 15,15 --out "${work}/x.h5"
+expect 2 "--combine must be concat, max or sum" -- indexer train --traces "${layers_trace}" --combine avg --out "${work}/x.h5"
+expect 0 "names no feature layer; it reads the first of the source's 8,15,22 (layer 8)" -- \
+  replay --trace "${layers_trace}" --policy "lsa:indexer=${real_idx},window=64,sinks=0,budget=0.9,tau=16"
+expect 0 "feature layers 8,15,22" -- trace info "${layers_trace}"
+expect 0 "" -- trace info "${layers_trace}" --json
+json_check "${work}/out.txt" 'd["requests"][0]["feature_layers"] == [8, 15, 22] and d["requests"][0]["d_query"] == 3 * 576'
+
 echo "indexer_cli_test: ${checks} checks, ${failures} failed"
 [[ ${failures} -eq 0 ]]

@@ -5,7 +5,7 @@
 # prompts. The variants:
 #
 #   l8, l15, l22   one layer (--layers L): the seed's "current hidden states" at that depth
-#   concat         layers 8,15,22 side by side, one tower pair (--combine concat)
+#   concat         layers 15,8,22 side by side, one tower pair (--combine concat)
 #   max            a tower pair per layer, the chunk score the max of the three (FlashMemory's
 #                  released indexer: the cross-layer max of per-layer scores)
 #   sum            a tower pair per layer, the scores summed
@@ -14,7 +14,9 @@
 # default sizes; WORK keeps what a part made for the next, so they can run in separate calls:
 #   record     TASKS × CONTEXTS: TRAIN_A (25) samples of seed 1000 and TRAIN_B (59) of seed 2000
 #              per cell (1008 requests at 4K–8K, the set of record_train.sh) and EVAL (16) of
-#              seed 0 (held out), STEPS (32) steps each, --feature-layers LAYERS (8,15,22).
+#              seed 0 (held out), STEPS (32) steps each, --feature-layers LAYERS (15,8,22: the
+#              middle layer first, in `query` and `chunk_features`, where a one-layer indexer
+#              such as results/indexer_real_1008.h5 reads).
 #              H200: ~2.5 min (1008 requests took 101 s with one layer).
 #   train      one indexer per variant (VARIANTS), tau 16, window 256, sinks 64, stride STRIDE (16) on
 #              THREADS threads. H200 host, 16 threads: ~25 s per one-layer variant, about three
@@ -41,7 +43,7 @@ steps="${STEPS:-32}"
 batch="${BATCH:-64}"
 backend="${BACKEND:-cuda}"
 threads="${THREADS:-$(nproc)}"
-layers="${LAYERS:-8,15,22}"
+layers="${LAYERS:-15,8,22}"  # the middle layer first: where one-layer readers and indexers look
 variants="${VARIANTS:-l8 l15 l22 concat max sum}"
 parts="${PARTS:-record train evaluate}"
 budget="${BUDGET_S:-0.15}"
