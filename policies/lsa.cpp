@@ -170,7 +170,7 @@ class LsaPolicy final : public LsaPolicyBase {
   int64_t source_parts_ = 1;
   std::vector<float> query_scratch_;
   std::vector<float> pooled_query_;
-  std::vector<float> key_embeddings_;  // row-major [embedded_ × dim]
+  std::vector<float> key_embeddings_;  // row-major [embedded_ × embedding_width()]
   int64_t embedded_ = 0;
   bool checked_labels_ = false;
 };
