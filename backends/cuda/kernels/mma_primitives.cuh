@@ -1,5 +1,6 @@
 // Warp-level building blocks of the tensor-core kernels (sm_80+ instructions, used on sm_90):
-// asynchronous 16-byte copies into shared memory, ldmatrix and mma.m16n8k16 with bf16
+// asynchronous 16-byte copies and bulk copies (mbarrier-completed) into shared memory,
+// ldmatrix and mma.m16n8k16 with bf16
 // operands and float32 accumulators, and bf16 packing. Header-only and device-only, so each
 // kernel file that includes it gets its own inlined copies.
 //
@@ -24,11 +25,64 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int sr
   const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
 }
+/// cp_async_16 with the L2 prefetch hint: the L2 fetches the whole 256-byte block the copy
+/// falls in (the next lanes' pieces), so DRAM sees fewer, longer requests.
+__device__ __forceinline__ void cp_async_16_l2_256(void* smem, const void* gmem, int src_bytes) {
+  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes)
+               : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 /// Waits until at most N committed groups of this thread are still in flight.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// ---- bulk copies (the TMA unit, sm_90) completed on an mbarrier ---------------------------
+// A bulk copy moves a contiguous multiple of 16 bytes from global to shared memory through
+// the asynchronous proxy; its bytes count down the barrier's transaction count, and a phase
+// completes when every expected arrival came and every expected byte landed.
+
+__device__ __forceinline__ unsigned smem_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, unsigned arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(arrivals) : "memory");
+}
+/// Makes initialised barriers visible to the asynchronous proxy (the bulk copies).
+__device__ __forceinline__ void mbarrier_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_address(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
+}
+/// Spins until the barrier's phase with this parity has completed.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "KVLAB_MBAR_WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra KVLAB_MBAR_WAIT_%=;\n"
+      "}\n" ::"r"(smem_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+/// Orders this thread's earlier generic-proxy accesses of shared memory (reads of a stage)
+/// before its later asynchronous-proxy writes (the bulk copy that refills it).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_address(dst)),
+               "l"(src), "r"(bytes), "r"(smem_address(bar))
+               : "memory");
 }
 
 /// c += A·B for one 16×8×16 tile (bf16 in, float32 accumulate).

@@ -510,6 +510,13 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_async_kernel(Pag
 
 constexpr int kMmaTokens = 16;
 
+/// How the tensor-core kernel fills a stage: 16-byte cp.async per lane (8 pieces of K and 8 of
+/// V per lane and step at head dim 128), the same with the L2's 256-byte prefetch hint, or one
+/// bulk copy per lane (lane l copies token row l % 16 of K or V, 2·HD bytes, through the TMA
+/// unit; rows past the unit's end are zeroed by the lane instead), completed on one mbarrier per
+/// warp and stage.
+enum class MmaLoad { kCpAsync, kCpAsyncL2Prefetch, kBulk };
+
 template <int HD>
 constexpr int mma_row_bytes() {
   return HD * 2 + 16;
@@ -520,7 +527,7 @@ constexpr size_t mma_smem_bytes() {
   return size_t{kWarps} * STAGES * 2 * kMmaTokens * mma_row_bytes<HD>();
 }
 
-template <int HD, int STAGES>
+template <int HD, int STAGES, MmaLoad LOAD = MmaLoad::kCpAsync>
 __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(PagedKvPoolView pool, SparseDecodeRowsView rows,
                                                                            SparseDecodeWorkspaceView ws, bool want_mass) {
   constexpr int kChunks = HD / 16;   // k-chunks of q·k, and pairs of 8-dim n-tiles of p·v
@@ -539,6 +546,17 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
   unsigned char* mine = mma_pipe + static_cast<size_t>(warp) * STAGES * 2 * kTile;
   auto k_tile = [&](int s) { return mine + (2 * s) * kTile; };
   auto v_tile = [&](int s) { return mine + (2 * s + 1) * kTile; };
+  // kBulk: one barrier per warp and stage, 32 arrivals (every lane, with or without a copy).
+  __shared__ __align__(8) uint64_t stage_bar[LOAD == MmaLoad::kBulk ? kWarps : 1][LOAD == MmaLoad::kBulk ? STAGES : 1];
+  uint32_t stage_parity = 0;  // kBulk: bit s is the parity of stage s's next phase
+  if constexpr (LOAD == MmaLoad::kBulk) {
+    if (lane == 0) {
+#pragma unroll
+      for (int s = 0; s < STAGES; ++s) mbarrier_init(&stage_bar[warp][s], 32);
+      mbarrier_init_fence();
+    }
+    __syncwarp();
+  }
 
   // Q as A fragments (rows g and g+8; g+8 ≥ 8 > G is always padding, so a1 = a3 = 0).
   uint32_t qa[kChunks][2];
@@ -565,16 +583,39 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
   int ps = 0;
   auto produce = [&]() {
     if (pu < end) {
-#pragma unroll
-      for (int i = 0; i < kPieces; ++i) {
-        const int c = lane + 32 * i;
-        const int tok_in = c / (HD / 8);
-        const int piece = c % (HD / 8);
+      if constexpr (LOAD == MmaLoad::kBulk) {
+        const int tok_in = lane % kMmaTokens;
+        const bool is_v = lane >= kMmaTokens;
         const int tok = pt + tok_in;
-        const bool valid = tok < pun.n;
-        const int64_t off = valid ? tok * pun.stride + piece * 8 : 0;
-        cp_async_16(k_tile(ps) + tok_in * kRow + piece * 16, pun.k + off, valid ? 16 : 0);
-        cp_async_16(v_tile(ps) + tok_in * kRow + piece * 16, pun.v + off, valid ? 16 : 0);
+        unsigned char* dst = (is_v ? v_tile(ps) : k_tile(ps)) + tok_in * kRow;
+        uint64_t* bar = &stage_bar[warp][ps];
+        if (tok < pun.n) {
+          fence_proxy_async_shared();  // this lane's reads of the slot come before the copy's writes
+          mbarrier_arrive_expect_tx(bar, HD * 2);
+          bulk_copy_to_shared(dst, (is_v ? pun.v : pun.k) + tok * pun.stride, HD * 2, bar);
+        } else {
+          // Past the unit's end: zeros, so that P = 0 times V stays 0 (garbage could be NaN).
+#pragma unroll
+          for (int i = 0; i < HD * 2 / 16; ++i) reinterpret_cast<uint4*>(dst)[i] = make_uint4(0, 0, 0, 0);
+          mbarrier_arrive(bar);  // release: the zeros are visible to the lanes that wait
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kPieces; ++i) {
+          const int c = lane + 32 * i;
+          const int tok_in = c / (HD / 8);
+          const int piece = c % (HD / 8);
+          const int tok = pt + tok_in;
+          const bool valid = tok < pun.n;
+          const int64_t off = valid ? tok * pun.stride + piece * 8 : 0;
+          if constexpr (LOAD == MmaLoad::kCpAsyncL2Prefetch) {
+            cp_async_16_l2_256(k_tile(ps) + tok_in * kRow + piece * 16, pun.k + off, valid ? 16 : 0);
+            cp_async_16_l2_256(v_tile(ps) + tok_in * kRow + piece * 16, pun.v + off, valid ? 16 : 0);
+          } else {
+            cp_async_16(k_tile(ps) + tok_in * kRow + piece * 16, pun.k + off, valid ? 16 : 0);
+            cp_async_16(v_tile(ps) + tok_in * kRow + piece * 16, pun.v + off, valid ? 16 : 0);
+          }
+        }
       }
       pt += kMmaTokens;
       if (pt >= pun.n) {
@@ -583,7 +624,7 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
         if (pu < end) pun = resolve_unit<HD>(pool, rows, r, pu);
       }
     }
-    cp_async_commit();
+    if constexpr (LOAD != MmaLoad::kBulk) cp_async_commit();
     ps = ps + 1 == STAGES ? 0 : ps + 1;
   };
 #pragma unroll
@@ -602,8 +643,13 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
   while (cu < end) {
     __syncwarp();  // every lane is done reading the slot produce() refills
     produce();
-    cp_async_wait<STAGES - 1>();
-    __syncwarp();  // the step's tiles, copied by all lanes, are visible to all
+    if constexpr (LOAD == MmaLoad::kBulk) {
+      mbarrier_wait(&stage_bar[warp][cs], (stage_parity >> cs) & 1U);  // acquire: copies and zeros
+      stage_parity ^= 1U << cs;
+    } else {
+      cp_async_wait<STAGES - 1>();
+      __syncwarp();  // the step's tiles, copied by all lanes, are visible to all
+    }
     const unsigned char* kt = k_tile(cs);
     const unsigned char* vt = v_tile(cs);
 
@@ -676,7 +722,9 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
       if (cu < end) cun = resolve_unit<HD>(pool, rows, r, cu);
     }
   }
-  cp_async_wait<0>();
+  // Nothing is in flight here: every stage produced was consumed (the last STAGES − 1
+  // produce() calls found no unit left), so the pipeline buffer is free for the merge.
+  if constexpr (LOAD != MmaLoad::kBulk) cp_async_wait<0>();
 
   // Merge the warps: row sums over the 4 lanes of a head, then the CTA combine, in the
   // pipeline's shared memory (free once every warp has left its loop).
@@ -857,14 +905,14 @@ cudaError_t launch_split_async(const PagedKvPoolView& pool, const SparseDecodeRo
   return cudaGetLastError();
 }
 
-template <int HD, int STAGES>
+template <int HD, int STAGES, MmaLoad LOAD = MmaLoad::kCpAsync>
 cudaError_t launch_split_mma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                              const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream) {
   constexpr size_t smem = mma_smem_bytes<HD, STAGES>();
-  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_mma_kernel<HD, STAGES>,
+  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_mma_kernel<HD, STAGES, LOAD>,
                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (raised != cudaSuccess) return raised;
-  sparse_decode_split_mma_kernel<HD, STAGES><<<ws.n_items, kThreads, smem, stream>>>(pool, rows, ws, want_mass);
+  sparse_decode_split_mma_kernel<HD, STAGES, LOAD><<<ws.n_items, kThreads, smem, stream>>>(pool, rows, ws, want_mass);
   return cudaGetLastError();
 }
 
@@ -891,6 +939,15 @@ cudaError_t dispatch_variant(const PagedKvPoolView& pool, const SparseDecodeRows
       return big ? launch_split_mma<128, 3>(pool, rows, ws, mass, stream) : launch_split_mma<64, 3>(pool, rows, ws, mass, stream);
     case SparseDecodeVariant::kMmaStages4:
       return big ? launch_split_mma<128, 4>(pool, rows, ws, mass, stream) : launch_split_mma<64, 4>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kMmaL2PrefetchStages2:
+      return big ? launch_split_mma<128, 2, MmaLoad::kCpAsyncL2Prefetch>(pool, rows, ws, mass, stream)
+                 : launch_split_mma<64, 2, MmaLoad::kCpAsyncL2Prefetch>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kMmaBulkStages2:
+      return big ? launch_split_mma<128, 2, MmaLoad::kBulk>(pool, rows, ws, mass, stream)
+                 : launch_split_mma<64, 2, MmaLoad::kBulk>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kMmaBulkStages3:
+      return big ? launch_split_mma<128, 3, MmaLoad::kBulk>(pool, rows, ws, mass, stream)
+                 : launch_split_mma<64, 3, MmaLoad::kBulk>(pool, rows, ws, mass, stream);
     case SparseDecodeVariant::kRegistersUnroll4: {  // every shape (group 5-8 with unroll 2)
       const int g = rows.group;
       if (big) {
@@ -1012,6 +1069,18 @@ std::pair<const void*, size_t> split_kernel_of(SparseDecodeVariant v, int head_d
     case SparseDecodeVariant::kMmaStages4:
       return {big ? fn(sparse_decode_split_mma_kernel<128, 4>) : fn(sparse_decode_split_mma_kernel<64, 4>),
               big ? mma_smem_bytes<128, 4>() : mma_smem_bytes<64, 4>()};
+    case SparseDecodeVariant::kMmaL2PrefetchStages2:
+      return {big ? fn(sparse_decode_split_mma_kernel<128, 2, MmaLoad::kCpAsyncL2Prefetch>)
+                  : fn(sparse_decode_split_mma_kernel<64, 2, MmaLoad::kCpAsyncL2Prefetch>),
+              big ? mma_smem_bytes<128, 2>() : mma_smem_bytes<64, 2>()};
+    case SparseDecodeVariant::kMmaBulkStages2:
+      return {big ? fn(sparse_decode_split_mma_kernel<128, 2, MmaLoad::kBulk>)
+                  : fn(sparse_decode_split_mma_kernel<64, 2, MmaLoad::kBulk>),
+              big ? mma_smem_bytes<128, 2>() : mma_smem_bytes<64, 2>()};
+    case SparseDecodeVariant::kMmaBulkStages3:
+      return {big ? fn(sparse_decode_split_mma_kernel<128, 3, MmaLoad::kBulk>)
+                  : fn(sparse_decode_split_mma_kernel<64, 3, MmaLoad::kBulk>),
+              big ? mma_smem_bytes<128, 3>() : mma_smem_bytes<64, 3>()};
     case SparseDecodeVariant::kRegistersUnroll4: return {fn(sparse_decode_split_kernel<128, 4, 4>), 0};
     case SparseDecodeVariant::kAsyncUnroll4Stages3:
       return {fn(sparse_decode_split_async_kernel<128, 4, 4, 3>), async_smem_bytes<4, 3>()};

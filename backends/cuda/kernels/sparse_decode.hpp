@@ -137,6 +137,9 @@ enum class SparseDecodeVariant {
   kMmaStages2,  // v3: tensor cores (mma.m16n8k16 for q·K^T and P·V), cp.async tiles of 16 tokens
   kMmaStages3,
   kMmaStages4,
+  kMmaL2PrefetchStages2,  // v3 with cp.async's 256-byte L2 prefetch hint
+  kMmaBulkStages2,        // v4: v3's math, stages filled by bulk copies (TMA unit) on mbarriers
+  kMmaBulkStages3,
 };
 
 /// launch_sparse_decode with a chosen kernel version; cudaErrorInvalidValue for a variant

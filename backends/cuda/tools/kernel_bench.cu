@@ -1,7 +1,7 @@
 // Benchmarks of the CUDA kernels (not tests): sparse paged decode attention (dense and sparse
 // page lists, one layer or all layers of a step in one launch) and top-k / indexer scoring.
 //
-//   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates]
+//   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile]
 //
 // --only candidates times the kernel versions not yet verified on a device (every sparse
 // decode variant, the cluster top-k), kept out of the default run so that a fault in one
@@ -128,7 +128,8 @@ struct RowSet {
   __nv_bfloat16 *q = nullptr, *out = nullptr;
   SparseDecodePlan plan;
   SparseDecodeWorkspace ws;
-  RowSet(const std::vector<std::vector<int32_t>>& row_pages, cudaStream_t stream) {
+  /// waves > 0 overrides the plan's waves of resident CTAs (the plan sweep); 0 keeps the default.
+  RowSet(const std::vector<std::vector<int32_t>>& row_pages, cudaStream_t stream, int waves = 0) {
     n_rows = static_cast<int32_t>(row_pages.size());
     std::vector<int32_t> ip{0}, ix, lt;
     for (const auto& r : row_pages) {
@@ -143,7 +144,9 @@ struct RowSet {
     q = device_alloc<__nv_bfloat16>(static_cast<size_t>(n_rows) * kGroup * kHeadDim);
     out = device_alloc<__nv_bfloat16>(static_cast<size_t>(n_rows) * kGroup * kHeadDim);
     launch_random_fill_bf16(q, int64_t{n_rows} * kGroup * kHeadDim, 11, 1.0F, stream);
-    plan = plan_sparse_decode(ip, {}, kPageTokens, sparse_decode_plan_options(kHeadDim, kGroup));
+    SparseDecodePlanOptions options = sparse_decode_plan_options(kHeadDim, kGroup);
+    if (waves > 0) options.waves = waves;
+    plan = plan_sparse_decode(ip, {}, kPageTokens, options);
     ws.upload(plan, kGroup, kHeadDim, stream);
   }
   ~RowSet() {
@@ -246,14 +249,15 @@ struct Bench {
   }
 
   std::vector<std::unique_ptr<RowSet>> rotating(int n_rows, int64_t ctx, Select sel, double fraction, int64_t pool_slots,
-                                                uint32_t seed) {
+                                                uint32_t seed, int waves = 0) {
     const int64_t slots_per_set = n_rows * (ctx / kPageTokens);
     const double bytes = static_cast<double>(slots_per_set) * kPageBytes;
     int copies = static_cast<int>(std::ceil(kRotateBytes / bytes));
     copies = std::max(1, std::min<int>(copies, static_cast<int>(pool_slots / slots_per_set)));
     std::vector<std::unique_ptr<RowSet>> sets;
     for (int c = 0; c < copies; ++c) {
-      sets.push_back(std::make_unique<RowSet>(make_rows(n_rows, ctx, c * slots_per_set, sel, fraction, seed + c), timer.stream));
+      sets.push_back(
+          std::make_unique<RowSet>(make_rows(n_rows, ctx, c * slots_per_set, sel, fraction, seed + c), timer.stream, waves));
     }
     KVLAB_CUDA_CHECK(cudaStreamSynchronize(timer.stream));
     return sets;
@@ -284,6 +288,9 @@ struct Bench {
         {SparseDecodeVariant::kMmaStages2, "v3 mma s2"},
         {SparseDecodeVariant::kMmaStages3, "v3 mma s3"},
         {SparseDecodeVariant::kMmaStages4, "v3 mma s4"},
+        {SparseDecodeVariant::kMmaL2PrefetchStages2, "v3 mma s2 L2::256B"},
+        {SparseDecodeVariant::kMmaBulkStages2, "v4 mma bulk s2"},
+        {SparseDecodeVariant::kMmaBulkStages3, "v4 mma bulk s3"},
     };
     struct Point {
       int rows;
@@ -292,6 +299,7 @@ struct Bench {
     };
     const Point points[] = {{kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=1"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
+                            {8 * kKvHeads, int64_t{1} << 20, "1 layer ctx=1M batch=8"},
                             {kLayers * kKvHeads, int64_t{32} << 10, "32 layers ctx=32K batch=1"}};
     for (const Point& pt : points) {
       auto sets = rotating(pt.rows, pt.ctx, Select::kDense, 1.0, pool.slots, 200);
@@ -300,6 +308,30 @@ struct Bench {
         const double ms = time_sets(pool, sets, v);
         tsv.row("dense_variant", pt.name, name, ms, bytes);
         std::printf("TABLE variant %-26s %-18s %8.3f ms %5.2f TB/s\n", pt.name, name, ms, bytes / (ms * 1e-3) / 1e12);
+      }
+    }
+  }
+
+  /// The default kernel under plans of 1-8 waves of resident CTAs: whether item size (fixed
+  /// cost per item against the tail of the last wave) is what holds the large points back.
+  void plan_waves(const Pool& pool) {
+    struct Point {
+      int rows;
+      int64_t ctx;
+      const char* name;
+    };
+    const Point points[] = {{8 * kKvHeads, int64_t{128} << 10, "1 layer ctx=128K batch=8"},
+                            {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
+                            {8 * kKvHeads, int64_t{1} << 20, "1 layer ctx=1M batch=8"}};
+    for (const Point& pt : points) {
+      for (const int waves : {1, 2, 3, 4, 8}) {
+        auto sets = rotating(pt.rows, pt.ctx, Select::kDense, 1.0, pool.slots, 250, waves);
+        const double bytes = sets[0]->kv_bytes();
+        const double ms = time_sets(pool, sets);
+        const std::string variant = "waves=" + std::to_string(waves);
+        tsv.row("dense_plan", pt.name, variant, ms, bytes, "items=" + std::to_string(sets[0]->plan.n_items()));
+        std::printf("TABLE plan %-26s %-8s %8.3f ms %5.2f TB/s (%d items)\n", pt.name, variant.c_str(), ms,
+                    bytes / (ms * 1e-3) / 1e12, sets[0]->plan.n_items());
       }
     }
   }
@@ -430,7 +462,7 @@ int run(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates]\n");
+      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile]\n");
       return 2;
     }
   }
@@ -446,10 +478,27 @@ int run(int argc, char** argv) {
   if (only == "candidates" || only == "topk_candidates") {
     // Kernel versions not yet verified on a device, in their own process (device-check.sh).
     if (only == "candidates") {
-      const Pool pool((int64_t{8} << 30) / kPageBytes);
+      const Pool pool((int64_t{40} << 30) / kPageBytes);  // 1M x 8 is 32 GiB of pages
       b.variants(pool);
     }
     b.topk(true);
+    return 0;
+  }
+  if (only == "profile") {
+    // For Nsight Compute: the default kernel at 512K x 1, then 1M x 8, 4 launches each, untimed
+    // (profile the 3rd split launch with --launch-skip 2, or the 7th with --launch-skip 6).
+    const Pool pool((int64_t{40} << 30) / kPageBytes);
+    for (const auto& [n_rows, ctx] : {std::pair<int, int64_t>{kKvHeads, int64_t{512} << 10},
+                                      std::pair<int, int64_t>{8 * kKvHeads, int64_t{1} << 20}}) {
+      auto sets = b.rotating(n_rows, ctx, Select::kDense, 1.0, pool.slots, 260);
+      for (int i = 0; i < 4; ++i) sets[static_cast<size_t>(i) % sets.size()]->launch(pool.view(), SparseDecodeVariant::kDefault, b.timer.stream);
+      KVLAB_CUDA_CHECK(cudaStreamSynchronize(b.timer.stream));
+    }
+    return 0;
+  }
+  if (only == "plans") {
+    const Pool pool((int64_t{40} << 30) / kPageBytes);
+    b.plan_waves(pool);
     return 0;
   }
   if (only.empty() || only == "attention") {

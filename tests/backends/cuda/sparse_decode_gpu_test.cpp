@@ -305,8 +305,10 @@ TEST(SparseDecode, FreshInputsGiveFreshOutputs) {
 // ---- candidate versions (cp.async v2, tensor-core v3): NOTES.md ---------------------------
 
 /// Versions that exist for every shape, and those for head_dim 128 with group 3-4 only.
-const SparseDecodeVariant kAllShapes[] = {SparseDecodeVariant::kMmaStages2, SparseDecodeVariant::kMmaStages3,
-                                          SparseDecodeVariant::kMmaStages4, SparseDecodeVariant::kAsyncUnroll4Stages4};
+const SparseDecodeVariant kAllShapes[] = {SparseDecodeVariant::kMmaStages2,          SparseDecodeVariant::kMmaStages3,
+                                          SparseDecodeVariant::kMmaStages4,          SparseDecodeVariant::kAsyncUnroll4Stages4,
+                                          SparseDecodeVariant::kMmaL2PrefetchStages2, SparseDecodeVariant::kMmaBulkStages2,
+                                          SparseDecodeVariant::kMmaBulkStages3};
 const SparseDecodeVariant kLlamaShapeOnly[] = {SparseDecodeVariant::kAsyncUnroll4Stages3,
                                                SparseDecodeVariant::kAsyncUnroll4Stages6,
                                                SparseDecodeVariant::kAsyncUnroll2Stages8,
@@ -314,7 +316,8 @@ const SparseDecodeVariant kLlamaShapeOnly[] = {SparseDecodeVariant::kAsyncUnroll
 
 TEST(SparseDecodeCandidateSanitize, SmallRowsOddPages) {
   KVLAB_REQUIRE_CANDIDATES();
-  for (const SparseDecodeVariant v : {SparseDecodeVariant::kMmaStages3, SparseDecodeVariant::kAsyncUnroll4Stages4}) {
+  for (const SparseDecodeVariant v : {SparseDecodeVariant::kMmaStages3, SparseDecodeVariant::kAsyncUnroll4Stages4,
+                                      SparseDecodeVariant::kMmaBulkStages2}) {
     SCOPED_TRACE("variant " + std::to_string(static_cast<int>(v)));
     Case c = mixed_case(128, 4, 500 + static_cast<int>(v));
     c.page_tokens = 7;
