@@ -5,6 +5,9 @@
 # well) in an ignored folder of the checkout the device tool copies.
 #
 #   scripts/device-carry.sh [DEST]        (DEST defaults to .carry/pack/kvlab.tar.xz; BUILD_DIR=build)
+#   BINS="kvlab kvlab_cuda_agreement" scripts/device-carry.sh DEST
+#                                         a lighter pack (~6 MB) that fits one call beside the
+#                                         model's first half, for visits that only run the model
 #
 # In the device call: carry [".carry/pack"], then
 #   mkdir -p /tmp/kv && tar xJf .carry/pack/kvlab.tar.xz -C /tmp/kv && cd /tmp/kv && scripts/device-check.sh --only tests
@@ -15,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 dest="${1:-.carry/pack/kvlab.tar.xz}"
 build="${BUILD_DIR:-build}"
-bins=(kvlab kvlab_gpu_tests kvlab_cuda_agreement kvlab_cuda_decoder_bench kvlab_kernel_bench kvlab_fetch_bench)
+read -r -a bins <<<"${BINS:-kvlab kvlab_gpu_tests kvlab_cuda_agreement kvlab_cuda_decoder_bench kvlab_kernel_bench kvlab_fetch_bench}"
 for b in "${bins[@]}"; do
   [[ -x "$build/bin/$b" ]] || { echo "device-carry: $build/bin/$b missing (cmake --build $build)" >&2; exit 1; }
 done

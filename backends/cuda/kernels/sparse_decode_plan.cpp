@@ -26,6 +26,13 @@ void check_indptr(std::span<const int32_t> indptr, const char* name, size_t expe
 
 }  // namespace
 
+int plan_waves(const SparseDecodePlanOptions& options, int64_t n_rows) {
+  if (options.waves > 0) return options.waves;
+  const int64_t resident = int64_t{options.multiprocessors} * options.ctas_per_multiprocessor;
+  const int64_t waves = int64_t{options.target_items_per_row} * n_rows / resident;
+  return static_cast<int>(std::clamp<int64_t>(waves, options.min_waves, options.max_waves));
+}
+
 int32_t summary_units(int64_t n_summaries, int32_t page_tokens) {
   return static_cast<int32_t>((n_summaries + page_tokens - 1) / page_tokens);
 }
@@ -39,8 +46,10 @@ SparseDecodePlan plan_sparse_decode(std::span<const int32_t> page_indptr,
   check_indptr(page_indptr, "page_indptr", n_rows + 1);
   if (!summary_indptr.empty()) check_indptr(summary_indptr, "summary_indptr", n_rows + 1);
   if (options.warps_per_cta < 1 || options.min_units_per_item < 1 || options.multiprocessors < 1 ||
-      options.ctas_per_multiprocessor < 1 || options.waves < 1) {
-    throw UsageError("sparse decode plan: every SparseDecodePlanOptions field must be positive");
+      options.ctas_per_multiprocessor < 1 || options.waves < 0 || options.min_waves < 1 ||
+      options.max_waves < options.min_waves || options.target_items_per_row < 1) {
+    throw UsageError("sparse decode plan: every SparseDecodePlanOptions field must be positive "
+                     "(waves may be 0: automatic; max_waves at least min_waves)");
   }
 
   SparseDecodePlan plan;
@@ -58,7 +67,8 @@ SparseDecodePlan plan_sparse_decode(std::span<const int32_t> page_indptr,
     plan.row_unit_indptr[r + 1] = static_cast<int32_t>(plan.row_unit_indptr[r] + units);
   }
 
-  const int64_t target_items = int64_t{options.multiprocessors} * options.ctas_per_multiprocessor * options.waves;
+  const int64_t target_items =
+      int64_t{options.multiprocessors} * options.ctas_per_multiprocessor * plan_waves(options, plan.n_rows);
   const int64_t w = options.warps_per_cta;
   int64_t per_item = std::max<int64_t>(options.min_units_per_item, (plan.n_units() + target_items - 1) / target_items);
   per_item = (per_item + w - 1) / w * w;

@@ -11,6 +11,12 @@
 // with units_per_item a multiple of the CTA's warps and chosen so that the grid holds about
 // `waves` full waves of resident CTAs, but never fewer than min_units_per_item units per item
 // (each item pays a fixed cost: loading the query, merging warps, writing a partial).
+//
+// waves = 0 (the default) picks the waves from the row count: more, smaller items shorten the
+// last wave's tail, but every item of a row is one more partial its reduction folds, so a row
+// should not get many more than target_items_per_row items. Measured on the H200 (kernel NOTES,
+// run device-2026-12-02d): 1M x 8 (64 rows) 4.15 TB/s at 2 waves, 4.26 at 8 (50 items a row);
+// 512K x 1 (8 rows) 4.07 at 1 wave, 4.01 at 2, 3.75 at 8 (342 items a row).
 #pragma once
 
 #include <cstdint>
@@ -30,7 +36,10 @@ struct DecodeWorkItem {
 struct SparseDecodePlanOptions {
   int multiprocessors = 132;   // H200 SXM
   int ctas_per_multiprocessor = 4;
-  int waves = 2;
+  int waves = 0;                  // 0: automatic, in [min_waves, max_waves] (see above)
+  int min_waves = 2;
+  int max_waves = 8;
+  int target_items_per_row = 64;
   int warps_per_cta = 4;       // units_per_item is rounded up to a multiple of this
   int min_units_per_item = 4;
 };
@@ -46,6 +55,10 @@ struct SparseDecodePlan {
   [[nodiscard]] int64_t n_units() const { return row_unit_indptr.empty() ? 0 : row_unit_indptr.back(); }
   [[nodiscard]] int32_t n_items() const { return static_cast<int32_t>(items.size()); }
 };
+
+/// The waves a plan of n_rows rows is sized for: options.waves if set, else
+/// target_items_per_row × n_rows / resident CTAs, clamped to [min_waves, max_waves].
+[[nodiscard]] int plan_waves(const SparseDecodePlanOptions& options, int64_t n_rows);
 
 /// Summary blocks of a row with `n_summaries` entries: ceil(n_summaries / page_tokens).
 [[nodiscard]] int32_t summary_units(int64_t n_summaries, int32_t page_tokens);

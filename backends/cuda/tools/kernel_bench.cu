@@ -314,7 +314,7 @@ struct Bench {
 
   /// The default kernel under plans of 1-8 waves of resident CTAs: whether item size (fixed
   /// cost per item against the tail of the last wave) is what holds the large points back.
-  void plan_waves(const Pool& pool) {
+  void waves_sweep(const Pool& pool) {
     struct Point {
       int rows;
       int64_t ctx;
@@ -498,7 +498,7 @@ int run(int argc, char** argv) {
   }
   if (only == "plans") {
     const Pool pool((int64_t{40} << 30) / kPageBytes);
-    b.plan_waves(pool);
+    b.waves_sweep(pool);
     return 0;
   }
   if (only.empty() || only == "attention") {

@@ -54,7 +54,7 @@ TEST(SparseDecodePlan, ItemSizeFillsTheGpuAndIsAMultipleOfTheWarps) {
   const SparseDecodePlan plan = plan_sparse_decode(pages, {}, 64);
   EXPECT_EQ(plan.units_per_item % 4, 0);
   const SparseDecodePlanOptions opt;
-  const int64_t slots = int64_t{opt.multiprocessors} * opt.ctas_per_multiprocessor * opt.waves;
+  const int64_t slots = int64_t{opt.multiprocessors} * opt.ctas_per_multiprocessor * plan_waves(opt, 256);
   EXPECT_LE(plan.n_items(), slots);
   EXPECT_GE(plan.n_items(), slots / 2);
   expect_exact_cover(plan);
@@ -62,6 +62,26 @@ TEST(SparseDecodePlan, ItemSizeFillsTheGpuAndIsAMultipleOfTheWarps) {
   const SparseDecodePlan small = plan_sparse_decode(indptr_of({2}), {}, 64);
   EXPECT_EQ(small.n_items(), 1);
   EXPECT_EQ(small.units_per_item, opt.min_units_per_item);
+}
+
+TEST(SparseDecodePlan, AutomaticWavesFollowTheRowCount) {
+  SparseDecodePlanOptions opt;  // 132 SMs x 4 CTAs = 528 resident CTAs
+  // Few long rows (one layer, batch 1: 8 rows): the minimum, so the reduction folds few partials.
+  EXPECT_EQ(plan_waves(opt, 8), opt.min_waves);
+  // 64 rows x 64 items / 528 = 7.76 -> 7 waves; 256 rows: capped at the maximum.
+  EXPECT_EQ(plan_waves(opt, 64), 7);
+  EXPECT_EQ(plan_waves(opt, 256), opt.max_waves);
+  opt.waves = 3;  // a fixed count wins
+  EXPECT_EQ(plan_waves(opt, 256), 3);
+  // The items a plan makes follow: 64 rows of 16384 pages get about 7 waves' worth.
+  SparseDecodePlanOptions automatic;
+  const SparseDecodePlan many = plan_sparse_decode(indptr_of(std::vector<int32_t>(64, 16384)), {}, 64, automatic);
+  EXPECT_GE(many.n_items(), 6 * 528);
+  EXPECT_LE(many.n_items(), 8 * 528);
+  expect_exact_cover(many);
+  SparseDecodePlanOptions bad;
+  bad.max_waves = 1;  // below min_waves
+  EXPECT_THROW((void)plan_sparse_decode(indptr_of({4}), {}, 64, bad), UsageError);
 }
 
 TEST(SparseDecodePlan, RandomRowsAreCoveredExactly) {
