@@ -258,15 +258,20 @@ CpuReference read_reference(const std::filesystem::path& path, int64_t ctx, int 
   return ref;
 }
 
+/// The prompts of one context, the same on every machine (the task generator is seeded).
+std::vector<kvlab::TaskSample> task_set(const Options& o, int64_t ctx, const kvlab::Tokenizer& tok) {
+  const auto counter = [&](const std::string& s) { return static_cast<int64_t>(tok.encode(s, false).size()); };
+  return kvlab::make_task_set(o.task, ctx, o.samples, o.seed, counter);
+}
+
 /// CPU only: writes the reference file of every prompt of this shard that has none yet.
 int write_references(const Options& o, const std::shared_ptr<const kvlab::LlamaWeights>& weights,
                      const kvlab::Tokenizer& tok) {
   using namespace kvlab;
   std::filesystem::create_directories(o.write_reference);
-  const auto counter = [&](const std::string& s) { return static_cast<int64_t>(tok.encode(s, false).size()); };
   for (const int64_t ctx : o.contexts) {
     const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<TaskSample> samples = make_task_set(o.task, ctx, o.samples, o.seed, counter);
+    const std::vector<TaskSample> samples = task_set(o, ctx, tok);
     int written = 0, present = 0;
     for (int index = 0; index < static_cast<int>(samples.size()); ++index) {
       if (index % o.shards != o.shard) continue;
@@ -298,7 +303,6 @@ int run(const Options& o) {
   cuda::CudaDecoderOptions gopt;
   gopt.kv_capacity_tokens = max_ctx + 2 * o.steps + 128;
   cuda::CudaLlamaDecoder gpu(weights, gopt);
-  const auto counter = [&](const std::string& s) { return static_cast<int64_t>(tok.encode(s, false).size()); };
   const Finished finished = o.progress.empty() ? Finished{} : read_progress(o.progress);
   std::ostringstream json;
   json << "{\"task\": \"" << o.task << "\", \"samples\": " << o.samples << ", \"steps\": " << o.steps
@@ -310,7 +314,7 @@ int run(const Options& o) {
     Tally t[2];
     int done = 0;
     const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<TaskSample> samples = make_task_set(o.task, ctx, o.samples, o.seed, counter);
+    const std::vector<TaskSample> samples = task_set(o, ctx, tok);
     for (int index = 0; index < static_cast<int>(samples.size()); ++index) {
       if (index % o.shards != o.shard) continue;
       if (const auto it = finished.find({ctx, index}); it != finished.end()) {

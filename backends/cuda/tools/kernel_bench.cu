@@ -220,6 +220,14 @@ std::vector<std::vector<int32_t>> make_rows(int n_rows, int64_t ctx, int64_t fir
 
 std::string ctx_name(int64_t ctx) { return ctx >= (1 << 20) ? std::to_string(ctx >> 20) + "M" : std::to_string(ctx >> 10) + "K"; }
 
+/// One dense launch shape of the variant and plan sweeps: rows (layers x requests x KV heads)
+/// of ctx tokens each.
+struct Point {
+  int rows;
+  int64_t ctx;
+  const char* name;
+};
+
 struct Bench {
   Timer timer;
   Tsv tsv;
@@ -292,11 +300,6 @@ struct Bench {
         {SparseDecodeVariant::kMmaBulkStages2, "v4 mma bulk s2"},
         {SparseDecodeVariant::kMmaBulkStages3, "v4 mma bulk s3"},
     };
-    struct Point {
-      int rows;
-      int64_t ctx;
-      const char* name;
-    };
     const Point points[] = {{kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=1"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
                             {8 * kKvHeads, int64_t{1} << 20, "1 layer ctx=1M batch=8"},
@@ -315,11 +318,6 @@ struct Bench {
   /// The default kernel under plans of 1-8 waves of resident CTAs: whether item size (fixed
   /// cost per item against the tail of the last wave) is what holds the large points back.
   void waves_sweep(const Pool& pool) {
-    struct Point {
-      int rows;
-      int64_t ctx;
-      const char* name;
-    };
     const Point points[] = {{8 * kKvHeads, int64_t{128} << 10, "1 layer ctx=128K batch=8"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
                             {8 * kKvHeads, int64_t{1} << 20, "1 layer ctx=1M batch=8"}};
