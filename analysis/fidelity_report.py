@@ -22,7 +22,10 @@ def ctx_label(n):
 
 
 def family(row):
-    return row["policy"].split(":", 1)[0]
+    """A row's label: the policy's name, and its ablation where one family runs in two variants
+    (h2o and tova with and without their prompt scores)."""
+    name = row["policy"].split(":", 1)[0]
+    return name + " (prompt_scores=false)" if "prompt_scores=false" in row["policy"] else name
 
 
 def load_pairs(out):

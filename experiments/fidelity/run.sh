@@ -68,10 +68,11 @@ indexer() {
 
 # Two groups, each replayed and run on its own: the policies that read only what every decoder
 # reports, and those that read the decoder's query/key vectors or prefill observation (quest,
-# infllm and the SnapKV family; the CPU decoder reports them). A decoder without them stops that
+# infllm, the SnapKV family, and h2o/tova with prompt scores; both decoders report them). A decoder without them stops that
 # group with one line, kept in the group's .err/.log; the report then says n/a for its policies.
-# h2o and tova run without their prompt scores (prompt_scores=false: decoding-time feedback
-# only), as the committed table did before their default became the papers' prompt scores.
+# h2o and tova run twice: in the first group without their prompt scores (prompt_scores=false:
+# decoding-time feedback only, the variant of the committed CPU table), in the second with them
+# (their default, seeded from the prefill observation).
 basic_policies_at() {  # context → --policy flags at about BUDGET
   local ctx=$1 sw lw
   sw=$(python3 -c "print(max(int($BUDGET*$ctx) - 64, 64))")
@@ -84,6 +85,7 @@ input_policies_at() {
   local ctx=$1 inf
   inf=$(python3 -c "print(int($BUDGET*$ctx/4))")
   echo "--policy quest:budget=$BUDGET --policy infllm:budget=$BUDGET,sinks=64,window=$inf" \
+       "--policy h2o:budget=$BUDGET --policy tova:budget=$BUDGET" \
        "--policy snapkv:budget=$BUDGET --policy pyramidkv:budget=$BUDGET --policy ada_kv:budget=$BUDGET"
 }
 

@@ -2,7 +2,11 @@
 // page lists, one layer or all layers of a step in one launch) and top-k / indexer scoring.
 //
 //   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense]
+//                      [--slots shuffled|ordered]
 //
+// --slots ordered lays each row's pages out in consecutive pool slots instead of a shuffled
+// order (the default, as a page pool fills): whether page placement is what separates the
+// dense kernel's rate from a contiguous reader's (cuDNN's SDPA).
 // --only candidates times the kernel versions not yet verified on a device (every sparse
 // decode variant, the cluster top-k), kept out of the default run so that a fault in one
 // cannot cost the verified figures.
@@ -40,6 +44,8 @@ constexpr int kKvHeads = 8, kGroup = 4, kHeadDim = 128, kLayers = 32, kPageToken
 constexpr int64_t kPageElems = int64_t{2} * kPageTokens * kHeadDim;  // K then V of one page
 constexpr int64_t kPageBytes = kPageElems * 2;
 constexpr int64_t kRotateBytes = int64_t{1} << 30;
+
+bool g_ordered_slots = false;  // --slots ordered
 
 __global__ void spin_kernel(int64_t ns) {
   uint64_t start = 0, now = 0;
@@ -187,7 +193,7 @@ std::vector<std::vector<int32_t>> make_rows(int n_rows, int64_t ctx, int64_t fir
   const int64_t per_row = ctx / kPageTokens;
   std::vector<int32_t> slots(static_cast<size_t>(n_rows * per_row));
   std::iota(slots.begin(), slots.end(), static_cast<int32_t>(first_slot));
-  std::shuffle(slots.begin(), slots.end(), rng);
+  if (!g_ordered_slots) std::shuffle(slots.begin(), slots.end(), rng);
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(n_rows));
   for (int r = 0; r < n_rows; ++r) {
     std::vector<char> keep(static_cast<size_t>(per_row), sel == Select::kDense ? 1 : 0);
@@ -278,9 +284,10 @@ struct Bench {
         const double ms = time_sets(pool, sets);
         const double bytes = sets[0]->kv_bytes();
         const std::string point = "ctx=" + ctx_name(ctx) + " batch=" + std::to_string(batch);
-        tsv.row("dense_layer", point, "kvlab", ms, bytes, "items=" + std::to_string(sets[0]->plan.n_items()));
-        std::printf("TABLE dense 1 layer %-18s kvlab %8.3f ms %5.2f TB/s (%d items)\n", point.c_str(), ms,
-                    bytes / (ms * 1e-3) / 1e12, sets[0]->plan.n_items());
+        const char* who = g_ordered_slots ? "kvlab_ordered_slots" : "kvlab";
+        tsv.row("dense_layer", point, who, ms, bytes, "items=" + std::to_string(sets[0]->plan.n_items()));
+        std::printf("TABLE dense 1 layer %-18s %s %8.3f ms %5.2f TB/s (%d items)\n", point.c_str(),
+                    who, ms, bytes / (ms * 1e-3) / 1e12, sets[0]->plan.n_items());
       }
     }
   }
@@ -459,8 +466,10 @@ int run(int argc, char** argv) {
       quick = true;
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
+    } else if (a == "--slots" && i + 1 < argc && (std::strcmp(argv[i + 1], "ordered") == 0 || std::strcmp(argv[i + 1], "shuffled") == 0)) {
+      g_ordered_slots = std::strcmp(argv[++i], "ordered") == 0;
     } else {
-      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense]\n");
+      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense] [--slots shuffled|ordered]\n");
       return 2;
     }
   }
