@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 # other prompts: 4K, and seed 1 for the summaries comparison).
 indexer="${out}/indexer_real_2k.h5"
 "${kvlab}" indexer train --traces traces/data/smollm2_niah_single_2k.h5 --out "${indexer}" \
-  --window 256 --sinks 64 --tau 16 --stride 4 --epochs 10
+  --window 256 --sinks 64 --tau 16 --stride 4
 lsa="lsa:indexer=${indexer},window=256,sinks=64,budget=0.15,tau=16"
 
 "${kvlab}" run --task niah_single --context-tokens 2048 --samples "${samples}" --max-tokens 16 \
