@@ -22,8 +22,12 @@ void LookaheadLabels::reset(int64_t n_chunks) {
 }
 
 void LookaheadLabels::add_step(const StepMass& mass, const CriticalSets& critical) {
+  add_rows(mass, critical, 0, mass.rows());
+}
+
+void LookaheadLabels::add_rows(const StepMass& mass, const CriticalSets& critical, int first_row, int end_row) {
   const int64_t n = n_chunks();
-  for (int r = 0; r < mass.rows(); ++r) {
+  for (int r = first_row; r < end_row; ++r) {
     for (uint32_t c : critical.row(r)) {
       if (c < n) critical_.set(c);
     }
@@ -34,7 +38,7 @@ void LookaheadLabels::add_step(const StepMass& mass, const CriticalSets& critica
     }
   }
   steps_ += 1;
-  rows_ += mass.rows();
+  rows_ += end_row - first_row;
 }
 
 double LookaheadLabels::mass(int64_t chunk) const {

@@ -28,6 +28,9 @@ class LookaheadLabels {
   void reset(int64_t n_chunks);
   /// Adds one step: its mass and its critical sets (from compute_critical_sets).
   void add_step(const StepMass& mass, const CriticalSets& critical);
+  /// Adds one step's rows [first_row, end_row) only: the labels of part of the model (one
+  /// layer's rows, for a selection per layer).
+  void add_rows(const StepMass& mass, const CriticalSets& critical, int first_row, int end_row);
 
   [[nodiscard]] int64_t steps() const { return steps_; }
   [[nodiscard]] bool critical(int64_t chunk) const { return critical_.test(chunk); }

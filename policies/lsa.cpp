@@ -11,7 +11,17 @@
 // A source whose features hold several model layers side by side gives the indexer the layers
 // its checkpoint names, in its order (indexer/inference/feature_layers.hpp); one that lacks one
 // of them stops the run, before a live prefill when the backend knows its layers up front.
+//
+// share=layer needs a score per feature layer: an indexer trained with --layers L1,L2,...
+// --combine max or sum has a tower pair per feature layer, and each model layer ranks its chunks
+// by the tower pair of the nearest feature layer (the lower one on a tie), since a layer's keys
+// resemble its neighbours' more than far layers'. The towers were trained for the combined
+// score against labels of every layer together, so a tower's score is that feature layer's
+// evidence for the shared label, not a prediction of its neighbours' own attention; the per-
+// layer selection tests whether that evidence differs usefully between depths. A single tower
+// (one layer, or combine=concat) has no per-layer score: share=layer refuses it.
 #include <Eigen/Core>
+#include <cstdlib>
 #include <memory>
 
 #include "indexer/inference/feature_layers.hpp"
@@ -45,6 +55,7 @@ class LsaPolicy final : public LsaPolicyBase {
     } catch (const InputError& e) {
       throw InputError(std::string("policy lsa: parameter 'indexer': ") + e.what());
     }
+    if (per_layer()) check_has_a_score_per_layer();
   }
 
   void check_request(const RequestContext& request) const override {
@@ -94,7 +105,25 @@ class LsaPolicy final : public LsaPolicyBase {
     return static_cast<int64_t>(indexer_->model.embedding_width()) * element_bytes_;
   }
 
-  void score(const StepContext& step, const std::vector<int64_t>& candidates, std::vector<double>& out) override {
+  /// Each model layer → the tower pair of the feature layer nearest to it.
+  [[nodiscard]] std::vector<int> layer_groups(const RequestContext& request) const override {
+    const std::vector<int>& towers = indexer_->feature_layers;
+    std::vector<int> groups(static_cast<size_t>(request.rows.n_layers));
+    for (int layer = 0; layer < request.rows.n_layers; ++layer) {
+      int nearest = 0;
+      for (int k = 1; k < static_cast<int>(towers.size()); ++k) {
+        if (std::abs(towers[k] - layer) < std::abs(towers[nearest] - layer) ||
+            (std::abs(towers[k] - layer) == std::abs(towers[nearest] - layer) && towers[k] < towers[nearest])) {
+          nearest = k;
+        }
+      }
+      groups[static_cast<size_t>(layer)] = nearest;
+    }
+    return groups;
+  }
+
+  void score(const StepContext& step, const std::vector<int64_t>& candidates,
+             std::vector<std::vector<double>>& out) override {
     embed_new_chunks(step.chunk_features());
     const DualEncoder& model = indexer_->model;
     query_pool_.add(step.step, picked(step.query, query_scratch_));  // on_refresh runs before on_step at this step
@@ -103,9 +132,17 @@ class LsaPolicy final : public LsaPolicyBase {
                                                   static_cast<Eigen::Index>(pooled_query_.size()));
     const Eigen::VectorXf q = model.embed_query(query);
     const Eigen::Map<const DualEncoder::Matrix> keys(key_embeddings_.data(), embedded_, model.embedding_width());
-    const Eigen::VectorXf all = model.score_embeddings(q, keys);
-    out.resize(candidates.size());
-    for (size_t i = 0; i < candidates.size(); ++i) out[i] = all[candidates[i]];
+    if (!per_layer()) {
+      const Eigen::VectorXf all = model.score_embeddings(q, keys);
+      out[0].resize(candidates.size());
+      for (size_t i = 0; i < candidates.size(); ++i) out[0][i] = all[candidates[i]];
+      return;
+    }
+    const DualEncoder::Matrix per_tower = model.tower_scores(q, keys);  // group k is tower k
+    for (size_t k = 0; k < out.size(); ++k) {
+      out[k].resize(candidates.size());
+      for (size_t i = 0; i < candidates.size(); ++i) out[k][i] = per_tower(candidates[i], static_cast<Eigen::Index>(k));
+    }
   }
 
  private:
@@ -126,6 +163,17 @@ class LsaPolicy final : public LsaPolicyBase {
     if (differ.empty()) return;
     policy_warning("policy lsa: indexer " + path_ + " was trained on labels made with other options than this policy's: " +
                    differ + "; it ranks chunks for a different lookahead than the policy uses");
+  }
+
+  /// share=layer ranks each layer by one tower pair's score: it needs one per named feature layer.
+  void check_has_a_score_per_layer() const {
+    const DualEncoderConfig& c = indexer_->model.config();
+    if (c.towers() > 1 && static_cast<int>(indexer_->feature_layers.size()) == c.towers()) return;
+    const std::string why = c.towers() > 1 ? "names no feature layer for its towers"
+                            : c.layers > 1 ? "combines its feature layers with concat into one score"
+                                           : "reads one feature layer, so it has one score";
+    throw UsageError("policy lsa: parameter 'share': share=layer needs a score per feature layer, but indexer " + path_ +
+                     " " + why + "; train it with --layers L1,L2,... --combine max or sum");
   }
 
   std::vector<int> layer_parts(const RequestContext& request) const {

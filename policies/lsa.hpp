@@ -18,6 +18,16 @@
 //   pages      whole dense pages of `page_chunks` consecutive chunks, ranked by their best
 //              chunk's score: a page is taken entirely or not at all.
 // The summary and index tiers are paid out of the same budget in every mode.
+//
+// Who shares a selection (`share`):
+//   request  one set of chunks for the whole request, held in every layer and head (the report's
+//            design, and the default);
+//   layer    each model layer its own set, chosen by that layer's scores (lsa_oracle: the layer's
+//            own lookahead label; lsa: the score of the indexer's tower pair whose feature layer
+//            is nearest, see lsa.cpp). Every layer gets the allowance the shared set has, in
+//            tokens: a token of one layer costs 1/layers of a full token, so the footprint is the
+//            shared set's, and a layer never borrows room from another. The selection mode
+//            applies within each layer.
 #pragma once
 
 #include <string>
@@ -45,8 +55,19 @@ class LsaPolicyBase : public BudgetedPolicy {
  protected:
   LsaPolicyBase(const Params& params, std::string name);
 
-  /// One score per candidate chunk (higher = more likely needed in the next τ steps).
-  virtual void score(const StepContext& step, const std::vector<int64_t>& candidates, std::vector<double>& out) = 0;
+  /// Per score group (out.size() of them, set by the caller: 1 with share=request, else
+  /// layer_groups()'s count), one score per candidate chunk (higher = more likely needed in the
+  /// next τ steps).
+  virtual void score(const StepContext& step, const std::vector<int64_t>& candidates,
+                     std::vector<std::vector<double>>& out) = 0;
+  /// share=layer: for each model layer of `request`, the score group that ranks its chunks
+  /// (groups numbered from 0; layers with the same scores may share one). Throw UsageError
+  /// naming 'share' when this configuration has no per-layer scores.
+  [[nodiscard]] virtual std::vector<int> layer_groups(const RequestContext& request) const = 0;
+  /// Whether each layer keeps its own selection (share=layer).
+  [[nodiscard]] bool per_layer() const { return share_ == Share::Layer; }
+  /// Score group of each model layer (all 0 with share=request); set by on_request.
+  [[nodiscard]] const std::vector<int>& group_of_layer() const { return group_of_layer_; }
   /// Bytes of GPU index state per complete chunk (the cached key embedding); 0 for the oracle.
   [[nodiscard]] virtual int64_t index_bytes_per_chunk() const = 0;
   /// select=threshold: whether a chunk with this score is kept (sigmoid(score) > threshold).
@@ -64,11 +85,19 @@ class LsaPolicyBase : public BudgetedPolicy {
   [[nodiscard]] int64_t fixed_tokens(int64_t n_tokens, int64_t chunk_tokens) const;
 
   enum class Select { TopK, Threshold, Pages };
+  enum class Share { Request, Layer };
+  /// One group's selection from its scores, within `allowance` tokens, into `selected`.
+  void select_group(const StepContext& step, const std::vector<int64_t>& candidates, const std::vector<double>& scores,
+                    int64_t allowance, ChunkMask& selected);
   /// Whole pages, best page first, while they fit in `allowance` tokens.
-  void add_whole_pages(const StepContext& step, const std::vector<int64_t>& candidates, int64_t allowance);
+  void add_whole_pages(const StepContext& step, const std::vector<int64_t>& candidates,
+                       const std::vector<double>& scores, int64_t allowance, ChunkMask& selected);
+  /// share=layer: sinks, window and each row's layer's selection.
+  void plan_per_layer(const StepContext& step, Plan& plan);
 
   std::string name_;
   Select select_ = Select::TopK;
+  Share share_ = Share::Request;
   double threshold_ = 0.5;
   int64_t page_chunks_ = 16;
   int64_t tau_;
@@ -76,9 +105,10 @@ class LsaPolicyBase : public BudgetedPolicy {
   int64_t sinks_;
   int summary_ratio_;
   const Geometry* geometry_ = nullptr;
-  ChunkMask selected_;
+  std::vector<int> group_of_layer_;
+  std::vector<ChunkMask> selected_;            // per score group
+  std::vector<std::vector<double>> scores_;    // per score group, per candidate
   std::vector<int64_t> ranked_;
-  std::vector<double> scores_;
 };
 
 }  // namespace kvlab

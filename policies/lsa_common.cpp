@@ -33,6 +33,10 @@ std::vector<ParamSpec> LsaPolicyBase::common_params() {
               .omitted_at_default(),
           ParamSpec{"page_chunks", ParamType::Int, "16", "select=pages: chunks per dense page"}
               .at_least(1)
+              .omitted_at_default(),
+          ParamSpec{"share", ParamType::String, "request",
+                    "request: one selection every layer holds; layer: each model layer its own, from its own "
+                    "scores, with the same tokens per layer (the same footprint)"}
               .omitted_at_default()};
 }
 
@@ -53,6 +57,14 @@ LsaPolicyBase::LsaPolicyBase(const Params& p, std::string name)
   } else {
     throw UsageError("policy " + name_ + ": parameter 'select' must be topk, threshold or pages, got '" + select + "'");
   }
+  const std::string& share = p.get_string("share");
+  if (share == "request") {
+    share_ = Share::Request;
+  } else if (share == "layer") {
+    share_ = Share::Layer;
+  } else {
+    throw UsageError("policy " + name_ + ": parameter 'share' must be request or layer, got '" + share + "'");
+  }
   threshold_ = p.get_float("threshold");
   page_chunks_ = p.get_int("page_chunks");
 }
@@ -60,7 +72,7 @@ LsaPolicyBase::LsaPolicyBase(const Params& p, std::string name)
 bool LsaPolicyBase::passes_threshold(double score) const { return 1.0 / (1.0 + std::exp(-score)) > threshold_; }
 
 void LsaPolicyBase::add_whole_pages(const StepContext& step, const std::vector<int64_t>& candidates,
-                                    int64_t allowance) {
+                                    const std::vector<double>& scores, int64_t allowance, ChunkMask& selected) {
   // Candidates come in chunk order; a page's score is its best candidate's.
   std::vector<std::pair<int64_t, size_t>> pages;  // (page, first candidate index)
   std::vector<double> page_score;
@@ -68,9 +80,9 @@ void LsaPolicyBase::add_whole_pages(const StepContext& step, const std::vector<i
     const int64_t page = candidates[i] / page_chunks_;
     if (pages.empty() || pages.back().first != page) {
       pages.emplace_back(page, i);
-      page_score.push_back(scores_[i]);
+      page_score.push_back(scores[i]);
     } else {
-      page_score.back() = std::max(page_score.back(), scores_[i]);
+      page_score.back() = std::max(page_score.back(), scores[i]);
     }
   }
   std::vector<size_t> order(pages.size());
@@ -83,7 +95,7 @@ void LsaPolicyBase::add_whole_pages(const StepContext& step, const std::vector<i
     int64_t cost = 0;
     for (size_t i = pages[k].second; i < end; ++i) cost += g.tokens_in_chunk(candidates[i], step.n_tokens);
     if (held + cost > allowance) continue;  // a smaller page (at an edge) may still fit
-    for (size_t i = pages[k].second; i < end; ++i) selected_.set(candidates[i]);
+    for (size_t i = pages[k].second; i < end; ++i) selected.set(candidates[i]);
     held += cost;
   }
 }
@@ -109,6 +121,12 @@ void LsaPolicyBase::check_request(const RequestContext& request) const {
 void LsaPolicyBase::on_request(const RequestContext& request, Plan& plan) {
   geometry_ = request.geometry;
   check_request(request);
+  // Per layer, the same chunk allowance every step: a layer's token costs 1/layers of a full
+  // token, so the footprint is the shared selection's (lsa.hpp).
+  group_of_layer_ = per_layer() ? layer_groups(request) : std::vector<int>(static_cast<size_t>(request.rows.n_layers), 0);
+  const int groups = *std::max_element(group_of_layer_.begin(), group_of_layer_.end()) + 1;
+  selected_.assign(static_cast<size_t>(groups), ChunkMask());
+  scores_.resize(static_cast<size_t>(groups));
   plan.tiers.summary_ratio = summary_ratio_;
   plan.tiers.index_bytes_per_chunk = index_bytes_per_chunk();
 }
@@ -138,31 +156,52 @@ int64_t LsaPolicyBase::selection_allowance(const StepContext& step) const {
 
 void LsaPolicyBase::on_refresh(const StepContext& step, Plan&) {
   const std::vector<int64_t> candidates = refresh_candidates(*geometry_, step.n_tokens, sinks_, window_);
-  selected_ = ChunkMask(step.n_chunks);
+  for (ChunkMask& selected : selected_) selected = ChunkMask(step.n_chunks);
   if (candidates.empty()) return;
   score(step, candidates, scores_);
   const int64_t allowance = selection_allowance(step);
+  for (size_t g = 0; g < selected_.size(); ++g) select_group(step, candidates, scores_[g], allowance, selected_[g]);
+}
+
+void LsaPolicyBase::select_group(const StepContext& step, const std::vector<int64_t>& candidates,
+                                 const std::vector<double>& scores, int64_t allowance, ChunkMask& selected) {
   if (select_ == Select::Pages) {
-    add_whole_pages(step, candidates, allowance);
+    add_whole_pages(step, candidates, scores, allowance, selected);
     return;
   }
   std::vector<size_t> order(candidates.size());
   std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores_[a] > scores_[b]; });
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores[a] > scores[b]; });
   ranked_.clear();
   for (size_t i : order) {
-    if (select_ == Select::Threshold && !passes_threshold(scores_[i])) continue;
+    if (select_ == Select::Threshold && !passes_threshold(scores[i])) continue;
     ranked_.push_back(candidates[i]);
   }
-  add_within_budget(step, ranked_, allowance, selected_);
+  add_within_budget(step, ranked_, allowance, selected);
 }
 
 void LsaPolicyBase::on_step(const StepContext& step, Plan& plan) {
+  for (ChunkMask& selected : selected_) selected.resize(step.n_chunks);
+  if (per_layer()) {
+    plan_per_layer(step, plan);
+    return;
+  }
   ChunkMask& keep = plan.keep.make_uniform();
   keep.clear();
   add_sinks_and_window(step, sinks_, window_, keep);
-  selected_.resize(step.n_chunks);
-  selected_.for_each([&](int64_t c) { keep.set(c); });
+  selected_[0].for_each([&](int64_t c) { keep.set(c); });
+}
+
+void LsaPolicyBase::plan_per_layer(const StepContext& step, Plan& plan) {
+  ChunkMask always(step.n_chunks);
+  add_sinks_and_window(step, sinks_, window_, always);
+  const RowLayout layout = step.request->rows;
+  for (int r = 0; r < layout.rows(); ++r) {
+    ChunkMask& keep = plan.keep.mutable_row(r);
+    keep = always;
+    selected_[static_cast<size_t>(group_of_layer_[static_cast<size_t>(layout.layer_of(r))])].for_each(
+        [&](int64_t c) { keep.set(c); });
+  }
 }
 
 }  // namespace kvlab

@@ -269,21 +269,34 @@ Scalar DualEncoderT<Scalar>::score_scale() const {
 }
 
 template <typename Scalar>
-typename DualEncoderT<Scalar>::Vector DualEncoderT<Scalar>::score_embeddings(
-    const Vector& query_embedding, const Eigen::Ref<const Matrix>& key_embeddings) const {
+void DualEncoderT<Scalar>::check_embedding_widths(const Vector& query_embedding,
+                                                  const Eigen::Ref<const Matrix>& key_embeddings) const {
   const int width = embedding_width();
   if (query_embedding.size() != width || key_embeddings.cols() != width) {
     throw InputError("indexer: embeddings must have " + std::to_string(width) + " values, got query " +
                      std::to_string(query_embedding.size()) + " and keys " + std::to_string(key_embeddings.cols()));
   }
+}
+
+template <typename Scalar>
+typename DualEncoderT<Scalar>::Vector DualEncoderT<Scalar>::score_embeddings(
+    const Vector& query_embedding, const Eigen::Ref<const Matrix>& key_embeddings) const {
+  check_embedding_widths(query_embedding, key_embeddings);
+  if (config_.towers() == 1) return (key_embeddings * query_embedding) * score_scale();
+  return combine_scores(tower_scores(query_embedding, key_embeddings));
+}
+
+template <typename Scalar>
+typename DualEncoderT<Scalar>::Matrix DualEncoderT<Scalar>::tower_scores(
+    const Vector& query_embedding, const Eigen::Ref<const Matrix>& key_embeddings) const {
+  check_embedding_widths(query_embedding, key_embeddings);
   const int towers = config_.towers();
-  if (towers == 1) return (key_embeddings * query_embedding) * score_scale();
   const int dim = config_.dim;
   Matrix per_tower(key_embeddings.rows(), towers);
   for (int k = 0; k < towers; ++k) {
     per_tower.col(k) = (key_embeddings.middleCols(k * dim, dim) * query_embedding.segment(k * dim, dim)) * score_scale();
   }
-  return combine_scores(per_tower);
+  return per_tower;
 }
 
 template <typename Scalar>

@@ -106,6 +106,10 @@ class DualEncoderT {
   /// tower the scaled dot product, combined over towers as config().combine says.
   [[nodiscard]] Vector score_embeddings(const Vector& query_embedding,
                                         const Eigen::Ref<const Matrix>& key_embeddings) const;
+  /// Each tower's scaled dot product, before they are combined: n × towers() (column k is tower
+  /// pair k's score, from feature layer k's part). A policy that selects per model layer reads
+  /// one column instead of the combination.
+  [[nodiscard]] Matrix tower_scores(const Vector& query_embedding, const Eigen::Ref<const Matrix>& key_embeddings) const;
   /// embed_query + score_embeddings.
   [[nodiscard]] Vector score_chunks(const Vector& query,
                                     const Eigen::Ref<const Matrix>& key_embeddings) const;
@@ -136,6 +140,9 @@ class DualEncoderT {
   [[nodiscard]] Matrix normalize_keys(const Matrix& rows) const;
 
  private:
+  /// Throws InputError unless both embeddings have embedding_width() values.
+  void check_embedding_widths(const Vector& query_embedding, const Eigen::Ref<const Matrix>& key_embeddings) const;
+
   DualEncoderConfig config_;
   std::vector<MlpT<Scalar>> query_towers_;  // one per tower pair
   std::vector<MlpT<Scalar>> key_towers_;

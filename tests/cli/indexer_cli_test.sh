@@ -157,6 +157,16 @@ for combine in concat max sum; do
     --policy "lsa:indexer=${work}/layers_${combine}.h5,window=64,sinks=0,tau=4,budget=0.5"
   json_check "${work}/out.txt" 'd[0]["steps"] == 40 and 0 < d[0]["critical_recall"] <= 1'
 done
+# share=layer: each model layer ranks by the tower of its nearest feature layer; one score cannot.
+layer_lsa="window=64,sinks=0,tau=4,budget=0.5,share=layer"
+expect 0 "4/4 checks passed" -- policy check --policy "lsa:indexer=${work}/layers_max.h5,${layer_lsa}" \
+  --trace "${layers_trace}" --steps 20
+expect 0 "4/4 checks passed" -- policy check --policy "lsa_oracle:${layer_lsa}" --trace "${layers_trace}" --steps 20
+expect 0 "" -- replay --trace "${layers_trace}" --json --policy "lsa:indexer=${work}/layers_sum.h5,${layer_lsa}"
+json_check "${work}/out.txt" 'd[0]["steps"] == 40 and "share=layer" in d[0]["policy"] and 0 < d[0]["critical_recall"] <= 1'
+expect 2 "parameter 'share': share=layer needs a score per feature layer, but indexer ${work}/layers_concat.h5 combines" -- \
+  replay --trace "${layers_trace}" --policy "lsa:indexer=${work}/layers_concat.h5,${layer_lsa}"
+expect 2 "parameter 'share' must be request or layer" -- replay --trace "${layers_trace}" --policy "lsa_oracle:share=head"
 expect 0 "(layers 15, concat)" -- indexer train --traces "${layers_trace}" --layers 15 "${small[@]}" --out "${work}/layers_15.h5"
 # One named layer on a one-layer recording (which names none): read as that layer.
 expect 0 "" -- replay --trace "${real_trace}" --policy "lsa:indexer=${work}/layers_15.h5,window=64,sinks=0,tau=4,budget=0.5"

@@ -46,12 +46,12 @@ Eigen::VectorXf scores_for_mean_query(const LoadedIndexer& idx, const MemoryRequ
   return idx.model.score_chunks(q, idx.model.embed_keys(keys));
 }
 
-/// Whether every held chunk in [1, cut) outscores every other chunk there.
-bool held_chunks_are_the_best(const Residency& held, const Eigen::VectorXf& scores, int64_t cut) {
+/// Whether every chunk row `row` holds in [1, cut) outscores every other chunk there.
+bool held_chunks_are_the_best(const Residency& held, const Eigen::VectorXf& scores, int64_t cut, int row = 0) {
   float worst_held = std::numeric_limits<float>::infinity();
   float best_other = -std::numeric_limits<float>::infinity();
   for (int64_t c = 1; c < cut; ++c) {
-    if (held.contains(0, c)) {
+    if (held.contains(row, c)) {
       worst_held = std::min(worst_held, scores[c]);
     } else {
       best_other = std::max(best_other, scores[c]);
@@ -206,7 +206,8 @@ TEST(Lsa, TraceWithoutFeaturesIsRejected) {
 namespace {
 
 /// An untrained indexer over `layers` (8 query and 8 key features each) combined by `combine`.
-std::string write_layered_indexer(const std::string& name, const std::vector<int>& layers, LayerCombine combine) {
+std::string write_layered_indexer(const std::string& name, const std::vector<int>& layers, LayerCombine combine,
+                                  int64_t query_pool = kDefaultQueryPool) {
   DualEncoderConfig c;
   c.d_query = 8 * static_cast<int>(std::max<size_t>(layers.size(), 1));
   c.d_key = c.d_query;
@@ -215,7 +216,7 @@ std::string write_layered_indexer(const std::string& name, const std::vector<int
   c.layers = static_cast<int>(std::max<size_t>(layers.size(), 1));
   c.combine = combine;
   const std::string path = temp_path(name);
-  save_indexer(path, DualEncoder(c, 9), LabelOptions{}, "{}", "{}", "{}", layers);
+  save_indexer(path, DualEncoder(c, 9), LabelOptions{.query_pool = query_pool}, "{}", "{}", "{}", layers);
   return path;
 }
 
@@ -403,4 +404,179 @@ TEST(Lsa, ABudgetBelowItsFixedPartsIsRefusedFromTheRequestsLengths) {
                       .resolve("lsa:indexer=" + indexer + ",budget=200,window=1024")
                       .instantiate()
                       ->check_request(request));
+}
+
+// ---- share=layer: each model layer its own selection ---------------------------------------
+
+namespace {
+
+// Two layers, one head each, 40 prompt chunks of 64 tokens. Layer 0 puts 0.6 of every step's
+// mass on chunk 5, layer 1 puts 0.4 on chunk 12; the rest is on the newest chunk (in the window).
+// Both remote chunks are critical in their layer (p = 0.9 needs both chunks of a row). The
+// shared label ranks chunk 5 first (critical, mean mass 0.3 against 0.2).
+ConformanceData two_layers_two_needles() {
+  Geometry g;
+  g.n_layers = 2;
+  g.n_kv_heads = 1;
+  g.chunk_tokens = 64;
+  return request_with_rows(g, RowLayout{2, 1}, 40 * 64, 16, [](int64_t, int row, int64_t chunks) {
+    std::vector<float> m(static_cast<size_t>(chunks), 0.0F);
+    m[row == 0 ? 5 : 12] = row == 0 ? 0.6F : 0.4F;
+    m[static_cast<size_t>(chunks - 1)] = row == 0 ? 0.4F : 0.6F;
+    return m;
+  });
+}
+
+/// Per row, the chunks held at step 1 outside the sink chunk and the window.
+std::vector<std::vector<int64_t>> selected_per_row(const RecordedRun& run) {
+  std::vector<std::vector<int64_t>> out;
+  const Residency& held = run.resident.at({0, 1});
+  for (int r = 0; r < held.rows(); ++r) {
+    std::vector<int64_t> chunks = members(held, r);
+    std::erase_if(chunks, [](int64_t c) { return c == 0 || c >= 40 - 10; });
+    out.push_back(chunks);
+  }
+  return out;
+}
+
+using RowSets = std::vector<std::vector<int64_t>>;
+
+}  // namespace
+
+TEST(Lsa, PerLayerSelectionKeepsEachLayersOwnChunks) {
+  // window 512 + edges, the sink chunk and 20 summary entries leave 76 of 800 tokens: one chunk.
+  const ConformanceData data = two_layers_two_needles();
+  const std::string one_chunk = "lsa_oracle:tau=8,window=512,sinks=64,budget=800";
+  const auto shared = record(one_chunk, data);
+  const auto per_layer = record(one_chunk + ",share=layer", data);
+  EXPECT_EQ(selected_per_row(shared), RowSets({{5}, {5}}));
+  EXPECT_EQ(selected_per_row(per_layer), RowSets({{5}, {12}}));
+  // Shared, layer 1 misses chunk 12: half its critical set and 0.4 of its mass, at every step.
+  EXPECT_DOUBLE_EQ(shared.results[0].critical_recall, 0.75);
+  EXPECT_NEAR(shared.results[0].mass_recall, 0.8, 1e-6);
+  EXPECT_DOUBLE_EQ(per_layer.results[0].critical_recall, 1.0);
+  EXPECT_NEAR(per_layer.results[0].mass_recall, 1.0, 1e-6);
+  // One chunk per layer either way: the same bytes at every step.
+  for (int64_t t = 0; t < 16; ++t) EXPECT_EQ(per_layer.bytes.at({0, t}).footprint(), shared.bytes.at({0, t}).footprint()) << t;
+
+  // Room for four chunks (1024 tokens). threshold: each layer only what its own label marks critical.
+  const std::string four_chunks = "lsa_oracle:tau=8,window=512,sinks=64,budget=1024";
+  EXPECT_EQ(selected_per_row(record(four_chunks + ",select=threshold", data)), RowSets({{5, 12}, {5, 12}}));
+  EXPECT_EQ(selected_per_row(record(four_chunks + ",select=threshold,share=layer", data)), RowSets({{5}, {12}}));
+  // pages of 4: one page fits; shared, the page of the better chunk; per layer, each its own.
+  EXPECT_EQ(selected_per_row(record(four_chunks + ",select=pages,page_chunks=4", data)),
+            RowSets({{4, 5, 6, 7}, {4, 5, 6, 7}}));
+  EXPECT_EQ(selected_per_row(record(four_chunks + ",select=pages,page_chunks=4,share=layer", data)),
+            RowSets({{4, 5, 6, 7}, {12, 13, 14, 15}}));
+}
+
+TEST(Lsa, PerLayerSelectionKeepsTheContractAndTheSharedFootprint) {
+  const auto data = make_conformance_data(41);
+  const std::string spec = "lsa_oracle:tau=8,window=1024,budget=0.1";
+  const ConformanceReport report = check_conformance(PolicyRegistry::instance().resolve(spec + ",share=layer"), data);
+  for (const auto& c : report.checks) EXPECT_TRUE(c.passed) << c.name << ": " << c.detail;
+  const auto shared = record(spec, data);
+  const auto per_layer = record(spec + ",share=layer", data);
+  const int64_t bpt = data.geometry.bytes_per_token();
+  bool rows_differ = false;
+  for (int64_t t = 0; t < data.requests[0]->info.decode_steps; ++t) {
+    const int64_t n = data.requests[0]->info.prompt_tokens + t + 1;
+    const TierBytes& b = per_layer.bytes.at({0, t});
+    EXPECT_LE(b.footprint(), static_cast<int64_t>(0.1 * static_cast<double>(n)) * bpt) << "step " << t;
+    EXPECT_EQ(b.hbm_summary, shared.bytes.at({0, t}).hbm_summary) << "step " << t;
+    // Just before a refresh every fetch has landed: each layer holds as many tokens as the shared set.
+    if (t % 8 == 7) EXPECT_EQ(b.hbm_kv, shared.bytes.at({0, t}).hbm_kv) << "step " << t;
+    const Residency& held = per_layer.resident.at({0, t});
+    rows_differ = rows_differ || held.row(0) != held.row(1);
+  }
+  EXPECT_TRUE(rows_differ) << "the rows' own labels pick the same chunks: the test cannot tell";
+}
+
+TEST(Lsa, ShareRequestIsTheSharedSelectionAndStaysOutOfTheSpec) {
+  const auto& registry = PolicyRegistry::instance();
+  const std::string spec = "lsa_oracle:tau=8,window=1024,budget=0.1";
+  EXPECT_EQ(registry.resolve(spec + ",share=request").label, registry.resolve(spec).label);
+  EXPECT_NE(registry.resolve(spec + ",share=layer").label.find("share=layer"), std::string::npos);
+  const auto data = make_conformance_data(42);
+  const auto run = record(spec + ",share=request", data);
+  EXPECT_EQ(run.resident, record(spec, data).resident);
+  for (const auto& [key, held] : run.resident) EXPECT_TRUE(held.uniform()) << "one set for every row";
+}
+
+namespace {
+
+/// The untrained indexer's per-tower scores of every chunk of request 0 for the query of step
+/// t (query pool 1). The source holds layers 4 and 9 side by side; the indexer reads `order`.
+DualEncoder::Matrix tower_scores_at(const LoadedIndexer& idx, const MemoryRequest& req, int64_t t,
+                                    const std::vector<int>& parts) {
+  auto pick = [&](const float* row) {
+    Eigen::VectorXf out(16);
+    for (size_t k = 0; k < parts.size(); ++k) {
+      out.segment(static_cast<Eigen::Index>(k * 8), 8) = Eigen::Map<const Eigen::VectorXf>(row + parts[k] * 8, 8);
+    }
+    return out;
+  };
+  const int64_t rows = static_cast<int64_t>(req.chunk_features.size()) / 16;
+  DualEncoder::Matrix keys(rows, 16);
+  for (int64_t c = 0; c < rows; ++c) keys.row(c) = pick(req.chunk_features.data() + c * 16).transpose();
+  return idx.model.tower_scores(idx.model.embed_query(pick(req.query[static_cast<size_t>(t)].data())),
+                                idx.model.embed_keys(keys));
+}
+
+}  // namespace
+
+TEST(Lsa, PerLayerSelectionRanksEachLayerByItsNearestFeatureLayersTower) {
+  // Towers of feature layers 8 (tower 0) and 4 (tower 1) on a source of layers 4 and 8 (part 0,
+  // part 1): model layers 0..6 are nearest to 4 (layer 6 is as near to 8, and the lower wins),
+  // layers 7..29 to 8.
+  ConformanceData data = two_layer_data(43);
+  for (auto& r : data.requests) {
+    auto copy = std::make_shared<MemoryRequest>(*r);
+    copy->feature_layers = {4, 8};
+    r = copy;
+  }
+  const std::string path = write_layered_indexer("per_layer_idx.h5", {8, 4}, LayerCombine::Max, /*query_pool=*/1);
+  const LoadedIndexer idx = load_indexer(path);
+  const auto run = record("lsa:indexer=" + path + ",tau=8,window=1024,budget=0.1,share=layer", data);
+  const MemoryRequest& req = *data.requests[0];
+  for (int64_t t = 8; t + 7 < req.info.decode_steps; t += 8) {
+    const DualEncoder::Matrix towers = tower_scores_at(idx, req, t, {1, 0});
+    const Eigen::VectorXf layer8 = towers.col(0);
+    const Eigen::VectorXf layer4 = towers.col(1);
+    const Residency& held = run.resident.at({0, t + 7});
+    const int64_t cut = (req.info.prompt_tokens + t + 1 - 1024) / 64 - 2;
+    for (const int row : {0, 6}) EXPECT_TRUE(held_chunks_are_the_best(held, layer4, cut, row)) << "row " << row << ", refresh " << t;
+    for (const int row : {7, 29}) EXPECT_TRUE(held_chunks_are_the_best(held, layer8, cut, row)) << "row " << row << ", refresh " << t;
+    EXPECT_NE(held.row(6), held.row(7)) << "the towers pick alike: the test cannot tell";
+    EXPECT_EQ(held.row(0), held.row(6));
+  }
+  const ConformanceReport report =
+      check_conformance(PolicyRegistry::instance().resolve("lsa:indexer=" + path + ",tau=8,window=1024,share=layer"), data);
+  for (const auto& c : report.checks) EXPECT_TRUE(c.passed) << c.name << ": " << c.detail;
+  // The index tier caches both towers' embeddings, as the shared selection does.
+  const auto shared = record("lsa:indexer=" + path + ",tau=8,window=1024,budget=0.1", data);
+  EXPECT_EQ(run.bytes.at({0, 20}).hbm_index, shared.bytes.at({0, 20}).hbm_index);
+  EXPECT_EQ(run.bytes.at({0, 20}).hbm_index, (req.info.prompt_tokens + 21) / 64 * 2 * 8 * 2);
+}
+
+TEST(Lsa, PerLayerSelectionRefusesAnIndexerWithOneScore) {
+  auto refusal = [](const std::string& spec) -> std::string {
+    try {
+      (void)PolicyRegistry::instance().resolve(spec).instantiate();
+    } catch (const UsageError& e) {
+      return e.what();
+    }
+    return "accepted";
+  };
+  const std::string one = write_indexer("share_one_layer.h5");
+  const std::string error = refusal("lsa:indexer=" + one + ",share=layer");
+  EXPECT_EQ(error, "policy lsa: parameter 'share': share=layer needs a score per feature layer, but indexer " + one +
+                       " reads one feature layer, so it has one score; train it with --layers L1,L2,... --combine max or sum");
+  const std::string concat = write_layered_indexer("share_concat.h5", {4, 9}, LayerCombine::Concat);
+  EXPECT_NE(refusal("lsa:indexer=" + concat + ",share=layer").find("combines its feature layers with concat into one score"),
+            std::string::npos);
+  EXPECT_EQ(refusal("lsa:indexer=" + concat), "accepted") << "share=request reads the combined score";
+  EXPECT_EQ(refusal("lsa:indexer=" + write_layered_indexer("share_sum.h5", {4, 9}, LayerCombine::Sum) + ",share=layer"),
+            "accepted");
+  EXPECT_EQ(refusal("lsa_oracle:share=head"), "policy lsa_oracle: parameter 'share' must be request or layer, got 'head'");
 }
