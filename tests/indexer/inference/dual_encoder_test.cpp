@@ -241,6 +241,14 @@ TEST(DualEncoder, LayerCombinesScoreAsWorkedOutByHand) {
   const Eigen::VectorXf by_concat = concat.score_chunks(query, concat.embed_keys(keys));
   EXPECT_FLOAT_EQ(by_concat[0], 12.0F);
   EXPECT_FLOAT_EQ(by_concat[1], -18.0F);
+  // Each tower's own score, before the combination (what lsa share=layer ranks by).
+  const RowMatrixT<float> towers = max.tower_scores(max.embed_query(query), max.embed_keys(keys));
+  ASSERT_EQ(towers.cols(), 2);
+  EXPECT_FLOAT_EQ(towers(0, 0), 2.0F);
+  EXPECT_FLOAT_EQ(towers(1, 0), -1.0F);
+  EXPECT_FLOAT_EQ(towers(0, 1), -2.5F);
+  EXPECT_FLOAT_EQ(towers(1, 1), 2.5F);
+  EXPECT_THROW((void)max.tower_scores(Eigen::VectorXf::Zero(3), max.embed_keys(keys)), InputError);
   // The tower a max came from.
   RowMatrixT<float> per_tower(2, 2);
   per_tower << 2, -2.5, -1, 2.5;

@@ -54,6 +54,17 @@ TEST(LookaheadLabels, PositiveIfCriticalInAnyRowAtAnyStepOfTheWindow) {
   EXPECT_TRUE(labels.critical(2));
   EXPECT_TRUE(labels.critical(3));
   EXPECT_NEAR(labels.mass(2), (0.03 + 0.02 + 0.9 + 0.9) / 4, 1e-6);  // two rows × two steps
+  // Row 1 alone (one layer's label, for a selection per layer): chunk 1 is critical only in row 0.
+  LookaheadLabels row1;
+  row1.reset(4);
+  compute_critical_sets(a, 0.85, cs);
+  row1.add_rows(a, cs, 1, 2);
+  compute_critical_sets(b, 0.85, cs);
+  row1.add_rows(b, cs, 1, 2);
+  EXPECT_FALSE(row1.critical(1));
+  EXPECT_TRUE(row1.critical(2));
+  EXPECT_TRUE(row1.critical(3));
+  EXPECT_NEAR(row1.mass(3), (0.9 + 0.02) / 2, 1e-6);  // one row × two steps
 }
 
 TEST(TraceDataset, NeedleChunksArePositiveDuringTheirStretch) {
