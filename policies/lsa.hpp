@@ -106,8 +106,8 @@ class LsaPolicyBase : public BudgetedPolicy {
   int summary_ratio_;
   const Geometry* geometry_ = nullptr;
   std::vector<int> group_of_layer_;
-  std::vector<ChunkMask> selected_;            // per score group
-  std::vector<std::vector<double>> scores_;    // per score group, per candidate
+  std::vector<ChunkMask> selected_;          // per score group
+  std::vector<std::vector<double>> scores_;  // per score group, per candidate
   std::vector<int64_t> ranked_;
 };
 
