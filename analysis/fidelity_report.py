@@ -109,6 +109,47 @@ def summary_table(pairs, goal):
                   "Δ mass recall, forced"], body)
 
 
+def reach(pairs, goal, kl_cut=0.5):
+    """Where replay predicts live: per (policy, cell) with a live run, the critical-recall
+    difference teacher-forced and free running, split by how far the policy moves the model
+    (KL(full ‖ p) below or above kl_cut). Returns the section's lines."""
+    points = []  # (policy, cell, kl, delta forced or None, delta free running)
+    for task, ctx, both in pairs:
+        for fam, (r, l) in both.items():
+            if l is None or l.get("kl_mean") is None:
+                continue
+            f = forced(l)
+            d_forced = f["critical_recall"] - r["critical_recall"] if f else None
+            points.append((fam, f"{task} {ctx_label(ctx)}", l["kl_mean"], d_forced,
+                           l["critical_recall"] - r["critical_recall"]))
+    if not points:
+        return []
+
+    def within(ds):
+        ds = [d for d in ds if d is not None]
+        return f"{sum(abs(d) <= goal for d in ds)} of {len(ds)}"
+
+    def worst(ds):
+        ds = [abs(d) for d in ds if d is not None]
+        return f"{max(ds):.3f}" if ds else "n/a"
+
+    close = [p for p in points if p[2] < kl_cut]
+    far = [p for p in points if p[2] >= kl_cut]
+    lines = ["## Where replay predicts live", "",
+             f"Critical recall, over the {len(points)} (policy, cell) pairs with a live run: within {goal} of replay "
+             f"in {within(p[3] for p in points)} teacher-forced and {within(p[4] for p in points)} free running.", "",
+             "| pairs | count | within the goal, forced | largest \|Δ\| forced | within the goal, free running | largest \|Δ\| free running |",
+             "|---|---|---|---|---|---|"]
+    for name, group in ((f"KL(full ‖ p) < {kl_cut}", close), (f"KL(full ‖ p) ≥ {kl_cut}", far)):
+        lines.append(f"| {name} | {len(group)} | {within(p[3] for p in group)} | {worst(p[3] for p in group)} | "
+                     f"{within(p[4] for p in group)} | {worst(p[4] for p in group)} |")
+    misses = sorted((p for p in points if p[3] is not None and abs(p[3]) > goal), key=lambda p: -abs(p[3]))
+    if misses:
+        lines += ["", "Teacher-forced misses (policy, cell: Δ, KL): " +
+                  "; ".join(f"{p[0]}, {p[1]}: {p[3]:+.3f}, {p[2]:.2f}" for p in misses) + "."]
+    return lines + [""]
+
+
 def main(argv):
     args = [a for a in argv if not a.startswith("--")]
     goal = 0.02
@@ -133,6 +174,7 @@ def main(argv):
     for task, ctx, both in pairs:
         lines += [f"## {task}, {ctx_label(ctx)}", "", task_table(both, goal), ""]
     lines += ["## Largest difference per policy (over the tasks above)", "", summary_table(pairs, goal), ""]
+    lines += reach(pairs, goal)
     (out / "REPORT.md").write_text("\n".join(lines))
     print(f"wrote {out / 'REPORT.md'}")
 
