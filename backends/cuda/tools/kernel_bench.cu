@@ -45,8 +45,6 @@ constexpr int64_t kPageElems = int64_t{2} * kPageTokens * kHeadDim;  // K then V
 constexpr int64_t kPageBytes = kPageElems * 2;
 constexpr int64_t kRotateBytes = int64_t{1} << 30;
 
-bool g_ordered_slots = false;  // --slots ordered
-
 __global__ void spin_kernel(int64_t ns) {
   uint64_t start = 0, now = 0;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
@@ -185,15 +183,15 @@ struct RowSet {
 enum class Select { kDense, kRandom, kClustered };
 
 /// Pages of `rows` rows of `ctx` tokens each, at slots [first_slot, ...) of the pool in a
-/// shuffled order; a sparse selection keeps `fraction` of each row's pages (random pages or
-/// runs of 16), always with the newest page.
+/// shuffled order (in order with `ordered_slots`); a sparse selection keeps `fraction` of each
+/// row's pages (random pages or runs of 16), always with the newest page.
 std::vector<std::vector<int32_t>> make_rows(int n_rows, int64_t ctx, int64_t first_slot, Select sel, double fraction,
-                                            uint32_t seed) {
+                                            uint32_t seed, bool ordered_slots) {
   std::mt19937 rng(seed);
   const int64_t per_row = ctx / kPageTokens;
   std::vector<int32_t> slots(static_cast<size_t>(n_rows * per_row));
   std::iota(slots.begin(), slots.end(), static_cast<int32_t>(first_slot));
-  if (!g_ordered_slots) std::shuffle(slots.begin(), slots.end(), rng);
+  if (!ordered_slots) std::shuffle(slots.begin(), slots.end(), rng);
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(n_rows));
   for (int r = 0; r < n_rows; ++r) {
     std::vector<char> keep(static_cast<size_t>(per_row), sel == Select::kDense ? 1 : 0);
@@ -238,7 +236,8 @@ struct Bench {
   Timer timer;
   Tsv tsv;
   bool quick = false;
-  explicit Bench(const std::string& path, bool q) : tsv(path), quick(q) {}
+  bool ordered_slots = false;  // --slots ordered
+  Bench(const std::string& path, bool q, bool ordered) : tsv(path), quick(q), ordered_slots(ordered) {}
 
   double copy_ceiling() {
     const size_t bytes = size_t{4} << 30;
@@ -271,7 +270,8 @@ struct Bench {
     std::vector<std::unique_ptr<RowSet>> sets;
     for (int c = 0; c < copies; ++c) {
       sets.push_back(
-          std::make_unique<RowSet>(make_rows(n_rows, ctx, c * slots_per_set, sel, fraction, seed + c), timer.stream, waves));
+          std::make_unique<RowSet>(make_rows(n_rows, ctx, c * slots_per_set, sel, fraction, seed + c, ordered_slots),
+                                   timer.stream, waves));
     }
     KVLAB_CUDA_CHECK(cudaStreamSynchronize(timer.stream));
     return sets;
@@ -284,7 +284,7 @@ struct Bench {
         const double ms = time_sets(pool, sets);
         const double bytes = sets[0]->kv_bytes();
         const std::string point = "ctx=" + ctx_name(ctx) + " batch=" + std::to_string(batch);
-        const char* who = g_ordered_slots ? "kvlab_ordered_slots" : "kvlab";
+        const char* who = ordered_slots ? "kvlab_ordered_slots" : "kvlab";
         tsv.row("dense_layer", point, who, ms, bytes, "items=" + std::to_string(sets[0]->plan.n_items()));
         std::printf("TABLE dense 1 layer %-18s %s %8.3f ms %5.2f TB/s (%d items)\n", point.c_str(),
                     who, ms, bytes / (ms * 1e-3) / 1e12, sets[0]->plan.n_items());
@@ -457,6 +457,7 @@ struct Bench {
 int run(int argc, char** argv) {
   std::string out = "bench_kernels.tsv";
   bool quick = false;
+  bool ordered_slots = false;
   std::string only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -467,7 +468,7 @@ int run(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else if (a == "--slots" && i + 1 < argc && (std::strcmp(argv[i + 1], "ordered") == 0 || std::strcmp(argv[i + 1], "shuffled") == 0)) {
-      g_ordered_slots = std::strcmp(argv[++i], "ordered") == 0;
+      ordered_slots = std::strcmp(argv[++i], "ordered") == 0;
     } else {
       std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense] [--slots shuffled|ordered]\n");
       return 2;
@@ -480,7 +481,7 @@ int run(int argc, char** argv) {
   }
   std::printf("TABLE device %s, %d SMs, L2 %lld MB\n", dev.name.c_str(), dev.multiprocessors,
               static_cast<long long>(dev.l2_bytes >> 20));
-  Bench b(out, quick);
+  Bench b(out, quick, ordered_slots);
   b.copy_ceiling();
   if (only == "candidates" || only == "topk_candidates") {
     // Kernel versions not yet verified on a device, in their own process (device-check.sh).
