@@ -111,7 +111,7 @@ done
 if want speed; then
 # LSA's indexer, trained on the shipped real trace (a few seconds).
 "$K" indexer train --traces "$root/traces/data/smollm2_niah_single_2k.h5" --window 256 --sinks 64 --tau 16 --stride 4 \
-  --epochs 10 --out "$work/indexer_real_2k.h5" --threads 4 >"$work/indexer.log" 2>&1 || note "TABLE indexer: training failed"
+  --out "$work/indexer_real_2k.h5" --threads 4 >"$work/indexer.log" 2>&1 || note "TABLE indexer: training failed"
 policies=(--policy full --policy sliding_window:window=1152,sinks=64 --policy random:budget=0.15
           --policy h2o:budget=0.15 --policy tova:budget=0.15)
 [[ -f "$work/indexer_real_2k.h5" ]] &&

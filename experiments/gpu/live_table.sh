@@ -88,7 +88,7 @@ indexer="${INDEXER:-}"
 if [[ -z "$indexer" ]]; then
   indexer="$work/indexer_real_2k.h5"
   "$K" indexer train --traces "$root/traces/data/smollm2_niah_single_2k.h5" --window 256 --sinks 64 --tau 16 \
-    --stride 4 --epochs 10 --out "$indexer" --threads 4 >"$work/indexer.log" 2>&1 ||
+    --stride 4 --out "$indexer" --threads 4 >"$work/indexer.log" 2>&1 ||
     echo "live_table: indexer training failed (lsa left out): $(tail -n 1 "$work/indexer.log")" >&2
 fi
 lsa_params="${LSA_PARAMS:-window=256,sinks=64,budget=0.15,tau=16}"
