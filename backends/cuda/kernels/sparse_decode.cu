@@ -527,7 +527,14 @@ constexpr size_t mma_smem_bytes() {
   return size_t{kWarps} * STAGES * 2 * kMmaTokens * mma_row_bytes<HD>();
 }
 
-template <int HD, int STAGES, MmaLoad LOAD = MmaLoad::kCpAsync>
+/// How a CTA's warps share an item's units. kOwnUnits (v3): warp w takes whole units w, w + 4,
+/// ... (4 streams of one page each per CTA). kSharedUnits (v5): every warp walks every unit and
+/// takes its 16-token slices 16w, 16w + 64, ..., so the CTA reads one page as one contiguous
+/// stream (a quarter as many streams a SM, each 4x as wide). kSharedUnits cannot write the
+/// per-unit mass (a unit's sum is split over the warps), so it runs only where none is asked.
+enum class MmaSplit { kOwnUnits, kSharedUnits };
+
+template <int HD, int STAGES, MmaLoad LOAD = MmaLoad::kCpAsync, MmaSplit SPLIT = MmaSplit::kOwnUnits>
 __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(PagedKvPoolView pool, SparseDecodeRowsView rows,
                                                                            SparseDecodeWorkspaceView ws, bool want_mass) {
   constexpr int kChunks = HD / 16;   // k-chunks of q·k, and pairs of 8-dim n-tiles of p·v
@@ -576,10 +583,22 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
 
   const int32_t unit_base = ws.row_unit_indptr[r];
   const int end = item.unit_end;
-  int pu = item.unit_begin + warp;
-  int pt = 0;
+  constexpr bool kShared = SPLIT == MmaSplit::kSharedUnits;
+  const int first_token = kShared ? kMmaTokens * warp : 0;  // where this warp starts in a unit
+  constexpr int kTokenStep = kShared ? kMmaTokens * kWarps : kMmaTokens;
+  constexpr int kUnitStep = kShared ? 1 : kWarps;
+  // From unit u on, the first unit that has token tk (tk = first_token after the first): a
+  // short unit (a partial last page, the last summary block) may end before a warp's slice.
+  auto seek = [&](int& u, int& tk, Unit& un) {
+    for (; u < end; u += kUnitStep, tk = first_token) {
+      un = resolve_unit<HD>(pool, rows, r, u);
+      if (tk < un.n) return;
+    }
+  };
+  int pu = item.unit_begin + (kShared ? 0 : warp);
+  int pt = first_token;
   Unit pun{};
-  if (pu < end) pun = resolve_unit<HD>(pool, rows, r, pu);
+  seek(pu, pt, pun);
   int ps = 0;
   auto produce = [&]() {
     if (pu < end) {
@@ -617,11 +636,11 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
           }
         }
       }
-      pt += kMmaTokens;
+      pt += kTokenStep;
       if (pt >= pun.n) {
-        pt = 0;
-        pu += kWarps;
-        if (pu < end) pun = resolve_unit<HD>(pool, rows, r, pu);
+        pt = first_token;
+        pu += kUnitStep;
+        seek(pu, pt, pun);
       }
     }
     if constexpr (LOAD != MmaLoad::kBulk) cp_async_commit();
@@ -630,11 +649,11 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) produce();
 
-  int cu = item.unit_begin + warp;
-  int ct = 0;
+  int cu = item.unit_begin + (kShared ? 0 : warp);
+  int ct = first_token;
   int cs = 0;
   Unit cun{};
-  if (cu < end) cun = resolve_unit<HD>(pool, rows, r, cu);
+  seek(cu, ct, cun);
   // ldmatrix row addresses (lane l gives row l % 8 of matrix l / 8).
   const int mat = lane >> 3;
   const int mrow = lane & 7;
@@ -709,17 +728,17 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
     }
 
     cs = cs + 1 == STAGES ? 0 : cs + 1;
-    ct += kMmaTokens;
+    ct += kTokenStep;
     if (ct >= cun.n) {
-      if (want_mass) {
+      if (!kShared && want_mass) {
         float total = unit_sum + __shfl_xor_sync(0xffffffffU, unit_sum, 1);
         total += __shfl_xor_sync(0xffffffffU, total, 2);
         if (t == 0 && g < G) ws.unit_lse[(int64_t{unit_base} + cu) * G + g] = log2f(total) + m;
       }
       unit_sum = 0.0F;
-      ct = 0;
-      cu += kWarps;
-      if (cu < end) cun = resolve_unit<HD>(pool, rows, r, cu);
+      ct = first_token;
+      cu += kUnitStep;
+      seek(cu, ct, cun);
     }
   }
   // Nothing is in flight here: every stage produced was consumed (the last STAGES − 1
@@ -905,14 +924,18 @@ cudaError_t launch_split_async(const PagedKvPoolView& pool, const SparseDecodeRo
   return cudaGetLastError();
 }
 
-template <int HD, int STAGES, MmaLoad LOAD = MmaLoad::kCpAsync>
+template <int HD, int STAGES, MmaLoad LOAD = MmaLoad::kCpAsync, MmaSplit SPLIT = MmaSplit::kOwnUnits>
 cudaError_t launch_split_mma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                              const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream) {
+  if constexpr (SPLIT == MmaSplit::kSharedUnits) {
+    // The per-unit mass needs a unit's whole sum in one warp: v3 computes it.
+    if (want_mass) return launch_split_mma<HD, STAGES, LOAD, MmaSplit::kOwnUnits>(pool, rows, ws, want_mass, stream);
+  }
   constexpr size_t smem = mma_smem_bytes<HD, STAGES>();
-  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_mma_kernel<HD, STAGES, LOAD>,
+  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_mma_kernel<HD, STAGES, LOAD, SPLIT>,
                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (raised != cudaSuccess) return raised;
-  sparse_decode_split_mma_kernel<HD, STAGES, LOAD><<<ws.n_items, kThreads, smem, stream>>>(pool, rows, ws, want_mass);
+  sparse_decode_split_mma_kernel<HD, STAGES, LOAD, SPLIT><<<ws.n_items, kThreads, smem, stream>>>(pool, rows, ws, want_mass);
   return cudaGetLastError();
 }
 
@@ -948,6 +971,12 @@ cudaError_t dispatch_variant(const PagedKvPoolView& pool, const SparseDecodeRows
     case SparseDecodeVariant::kMmaBulkStages3:
       return big ? launch_split_mma<128, 3, MmaLoad::kBulk>(pool, rows, ws, mass, stream)
                  : launch_split_mma<64, 3, MmaLoad::kBulk>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kMmaSharedStages2:
+      return big ? launch_split_mma<128, 2, MmaLoad::kCpAsync, MmaSplit::kSharedUnits>(pool, rows, ws, mass, stream)
+                 : launch_split_mma<64, 2, MmaLoad::kCpAsync, MmaSplit::kSharedUnits>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kMmaSharedStages3:
+      return big ? launch_split_mma<128, 3, MmaLoad::kCpAsync, MmaSplit::kSharedUnits>(pool, rows, ws, mass, stream)
+                 : launch_split_mma<64, 3, MmaLoad::kCpAsync, MmaSplit::kSharedUnits>(pool, rows, ws, mass, stream);
     case SparseDecodeVariant::kRegistersUnroll4: {  // every shape (group 5-8 with unroll 2)
       const int g = rows.group;
       if (big) {
@@ -1080,6 +1109,14 @@ std::pair<const void*, size_t> split_kernel_of(SparseDecodeVariant v, int head_d
     case SparseDecodeVariant::kMmaBulkStages3:
       return {big ? fn(sparse_decode_split_mma_kernel<128, 3, MmaLoad::kBulk>)
                   : fn(sparse_decode_split_mma_kernel<64, 3, MmaLoad::kBulk>),
+              big ? mma_smem_bytes<128, 3>() : mma_smem_bytes<64, 3>()};
+    case SparseDecodeVariant::kMmaSharedStages2:
+      return {big ? fn(sparse_decode_split_mma_kernel<128, 2, MmaLoad::kCpAsync, MmaSplit::kSharedUnits>)
+                  : fn(sparse_decode_split_mma_kernel<64, 2, MmaLoad::kCpAsync, MmaSplit::kSharedUnits>),
+              big ? mma_smem_bytes<128, 2>() : mma_smem_bytes<64, 2>()};
+    case SparseDecodeVariant::kMmaSharedStages3:
+      return {big ? fn(sparse_decode_split_mma_kernel<128, 3, MmaLoad::kCpAsync, MmaSplit::kSharedUnits>)
+                  : fn(sparse_decode_split_mma_kernel<64, 3, MmaLoad::kCpAsync, MmaSplit::kSharedUnits>),
               big ? mma_smem_bytes<128, 3>() : mma_smem_bytes<64, 3>()};
     case SparseDecodeVariant::kRegistersUnroll4: return {fn(sparse_decode_split_kernel<128, 4, 4>), 0};
     case SparseDecodeVariant::kAsyncUnroll4Stages3:

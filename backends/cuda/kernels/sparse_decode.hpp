@@ -140,6 +140,8 @@ enum class SparseDecodeVariant {
   kMmaL2PrefetchStages2,  // v3 with cp.async's 256-byte L2 prefetch hint
   kMmaBulkStages2,        // v4: v3's math, stages filled by bulk copies (TMA unit) on mbarriers
   kMmaBulkStages3,
+  kMmaSharedStages2,  // v5: v3 with a CTA's 4 warps splitting each page by 16-token slices (no
+  kMmaSharedStages3,  //     per-unit mass there: with mass asked, v3 of the same stages runs)
 };
 
 /// launch_sparse_decode with a chosen kernel version; cudaErrorInvalidValue for a variant

@@ -2,8 +2,10 @@
 // page lists, one layer or all layers of a step in one launch) and top-k / indexer scoring.
 //
 //   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense]
-//                      [--slots shuffled|ordered]
+//                      [--slots shuffled|ordered] [--version default|v3s2|v3s3|v5s2|v5s3]
 //
+// --version times the dense, all-layer and sparse points with one kernel version instead of
+// the default (TSV label kvlab_<version>), so that versions meet torch in the same visit.
 // --slots ordered lays each row's pages out in consecutive pool slots instead of a shuffled
 // order (the default, as a page pool fills): whether page placement is what separates the
 // dense kernel's rate from a contiguous reader's (cuDNN's SDPA).
@@ -24,6 +26,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <functional>
 #include <numeric>
@@ -237,6 +240,9 @@ struct Bench {
   Tsv tsv;
   bool quick = false;
   bool ordered_slots = false;  // --slots ordered
+  // --version: the kernel the dense, all-layer and sparse points time, and its TSV label.
+  SparseDecodeVariant version = SparseDecodeVariant::kDefault;
+  std::string who = "kvlab";
   Bench(const std::string& path, bool q, bool ordered) : tsv(path), quick(q), ordered_slots(ordered) {}
 
   double copy_ceiling() {
@@ -254,8 +260,8 @@ struct Bench {
   }
 
   /// Times one launch configuration, rotating over `sets` (each a RowSet over different pages).
-  double time_sets(const Pool& pool, std::vector<std::unique_ptr<RowSet>>& sets,
-                   SparseDecodeVariant variant = SparseDecodeVariant::kDefault) {
+  double time_sets(const Pool& pool, std::vector<std::unique_ptr<RowSet>>& sets) { return time_sets(pool, sets, version); }
+  double time_sets(const Pool& pool, std::vector<std::unique_ptr<RowSet>>& sets, SparseDecodeVariant variant) {
     const int reps = quick ? 5 : 15;
     return timer.median_ms([&](int i) { sets[static_cast<size_t>(i) % sets.size()]->launch(pool.view(), variant, timer.stream); },
                            3, reps);
@@ -284,10 +290,10 @@ struct Bench {
         const double ms = time_sets(pool, sets);
         const double bytes = sets[0]->kv_bytes();
         const std::string point = "ctx=" + ctx_name(ctx) + " batch=" + std::to_string(batch);
-        const char* who = ordered_slots ? "kvlab_ordered_slots" : "kvlab";
-        tsv.row("dense_layer", point, who, ms, bytes, "items=" + std::to_string(sets[0]->plan.n_items()));
+        const std::string label = ordered_slots ? who + "_ordered_slots" : who;
+        tsv.row("dense_layer", point, label, ms, bytes, "items=" + std::to_string(sets[0]->plan.n_items()));
         std::printf("TABLE dense 1 layer %-18s %s %8.3f ms %5.2f TB/s (%d items)\n", point.c_str(),
-                    who, ms, bytes / (ms * 1e-3) / 1e12, sets[0]->plan.n_items());
+                    label.c_str(), ms, bytes / (ms * 1e-3) / 1e12, sets[0]->plan.n_items());
       }
     }
   }
@@ -306,6 +312,8 @@ struct Bench {
         {SparseDecodeVariant::kMmaL2PrefetchStages2, "v3 mma s2 L2::256B"},
         {SparseDecodeVariant::kMmaBulkStages2, "v4 mma bulk s2"},
         {SparseDecodeVariant::kMmaBulkStages3, "v4 mma bulk s3"},
+        {SparseDecodeVariant::kMmaSharedStages2, "v5 mma shared pages s2"},
+        {SparseDecodeVariant::kMmaSharedStages3, "v5 mma shared pages s3"},
     };
     const Point points[] = {{kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=1"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
@@ -325,7 +333,8 @@ struct Bench {
   /// The default kernel under plans of 1-8 waves of resident CTAs: whether item size (fixed
   /// cost per item against the tail of the last wave) is what holds the large points back.
   void waves_sweep(const Pool& pool) {
-    const Point points[] = {{8 * kKvHeads, int64_t{128} << 10, "1 layer ctx=128K batch=8"},
+    const Point points[] = {{8 * kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=8"},
+                            {8 * kKvHeads, int64_t{128} << 10, "1 layer ctx=128K batch=8"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
                             {8 * kKvHeads, int64_t{1} << 20, "1 layer ctx=1M batch=8"}};
     for (const Point& pt : points) {
@@ -347,8 +356,9 @@ struct Bench {
       const double ms = time_sets(pool, sets);
       const double bytes = sets[0]->kv_bytes();
       const std::string point = "ctx=" + ctx_name(ctx) + " batch=1";
-      tsv.row("dense_all_layers", point, "kvlab", ms, bytes, "rows=" + std::to_string(kLayers * kKvHeads));
-      std::printf("TABLE dense 32 layers 1 launch %-12s kvlab %8.3f ms %5.2f TB/s\n", point.c_str(), ms, bytes / (ms * 1e-3) / 1e12);
+      tsv.row("dense_all_layers", point, who, ms, bytes, "rows=" + std::to_string(kLayers * kKvHeads));
+      std::printf("TABLE dense 32 layers 1 launch %-12s %s %8.3f ms %5.2f TB/s\n", point.c_str(), who.c_str(), ms,
+                  bytes / (ms * 1e-3) / 1e12);
     }
   }
 
@@ -370,7 +380,7 @@ struct Bench {
             const std::string point = "ctx=" + ctx_name(ctx) + " layers=" + std::to_string(layers) + " keep=" +
                                       std::to_string(static_cast<int>(frac * 100)) + "% " +
                                       (sel == Select::kRandom ? "random" : "clustered");
-            tsv.row("sparse", point, "kvlab", ms, bytes,
+            tsv.row("sparse", point, who, ms, bytes,
                     "dense_ms=" + std::to_string(dense_ms) + " speedup=" + std::to_string(speedup) +
                         " reduction=" + std::to_string(reduction));
             std::printf("TABLE sparse %-38s %7.3f ms (%6.1f MB) speedup %5.2fx / bytes %5.2fx = %.2f, %.2f TB/s\n", point.c_str(),
@@ -459,6 +469,12 @@ int run(int argc, char** argv) {
   bool quick = false;
   bool ordered_slots = false;
   std::string only;
+  std::string version_name = "default";
+  const std::map<std::string, SparseDecodeVariant> kVersions = {{"default", SparseDecodeVariant::kDefault},
+                                                                {"v3s2", SparseDecodeVariant::kMmaStages2},
+                                                                {"v3s3", SparseDecodeVariant::kMmaStages3},
+                                                                {"v5s2", SparseDecodeVariant::kMmaSharedStages2},
+                                                                {"v5s3", SparseDecodeVariant::kMmaSharedStages3}};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--out" && i + 1 < argc) {
@@ -467,10 +483,16 @@ int run(int argc, char** argv) {
       quick = true;
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
+    } else if (a == "--version" && i + 1 < argc) {
+      version_name = argv[++i];
+      if (kVersions.count(version_name) == 0) {
+        std::fprintf(stderr, "kvlab_kernel_bench: --version %s is not one of: default v3s2 v3s3 v5s2 v5s3\n", version_name.c_str());
+        return 2;
+      }
     } else if (a == "--slots" && i + 1 < argc && (std::strcmp(argv[i + 1], "ordered") == 0 || std::strcmp(argv[i + 1], "shuffled") == 0)) {
       ordered_slots = std::strcmp(argv[++i], "ordered") == 0;
     } else {
-      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense] [--slots shuffled|ordered]\n");
+      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense] [--slots shuffled|ordered] [--version default|v3s2|v3s3|v5s2|v5s3]\n");
       return 2;
     }
   }
@@ -482,6 +504,8 @@ int run(int argc, char** argv) {
   std::printf("TABLE device %s, %d SMs, L2 %lld MB\n", dev.name.c_str(), dev.multiprocessors,
               static_cast<long long>(dev.l2_bytes >> 20));
   Bench b(out, quick, ordered_slots);
+  b.version = kVersions.at(version_name);
+  if (version_name != "default") b.who = "kvlab_" + version_name;
   b.copy_ceiling();
   if (only == "candidates" || only == "topk_candidates") {
     // Kernel versions not yet verified on a device, in their own process (device-check.sh).

@@ -308,7 +308,28 @@ TEST(SparseDecode, FreshInputsGiveFreshOutputs) {
 const SparseDecodeVariant kAllShapes[] = {SparseDecodeVariant::kMmaStages2,          SparseDecodeVariant::kMmaStages3,
                                           SparseDecodeVariant::kMmaStages4,          SparseDecodeVariant::kAsyncUnroll4Stages4,
                                           SparseDecodeVariant::kMmaL2PrefetchStages2, SparseDecodeVariant::kMmaBulkStages2,
-                                          SparseDecodeVariant::kMmaBulkStages3};
+                                          SparseDecodeVariant::kMmaBulkStages3,      SparseDecodeVariant::kMmaSharedStages2,
+                                          SparseDecodeVariant::kMmaSharedStages3};
+/// v5 splits every unit over the CTA's warps and writes no per-unit mass: its own path runs
+/// only without mass (with mass, kAllShapes above checks that v3 stands in).
+const SparseDecodeVariant kSharedPages[] = {SparseDecodeVariant::kMmaSharedStages2, SparseDecodeVariant::kMmaSharedStages3};
+
+/// Rows whose last page ends inside each warp's 16-token slice of a 64-token page (and a
+/// 100-token page, whose second half-slice is short), with summary blocks of every length.
+void check_shared_page_edges(SparseDecodeVariant v, int hd, int g, uint32_t seed) {
+  Case c;
+  c.head_dim = hd;
+  c.group = g;
+  c.mass = false;
+  c.seed = seed;
+  c.page_tokens = 64;
+  c.rows = {{3, 10, 0}, {2, 17, 0}, {4, 33, 70}, {1, 49, 0}, {1, 64, 129}, {2, 1, 0}, {0, 1, 3}, {1, 16, 1}};
+  run_and_check(make_problem(c), v);
+  c.page_tokens = 100;
+  c.seed = seed + 1;
+  c.rows = {{5, 100, 0}, {3, 81, 7}, {1, 65, 0}, {2, 99, 230}};
+  run_and_check(make_problem(c), v);
+}
 const SparseDecodeVariant kLlamaShapeOnly[] = {SparseDecodeVariant::kAsyncUnroll4Stages3,
                                                SparseDecodeVariant::kAsyncUnroll4Stages6,
                                                SparseDecodeVariant::kAsyncUnroll2Stages8,
@@ -337,6 +358,40 @@ TEST(SparseDecodeCandidate, EveryShapeMatchesReference) {
       }
     }
     check_long_rows(v);
+  }
+}
+
+TEST(SparseDecodeCandidate, SharedPagesWithoutMassMatchReference) {
+  KVLAB_REQUIRE_CANDIDATES();
+  for (const SparseDecodeVariant v : kSharedPages) {
+    for (int g = 1; g <= kSparseDecodeMaxGroup; ++g) {
+      for (const int hd : {64, 128}) {
+        SCOPED_TRACE("variant " + std::to_string(static_cast<int>(v)) + " group " + std::to_string(g) + " head_dim " +
+                     std::to_string(hd));
+        const uint32_t seed = 900 + g * 7 + hd + static_cast<int>(v);
+        Case c = mixed_case(hd, g, seed);
+        c.mass = false;
+        run_and_check(make_problem(c), v);
+        check_shared_page_edges(v, hd, g, seed + 3);
+      }
+    }
+    for (const int hd : {64, 128}) {  // long rows, split into several items
+      Case c;
+      c.head_dim = hd;
+      c.page_tokens = 64;
+      c.mass = false;
+      c.seed = 77 + hd;
+      c.rows = {{700, 33, 0}, {1200, 64, 150}, {37, 1, 3}, {2049, 5, 0}};
+      run_and_check(make_problem(c), v);
+    }
+  }
+}
+
+TEST(SparseDecodeCandidateSanitize, SharedPagesWithoutMass) {
+  KVLAB_REQUIRE_CANDIDATES();
+  for (const SparseDecodeVariant v : kSharedPages) {
+    SCOPED_TRACE("variant " + std::to_string(static_cast<int>(v)));
+    check_shared_page_edges(v, 128, 4, 1000 + static_cast<int>(v));
   }
 }
 
