@@ -1,7 +1,7 @@
 // Warp-level building blocks of the tensor-core kernels (sm_80+ instructions, used on sm_90):
-// asynchronous 16-byte copies and bulk copies (mbarrier-completed) into shared memory,
-// ldmatrix and mma.m16n8k16 with bf16
-// operands and float32 accumulators, and bf16 packing. Header-only and device-only, so each
+// asynchronous 16-byte copies, bulk copies and tensor copies (mbarrier-completed) into shared
+// memory, ldmatrix and mma.m16n8k16 with bf16 operands and float32 accumulators, and bf16
+// packing. Header-only and device-only, so each
 // kernel file that includes it gets its own inlined copies.
 //
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, c = lane % 4), which the kernels rely on:
@@ -84,6 +84,37 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
                "l"(src), "r"(bytes), "r"(smem_address(bar))
                : "memory");
 }
+
+// ---- tensor copies (TMA, sm_90): a box of a tensor map into shared memory ---------------
+// The map (a CUtensorMap kernel parameter, __grid_constant__) describes the global tensor, the
+// box and the shared-memory swizzle; coordinates are signed element indices, innermost first,
+// and elements outside the tensor's extents arrive as zeros (a negative coordinate included).
+// The whole box's bytes count down the barrier's transaction count.
+
+/// Fetches the tensor map's descriptor ahead of the first copy that uses it.
+__device__ __forceinline__ void prefetch_tensor_map(const void* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+__device__ __forceinline__ void tensor_copy_2d_to_shared(void* dst, const void* map, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_address(bar))
+      : "memory");
+}
+__device__ __forceinline__ void tensor_copy_3d_to_shared(void* dst, const void* map, int c0, int c1, int c2,
+                                                         uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"(smem_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_address(bar))
+      : "memory");
+}
+
+/// Byte offset of the 16-byte piece `chunk` (0-7) of row `row` in a tile written with the
+/// 128-byte swizzle (rows of 128 bytes, tile 1024-byte aligned): piece c of row r lands at piece
+/// c ^ (r % 8), so the 8 rows an ldmatrix reads at one piece fall in 8 different bank groups.
+__device__ __forceinline__ int swizzle128_offset(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
 
 /// c += A·B for one 16×8×16 tile (bf16 in, float32 accumulate).
 __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,

@@ -142,6 +142,9 @@ enum class SparseDecodeVariant {
   kMmaBulkStages3,
   kMmaSharedStages2,  // v5: v3 with a CTA's 4 warps splitting each page by 16-token slices (no
   kMmaSharedStages3,  //     per-unit mass there: with mass asked, v3 of the same stages runs)
+  kMmaTensorStages2,  // v6: v5's shared 64-token tiles filled by tensor copies (TMA) into swizzled
+  kMmaTensorStages3,  //     shared memory; 64-token pages without mass (else v3 of the same stages)
+  kMmaTensorStages4,
 };
 
 /// launch_sparse_decode with a chosen kernel version; cudaErrorInvalidValue for a variant

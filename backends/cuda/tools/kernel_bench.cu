@@ -2,7 +2,7 @@
 // page lists, one layer or all layers of a step in one launch) and top-k / indexer scoring.
 //
 //   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense]
-//                      [--slots shuffled|ordered] [--version default|v3s2|v3s3|v5s2|v5s3]
+//                      [--slots shuffled|ordered] [--version default|v3s2|v3s3|v5s2|v5s3|v6s2|v6s3|v6s4]
 //
 // --version times the dense, all-layer and sparse points with one kernel version instead of
 // the default (TSV label kvlab_<version>), so that versions meet torch in the same visit.
@@ -314,6 +314,9 @@ struct Bench {
         {SparseDecodeVariant::kMmaBulkStages3, "v4 mma bulk s3"},
         {SparseDecodeVariant::kMmaSharedStages2, "v5 mma shared pages s2"},
         {SparseDecodeVariant::kMmaSharedStages3, "v5 mma shared pages s3"},
+        {SparseDecodeVariant::kMmaTensorStages2, "v6 mma tensor tiles s2"},
+        {SparseDecodeVariant::kMmaTensorStages3, "v6 mma tensor tiles s3"},
+        {SparseDecodeVariant::kMmaTensorStages4, "v6 mma tensor tiles s4"},
     };
     const Point points[] = {{kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=1"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
@@ -474,7 +477,12 @@ int run(int argc, char** argv) {
                                                                 {"v3s2", SparseDecodeVariant::kMmaStages2},
                                                                 {"v3s3", SparseDecodeVariant::kMmaStages3},
                                                                 {"v5s2", SparseDecodeVariant::kMmaSharedStages2},
-                                                                {"v5s3", SparseDecodeVariant::kMmaSharedStages3}};
+                                                                {"v5s3", SparseDecodeVariant::kMmaSharedStages3},
+                                                                {"v6s2", SparseDecodeVariant::kMmaTensorStages2},
+                                                                {"v6s3", SparseDecodeVariant::kMmaTensorStages3},
+                                                                {"v6s4", SparseDecodeVariant::kMmaTensorStages4}};
+  std::string version_list;  // for the messages: "default|v3s2|..."
+  for (const auto& [name, v] : kVersions) version_list += (version_list.empty() ? "" : "|") + name;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--out" && i + 1 < argc) {
@@ -486,13 +494,14 @@ int run(int argc, char** argv) {
     } else if (a == "--version" && i + 1 < argc) {
       version_name = argv[++i];
       if (kVersions.count(version_name) == 0) {
-        std::fprintf(stderr, "kvlab_kernel_bench: --version %s is not one of: default v3s2 v3s3 v5s2 v5s3\n", version_name.c_str());
+        std::fprintf(stderr, "kvlab_kernel_bench: --version %s is not one of %s\n", version_name.c_str(), version_list.c_str());
         return 2;
       }
     } else if (a == "--slots" && i + 1 < argc && (std::strcmp(argv[i + 1], "ordered") == 0 || std::strcmp(argv[i + 1], "shuffled") == 0)) {
       ordered_slots = std::strcmp(argv[++i], "ordered") == 0;
     } else {
-      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense] [--slots shuffled|ordered] [--version default|v3s2|v3s3|v5s2|v5s3]\n");
+      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense] [--slots shuffled|ordered] [--version %s]\n",
+                   version_list.c_str());
       return 2;
     }
   }
@@ -517,13 +526,13 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (only == "profile") {
-    // For Nsight Compute: the default kernel at 512K x 1, then 1M x 8, 4 launches each, untimed
+    // For Nsight Compute: the --version kernel at 512K x 1, then 1M x 8, 4 launches each, untimed
     // (profile the 3rd split launch with --launch-skip 2, or the 7th with --launch-skip 6).
     const Pool pool((int64_t{40} << 30) / kPageBytes);
     for (const auto& [n_rows, ctx] : {std::pair<int, int64_t>{kKvHeads, int64_t{512} << 10},
                                       std::pair<int, int64_t>{8 * kKvHeads, int64_t{1} << 20}}) {
       auto sets = b.rotating(n_rows, ctx, Select::kDense, 1.0, pool.slots, 260);
-      for (int i = 0; i < 4; ++i) sets[static_cast<size_t>(i) % sets.size()]->launch(pool.view(), SparseDecodeVariant::kDefault, b.timer.stream);
+      for (int i = 0; i < 4; ++i) sets[static_cast<size_t>(i) % sets.size()]->launch(pool.view(), b.version, b.timer.stream);
       KVLAB_CUDA_CHECK(cudaStreamSynchronize(b.timer.stream));
     }
     return 0;

@@ -10,11 +10,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backends/attention/sparse_decode_reference.hpp"
@@ -76,6 +76,7 @@ struct Case {
   std::vector<RowSpec> rows;
   bool mass = true;
   uint32_t seed = 1;
+  bool nan_tails = false;  // NaN in every token of a slot no row lists (a partial page's tail, spare slots)
 };
 
 /// Host problem in bf16 (what the device reads) and its float twin (what the reference reads).
@@ -90,6 +91,29 @@ std::vector<float> to_float(const std::vector<__nv_bfloat16>& v) {
   std::vector<float> f(v.size());
   for (size_t i = 0; i < v.size(); ++i) f[i] = __bfloat162float(v[i]);
   return f;
+}
+
+/// NaN (bf16 0x7fc0) in K and V of every token no row lists, so that a kernel that reads one and
+/// multiplies it by a zero weight shows up as a NaN output.
+void poison_unlisted_tokens(HostProblem& p, int slots) {
+  const Case& c = p.c;
+  std::vector<int> listed(static_cast<size_t>(slots), 0);  // tokens listed per slot
+  for (size_t r = 0; r < c.rows.size(); ++r) {
+    for (int32_t i = p.page_indptr[r]; i < p.page_indptr[r + 1]; ++i) {
+      const bool last = i + 1 == p.page_indptr[r + 1];
+      listed[static_cast<size_t>(p.page_indices[static_cast<size_t>(i)])] = last ? p.last_tokens[r] : c.page_tokens;
+    }
+  }
+  __nv_bfloat16_raw bits;
+  bits.x = 0x7fc0;
+  const __nv_bfloat16 nan(bits);
+  for (int s = 0; s < slots; ++s) {
+    for (int tok = listed[static_cast<size_t>(s)]; tok < c.page_tokens; ++tok) {
+      const int64_t first = s * p.page_stride + tok * p.token_stride;
+      std::fill_n(p.pool_k.begin() + first, c.head_dim, nan);
+      std::fill_n(p.pool_v.begin() + first, c.head_dim, nan);
+    }
+  }
 }
 
 HostProblem make_problem(const Case& c) {
@@ -123,6 +147,7 @@ HostProblem make_problem(const Case& c) {
   }
   fill(p.sum_k, p.counts.size() * c.head_dim, 0.7F);
   fill(p.sum_v, p.counts.size() * c.head_dim, 1.0F);
+  if (c.nan_tails) poison_unlisted_tokens(p, slots);
   return p;
 }
 
@@ -277,6 +302,7 @@ void check_long_rows(SparseDecodeVariant v, bool mass = true) {
     c.page_tokens = 64;
     c.seed = 31 + hd;
     c.rows = {{700, 33, 0}, {1200, 64, 150}, {37, 1, 3}, {2049, 5, 0}};
+    c.nan_tails = true;
     const HostProblem p = make_problem(c);
     const SparseDecodePlan plan = plan_sparse_decode(p.page_indptr, p.summary_indptr, c.page_tokens);
     EXPECT_GT(plan.row_item_indptr[2] - plan.row_item_indptr[1], 1);  // the row is really split
@@ -310,10 +336,14 @@ const SparseDecodeVariant kAllShapes[] = {SparseDecodeVariant::kMmaStages2,     
                                           SparseDecodeVariant::kMmaStages4,          SparseDecodeVariant::kAsyncUnroll4Stages4,
                                           SparseDecodeVariant::kMmaL2PrefetchStages2, SparseDecodeVariant::kMmaBulkStages2,
                                           SparseDecodeVariant::kMmaBulkStages3,      SparseDecodeVariant::kMmaSharedStages2,
-                                          SparseDecodeVariant::kMmaSharedStages3};
-/// v5 splits every unit over the CTA's warps and writes no per-unit mass: its own path runs
-/// only without mass (with mass, kAllShapes above checks that v3 stands in).
-const SparseDecodeVariant kSharedPages[] = {SparseDecodeVariant::kMmaSharedStages2, SparseDecodeVariant::kMmaSharedStages3};
+                                          SparseDecodeVariant::kMmaSharedStages3,    SparseDecodeVariant::kMmaTensorStages2,
+                                          SparseDecodeVariant::kMmaTensorStages3,    SparseDecodeVariant::kMmaTensorStages4};
+/// v5 and v6 split every unit over the CTA's warps and write no per-unit mass: their own paths
+/// run only without mass (with mass, kAllShapes above checks that v3 stands in), v6 only on
+/// 64-token pages (check_shared_page_edges' 100-token pages check that v3 stands in there too).
+const SparseDecodeVariant kSharedPages[] = {SparseDecodeVariant::kMmaSharedStages2, SparseDecodeVariant::kMmaSharedStages3,
+                                            SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3,
+                                            SparseDecodeVariant::kMmaTensorStages4};
 
 /// Rows whose last page ends inside each warp's 16-token slice of a 64-token page (and a
 /// 100-token page, whose second half-slice is short), with summary blocks of every length.
@@ -323,6 +353,7 @@ void check_shared_page_edges(SparseDecodeVariant v, int hd, int g, uint32_t seed
   c.group = g;
   c.mass = false;
   c.seed = seed;
+  c.nan_tails = true;
   c.page_tokens = 64;
   c.rows = {{3, 10, 0}, {2, 17, 0}, {4, 33, 70}, {1, 49, 0}, {1, 64, 129}, {2, 1, 0}, {0, 1, 3}, {1, 16, 1}};
   run_and_check(make_problem(c), v);
