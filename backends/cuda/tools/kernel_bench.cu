@@ -2,13 +2,15 @@
 // page lists, one layer or all layers of a step in one launch) and top-k / indexer scoring.
 //
 //   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense]
-//                      [--slots shuffled|ordered] [--version default|v3s2|v3s3|v5s2|v5s3|v6s2|v6s3|v6s4]
+//                      [--slots shuffled|ordered] [--layout interleaved|split]
+//                      [--version default|v3s2|v3s3|v5s2|v5s3|v6s2|v6s3|v6s4]
 //
 // --version times the dense, all-layer and sparse points with one kernel version instead of
 // the default (TSV label kvlab_<version>), so that versions meet torch in the same visit.
 // --slots ordered lays each row's pages out in consecutive pool slots instead of a shuffled
 // order (the default, as a page pool fills): whether page placement is what separates the
-// dense kernel's rate from a contiguous reader's (cuDNN's SDPA).
+// dense kernel's rate from a contiguous reader's (cuDNN's SDPA). --layout split keeps K and V
+// in two halves of the pool instead of K then V in each slot (TSV label kvlab_..._split_kv).
 // --only candidates times the kernel versions not yet verified on a device (every sparse
 // decode variant, the cluster top-k), kept out of the default run so that a fault in one
 // cannot cost the verified figures.
@@ -112,17 +114,21 @@ T* device_copy(const std::vector<T>& h) {
   return p;
 }
 
-/// A page pool of random bf16 with `slots` pages, shared by every attention point.
+/// A page pool of random bf16 with `slots` pages, shared by every attention point. A slot holds
+/// K then V of one page (interleaved, as the trace executor's pool does), or, with split_kv, K
+/// and V live in two halves of the allocation (as the CUDA decoder's two pools do).
 struct Pool {
   __nv_bfloat16* base = nullptr;
   int64_t slots = 0;
-  explicit Pool(int64_t n_slots) : slots(n_slots) {
+  bool split_kv = false;
+  Pool(int64_t n_slots, bool split) : slots(n_slots), split_kv(split) {
     base = device_alloc<__nv_bfloat16>(static_cast<size_t>(slots * kPageElems));
     launch_random_fill_bf16(base, slots * kPageElems, 7, 1.0F, nullptr);
     KVLAB_CUDA_CHECK(cudaDeviceSynchronize());
   }
   ~Pool() { cudaFree(base); }
   [[nodiscard]] PagedKvPoolView view() const {
+    if (split_kv) return {base, base + slots * kPageElems / 2, kPageElems / 2, kHeadDim, kPageTokens};
     return {base, base + int64_t{kPageTokens} * kHeadDim, kPageElems, kHeadDim, kPageTokens};
   }
 };
@@ -471,6 +477,7 @@ int run(int argc, char** argv) {
   std::string out = "bench_kernels.tsv";
   bool quick = false;
   bool ordered_slots = false;
+  bool split_kv = false;
   std::string only;
   std::string version_name = "default";
   const std::map<std::string, SparseDecodeVariant> kVersions = {{"default", SparseDecodeVariant::kDefault},
@@ -499,8 +506,10 @@ int run(int argc, char** argv) {
       }
     } else if (a == "--slots" && i + 1 < argc && (std::strcmp(argv[i + 1], "ordered") == 0 || std::strcmp(argv[i + 1], "shuffled") == 0)) {
       ordered_slots = std::strcmp(argv[++i], "ordered") == 0;
+    } else if (a == "--layout" && i + 1 < argc && (std::strcmp(argv[i + 1], "interleaved") == 0 || std::strcmp(argv[i + 1], "split") == 0)) {
+      split_kv = std::strcmp(argv[++i], "split") == 0;
     } else {
-      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense] [--slots shuffled|ordered] [--version %s]\n",
+      std::fprintf(stderr, "usage: kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense] [--slots shuffled|ordered] [--layout interleaved|split] [--version %s]\n",
                    version_list.c_str());
       return 2;
     }
@@ -515,11 +524,12 @@ int run(int argc, char** argv) {
   Bench b(out, quick, ordered_slots);
   b.version = kVersions.at(version_name);
   if (version_name != "default") b.who = "kvlab_" + version_name;
+  if (split_kv) b.who += "_split_kv";
   b.copy_ceiling();
   if (only == "candidates" || only == "topk_candidates") {
     // Kernel versions not yet verified on a device, in their own process (device-check.sh).
     if (only == "candidates") {
-      const Pool pool((int64_t{40} << 30) / kPageBytes);  // 1M x 8 is 32 GiB of pages
+      const Pool pool((int64_t{40} << 30) / kPageBytes, split_kv);  // 1M x 8 is 32 GiB of pages
       b.variants(pool);
     }
     b.topk(true);
@@ -528,7 +538,7 @@ int run(int argc, char** argv) {
   if (only == "profile") {
     // For Nsight Compute: the --version kernel at 512K x 1, then 1M x 8, 4 launches each, untimed
     // (profile the 3rd split launch with --launch-skip 2, or the 7th with --launch-skip 6).
-    const Pool pool((int64_t{40} << 30) / kPageBytes);
+    const Pool pool((int64_t{40} << 30) / kPageBytes, split_kv);
     for (const auto& [n_rows, ctx] : {std::pair<int, int64_t>{kKvHeads, int64_t{512} << 10},
                                       std::pair<int, int64_t>{8 * kKvHeads, int64_t{1} << 20}}) {
       auto sets = b.rotating(n_rows, ctx, Select::kDense, 1.0, pool.slots, 260);
@@ -538,14 +548,14 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (only == "plans") {
-    const Pool pool((int64_t{40} << 30) / kPageBytes);
+    const Pool pool((int64_t{40} << 30) / kPageBytes, split_kv);
     b.waves_sweep(pool);
     return 0;
   }
   if (only.empty() || only == "attention" || only == "dense") {
     // 64 GiB of pages: all 32 layers at 512K for one request, or 1M x 8 requests of one layer.
     const int64_t slots = (int64_t{64} << 30) / kPageBytes;
-    const Pool pool(slots);
+    const Pool pool(slots, split_kv);
     b.dense(pool);
     b.all_layers(pool);
     if (only != "dense") b.sparse(pool);  // dense: the dense points alone (a short visit)
