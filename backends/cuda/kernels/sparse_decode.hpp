@@ -145,6 +145,8 @@ enum class SparseDecodeVariant {
   kMmaTensorStages2,  // v6: v5's shared 64-token tiles filled by tensor copies (TMA) into swizzled
   kMmaTensorStages3,  //     shared memory; 64-token pages without mass (else v3 of the same stages)
   kMmaTensorStages4,
+  kMmaTensorRowsStages2,  // v7: v6 with a page's K (and V) as one box of 128 half rows, one
+  kMmaTensorRowsStages3,  //     contiguous stream (head dim 128; at 64 it is v6)
 };
 
 /// launch_sparse_decode with a chosen kernel version; cudaErrorInvalidValue for a variant

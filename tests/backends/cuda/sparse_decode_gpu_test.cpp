@@ -337,13 +337,15 @@ const SparseDecodeVariant kAllShapes[] = {SparseDecodeVariant::kMmaStages2,     
                                           SparseDecodeVariant::kMmaL2PrefetchStages2, SparseDecodeVariant::kMmaBulkStages2,
                                           SparseDecodeVariant::kMmaBulkStages3,      SparseDecodeVariant::kMmaSharedStages2,
                                           SparseDecodeVariant::kMmaSharedStages3,    SparseDecodeVariant::kMmaTensorStages2,
-                                          SparseDecodeVariant::kMmaTensorStages3,    SparseDecodeVariant::kMmaTensorStages4};
+                                          SparseDecodeVariant::kMmaTensorStages3,    SparseDecodeVariant::kMmaTensorStages4,
+                                          SparseDecodeVariant::kMmaTensorRowsStages2, SparseDecodeVariant::kMmaTensorRowsStages3};
 /// v5 and v6 split every unit over the CTA's warps and write no per-unit mass: their own paths
 /// run only without mass (with mass, kAllShapes above checks that v3 stands in), v6 only on
 /// 64-token pages (check_shared_page_edges' 100-token pages check that v3 stands in there too).
 const SparseDecodeVariant kSharedPages[] = {SparseDecodeVariant::kMmaSharedStages2, SparseDecodeVariant::kMmaSharedStages3,
                                             SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3,
-                                            SparseDecodeVariant::kMmaTensorStages4};
+                                            SparseDecodeVariant::kMmaTensorStages4, SparseDecodeVariant::kMmaTensorRowsStages2,
+                                            SparseDecodeVariant::kMmaTensorRowsStages3};
 
 /// Rows whose last page ends inside each warp's 16-token slice of a 64-token page (and a
 /// 100-token page, whose second half-slice is short), with summary blocks of every length.
