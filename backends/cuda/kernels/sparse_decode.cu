@@ -537,6 +537,14 @@ constexpr size_t mma_smem_bytes() {
 /// per-unit mass (a unit's sum is split over the warps), so it runs only where none is asked.
 enum class MmaSplit { kOwnUnits, kSharedUnits };
 
+/// Merges two online-softmax states (max, sum of 2^(x − max)); -inf maxima stay empty.
+__device__ __forceinline__ void merge_lse(float& m, float& s, float m2, float s2) {
+  const float mx = fmaxf(m, m2);
+  if (mx == kNegInf) return;
+  s = s * exp2f(m - mx) + s2 * exp2f(m2 - mx);
+  m = mx;
+}
+
 /// The end of a tensor-core split kernel: each warp's online-softmax state (o fragments, its
 /// running max m and its lanes' partial sums l) merged over the CTA's warps in shared memory
 /// `smem` (the pipeline's, free by now), then the item's partial output and log-sum-exp per
@@ -815,7 +823,8 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
 // copied from coordinate n − 64, so its tokens land in rows 64 − n .. 63 and rows before them
 // are zeros (outside a page: the tensor's extent) or finite entries of the summary array
 // (masked out of S, and P = 0 there); nothing past a unit's last token is read. Pages must be
-// 64 tokens; no per-unit mass (v3 runs for both).
+// 64 tokens (v3 runs otherwise). The per-unit mass combines the warps' slices of a unit after
+// the next barrier.
 
 constexpr int kTmaTokens = 64;
 constexpr int kTmaBoxDims = 64;                             // 128 bytes of bf16 per box row
@@ -858,7 +867,7 @@ __device__ __forceinline__ int tile_offset(int t, int c) {
 template <int HD, int STAGES, TileLayout LAYOUT>
 __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const __grid_constant__ TileMaps maps,
                                                                            PagedKvPoolView pool, SparseDecodeRowsView rows,
-                                                                           SparseDecodeWorkspaceView ws) {
+                                                                           SparseDecodeWorkspaceView ws, bool want_mass) {
   constexpr int kChunks = HD / 16;
   constexpr int kNTiles = HD / 8;
   constexpr int kBoxes = HD / kTmaBoxDims;
@@ -895,7 +904,20 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
   float o[kNTiles][4];
 #pragma unroll
   for (int j = 0; j < kNTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0F;
-  float m = kNegInf, l = 0.0F;
+  float m = kNegInf, l = 0.0F, unit_sum = 0.0F;
+  // The per-unit mass: each warp's log2-sum-exp over its slice of the unit (-inf for a slice
+  // with no token), combined by warp 0 after the next barrier; two buffers by unit parity, so
+  // a warp may write unit u + 1's while warp 0 still reads unit u's.
+  __shared__ float slice_lse[2][kWarps][kSparseDecodeMaxGroup];
+  const int32_t unit_base = ws.row_unit_indptr[r];
+  auto write_unit_lse = [&](int u) {  // warp 0, after a barrier that follows unit u
+    if (warp == 0 && t == 0 && g < G) {
+      float mx = kNegInf, sum = 0.0F;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) merge_lse(mx, sum, slice_lse[u & 1][w][g], 1.0F);
+      ws.unit_lse[(int64_t{unit_base} + u) * G + g] = mx + log2f(sum);
+    }
+  };
 
   const int end = item.unit_end;
   const int32_t pb = rows.page_indptr[r];
@@ -955,7 +977,8 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
   uint32_t phase = 0;  // bit s: parity of stage s's next phase
   int cs = 0;
   for (int cu = item.unit_begin; cu < end; ++cu) {
-    __syncthreads();  // every warp is done with the stage produce() refills
+    __syncthreads();  // every warp is done with the stage produce() refills (and unit cu − 1)
+    if (want_mass && cu > item.unit_begin) write_unit_lse(cu - 1);
     produce();
     const Unit un = resolve_unit<HD>(pool, rows, r, cu);
     const int lo = kTmaTokens - un.n;  // the first row that holds a token
@@ -1003,6 +1026,7 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
         psum += pr.x + pr.y;
       }
       l = l * alpha + psum;
+      unit_sum = unit_sum * alpha + psum;
 #pragma unroll
       for (int j = 0; j < kNTiles; ++j) {
         o[j][0] *= alpha;
@@ -1017,7 +1041,17 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
         mma_bf16_16816(o[2 * dc + 1], pa[0], 0U, pa[1], 0U, b[2], b[3]);
       }
     }
+    if (want_mass) {
+      float total = unit_sum + __shfl_xor_sync(0xffffffffU, unit_sum, 1);
+      total += __shfl_xor_sync(0xffffffffU, total, 2);
+      if (t == 0 && g < G) slice_lse[cu & 1][warp][g] = total > 0.0F ? log2f(total) + m : kNegInf;
+      unit_sum = 0.0F;
+    }
     cs = cs + 1 == STAGES ? 0 : cs + 1;
+  }
+  if (want_mass) {
+    __syncthreads();
+    write_unit_lse(end - 1);
   }
   // Every stage produced was waited for, so no copy is in flight: the tiles are free.
   static_assert(merge_smem_bytes<HD>() <= 2 * tma_tile_bytes<HD>(), "the merge reuses the tiles");
@@ -1028,14 +1062,6 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
 // row's items, so that a long row's ~100 partials are read with 16+ loads in flight per dim
 // (128 threads, one per dim, took 18 µs at 512K × 1 under Nsight Compute: a chain of loads).
 constexpr int kReduceThreads = 512;
-
-/// Merges two online-softmax states (max, sum of 2^(x − max)); -inf maxima stay empty.
-__device__ __forceinline__ void merge_lse(float& m, float& s, float m2, float s2) {
-  const float mx = fmaxf(m, m2);
-  if (mx == kNegInf) return;
-  s = s * exp2f(m - mx) + s2 * exp2f(m2 - mx);
-  m = mx;
-}
 
 /// The log2-sum-exp of every query head of row r over its partials, into lse_row[G]: each
 /// thread folds a strided share of the items, then warps and the CTA merge (the items of a
@@ -1145,7 +1171,7 @@ __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(Sp
 }
 
 /// What launch_sparse_decode runs (NOTES.md: why).
-constexpr SparseDecodeVariant kDefaultVariant = SparseDecodeVariant::kMmaStages2;
+constexpr SparseDecodeVariant kDefaultVariant = SparseDecodeVariant::kMmaTensorStages2;
 
 template <int HD, int GMAX, int UNROLL>
 cudaError_t launch_split_registers(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
@@ -1246,20 +1272,20 @@ bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& r
          encode_tile_map(maps.summary_v, rows.summary_v, 2, entry_dims, entry_strides, box_rows);
 }
 
-/// v6 where it applies: 64-token pages, no mass asked, and a pool layout the tensor maps can
-/// describe; v3 of the same stages otherwise (so every shape runs).
+/// v6 where it applies: 64-token pages and a pool layout the tensor maps can describe; v3 of the
+/// same stages otherwise (so every shape runs).
 template <int HD, int STAGES, TileLayout LAYOUT = TileLayout::kColumnBoxes>
 cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                              const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream) {
   TileMaps maps{};
-  if (want_mass || pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, row_pairs<HD, LAYOUT>(), maps)) {
+  if (pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, row_pairs<HD, LAYOUT>(), maps)) {
     return launch_split_mma<HD, STAGES>(pool, rows, ws, want_mass, stream);
   }
   constexpr size_t smem = tma_smem_bytes<HD, STAGES>();
   static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_tma_kernel<HD, STAGES, LAYOUT>,
                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (raised != cudaSuccess) return raised;
-  sparse_decode_split_tma_kernel<HD, STAGES, LAYOUT><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws);
+  sparse_decode_split_tma_kernel<HD, STAGES, LAYOUT><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws, want_mass);
   return cudaGetLastError();
 }
 

@@ -124,8 +124,10 @@ class SparseDecodeWorkspace {
                                                cudaStream_t stream);
 
 /// Kernel versions, for benchmarks and tests (NOTES.md has their figures). kDefault is what
-/// launch_sparse_decode runs; the tensor-core variants and kAsyncUnroll4Stages4 exist for
-/// every supported shape, the others for head_dim 128 with 3-4 query heads per KV head only.
+/// launch_sparse_decode runs: v6 with 2 stages, which runs v3 with 2 stages where v6 does not
+/// apply (pages other than 64 tokens, a pool layout the tensor maps cannot describe). The
+/// tensor-core variants and kAsyncUnroll4Stages4 exist for every supported shape, the others
+/// for head_dim 128 with 3-4 query heads per KV head only.
 enum class SparseDecodeVariant {
   kDefault,
   kRegistersUnroll4,     // v1: loads straight into registers, 4 of K and V in flight per lane
@@ -143,7 +145,7 @@ enum class SparseDecodeVariant {
   kMmaSharedStages2,  // v5: v3 with a CTA's 4 warps splitting each page by 16-token slices (no
   kMmaSharedStages3,  //     per-unit mass there: with mass asked, v3 of the same stages runs)
   kMmaTensorStages2,  // v6: v5's shared 64-token tiles filled by tensor copies (TMA) into swizzled
-  kMmaTensorStages3,  //     shared memory; 64-token pages without mass (else v3 of the same stages)
+  kMmaTensorStages3,  //     shared memory, with mass; 64-token pages (else v3 of the same stages)
   kMmaTensorStages4,
   kMmaTensorRowsStages2,  // v7: v6 with a page's K (and V) as one box of 128 half rows, one
   kMmaTensorRowsStages3,  //     contiguous stream (head dim 128; at 64 it is v6)

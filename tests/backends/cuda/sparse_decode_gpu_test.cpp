@@ -339,9 +339,10 @@ const SparseDecodeVariant kAllShapes[] = {SparseDecodeVariant::kMmaStages2,     
                                           SparseDecodeVariant::kMmaSharedStages3,    SparseDecodeVariant::kMmaTensorStages2,
                                           SparseDecodeVariant::kMmaTensorStages3,    SparseDecodeVariant::kMmaTensorStages4,
                                           SparseDecodeVariant::kMmaTensorRowsStages2, SparseDecodeVariant::kMmaTensorRowsStages3};
-/// v5 and v6 split every unit over the CTA's warps and write no per-unit mass: their own paths
-/// run only without mass (with mass, kAllShapes above checks that v3 stands in), v6 only on
-/// 64-token pages (check_shared_page_edges' 100-token pages check that v3 stands in there too).
+/// Versions that split every unit over the CTA's warps. v5 writes no per-unit mass: its own path
+/// runs only without mass (with mass, kAllShapes above checks that v3 stands in). v6/v7 combine
+/// the warps' slices into the unit's mass, and run only on 64-token pages
+/// (check_shared_page_edges' 100-token pages check that v3 stands in there).
 const SparseDecodeVariant kSharedPages[] = {SparseDecodeVariant::kMmaSharedStages2, SparseDecodeVariant::kMmaSharedStages3,
                                             SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3,
                                             SparseDecodeVariant::kMmaTensorStages4, SparseDecodeVariant::kMmaTensorRowsStages2,
@@ -349,11 +350,11 @@ const SparseDecodeVariant kSharedPages[] = {SparseDecodeVariant::kMmaSharedStage
 
 /// Rows whose last page ends inside each warp's 16-token slice of a 64-token page (and a
 /// 100-token page, whose second half-slice is short), with summary blocks of every length.
-void check_shared_page_edges(SparseDecodeVariant v, int hd, int g, uint32_t seed) {
+void check_shared_page_edges(SparseDecodeVariant v, int hd, int g, uint32_t seed, bool mass = false) {
   Case c;
   c.head_dim = hd;
   c.group = g;
-  c.mass = false;
+  c.mass = mass;
   c.seed = seed;
   c.nan_tails = true;
   c.page_tokens = 64;
@@ -410,6 +411,48 @@ TEST(SparseDecodeCandidate, SharedPagesWithoutMassMatchReference) {
       }
     }
     check_long_rows(v, /*mass=*/false);
+  }
+}
+
+// The default kernel (v6) on its own path: 64-token pages, partial in every warp's slice.
+TEST(SparseDecode, PartialSixtyFourTokenPagesMatchReference) {
+  KVLAB_REQUIRE_GPU();
+  for (const int g : {1, 4, 8}) {
+    for (const int hd : {64, 128}) {
+      SCOPED_TRACE("group " + std::to_string(g) + " head_dim " + std::to_string(hd));
+      check_shared_page_edges(SparseDecodeVariant::kDefault, hd, g, 1700 + g * 7 + hd, /*mass=*/true);
+      check_shared_page_edges(SparseDecodeVariant::kDefault, hd, g, 1800 + g * 7 + hd, /*mass=*/false);
+    }
+  }
+}
+
+TEST(SparseDecodeSanitize, SixtyFourTokenPages) {
+  KVLAB_REQUIRE_GPU();
+  check_shared_page_edges(SparseDecodeVariant::kDefault, 128, 4, 1900, /*mass=*/true);
+}
+
+const SparseDecodeVariant kTensorTiles[] = {SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3,
+                                            SparseDecodeVariant::kMmaTensorStages4, SparseDecodeVariant::kMmaTensorRowsStages2,
+                                            SparseDecodeVariant::kMmaTensorRowsStages3};
+
+TEST(SparseDecodeCandidate, TensorTilesWithMassMatchReference) {
+  KVLAB_REQUIRE_CANDIDATES();
+  for (const SparseDecodeVariant v : kTensorTiles) {
+    for (int g = 1; g <= kSparseDecodeMaxGroup; ++g) {
+      for (const int hd : {64, 128}) {
+        SCOPED_TRACE("variant " + std::to_string(static_cast<int>(v)) + " group " + std::to_string(g) + " head_dim " +
+                     std::to_string(hd));
+        check_shared_page_edges(v, hd, g, 1300 + g * 7 + hd + static_cast<int>(v), /*mass=*/true);
+      }
+    }
+  }
+}
+
+TEST(SparseDecodeCandidateSanitize, TensorTilesWithMass) {
+  KVLAB_REQUIRE_CANDIDATES();
+  for (const SparseDecodeVariant v : {SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorRowsStages3}) {
+    SCOPED_TRACE("variant " + std::to_string(static_cast<int>(v)));
+    check_shared_page_edges(v, 128, 4, 1500 + static_cast<int>(v), /*mass=*/true);
   }
 }
 
