@@ -1058,14 +1058,19 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
   merge_warps_to_partials<HD>(pipe, o, m, l, G, ws);
 }
 
-// 512 threads: 4 (head dim 128) or 8 (64) threads per output dim, each folding a share of the
-// row's items, so that a long row's ~100 partials are read with 16+ loads in flight per dim
-// (128 threads, one per dim, took 18 µs at 512K × 1 under Nsight Compute: a chain of loads).
-constexpr int kReduceThreads = 512;
+// The reduction's CTA size: 128 threads (one per output dim at head dim 128) for rows of few
+// items, 512 (4-8 threads a dim, each folding a share of the items) for long rows, so that a
+// row's ~100 partials are read with 16+ loads in flight per dim (128 threads took 18 µs at
+// 512K × 1 under Nsight Compute, a chain of loads; 512 took 12) while launches of many short
+// rows keep small CTAs that all fit one wave.
+constexpr int kReduceThreadsShort = 128;
+constexpr int kReduceThreadsLong = 512;
+constexpr int kLongRowItems = 24;  // mean items a row from which the 512-thread CTAs run
 
 /// The log2-sum-exp of every query head of row r over its partials, into lse_row[G]: each
 /// thread folds a strided share of the items, then warps and the CTA merge (the items of a
 /// long row are many: 100+ at 512K, so a serial loop here would cost tens of µs).
+template <int kReduceThreads>
 __device__ __forceinline__ void row_lse(const SparseDecodeWorkspaceView& ws, int ib, int ie, int G, float* lse_row) {
   __shared__ float part_m[kReduceThreads / 32][kSparseDecodeMaxGroup];
   __shared__ float part_s[kReduceThreads / 32][kSparseDecodeMaxGroup];
@@ -1106,7 +1111,7 @@ __device__ __forceinline__ void row_lse(const SparseDecodeWorkspaceView& ws, int
 /// row's partials (weights 2^(lse_i − LSE)), and a 1/G share of the per-page mass from the
 /// per-unit log-sum-exps (head 0's CTA also sums the summary units). A grid of rows × G keeps
 /// the reduction short when a step has few rows with many items (one layer, batch 1).
-template <int HD>
+template <int HD, int kReduceThreads>
 __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(SparseDecodeRowsView rows,
                                                                               SparseDecodeOutView out,
                                                                               SparseDecodeWorkspaceView ws) {
@@ -1120,7 +1125,7 @@ __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(Sp
   __shared__ float lse_row[kSparseDecodeMaxGroup];
   __shared__ float acc_part[kParts][HD];
   __shared__ float warp_part[kReduceThreads / 32];
-  row_lse(ws, ib, ie, G, lse_row);
+  row_lse<kReduceThreads>(ws, ib, ie, G, lse_row);
 
   const int d = threadIdx.x % HD;
   const int part = threadIdx.x / HD;
@@ -1293,7 +1298,11 @@ template <int HD>
 cudaError_t launch_reduce(const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,
                           const SparseDecodeWorkspaceView& ws, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(rows.n_rows), static_cast<unsigned>(rows.group));
-  sparse_decode_reduce_kernel<HD><<<grid, kReduceThreads, 0, stream>>>(rows, out, ws);
+  if (ws.n_items >= kLongRowItems * rows.n_rows) {
+    sparse_decode_reduce_kernel<HD, kReduceThreadsLong><<<grid, kReduceThreadsLong, 0, stream>>>(rows, out, ws);
+  } else {
+    sparse_decode_reduce_kernel<HD, kReduceThreadsShort><<<grid, kReduceThreadsShort, 0, stream>>>(rows, out, ws);
+  }
   return cudaGetLastError();
 }
 
