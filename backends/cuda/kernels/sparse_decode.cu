@@ -1236,13 +1236,13 @@ TensorMapEncodeTiled tensor_map_encoder() {
 /// A bf16 tensor of `rank` dims (innermost first; strides in bytes for dims 1..) read in boxes of
 /// 64 dims × box_rows rows (× 1) with the 128-byte swizzle; false if the driver refuses the layout.
 bool encode_tile_map(CUtensorMap& map, const void* base, cuuint32_t rank, const cuuint64_t* dims,
-                     const cuuint64_t* strides, cuuint32_t box_rows) {
+                     const cuuint64_t* strides, cuuint32_t box_rows, CUtensorMapL2promotion promotion) {
   const TensorMapEncodeTiled encode = tensor_map_encoder();
   if (encode == nullptr) return false;
   const cuuint32_t box[3] = {kTmaBoxDims, box_rows, 1};
   const cuuint32_t element_strides[3] = {1, 1, 1};
   return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<void*>(base), dims, strides, box,
-                element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promotion,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
@@ -1251,7 +1251,8 @@ bool encode_tile_map(CUtensorMap& map, const void* base, cuuint32_t rank, const 
 /// large as the encoder takes (up to 1 TB of pool) rather than to sizes the views do not carry;
 /// the token extent of a page is what makes rows before a partial page's tokens zeros. With
 /// row pairs a "row" is half a token row (128 bytes), so rows and extents double.
-bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, bool pairs, TileMaps& maps) {
+bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, bool pairs,
+                      CUtensorMapL2promotion promotion, TileMaps& maps) {
   if (pairs && pool.token_stride != rows.head_dim) return false;
   const cuuint64_t dims = pairs ? kTmaBoxDims : static_cast<cuuint64_t>(rows.head_dim);
   const cuuint64_t row_bytes = pairs ? kTmaBoxDims * 2 : static_cast<cuuint64_t>(pool.token_stride) * 2;
@@ -1260,8 +1261,8 @@ bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& r
   const cuuint64_t slots = std::min<cuuint64_t>((cuuint64_t{1} << 40) / page_bytes, (cuuint64_t{1} << 31) - 1);
   const cuuint64_t page_dims[3] = {dims, box_rows, slots};
   const cuuint64_t page_strides[2] = {row_bytes, page_bytes};
-  if (!encode_tile_map(maps.pages_k, pool.k, 3, page_dims, page_strides, box_rows) ||
-      !encode_tile_map(maps.pages_v, pool.v, 3, page_dims, page_strides, box_rows)) {
+  if (!encode_tile_map(maps.pages_k, pool.k, 3, page_dims, page_strides, box_rows, promotion) ||
+      !encode_tile_map(maps.pages_v, pool.v, 3, page_dims, page_strides, box_rows, promotion)) {
     return false;
   }
   if (rows.summary_indptr == nullptr) {
@@ -1273,17 +1274,20 @@ bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& r
   const cuuint64_t entry_dims[2] = {dims, std::min<cuuint64_t>((cuuint64_t{1} << 40) / entry_bytes, (cuuint64_t{1} << 30) - 1) *
                                               (pairs ? 2 : 1)};
   const cuuint64_t entry_strides[1] = {pairs ? row_bytes : entry_bytes};
-  return encode_tile_map(maps.summary_k, rows.summary_k, 2, entry_dims, entry_strides, box_rows) &&
-         encode_tile_map(maps.summary_v, rows.summary_v, 2, entry_dims, entry_strides, box_rows);
+  return encode_tile_map(maps.summary_k, rows.summary_k, 2, entry_dims, entry_strides, box_rows, promotion) &&
+         encode_tile_map(maps.summary_v, rows.summary_v, 2, entry_dims, entry_strides, box_rows, promotion);
 }
 
 /// v6 where it applies: 64-token pages and a pool layout the tensor maps can describe; v3 of the
 /// same stages otherwise (so every shape runs).
+/// `promotion`: how much the L2 fetches from DRAM per request of the copies (256 bytes unless a
+/// variant asks otherwise).
 template <int HD, int STAGES, TileLayout LAYOUT = TileLayout::kColumnBoxes>
 cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
-                             const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream) {
+                             const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream,
+                             CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B) {
   TileMaps maps{};
-  if (pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, row_pairs<HD, LAYOUT>(), maps)) {
+  if (pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, row_pairs<HD, LAYOUT>(), promotion, maps)) {
     return launch_split_mma<HD, STAGES>(pool, rows, ws, want_mass, stream);
   }
   constexpr size_t smem = tma_smem_bytes<HD, STAGES>();
@@ -1342,6 +1346,12 @@ cudaError_t dispatch_variant(const PagedKvPoolView& pool, const SparseDecodeRows
       return big ? launch_split_tma<128, 3>(pool, rows, ws, mass, stream) : launch_split_tma<64, 3>(pool, rows, ws, mass, stream);
     case SparseDecodeVariant::kMmaTensorStages4:
       return big ? launch_split_tma<128, 4>(pool, rows, ws, mass, stream) : launch_split_tma<64, 4>(pool, rows, ws, mass, stream);
+    case SparseDecodeVariant::kMmaTensorNoL2PromotionStages2:
+      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE)
+                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE);
+    case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
+      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_128B)
+                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
     case SparseDecodeVariant::kMmaTensorRowsStages2:
       return big ? launch_split_tma<128, 2, TileLayout::kRowPairs>(pool, rows, ws, mass, stream)
                  : launch_split_tma<64, 2>(pool, rows, ws, mass, stream);
@@ -1501,6 +1511,9 @@ std::pair<const void*, size_t> split_kernel_of(SparseDecodeVariant v, int head_d
       return {big ? fn(sparse_decode_split_tma_kernel<128, 4, TileLayout::kColumnBoxes>)
                   : fn(sparse_decode_split_tma_kernel<64, 4, TileLayout::kColumnBoxes>),
               big ? tma_smem_bytes<128, 4>() : tma_smem_bytes<64, 4>()};
+    case SparseDecodeVariant::kMmaTensorNoL2PromotionStages2:
+    case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
+      return split_kernel_of(SparseDecodeVariant::kMmaTensorStages2, head_dim, group);
     case SparseDecodeVariant::kMmaTensorRowsStages2:
       return {big ? fn(sparse_decode_split_tma_kernel<128, 2, TileLayout::kRowPairs>)
                   : fn(sparse_decode_split_tma_kernel<64, 2, TileLayout::kColumnBoxes>),

@@ -149,6 +149,8 @@ enum class SparseDecodeVariant {
   kMmaTensorStages4,
   kMmaTensorRowsStages2,  // v7: v6 with a page's K (and V) as one box of 128 half rows, one
   kMmaTensorRowsStages3,  //     contiguous stream (head dim 128; at 64 it is v6)
+  kMmaTensorNoL2PromotionStages2,  // v6 s2 with the tensor maps' L2 promotion off (default: 256 B)
+  kMmaTensorL2Promotion128Stages2,  // v6 s2 with 128-byte L2 promotion
 };
 
 /// launch_sparse_decode with a chosen kernel version; cudaErrorInvalidValue for a variant

@@ -433,7 +433,9 @@ TEST(SparseDecodeSanitize, SixtyFourTokenPages) {
 
 const SparseDecodeVariant kTensorTiles[] = {SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3,
                                             SparseDecodeVariant::kMmaTensorStages4, SparseDecodeVariant::kMmaTensorRowsStages2,
-                                            SparseDecodeVariant::kMmaTensorRowsStages3};
+                                            SparseDecodeVariant::kMmaTensorRowsStages3,
+                                            SparseDecodeVariant::kMmaTensorNoL2PromotionStages2,
+                                            SparseDecodeVariant::kMmaTensorL2Promotion128Stages2};
 
 TEST(SparseDecodeCandidate, TensorTilesWithMassMatchReference) {
   KVLAB_REQUIRE_CANDIDATES();
