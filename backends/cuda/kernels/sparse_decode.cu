@@ -194,6 +194,30 @@ __device__ __forceinline__ void finish_unit(WarpState<GMAX>& w, const SparseDeco
   for (int h = 0; h < GMAX; ++h) w.unit_sum[h] = 0.0F;
 }
 
+/// The CTA combine of the warps' online-softmax states, staged in shared memory as
+/// sm_acc[warp][head][dim] (unnormalised), sm_m and sm_l [warp][head]: the item's normalised
+/// partial output and log-sum-exp per query head. Call with every thread after a barrier.
+template <int HD, class Acc, class Stat>
+__device__ __forceinline__ void store_partials(const Acc& sm_acc, const Stat& sm_m, const Stat& sm_l, int G,
+                                               const SparseDecodeWorkspaceView& ws) {
+  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
+    const int h = idx / HD;
+    const int d = idx % HD;
+    float mx = kNegInf;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, sm_m[v][h]);
+    float lsum = 0.0F, acc = 0.0F;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) {
+      const float f = exp2f(sm_m[v][h] - mx);  // 0 for a warp that had no unit
+      lsum += sm_l[v][h] * f;
+      acc += sm_acc[v][h][d] * f;
+    }
+    ws.partial_o[(int64_t{blockIdx.x} * G + h) * HD + d] = acc / lsum;
+    if (d == 0) ws.partial_lse[int64_t{blockIdx.x} * G + h] = mx + log2f(lsum);
+  }
+}
+
 /// Merges the CTA's warps and writes the item's normalised partial output and log-sum-exp.
 template <class T, int HD, int GMAX>
 __device__ __forceinline__ void merge_and_store(WarpState<GMAX>& w, const SparseDecodeWorkspaceView& ws, int G) {
@@ -224,22 +248,7 @@ __device__ __forceinline__ void merge_and_store(WarpState<GMAX>& w, const Sparse
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
-    const int h = idx / HD;
-    const int d = idx % HD;
-    float mx = kNegInf;
-#pragma unroll
-    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, sm_m[v][h]);
-    float lsum = 0.0F, o = 0.0F;
-#pragma unroll
-    for (int v = 0; v < kWarps; ++v) {
-      const float f = exp2f(sm_m[v][h] - mx);  // 0 for a warp that had no unit
-      lsum += sm_l[v][h] * f;
-      o += sm_acc[v][h][d] * f;
-    }
-    ws.partial_o[(int64_t{blockIdx.x} * G + h) * HD + d] = o / lsum;
-    if (d == 0) ws.partial_lse[int64_t{blockIdx.x} * G + h] = mx + log2f(lsum);
-  }
+  store_partials<HD>(sm_acc, sm_m, sm_l, G, ws);
 }
 
 /// v1 (verified on the H200, the default): K and V loaded straight into registers, kUnroll
@@ -537,6 +546,89 @@ constexpr size_t mma_smem_bytes() {
 /// per-unit mass (a unit's sum is split over the warps), so it runs only where none is asked.
 enum class MmaSplit { kOwnUnits, kSharedUnits };
 
+/// One warp's online-softmax state of the tensor-core kernels: O fragments (16 heads × HD, rows
+/// ≥ G padding), the running max m (log2 domain), the lanes' partial sums l, and the partial
+/// sum over the current unit (its mass).
+template <int HD>
+struct MmaState {
+  float o[HD / 8][4];
+  float m = kNegInf, l = 0.0F, unit_sum = 0.0F;
+};
+
+/// One step of 16 tokens on the tensor cores: S = Q·K^T (mma.m16n8k16; n-tile 0 = the step's
+/// tokens 0-7, n-tile 1 = 8-15), the online softmax on the S fragments, P rounded to bf16 as
+/// the A operand of O += P·V. k_at(kc) and v_at(dc) give this lane's ldmatrix address for
+/// k-chunk kc of K and d-chunk dc of V; score(i, s) turns the raw product of the step's token i
+/// (0-15) into the log2-domain score, or -inf for a token the step does not hold. At least one
+/// token of the step must be valid.
+template <int HD, class KAt, class VAt, class Score>
+__device__ __forceinline__ void mma_step(const uint32_t (&qa)[HD / 16][2], KAt k_at, VAt v_at, Score score,
+                                         MmaState<HD>& st) {
+  constexpr int kChunks = HD / 16;
+  constexpr int kNTiles = HD / 8;
+  const int t = threadIdx.x & 3;
+  float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+  for (int kc = 0; kc < kChunks; ++kc) {
+    uint32_t b[4];
+    ldmatrix_x4(b, k_at(kc));
+    mma_bf16_16816(s[0], qa[kc][0], 0U, qa[kc][1], 0U, b[0], b[1]);
+    mma_bf16_16816(s[1], qa[kc][0], 0U, qa[kc][1], 0U, b[2], b[3]);
+  }
+  // Scores of head g (= lane / 4) at the step's tokens j*8 + 2t + e.
+  float sc[2][2];
+  float mt = kNegInf;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      sc[j][e] = score(j * 8 + 2 * t + e, s[j][e]);
+      mt = fmaxf(mt, sc[j][e]);
+    }
+  }
+  mt = fmaxf(mt, __shfl_xor_sync(0xffffffffU, mt, 1));
+  mt = fmaxf(mt, __shfl_xor_sync(0xffffffffU, mt, 2));
+  const float m_new = fmaxf(st.m, mt);  // finite: the step holds a token
+  const float alpha = exp2f(st.m - m_new);
+  st.m = m_new;
+  uint32_t pa[2];
+  float psum = 0.0F;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    pa[j] = pack_bf16(exp2f(sc[j][0] - st.m), exp2f(sc[j][1] - st.m));
+    const float2 pr = unpack_bf16x2(pa[j]);  // normalise with the values the product uses
+    psum += pr.x + pr.y;
+  }
+  st.l = st.l * alpha + psum;
+  st.unit_sum = st.unit_sum * alpha + psum;
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j) {
+    st.o[j][0] *= alpha;
+    st.o[j][1] *= alpha;
+  }
+  // O += P V: A = P (k = tokens: a0 = tokens 0-7, a2 = tokens 8-15), B = V from ldmatrix.trans.
+#pragma unroll
+  for (int dc = 0; dc < kChunks; ++dc) {
+    uint32_t b[4];
+    ldmatrix_x4_trans(b, v_at(dc));
+    mma_bf16_16816(st.o[2 * dc], pa[0], 0U, pa[1], 0U, b[0], b[1]);
+    mma_bf16_16816(st.o[2 * dc + 1], pa[0], 0U, pa[1], 0U, b[2], b[3]);
+  }
+}
+
+/// The sum over the 4 lanes that hold one head's fragments (lanes 4g .. 4g + 3).
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffU, x, 1);
+  return x + __shfl_xor_sync(0xffffffffU, x, 2);
+}
+
+/// The log2-domain score of a token: q·k scaled, plus log2(count) for a summary entry.
+__device__ __forceinline__ float token_score(float qk, float qk_scale, const int32_t* counts, int tok) {
+  float v = qk * qk_scale;
+  if (counts != nullptr) v += log2f(static_cast<float>(__ldg(counts + tok)));
+  return v;
+}
+
 /// Merges two online-softmax states (max, sum of 2^(x − max)); -inf maxima stay empty.
 __device__ __forceinline__ void merge_lse(float& m, float& s, float m2, float s2) {
   const float mx = fmaxf(m, m2);
@@ -558,8 +650,7 @@ __device__ __forceinline__ void merge_warps_to_partials(unsigned char* smem, con
   const int g = lane >> 2;
   const int t = lane & 3;
   // Row sums over the 4 lanes of a head, then the CTA combine.
-  l += __shfl_xor_sync(0xffffffffU, l, 1);
-  l += __shfl_xor_sync(0xffffffffU, l, 2);
+  l = quad_sum(l);
   __syncthreads();
   auto* sm_acc = reinterpret_cast<float (*)[kSparseDecodeMaxGroup][HD]>(smem);
   auto* sm_m = reinterpret_cast<float (*)[kSparseDecodeMaxGroup]>(smem + sizeof(float) * kWarps * kSparseDecodeMaxGroup * HD);
@@ -576,22 +667,7 @@ __device__ __forceinline__ void merge_warps_to_partials(unsigned char* smem, con
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
-    const int h = idx / HD;
-    const int d = idx % HD;
-    float mx = kNegInf;
-#pragma unroll
-    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, sm_m[v][h]);
-    float lsum = 0.0F, acc = 0.0F;
-#pragma unroll
-    for (int v = 0; v < kWarps; ++v) {
-      const float f = exp2f(sm_m[v][h] - mx);  // 0 for a warp that had no unit
-      lsum += sm_l[v][h] * f;
-      acc += sm_acc[v][h][d] * f;
-    }
-    ws.partial_o[(int64_t{blockIdx.x} * G + h) * HD + d] = acc / lsum;
-    if (d == 0) ws.partial_lse[int64_t{blockIdx.x} * G + h] = mx + log2f(lsum);
-  }
+  store_partials<HD>(sm_acc, sm_m, sm_l, G, ws);
 }
 /// Shared memory the merge needs (the pipeline buffers of every tensor-core kernel hold it).
 template <int HD>
@@ -641,10 +717,9 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
     }
   }
   const float qk_scale = rows.scale * kLog2e;
-  float o[kNTiles][4];
+  MmaState<HD> st;
 #pragma unroll
-  for (int j = 0; j < kNTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0F;
-  float m = kNegInf, l = 0.0F, unit_sum = 0.0F;
+  for (int j = 0; j < kNTiles; ++j) st.o[j][0] = st.o[j][1] = st.o[j][2] = st.o[j][3] = 0.0F;
 
   const int32_t unit_base = ws.row_unit_indptr[r];
   const int end = item.unit_end;
@@ -737,70 +812,22 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
     const unsigned char* kt = k_tile(cs);
     const unsigned char* vt = v_tile(cs);
 
-    // S = Q K^T for tokens ct .. ct+15: n-tile 0 = tokens 0-7, n-tile 1 = tokens 8-15.
-    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-#pragma unroll
-    for (int kc = 0; kc < kChunks; ++kc) {
-      uint32_t b[4];
-      ldmatrix_x4(b, kt + k_off + kc * 32);
-      mma_bf16_16816(s[0], qa[kc][0], 0U, qa[kc][1], 0U, b[0], b[1]);
-      mma_bf16_16816(s[1], qa[kc][0], 0U, qa[kc][1], 0U, b[2], b[3]);
-    }
-    // Scores of head g at tokens ct + j*8 + 2t + e.
-    float sc[2][2];
-    float mt = kNegInf;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int tok = ct + j * 8 + 2 * t + e;
-        float v = kNegInf;
-        if (tok < cun.n) {
-          v = s[j][e] * qk_scale;
-          if (cun.counts != nullptr) v += log2f(static_cast<float>(__ldg(cun.counts + tok)));
-        }
-        sc[j][e] = v;
-        mt = fmaxf(mt, v);
-      }
-    }
-    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffU, mt, 1));
-    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffU, mt, 2));
-    const float m_new = fmaxf(m, mt);  // finite: token ct is valid
-    const float alpha = exp2f(m - m_new);
-    m = m_new;
-    uint32_t pa[2];
-    float psum = 0.0F;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      pa[j] = pack_bf16(exp2f(sc[j][0] - m), exp2f(sc[j][1] - m));
-      const float2 pr = unpack_bf16x2(pa[j]);  // normalise with the values the product uses
-      psum += pr.x + pr.y;
-    }
-    l = l * alpha + psum;
-    unit_sum = unit_sum * alpha + psum;
-#pragma unroll
-    for (int j = 0; j < kNTiles; ++j) {
-      o[j][0] *= alpha;
-      o[j][1] *= alpha;
-    }
-    // O += P V: A = P (k = tokens: a0 = tokens 0-7, a2 = tokens 8-15), B = V from ldmatrix.trans.
-#pragma unroll
-    for (int dc = 0; dc < kChunks; ++dc) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, vt + v_off + dc * 32);
-      mma_bf16_16816(o[2 * dc], pa[0], 0U, pa[1], 0U, b[0], b[1]);
-      mma_bf16_16816(o[2 * dc + 1], pa[0], 0U, pa[1], 0U, b[2], b[3]);
-    }
+    mma_step<HD>(
+        qa, [&](int kc) { return kt + k_off + kc * 32; }, [&](int dc) { return vt + v_off + dc * 32; },
+        [&](int i, float qk) {
+          const int tok = ct + i;
+          return tok < cun.n ? token_score(qk, qk_scale, cun.counts, tok) : kNegInf;
+        },
+        st);
 
     cs = cs + 1 == STAGES ? 0 : cs + 1;
     ct += kTokenStep;
     if (ct >= cun.n) {
       if (!kShared && want_mass) {
-        float total = unit_sum + __shfl_xor_sync(0xffffffffU, unit_sum, 1);
-        total += __shfl_xor_sync(0xffffffffU, total, 2);
-        if (t == 0 && g < G) ws.unit_lse[(int64_t{unit_base} + cu) * G + g] = log2f(total) + m;
+        const float total = quad_sum(st.unit_sum);
+        if (t == 0 && g < G) ws.unit_lse[(int64_t{unit_base} + cu) * G + g] = log2f(total) + st.m;
       }
-      unit_sum = 0.0F;
+      st.unit_sum = 0.0F;
       ct = first_token;
       cu += kUnitStep;
       seek(cu, ct, cun);
@@ -811,7 +838,7 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
   if constexpr (LOAD != MmaLoad::kBulk) cp_async_wait<0>();
 
   static_assert(merge_smem_bytes<HD>() <= mma_smem_bytes<HD, 2>(), "the merge reuses the pipeline buffer");
-  merge_warps_to_partials<HD>(mma_pipe, o, m, l, G, ws);
+  merge_warps_to_partials<HD>(mma_pipe, st.o, st.m, st.l, G, ws);
 }
 
 // ---- v6: whole tiles by tensor copies (TMA) into 128-byte-swizzled shared memory -----------
@@ -901,10 +928,9 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
     }
   }
   const float qk_scale = rows.scale * kLog2e;
-  float o[kNTiles][4];
+  MmaState<HD> st;
 #pragma unroll
-  for (int j = 0; j < kNTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0F;
-  float m = kNegInf, l = 0.0F, unit_sum = 0.0F;
+  for (int j = 0; j < kNTiles; ++j) st.o[j][0] = st.o[j][1] = st.o[j][2] = st.o[j][3] = 0.0F;
   // The per-unit mass: each warp's log2-sum-exp over its slice of the unit (-inf for a slice
   // with no token), combined by warp 0 after the next barrier; two buffers by unit parity, so
   // a warp may write unit u + 1's while warp 0 still reads unit u's.
@@ -987,65 +1013,19 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
     if (row0 + kMmaTokens > lo) {
       const unsigned char* kt = pipe + (2 * cs) * kTile;
       const unsigned char* vt = kt + kTile;
-      float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-#pragma unroll
-      for (int kc = 0; kc < kChunks; ++kc) {
-        const int c = kc * 2 + (mat & 1);  // 8-dim piece of the row
-        uint32_t b[4];
-        ldmatrix_x4(b, kt + tile_offset<HD, LAYOUT>(k_row, c));
-        mma_bf16_16816(s[0], qa[kc][0], 0U, qa[kc][1], 0U, b[0], b[1]);
-        mma_bf16_16816(s[1], qa[kc][0], 0U, qa[kc][1], 0U, b[2], b[3]);
-      }
-      float sc[2][2];
-      float mt = kNegInf;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int row = row0 + j * 8 + 2 * t + e;
-          float v = kNegInf;
-          if (row >= lo) {
-            v = s[j][e] * qk_scale;
-            if (un.counts != nullptr) v += log2f(static_cast<float>(__ldg(un.counts + (row - lo))));
-          }
-          sc[j][e] = v;
-          mt = fmaxf(mt, v);
-        }
-      }
-      mt = fmaxf(mt, __shfl_xor_sync(0xffffffffU, mt, 1));
-      mt = fmaxf(mt, __shfl_xor_sync(0xffffffffU, mt, 2));
-      const float m_new = fmaxf(m, mt);  // finite: the slice holds a token
-      const float alpha = exp2f(m - m_new);
-      m = m_new;
-      uint32_t pa[2];
-      float psum = 0.0F;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        pa[j] = pack_bf16(exp2f(sc[j][0] - m), exp2f(sc[j][1] - m));
-        const float2 pr = unpack_bf16x2(pa[j]);
-        psum += pr.x + pr.y;
-      }
-      l = l * alpha + psum;
-      unit_sum = unit_sum * alpha + psum;
-#pragma unroll
-      for (int j = 0; j < kNTiles; ++j) {
-        o[j][0] *= alpha;
-        o[j][1] *= alpha;
-      }
-#pragma unroll
-      for (int dc = 0; dc < kChunks; ++dc) {
-        const int c = dc * 2 + (mat >> 1);
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, vt + tile_offset<HD, LAYOUT>(v_row, c));
-        mma_bf16_16816(o[2 * dc], pa[0], 0U, pa[1], 0U, b[0], b[1]);
-        mma_bf16_16816(o[2 * dc + 1], pa[0], 0U, pa[1], 0U, b[2], b[3]);
-      }
+      mma_step<HD>(
+          qa, [&](int kc) { return kt + tile_offset<HD, LAYOUT>(k_row, kc * 2 + (mat & 1)); },
+          [&](int dc) { return vt + tile_offset<HD, LAYOUT>(v_row, dc * 2 + (mat >> 1)); },
+          [&](int i, float qk) {
+            const int row = row0 + i;
+            return row >= lo ? token_score(qk, qk_scale, un.counts, row - lo) : kNegInf;
+          },
+          st);
     }
     if (want_mass) {
-      float total = unit_sum + __shfl_xor_sync(0xffffffffU, unit_sum, 1);
-      total += __shfl_xor_sync(0xffffffffU, total, 2);
-      if (t == 0 && g < G) slice_lse[cu & 1][warp][g] = total > 0.0F ? log2f(total) + m : kNegInf;
-      unit_sum = 0.0F;
+      const float total = quad_sum(st.unit_sum);
+      if (t == 0 && g < G) slice_lse[cu & 1][warp][g] = total > 0.0F ? log2f(total) + st.m : kNegInf;
+      st.unit_sum = 0.0F;
     }
     cs = cs + 1 == STAGES ? 0 : cs + 1;
   }
@@ -1055,7 +1035,7 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
   }
   // Every stage produced was waited for, so no copy is in flight: the tiles are free.
   static_assert(merge_smem_bytes<HD>() <= 2 * tma_tile_bytes<HD>(), "the merge reuses the tiles");
-  merge_warps_to_partials<HD>(pipe, o, m, l, G, ws);
+  merge_warps_to_partials<HD>(pipe, st.o, st.m, st.l, G, ws);
 }
 
 // The reduction's CTA size: 128 threads (one per output dim at head dim 128) for rows of few
