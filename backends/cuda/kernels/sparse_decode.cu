@@ -866,32 +866,15 @@ constexpr size_t tma_smem_bytes() {
   return size_t{STAGES} * 2 * tma_tile_bytes<HD>() + 1024;  // + slack to align the swizzled tiles
 }
 
-/// How v6 boxes a 64-token tile of head dim 128. kColumnBoxes: two boxes of 64 tokens × 64 dims
-/// (each token row is two 128-byte halves, so each box reads every other 128 bytes of the
-/// tile). kRowPairs (v7): the tile's 16 KB as 128 half rows of 128 bytes, one box, read as one
-/// contiguous stream (token t's half h is box row 2t + h; needs token_stride = head_dim; the
-/// swizzle then spreads the 8 tokens of an ldmatrix over 4 bank groups, a 2-way conflict). At
-/// head dim 64 a token row is one box row and both are the same.
-enum class TileLayout { kColumnBoxes, kRowPairs };
-
 /// The tensor maps of one launch: pages as [slot][token][dim], summaries as [entry][dim].
 struct TileMaps {
   CUtensorMap pages_k, pages_v, summary_k, summary_v;
 };
 
-template <int HD, TileLayout LAYOUT>
-constexpr bool row_pairs() {
-  return LAYOUT == TileLayout::kRowPairs && HD == 128;
-}
+/// Byte offset in a tile of the 16-byte piece c (8 dims) of row (token) t: box c / 8, swizzled.
+__device__ __forceinline__ int tile_offset(int t, int c) { return (c >> 3) * kTmaBoxBytes + swizzle128_offset(t, c & 7); }
 
-/// Byte offset in a tile of the 16-byte piece c (8 dims) of row (token) t.
-template <int HD, TileLayout LAYOUT>
-__device__ __forceinline__ int tile_offset(int t, int c) {
-  if constexpr (row_pairs<HD, LAYOUT>()) return swizzle128_offset(2 * t + (c >> 3), c & 7);
-  return (c >> 3) * kTmaBoxBytes + swizzle128_offset(t, c & 7);
-}
-
-template <int HD, int STAGES, TileLayout LAYOUT>
+template <int HD, int STAGES>
 __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const __grid_constant__ TileMaps maps,
                                                                            PagedKvPoolView pool, SparseDecodeRowsView rows,
                                                                            SparseDecodeWorkspaceView ws, bool want_mass) {
@@ -960,15 +943,10 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
       if (pu < n_pages) {
         const int slot = rows.page_indices[pb + pu];
         const int n = pu + 1 == n_pages ? rows.last_page_tokens[r] : pool.page_tokens;
-        if constexpr (row_pairs<HD, LAYOUT>()) {
-          tensor_copy_3d_to_shared(k_dst, &maps.pages_k, 0, 2 * (n - kTmaTokens), slot, &full[ps]);
-          tensor_copy_3d_to_shared(v_dst, &maps.pages_v, 0, 2 * (n - kTmaTokens), slot, &full[ps]);
-        } else {
 #pragma unroll
         for (int b = 0; b < kBoxes; ++b) {
           tensor_copy_3d_to_shared(k_dst + b * kTmaBoxBytes, &maps.pages_k, b * kTmaBoxDims, n - kTmaTokens, slot, &full[ps]);
           tensor_copy_3d_to_shared(v_dst + b * kTmaBoxBytes, &maps.pages_v, b * kTmaBoxDims, n - kTmaTokens, slot, &full[ps]);
-        }
         }
       } else {
         const int32_t j = pu - n_pages;
@@ -976,15 +954,10 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
         const int32_t n_sum = rows.summary_indptr[r + 1] - sb;
         const int32_t n = min(kTmaTokens, n_sum - j * kTmaTokens);
         const int32_t first = sb + j * kTmaTokens + n - kTmaTokens;
-        if constexpr (row_pairs<HD, LAYOUT>()) {
-          tensor_copy_2d_to_shared(k_dst, &maps.summary_k, 0, 2 * first, &full[ps]);
-          tensor_copy_2d_to_shared(v_dst, &maps.summary_v, 0, 2 * first, &full[ps]);
-        } else {
 #pragma unroll
         for (int b = 0; b < kBoxes; ++b) {
           tensor_copy_2d_to_shared(k_dst + b * kTmaBoxBytes, &maps.summary_k, b * kTmaBoxDims, first, &full[ps]);
           tensor_copy_2d_to_shared(v_dst + b * kTmaBoxBytes, &maps.summary_v, b * kTmaBoxDims, first, &full[ps]);
-        }
         }
       }
     }
@@ -1014,8 +987,8 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
       const unsigned char* kt = pipe + (2 * cs) * kTile;
       const unsigned char* vt = kt + kTile;
       mma_step<HD>(
-          qa, [&](int kc) { return kt + tile_offset<HD, LAYOUT>(k_row, kc * 2 + (mat & 1)); },
-          [&](int dc) { return vt + tile_offset<HD, LAYOUT>(v_row, dc * 2 + (mat >> 1)); },
+          qa, [&](int kc) { return kt + tile_offset(k_row, kc * 2 + (mat & 1)); },
+          [&](int dc) { return vt + tile_offset(v_row, dc * 2 + (mat >> 1)); },
           [&](int i, float qk) {
             const int row = row0 + i;
             return row >= lo ? token_score(qk, qk_scale, un.counts, row - lo) : kNegInf;
@@ -1214,12 +1187,12 @@ TensorMapEncodeTiled tensor_map_encoder() {
 }
 
 /// A bf16 tensor of `rank` dims (innermost first; strides in bytes for dims 1..) read in boxes of
-/// 64 dims × box_rows rows (× 1) with the 128-byte swizzle; false if the driver refuses the layout.
+/// 64 dims × 64 rows (× 1) with the 128-byte swizzle; false if the driver refuses the layout.
 bool encode_tile_map(CUtensorMap& map, const void* base, cuuint32_t rank, const cuuint64_t* dims,
-                     const cuuint64_t* strides, cuuint32_t box_rows, CUtensorMapL2promotion promotion) {
+                     const cuuint64_t* strides, CUtensorMapL2promotion promotion) {
   const TensorMapEncodeTiled encode = tensor_map_encoder();
   if (encode == nullptr) return false;
-  const cuuint32_t box[3] = {kTmaBoxDims, box_rows, 1};
+  const cuuint32_t box[3] = {kTmaBoxDims, kTmaTokens, 1};
   const cuuint32_t element_strides[3] = {1, 1, 1};
   return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<void*>(base), dims, strides, box,
                 element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promotion,
@@ -1229,20 +1202,16 @@ bool encode_tile_map(CUtensorMap& map, const void* base, cuuint32_t rank, const 
 /// The maps of a launch. The extents along slots and summary entries only decide where zeros
 /// come from: the kernel never asks for a row past a unit's last token, so they are set as
 /// large as the encoder takes (up to 1 TB of pool) rather than to sizes the views do not carry;
-/// the token extent of a page is what makes rows before a partial page's tokens zeros. With
-/// row pairs a "row" is half a token row (128 bytes), so rows and extents double.
-bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, bool pairs,
-                      CUtensorMapL2promotion promotion, TileMaps& maps) {
-  if (pairs && pool.token_stride != rows.head_dim) return false;
-  const cuuint64_t dims = pairs ? kTmaBoxDims : static_cast<cuuint64_t>(rows.head_dim);
-  const cuuint64_t row_bytes = pairs ? kTmaBoxDims * 2 : static_cast<cuuint64_t>(pool.token_stride) * 2;
-  const cuuint32_t box_rows = pairs ? 2 * kTmaTokens : kTmaTokens;
+/// the token extent of a page is what makes rows before a partial page's tokens zeros.
+bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, CUtensorMapL2promotion promotion,
+                      TileMaps& maps) {
+  const auto hd = static_cast<cuuint64_t>(rows.head_dim);
   const cuuint64_t page_bytes = static_cast<cuuint64_t>(pool.page_stride) * 2;
   const cuuint64_t slots = std::min<cuuint64_t>((cuuint64_t{1} << 40) / page_bytes, (cuuint64_t{1} << 31) - 1);
-  const cuuint64_t page_dims[3] = {dims, box_rows, slots};
-  const cuuint64_t page_strides[2] = {row_bytes, page_bytes};
-  if (!encode_tile_map(maps.pages_k, pool.k, 3, page_dims, page_strides, box_rows, promotion) ||
-      !encode_tile_map(maps.pages_v, pool.v, 3, page_dims, page_strides, box_rows, promotion)) {
+  const cuuint64_t page_dims[3] = {hd, static_cast<cuuint64_t>(kTmaTokens), slots};
+  const cuuint64_t page_strides[2] = {static_cast<cuuint64_t>(pool.token_stride) * 2, page_bytes};
+  if (!encode_tile_map(maps.pages_k, pool.k, 3, page_dims, page_strides, promotion) ||
+      !encode_tile_map(maps.pages_v, pool.v, 3, page_dims, page_strides, promotion)) {
     return false;
   }
   if (rows.summary_indptr == nullptr) {
@@ -1250,31 +1219,29 @@ bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& r
     maps.summary_v = maps.pages_v;
     return true;
   }
-  const cuuint64_t entry_bytes = static_cast<cuuint64_t>(rows.head_dim) * 2;
-  const cuuint64_t entry_dims[2] = {dims, std::min<cuuint64_t>((cuuint64_t{1} << 40) / entry_bytes, (cuuint64_t{1} << 30) - 1) *
-                                              (pairs ? 2 : 1)};
-  const cuuint64_t entry_strides[1] = {pairs ? row_bytes : entry_bytes};
-  return encode_tile_map(maps.summary_k, rows.summary_k, 2, entry_dims, entry_strides, box_rows, promotion) &&
-         encode_tile_map(maps.summary_v, rows.summary_v, 2, entry_dims, entry_strides, box_rows, promotion);
+  const cuuint64_t entry_dims[2] = {hd, std::min<cuuint64_t>((cuuint64_t{1} << 40) / (hd * 2), (cuuint64_t{1} << 31) - 1)};
+  const cuuint64_t entry_strides[1] = {hd * 2};
+  return encode_tile_map(maps.summary_k, rows.summary_k, 2, entry_dims, entry_strides, promotion) &&
+         encode_tile_map(maps.summary_v, rows.summary_v, 2, entry_dims, entry_strides, promotion);
 }
 
 /// v6 where it applies: 64-token pages and a pool layout the tensor maps can describe; v3 of the
 /// same stages otherwise (so every shape runs).
 /// `promotion`: how much the L2 fetches from DRAM per request of the copies (256 bytes unless a
 /// variant asks otherwise).
-template <int HD, int STAGES, TileLayout LAYOUT = TileLayout::kColumnBoxes>
+template <int HD, int STAGES>
 cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                              const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream,
                              CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B) {
   TileMaps maps{};
-  if (pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, row_pairs<HD, LAYOUT>(), promotion, maps)) {
+  if (pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, promotion, maps)) {
     return launch_split_mma<HD, STAGES>(pool, rows, ws, want_mass, stream);
   }
   constexpr size_t smem = tma_smem_bytes<HD, STAGES>();
-  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_tma_kernel<HD, STAGES, LAYOUT>,
+  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_tma_kernel<HD, STAGES>,
                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (raised != cudaSuccess) return raised;
-  sparse_decode_split_tma_kernel<HD, STAGES, LAYOUT><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws, want_mass);
+  sparse_decode_split_tma_kernel<HD, STAGES><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws, want_mass);
   return cudaGetLastError();
 }
 
@@ -1324,20 +1291,12 @@ cudaError_t dispatch_variant(const PagedKvPoolView& pool, const SparseDecodeRows
       return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream) : launch_split_tma<64, 2>(pool, rows, ws, mass, stream);
     case SparseDecodeVariant::kMmaTensorStages3:
       return big ? launch_split_tma<128, 3>(pool, rows, ws, mass, stream) : launch_split_tma<64, 3>(pool, rows, ws, mass, stream);
-    case SparseDecodeVariant::kMmaTensorStages4:
-      return big ? launch_split_tma<128, 4>(pool, rows, ws, mass, stream) : launch_split_tma<64, 4>(pool, rows, ws, mass, stream);
     case SparseDecodeVariant::kMmaTensorNoL2PromotionStages2:
       return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE)
                  : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE);
     case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
       return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_128B)
                  : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
-    case SparseDecodeVariant::kMmaTensorRowsStages2:
-      return big ? launch_split_tma<128, 2, TileLayout::kRowPairs>(pool, rows, ws, mass, stream)
-                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream);
-    case SparseDecodeVariant::kMmaTensorRowsStages3:
-      return big ? launch_split_tma<128, 3, TileLayout::kRowPairs>(pool, rows, ws, mass, stream)
-                 : launch_split_tma<64, 3>(pool, rows, ws, mass, stream);
     case SparseDecodeVariant::kRegistersUnroll4: {  // every shape (group 5-8 with unroll 2)
       const int g = rows.group;
       if (big) {
@@ -1480,28 +1439,14 @@ std::pair<const void*, size_t> split_kernel_of(SparseDecodeVariant v, int head_d
                   : fn(sparse_decode_split_mma_kernel<64, 3, MmaLoad::kCpAsync, MmaSplit::kSharedUnits>),
               big ? mma_smem_bytes<128, 3>() : mma_smem_bytes<64, 3>()};
     case SparseDecodeVariant::kMmaTensorStages2:
-      return {big ? fn(sparse_decode_split_tma_kernel<128, 2, TileLayout::kColumnBoxes>)
-                  : fn(sparse_decode_split_tma_kernel<64, 2, TileLayout::kColumnBoxes>),
+      return {big ? fn(sparse_decode_split_tma_kernel<128, 2>) : fn(sparse_decode_split_tma_kernel<64, 2>),
               big ? tma_smem_bytes<128, 2>() : tma_smem_bytes<64, 2>()};
     case SparseDecodeVariant::kMmaTensorStages3:
-      return {big ? fn(sparse_decode_split_tma_kernel<128, 3, TileLayout::kColumnBoxes>)
-                  : fn(sparse_decode_split_tma_kernel<64, 3, TileLayout::kColumnBoxes>),
+      return {big ? fn(sparse_decode_split_tma_kernel<128, 3>) : fn(sparse_decode_split_tma_kernel<64, 3>),
               big ? tma_smem_bytes<128, 3>() : tma_smem_bytes<64, 3>()};
-    case SparseDecodeVariant::kMmaTensorStages4:
-      return {big ? fn(sparse_decode_split_tma_kernel<128, 4, TileLayout::kColumnBoxes>)
-                  : fn(sparse_decode_split_tma_kernel<64, 4, TileLayout::kColumnBoxes>),
-              big ? tma_smem_bytes<128, 4>() : tma_smem_bytes<64, 4>()};
     case SparseDecodeVariant::kMmaTensorNoL2PromotionStages2:
     case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
       return split_kernel_of(SparseDecodeVariant::kMmaTensorStages2, head_dim, group);
-    case SparseDecodeVariant::kMmaTensorRowsStages2:
-      return {big ? fn(sparse_decode_split_tma_kernel<128, 2, TileLayout::kRowPairs>)
-                  : fn(sparse_decode_split_tma_kernel<64, 2, TileLayout::kColumnBoxes>),
-              big ? tma_smem_bytes<128, 2>() : tma_smem_bytes<64, 2>()};
-    case SparseDecodeVariant::kMmaTensorRowsStages3:
-      return {big ? fn(sparse_decode_split_tma_kernel<128, 3, TileLayout::kRowPairs>)
-                  : fn(sparse_decode_split_tma_kernel<64, 3, TileLayout::kColumnBoxes>),
-              big ? tma_smem_bytes<128, 3>() : tma_smem_bytes<64, 3>()};
     case SparseDecodeVariant::kRegistersUnroll4: return {fn(sparse_decode_split_kernel<128, 4, 4>), 0};
     case SparseDecodeVariant::kAsyncUnroll4Stages3:
       return {fn(sparse_decode_split_async_kernel<128, 4, 4, 3>), async_smem_bytes<4, 3>()};

@@ -146,9 +146,6 @@ enum class SparseDecodeVariant {
   kMmaSharedStages3,  //     per-unit mass there: with mass asked, v3 of the same stages runs)
   kMmaTensorStages2,  // v6: v5's shared 64-token tiles filled by tensor copies (TMA) into swizzled
   kMmaTensorStages3,  //     shared memory, with mass; 64-token pages (else v3 of the same stages)
-  kMmaTensorStages4,
-  kMmaTensorRowsStages2,  // v7: v6 with a page's K (and V) as one box of 128 half rows, one
-  kMmaTensorRowsStages3,  //     contiguous stream (head dim 128; at 64 it is v6)
   kMmaTensorNoL2PromotionStages2,  // v6 s2 with the tensor maps' L2 promotion off (default: 256 B)
   kMmaTensorL2Promotion128Stages2,  // v6 s2 with 128-byte L2 promotion
 };

@@ -3,7 +3,7 @@
 //
 //   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense]
 //                      [--slots shuffled|ordered] [--layout interleaved|split]
-//                      [--version default|v3s2|v3s3|v5s2|v5s3|v6s2|v6s3|v6s4|v6s2np|v6s2p128|v7s2|v7s3]
+//                      [--version default|v3s2|v3s3|v5s2|v5s3|v6s2|v6s3|v6s2np|v6s2p128]
 //
 // --version times the dense, all-layer and sparse points with one kernel version instead of
 // the default (TSV label kvlab_<version>), so that versions meet torch in the same visit.
@@ -322,11 +322,8 @@ struct Bench {
         {SparseDecodeVariant::kMmaSharedStages3, "v5 mma shared pages s3"},
         {SparseDecodeVariant::kMmaTensorStages2, "v6 mma tensor tiles s2"},
         {SparseDecodeVariant::kMmaTensorStages3, "v6 mma tensor tiles s3"},
-        {SparseDecodeVariant::kMmaTensorStages4, "v6 mma tensor tiles s4"},
         {SparseDecodeVariant::kMmaTensorNoL2PromotionStages2, "v6 s2 no L2 promotion"},
         {SparseDecodeVariant::kMmaTensorL2Promotion128Stages2, "v6 s2 L2 promotion 128B"},
-        {SparseDecodeVariant::kMmaTensorRowsStages2, "v7 mma tensor row pairs s2"},
-        {SparseDecodeVariant::kMmaTensorRowsStages3, "v7 mma tensor row pairs s3"},
     };
     const Point points[] = {{kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=1"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
@@ -491,11 +488,8 @@ int run(int argc, char** argv) {
                                                                 {"v5s3", SparseDecodeVariant::kMmaSharedStages3},
                                                                 {"v6s2", SparseDecodeVariant::kMmaTensorStages2},
                                                                 {"v6s3", SparseDecodeVariant::kMmaTensorStages3},
-                                                                {"v6s4", SparseDecodeVariant::kMmaTensorStages4},
                                                                 {"v6s2np", SparseDecodeVariant::kMmaTensorNoL2PromotionStages2},
-                                                                {"v6s2p128", SparseDecodeVariant::kMmaTensorL2Promotion128Stages2},
-                                                                {"v7s2", SparseDecodeVariant::kMmaTensorRowsStages2},
-                                                                {"v7s3", SparseDecodeVariant::kMmaTensorRowsStages3}};
+                                                                {"v6s2p128", SparseDecodeVariant::kMmaTensorL2Promotion128Stages2}};
   std::string version_list;  // for the messages: "default|v3s2|..."
   for (const auto& [name, v] : kVersions) version_list += (version_list.empty() ? "" : "|") + name;
   for (int i = 1; i < argc; ++i) {

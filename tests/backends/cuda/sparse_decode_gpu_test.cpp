@@ -337,16 +337,13 @@ const SparseDecodeVariant kAllShapes[] = {SparseDecodeVariant::kMmaStages2,     
                                           SparseDecodeVariant::kMmaL2PrefetchStages2, SparseDecodeVariant::kMmaBulkStages2,
                                           SparseDecodeVariant::kMmaBulkStages3,      SparseDecodeVariant::kMmaSharedStages2,
                                           SparseDecodeVariant::kMmaSharedStages3,    SparseDecodeVariant::kMmaTensorStages2,
-                                          SparseDecodeVariant::kMmaTensorStages3,    SparseDecodeVariant::kMmaTensorStages4,
-                                          SparseDecodeVariant::kMmaTensorRowsStages2, SparseDecodeVariant::kMmaTensorRowsStages3};
+                                          SparseDecodeVariant::kMmaTensorStages3};
 /// Versions that split every unit over the CTA's warps. v5 writes no per-unit mass: its own path
-/// runs only without mass (with mass, kAllShapes above checks that v3 stands in). v6/v7 combine
+/// runs only without mass (with mass, kAllShapes above checks that v3 stands in). v6 combines
 /// the warps' slices into the unit's mass, and run only on 64-token pages
 /// (check_shared_page_edges' 100-token pages check that v3 stands in there).
 const SparseDecodeVariant kSharedPages[] = {SparseDecodeVariant::kMmaSharedStages2, SparseDecodeVariant::kMmaSharedStages3,
-                                            SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3,
-                                            SparseDecodeVariant::kMmaTensorStages4, SparseDecodeVariant::kMmaTensorRowsStages2,
-                                            SparseDecodeVariant::kMmaTensorRowsStages3};
+                                            SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3};
 
 /// Rows whose last page ends inside each warp's 16-token slice of a 64-token page (and a
 /// 100-token page, whose second half-slice is short), with summary blocks of every length.
@@ -432,8 +429,6 @@ TEST(SparseDecodeSanitize, SixtyFourTokenPages) {
 }
 
 const SparseDecodeVariant kTensorTiles[] = {SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3,
-                                            SparseDecodeVariant::kMmaTensorStages4, SparseDecodeVariant::kMmaTensorRowsStages2,
-                                            SparseDecodeVariant::kMmaTensorRowsStages3,
                                             SparseDecodeVariant::kMmaTensorNoL2PromotionStages2,
                                             SparseDecodeVariant::kMmaTensorL2Promotion128Stages2};
 
@@ -452,7 +447,7 @@ TEST(SparseDecodeCandidate, TensorTilesWithMassMatchReference) {
 
 TEST(SparseDecodeCandidateSanitize, TensorTilesWithMass) {
   KVLAB_REQUIRE_CANDIDATES();
-  for (const SparseDecodeVariant v : {SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorRowsStages3}) {
+  for (const SparseDecodeVariant v : {SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3}) {
     SCOPED_TRACE("variant " + std::to_string(static_cast<int>(v)));
     check_shared_page_edges(v, 128, 4, 1500 + static_cast<int>(v), /*mass=*/true);
   }
