@@ -399,22 +399,7 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_kernel(PagedKvPo
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
-    const int h = idx / HD;
-    const int d = idx % HD;
-    float mx = kNegInf;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm_m[w][h]);
-    float lsum = 0.0F, o = 0.0F;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float f = exp2f(sm_m[w][h] - mx);  // 0 for a warp that had no unit
-      lsum += sm_l[w][h] * f;
-      o += sm_acc[w][h][d] * f;
-    }
-    ws.partial_o[(int64_t{blockIdx.x} * G + h) * HD + d] = o / lsum;
-    if (d == 0) ws.partial_lse[int64_t{blockIdx.x} * G + h] = mx + log2f(lsum);
-  }
+  store_partials<HD>(sm_acc, sm_m, sm_l, G, ws);
 }
 
 /// Shared memory of the v2 kernel: per warp, STAGES steps of kUnroll × (K, V) × 32 lanes × 16 B.
