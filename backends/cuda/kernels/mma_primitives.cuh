@@ -1,8 +1,8 @@
 // Warp-level building blocks of the tensor-core kernels (sm_80+ instructions, used on sm_90):
 // asynchronous 16-byte copies, bulk copies and tensor copies (mbarrier-completed) into shared
 // memory, ldmatrix and mma.m16n8k16 with bf16 operands and float32 accumulators, and bf16
-// packing. Header-only and device-only, so each
-// kernel file that includes it gets its own inlined copies.
+// packing. Header-only and device-only, so each kernel file that includes it gets its own
+// inlined copies.
 //
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, c = lane % 4), which the kernels rely on:
 //   A (16×16, row-major): a0 = (row g, cols 2c..2c+1), a1 = (row g+8, same cols),

@@ -536,7 +536,7 @@ enum class MmaSplit { kOwnUnits, kSharedUnits };
 /// sum over the current unit (its mass).
 template <int HD>
 struct MmaState {
-  float o[HD / 8][4];
+  float o[HD / 8][4] = {};
   float m = kNegInf, l = 0.0F, unit_sum = 0.0F;
 };
 
@@ -663,8 +663,7 @@ constexpr size_t merge_smem_bytes() {
 template <int HD, int STAGES, MmaLoad LOAD = MmaLoad::kCpAsync, MmaSplit SPLIT = MmaSplit::kOwnUnits>
 __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(PagedKvPoolView pool, SparseDecodeRowsView rows,
                                                                            SparseDecodeWorkspaceView ws, bool want_mass) {
-  constexpr int kChunks = HD / 16;   // k-chunks of q·k, and pairs of 8-dim n-tiles of p·v
-  constexpr int kNTiles = HD / 8;
+  constexpr int kChunks = HD / 16;  // k-chunks of q·k (the Q fragments)
   constexpr int kRow = mma_row_bytes<HD>();
   constexpr int kTile = kMmaTokens * kRow;  // one K (or V) tile of a stage
   constexpr int kPieces = kMmaTokens * HD / 8 / 32;  // 16-byte copies per lane per tile
@@ -703,8 +702,6 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
   }
   const float qk_scale = rows.scale * kLog2e;
   MmaState<HD> st;
-#pragma unroll
-  for (int j = 0; j < kNTiles; ++j) st.o[j][0] = st.o[j][1] = st.o[j][2] = st.o[j][3] = 0.0F;
 
   const int32_t unit_base = ws.row_unit_indptr[r];
   const int end = item.unit_end;
@@ -864,7 +861,6 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
                                                                            PagedKvPoolView pool, SparseDecodeRowsView rows,
                                                                            SparseDecodeWorkspaceView ws, bool want_mass) {
   constexpr int kChunks = HD / 16;
-  constexpr int kNTiles = HD / 8;
   constexpr int kBoxes = HD / kTmaBoxDims;
   constexpr int kTile = tma_tile_bytes<HD>();
   extern __shared__ unsigned char tma_raw[];
@@ -897,8 +893,6 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
   }
   const float qk_scale = rows.scale * kLog2e;
   MmaState<HD> st;
-#pragma unroll
-  for (int j = 0; j < kNTiles; ++j) st.o[j][0] = st.o[j][1] = st.o[j][2] = st.o[j][3] = 0.0F;
   // The per-unit mass: each warp's log2-sum-exp over its slice of the unit (-inf for a slice
   // with no token), combined by warp 0 after the next barrier; two buffers by unit parity, so
   // a warp may write unit u + 1's while warp 0 still reads unit u's.

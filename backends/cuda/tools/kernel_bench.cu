@@ -3,7 +3,7 @@
 //
 //   kvlab_kernel_bench [--out FILE.tsv] [--quick] [--only attention|topk|candidates|topk_candidates|plans|profile|dense]
 //                      [--slots shuffled|ordered] [--layout interleaved|split]
-//                      [--version default|v3s2|v3s3|v5s2|v5s3|v6s2|v6s3|v6s2np|v6s2p128]
+//                      [--version NAME]   (the usage message lists the names)
 //
 // --version times the dense, all-layer and sparse points with one kernel version instead of
 // the default (TSV label kvlab_<version>), so that versions meet torch in the same visit.

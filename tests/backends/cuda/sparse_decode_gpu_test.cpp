@@ -340,7 +340,7 @@ const SparseDecodeVariant kAllShapes[] = {SparseDecodeVariant::kMmaStages2,     
                                           SparseDecodeVariant::kMmaTensorStages3};
 /// Versions that split every unit over the CTA's warps. v5 writes no per-unit mass: its own path
 /// runs only without mass (with mass, kAllShapes above checks that v3 stands in). v6 combines
-/// the warps' slices into the unit's mass, and run only on 64-token pages
+/// the warps' slices into the unit's mass, and runs only on 64-token pages
 /// (check_shared_page_edges' 100-token pages check that v3 stands in there).
 const SparseDecodeVariant kSharedPages[] = {SparseDecodeVariant::kMmaSharedStages2, SparseDecodeVariant::kMmaSharedStages3,
                                             SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3};
