@@ -110,6 +110,29 @@ __device__ __forceinline__ void tensor_copy_3d_to_shared(void* dst, const void* 
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_address(bar))
       : "memory");
 }
+/// An L2 cache policy that marks what it covers as first to evict (streamed data that is read
+/// once), for the copies' .L2::cache_hint operand.
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ void tensor_copy_2d_to_shared_hint(void* dst, const void* map, int c0, int c1, uint64_t* bar,
+                                                              uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
+      "%3}], [%4], %5;\n" ::"r"(smem_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_address(bar)), "l"(policy)
+      : "memory");
+}
+__device__ __forceinline__ void tensor_copy_3d_to_shared_hint(void* dst, const void* map, int c0, int c1, int c2,
+                                                              uint64_t* bar, uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
+      "%3, %4}], [%5], %6;\n" ::"r"(smem_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_address(bar)), "l"(policy)
+      : "memory");
+}
 
 /// Byte offset of the 16-byte piece `chunk` (0-7) of row `row` in a tile written with the
 /// 128-byte swizzle (rows of 128 bytes, tile 1024-byte aligned): piece c of row r lands at piece

@@ -859,7 +859,8 @@ __device__ __forceinline__ int tile_offset(int t, int c) { return (c >> 3) * kTm
 template <int HD, int STAGES>
 __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const __grid_constant__ TileMaps maps,
                                                                            PagedKvPoolView pool, SparseDecodeRowsView rows,
-                                                                           SparseDecodeWorkspaceView ws, bool want_mass) {
+                                                                           SparseDecodeWorkspaceView ws, bool want_mass,
+                                                                           bool evict_first) {
   constexpr int kChunks = HD / 16;
   constexpr int kBoxes = HD / kTmaBoxDims;
   constexpr int kTile = tma_tile_bytes<HD>();
@@ -912,6 +913,21 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
   const int32_t n_pages = rows.page_indptr[r + 1] - pb;
   int pu = item.unit_begin;
   int ps = 0;
+  const uint64_t l2_policy = evict_first ? l2_evict_first_policy() : 0;
+  auto copy_3d = [&](void* dst, const CUtensorMap* map, int c0, int c1, int c2, uint64_t* bar) {
+    if (evict_first) {
+      tensor_copy_3d_to_shared_hint(dst, map, c0, c1, c2, bar, l2_policy);
+    } else {
+      tensor_copy_3d_to_shared(dst, map, c0, c1, c2, bar);
+    }
+  };
+  auto copy_2d = [&](void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+    if (evict_first) {
+      tensor_copy_2d_to_shared_hint(dst, map, c0, c1, bar, l2_policy);
+    } else {
+      tensor_copy_2d_to_shared(dst, map, c0, c1, bar);
+    }
+  };
   // Thread 0 fills stage ps with unit pu (if any); every thread steps the same counters.
   auto produce = [&]() {
     if (threadIdx.x == 0 && pu < end) {
@@ -924,8 +940,8 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
         const int n = pu + 1 == n_pages ? rows.last_page_tokens[r] : pool.page_tokens;
 #pragma unroll
         for (int b = 0; b < kBoxes; ++b) {
-          tensor_copy_3d_to_shared(k_dst + b * kTmaBoxBytes, &maps.pages_k, b * kTmaBoxDims, n - kTmaTokens, slot, &full[ps]);
-          tensor_copy_3d_to_shared(v_dst + b * kTmaBoxBytes, &maps.pages_v, b * kTmaBoxDims, n - kTmaTokens, slot, &full[ps]);
+          copy_3d(k_dst + b * kTmaBoxBytes, &maps.pages_k, b * kTmaBoxDims, n - kTmaTokens, slot, &full[ps]);
+          copy_3d(v_dst + b * kTmaBoxBytes, &maps.pages_v, b * kTmaBoxDims, n - kTmaTokens, slot, &full[ps]);
         }
       } else {
         const int32_t j = pu - n_pages;
@@ -935,8 +951,8 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
         const int32_t first = sb + j * kTmaTokens + n - kTmaTokens;
 #pragma unroll
         for (int b = 0; b < kBoxes; ++b) {
-          tensor_copy_2d_to_shared(k_dst + b * kTmaBoxBytes, &maps.summary_k, b * kTmaBoxDims, first, &full[ps]);
-          tensor_copy_2d_to_shared(v_dst + b * kTmaBoxBytes, &maps.summary_v, b * kTmaBoxDims, first, &full[ps]);
+          copy_2d(k_dst + b * kTmaBoxBytes, &maps.summary_k, b * kTmaBoxDims, first, &full[ps]);
+          copy_2d(v_dst + b * kTmaBoxBytes, &maps.summary_v, b * kTmaBoxDims, first, &full[ps]);
         }
       }
     }
@@ -1207,11 +1223,12 @@ bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& r
 /// v6 where it applies: 64-token pages and a pool layout the tensor maps can describe; v3 of the
 /// same stages otherwise (so every shape runs).
 /// `promotion`: how much the L2 fetches from DRAM per request of the copies (256 bytes unless a
-/// variant asks otherwise).
+/// variant asks otherwise); `evict_first`: the copies carry an evict-first L2 policy.
 template <int HD, int STAGES>
 cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                              const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream,
-                             CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B) {
+                             CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                             bool evict_first = false) {
   TileMaps maps{};
   if (pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, promotion, maps)) {
     return launch_split_mma<HD, STAGES>(pool, rows, ws, want_mass, stream);
@@ -1220,7 +1237,8 @@ cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRows
   static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_tma_kernel<HD, STAGES>,
                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (raised != cudaSuccess) return raised;
-  sparse_decode_split_tma_kernel<HD, STAGES><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws, want_mass);
+  sparse_decode_split_tma_kernel<HD, STAGES><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws, want_mass,
+                                                                                             evict_first);
   return cudaGetLastError();
 }
 
@@ -1276,6 +1294,12 @@ cudaError_t dispatch_variant(const PagedKvPoolView& pool, const SparseDecodeRows
     case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
       return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_128B)
                  : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
+    case SparseDecodeVariant::kMmaTensorEvictFirstStages2:
+      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, true)
+                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, true);
+    case SparseDecodeVariant::kMmaTensorNoL2PromotionEvictFirstStages2:
+      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE, true)
+                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE, true);
     case SparseDecodeVariant::kRegistersUnroll4: {  // every shape (group 5-8 with unroll 2)
       const int g = rows.group;
       if (big) {
@@ -1425,6 +1449,8 @@ std::pair<const void*, size_t> split_kernel_of(SparseDecodeVariant v, int head_d
               big ? tma_smem_bytes<128, 3>() : tma_smem_bytes<64, 3>()};
     case SparseDecodeVariant::kMmaTensorNoL2PromotionStages2:
     case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
+    case SparseDecodeVariant::kMmaTensorEvictFirstStages2:
+    case SparseDecodeVariant::kMmaTensorNoL2PromotionEvictFirstStages2:
       return split_kernel_of(SparseDecodeVariant::kMmaTensorStages2, head_dim, group);
     case SparseDecodeVariant::kRegistersUnroll4: return {fn(sparse_decode_split_kernel<128, 4, 4>), 0};
     case SparseDecodeVariant::kAsyncUnroll4Stages3:

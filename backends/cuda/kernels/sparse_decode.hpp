@@ -148,6 +148,8 @@ enum class SparseDecodeVariant {
   kMmaTensorStages3,  //     shared memory, with mass; 64-token pages (else v3 of the same stages)
   kMmaTensorNoL2PromotionStages2,  // v6 s2 with the tensor maps' L2 promotion off (default: 256 B)
   kMmaTensorL2Promotion128Stages2,  // v6 s2 with 128-byte L2 promotion
+  kMmaTensorEvictFirstStages2,      // v6 s2 whose copies carry an evict-first L2 policy
+  kMmaTensorNoL2PromotionEvictFirstStages2,  // both: no promotion, evict first
 };
 
 /// launch_sparse_decode with a chosen kernel version; cudaErrorInvalidValue for a variant

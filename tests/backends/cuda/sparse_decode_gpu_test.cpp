@@ -430,7 +430,9 @@ TEST(SparseDecodeSanitize, SixtyFourTokenPages) {
 
 const SparseDecodeVariant kTensorTiles[] = {SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3,
                                             SparseDecodeVariant::kMmaTensorNoL2PromotionStages2,
-                                            SparseDecodeVariant::kMmaTensorL2Promotion128Stages2};
+                                            SparseDecodeVariant::kMmaTensorL2Promotion128Stages2,
+                                            SparseDecodeVariant::kMmaTensorEvictFirstStages2,
+                                            SparseDecodeVariant::kMmaTensorNoL2PromotionEvictFirstStages2};
 
 TEST(SparseDecodeCandidate, TensorTilesWithMassMatchReference) {
   KVLAB_REQUIRE_CANDIDATES();
