@@ -110,6 +110,14 @@ __device__ __forceinline__ void tensor_copy_3d_to_shared(void* dst, const void* 
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_address(bar))
       : "memory");
 }
+// ---- programmatic dependent launch (sm_90) --------------------------------------------------
+/// Lets the next kernel of the stream, if launched as a programmatic dependent, be scheduled
+/// once every CTA of this grid has called this or exited.
+__device__ __forceinline__ void grid_dependents_launch() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+/// Waits until the grids this one depends on have completed and their writes are visible (at
+/// once when it was not launched as a programmatic dependent).
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+
 /// An L2 cache policy that marks what it covers as first to evict (streamed data that is read
 /// once), for the copies' .L2::cache_hint operand.
 __device__ __forceinline__ uint64_t l2_evict_first_policy() {

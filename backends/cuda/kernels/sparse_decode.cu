@@ -3,6 +3,7 @@
 #include <cuda.h>  // CUtensorMap and its encoder's signature (reached through the runtime)
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -997,6 +998,8 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
     }
     cs = cs + 1 == STAGES ? 0 : cs + 1;
   }
+  // This CTA reads no more K/V: the reduction (a programmatic dependent launch) may be scheduled.
+  grid_dependents_launch();
   if (want_mass) {
     __syncthreads();
     write_unit_lse(end - 1);
@@ -1068,6 +1071,10 @@ __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(Sp
   const int r = blockIdx.x;
   const int head = blockIdx.y;
   const int G = rows.group;
+  // Launched as a programmatic dependent of the split kernel: its CTAs may be resident before
+  // the split grid is done; this waits for that grid's completion and its writes (a no-op for
+  // a launch without the attribute).
+  grid_dependency_wait();
   const int ib = ws.row_item_indptr[r];
   const int ie = ws.row_item_indptr[r + 1];
   __shared__ float lse_row[kSparseDecodeMaxGroup];
@@ -1198,8 +1205,8 @@ bool encode_tile_map(CUtensorMap& map, const void* base, cuuint32_t rank, const 
 /// come from: the kernel never asks for a row past a unit's last token, so they are set as
 /// large as the encoder takes (up to 1 TB of pool) rather than to sizes the views do not carry;
 /// the token extent of a page is what makes rows before a partial page's tokens zeros.
-bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, CUtensorMapL2promotion promotion,
-                      TileMaps& maps) {
+bool encode_tile_maps_uncached(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
+                               CUtensorMapL2promotion promotion, TileMaps& maps) {
   const auto hd = static_cast<cuuint64_t>(rows.head_dim);
   const cuuint64_t page_bytes = static_cast<cuuint64_t>(pool.page_stride) * 2;
   const cuuint64_t slots = std::min<cuuint64_t>((cuuint64_t{1} << 40) / page_bytes, (cuuint64_t{1} << 31) - 1);
@@ -1220,17 +1227,58 @@ bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& r
          encode_tile_map(maps.summary_v, rows.summary_v, 2, entry_dims, entry_strides, promotion);
 }
 
+/// encode_tile_maps_uncached behind a small per-thread cache: a decoder launches once per layer
+/// or step over the same pools, and four encodes cost microseconds of host time per launch. A
+/// launch's maps depend only on what the key holds (the extents are fixed, see above).
+bool encode_tile_maps(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, CUtensorMapL2promotion promotion,
+                      TileMaps& maps) {
+  struct Key {
+    const void *k, *v, *summary_k, *summary_v;
+    int64_t page_stride;
+    int32_t token_stride, head_dim;
+    CUtensorMapL2promotion promotion;
+    bool operator==(const Key&) const = default;
+  };
+  struct Entry {
+    Key key;
+    TileMaps maps;
+  };
+  constexpr size_t kEntries = 8;
+  thread_local std::array<Entry, kEntries> cache{};
+  thread_local size_t filled = 0;
+  thread_local size_t next = 0;
+  const bool summaries = rows.summary_indptr != nullptr;
+  const Key key{pool.k,         pool.v,        summaries ? rows.summary_k : nullptr, summaries ? rows.summary_v : nullptr,
+                pool.page_stride, pool.token_stride, rows.head_dim, promotion};
+  for (size_t i = 0; i < filled; ++i) {
+    if (cache[i].key == key) {
+      maps = cache[i].maps;
+      return true;
+    }
+  }
+  if (!encode_tile_maps_uncached(pool, rows, promotion, maps)) return false;  // refusals are not cached
+  cache[next] = {key, maps};
+  next = (next + 1) % kEntries;
+  filled = std::min(filled + 1, kEntries);
+  return true;
+}
+
+/// How v6's copies use the L2 (NOTES.md, device-2026-12-03e: the tensor maps' 256-byte promotion
+/// made the L2 serve a quarter of the K/V twice and cost 5-8%; no promotion with an evict-first
+/// policy is the fastest measured).
+struct TmaLoadOptions {
+  CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_NONE;
+  bool evict_first = true;
+};
+
 /// v6 where it applies: 64-token pages and a pool layout the tensor maps can describe; v3 of the
 /// same stages otherwise (so every shape runs).
-/// `promotion`: how much the L2 fetches from DRAM per request of the copies (256 bytes unless a
-/// variant asks otherwise); `evict_first`: the copies carry an evict-first L2 policy.
 template <int HD, int STAGES>
 cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                              const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream,
-                             CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                             bool evict_first = false) {
+                             TmaLoadOptions load = {}) {
   TileMaps maps{};
-  if (pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, promotion, maps)) {
+  if (pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, load.promotion, maps)) {
     return launch_split_mma<HD, STAGES>(pool, rows, ws, want_mass, stream);
   }
   constexpr size_t smem = tma_smem_bytes<HD, STAGES>();
@@ -1238,20 +1286,33 @@ cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRows
                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (raised != cudaSuccess) return raised;
   sparse_decode_split_tma_kernel<HD, STAGES><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws, want_mass,
-                                                                                             evict_first);
+                                                                                             load.evict_first);
   return cudaGetLastError();
 }
 
+bool tensor_tiles_apply(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, const TmaLoadOptions& load) {
+  TileMaps maps{};
+  return pool.page_tokens == kTmaTokens && encode_tile_maps(pool, rows, load.promotion, maps);
+}
+
+/// The reduction after a split kernel. `overlap`: launched as a programmatic dependent launch,
+/// so its launch and scheduling overlap the split kernel's last CTAs (v6 signals when its
+/// loads are done; the reduction still waits for the whole grid before it reads a partial).
 template <int HD>
 cudaError_t launch_reduce(const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,
-                          const SparseDecodeWorkspaceView& ws, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(rows.n_rows), static_cast<unsigned>(rows.group));
-  if (ws.n_items >= kLongRowItems * rows.n_rows) {
-    sparse_decode_reduce_kernel<HD, kReduceThreadsLong><<<grid, kReduceThreadsLong, 0, stream>>>(rows, out, ws);
-  } else {
-    sparse_decode_reduce_kernel<HD, kReduceThreadsShort><<<grid, kReduceThreadsShort, 0, stream>>>(rows, out, ws);
-  }
-  return cudaGetLastError();
+                          const SparseDecodeWorkspaceView& ws, cudaStream_t stream, bool overlap = false) {
+  const bool long_rows = ws.n_items >= kLongRowItems * rows.n_rows;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(rows.n_rows), static_cast<unsigned>(rows.group));
+  config.blockDim = dim3(long_rows ? kReduceThreadsLong : kReduceThreadsShort);
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = overlap ? 1 : 0;
+  return long_rows ? cudaLaunchKernelEx(&config, sparse_decode_reduce_kernel<HD, kReduceThreadsLong>, rows, out, ws)
+                   : cudaLaunchKernelEx(&config, sparse_decode_reduce_kernel<HD, kReduceThreadsShort>, rows, out, ws);
 }
 
 bool wants_mass(const SparseDecodeOutView& out) { return out.page_mass != nullptr || out.summary_mass != nullptr; }
@@ -1288,18 +1349,21 @@ cudaError_t dispatch_variant(const PagedKvPoolView& pool, const SparseDecodeRows
       return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream) : launch_split_tma<64, 2>(pool, rows, ws, mass, stream);
     case SparseDecodeVariant::kMmaTensorStages3:
       return big ? launch_split_tma<128, 3>(pool, rows, ws, mass, stream) : launch_split_tma<64, 3>(pool, rows, ws, mass, stream);
-    case SparseDecodeVariant::kMmaTensorNoL2PromotionStages2:
-      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE)
-                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE);
-    case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
-      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_128B)
-                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
-    case SparseDecodeVariant::kMmaTensorEvictFirstStages2:
-      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, true)
-                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, true);
-    case SparseDecodeVariant::kMmaTensorNoL2PromotionEvictFirstStages2:
-      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE, true)
-                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, CU_TENSOR_MAP_L2_PROMOTION_NONE, true);
+    case SparseDecodeVariant::kMmaTensorNoCacheHintStages2: {
+      const TmaLoadOptions load{CU_TENSOR_MAP_L2_PROMOTION_NONE, false};
+      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, load)
+                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, load);
+    }
+    case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2: {
+      const TmaLoadOptions load{CU_TENSOR_MAP_L2_PROMOTION_L2_128B, false};
+      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, load)
+                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, load);
+    }
+    case SparseDecodeVariant::kMmaTensorL2Promotion256Stages2: {
+      const TmaLoadOptions load{CU_TENSOR_MAP_L2_PROMOTION_L2_256B, false};
+      return big ? launch_split_tma<128, 2>(pool, rows, ws, mass, stream, load)
+                 : launch_split_tma<64, 2>(pool, rows, ws, mass, stream, load);
+    }
     case SparseDecodeVariant::kRegistersUnroll4: {  // every shape (group 5-8 with unroll 2)
       const int g = rows.group;
       if (big) {
@@ -1339,7 +1403,8 @@ cudaError_t dispatch_sparse_decode(const PagedKvPoolView& pool, const SparseDeco
                                    cudaStream_t stream) {
   const cudaError_t err = dispatch_variant(pool, rows, ws, wants_mass(out), kDefaultVariant, stream);
   if (err != cudaSuccess) return err;
-  return rows.head_dim == 128 ? launch_reduce<128>(rows, out, ws, stream) : launch_reduce<64>(rows, out, ws, stream);
+  return rows.head_dim == 128 ? launch_reduce<128>(rows, out, ws, stream, /*overlap=*/true)
+                              : launch_reduce<64>(rows, out, ws, stream, /*overlap=*/true);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15U) == 0; }
@@ -1394,14 +1459,26 @@ cudaError_t launch_sparse_decode(const PagedKvPoolView& pool, const SparseDecode
   return dispatch_sparse_decode(pool, rows, out, ws, stream);
 }
 
+bool sparse_decode_uses_tensor_tiles(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows) {
+  static_assert(kDefaultVariant == SparseDecodeVariant::kMmaTensorStages2 ||
+                    kDefaultVariant == SparseDecodeVariant::kMmaTensorStages3,
+                "the default kernel is v6 with the default load options");
+  return tensor_tiles_apply(pool, rows, TmaLoadOptions{});
+}
+
 cudaError_t launch_sparse_decode_variant(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                                          const SparseDecodeOutView& out, const SparseDecodeWorkspaceView& ws,
                                          SparseDecodeVariant variant, cudaStream_t stream) {
   if (!sparse_decode_invalid(pool, rows, out, ws).empty()) return cudaErrorInvalidValue;
   if (variant == SparseDecodeVariant::kDefault) return dispatch_sparse_decode(pool, rows, out, ws, stream);
-  const cudaError_t err = dispatch_variant(pool, rows, ws, wants_mass(out), variant, stream);
+  const SparseDecodeVariant split = variant == SparseDecodeVariant::kMmaTensorSerialReduceStages2
+                                        ? SparseDecodeVariant::kMmaTensorStages2
+                                        : variant;
+  const cudaError_t err = dispatch_variant(pool, rows, ws, wants_mass(out), split, stream);
   if (err != cudaSuccess) return err;
-  return rows.head_dim == 128 ? launch_reduce<128>(rows, out, ws, stream) : launch_reduce<64>(rows, out, ws, stream);
+  const bool overlap = variant != SparseDecodeVariant::kMmaTensorSerialReduceStages2;
+  return rows.head_dim == 128 ? launch_reduce<128>(rows, out, ws, stream, overlap)
+                              : launch_reduce<64>(rows, out, ws, stream, overlap);
 }
 
 namespace {
@@ -1447,10 +1524,10 @@ std::pair<const void*, size_t> split_kernel_of(SparseDecodeVariant v, int head_d
     case SparseDecodeVariant::kMmaTensorStages3:
       return {big ? fn(sparse_decode_split_tma_kernel<128, 3>) : fn(sparse_decode_split_tma_kernel<64, 3>),
               big ? tma_smem_bytes<128, 3>() : tma_smem_bytes<64, 3>()};
-    case SparseDecodeVariant::kMmaTensorNoL2PromotionStages2:
+    case SparseDecodeVariant::kMmaTensorNoCacheHintStages2:
     case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
-    case SparseDecodeVariant::kMmaTensorEvictFirstStages2:
-    case SparseDecodeVariant::kMmaTensorNoL2PromotionEvictFirstStages2:
+    case SparseDecodeVariant::kMmaTensorL2Promotion256Stages2:
+    case SparseDecodeVariant::kMmaTensorSerialReduceStages2:
       return split_kernel_of(SparseDecodeVariant::kMmaTensorStages2, head_dim, group);
     case SparseDecodeVariant::kRegistersUnroll4: return {fn(sparse_decode_split_kernel<128, 4, 4>), 0};
     case SparseDecodeVariant::kAsyncUnroll4Stages3:

@@ -145,12 +145,19 @@ enum class SparseDecodeVariant {
   kMmaSharedStages2,  // v5: v3 with a CTA's 4 warps splitting each page by 16-token slices (no
   kMmaSharedStages3,  //     per-unit mass there: with mass asked, v3 of the same stages runs)
   kMmaTensorStages2,  // v6: v5's shared 64-token tiles filled by tensor copies (TMA) into swizzled
-  kMmaTensorStages3,  //     shared memory, with mass; 64-token pages (else v3 of the same stages)
-  kMmaTensorNoL2PromotionStages2,  // v6 s2 with the tensor maps' L2 promotion off (default: 256 B)
-  kMmaTensorL2Promotion128Stages2,  // v6 s2 with 128-byte L2 promotion
-  kMmaTensorEvictFirstStages2,      // v6 s2 whose copies carry an evict-first L2 policy
-  kMmaTensorNoL2PromotionEvictFirstStages2,  // both: no promotion, evict first
+  kMmaTensorStages3,  //     shared memory, with mass; 64-token pages (else v3 of the same stages);
+                      //     no L2 promotion, evict-first copies
+  kMmaTensorNoCacheHintStages2,     // v6 s2 without the evict-first policy
+  kMmaTensorL2Promotion128Stages2,  // v6 s2 with 128-byte L2 promotion, no policy
+  kMmaTensorL2Promotion256Stages2,  // v6 s2 with 256-byte L2 promotion, no policy (the default until 2026-12-03e)
+  kMmaTensorSerialReduceStages2,    // v6 s2 with the reduction launched after the split grid, not as
+                                    // a programmatic dependent (every other version overlaps it)
 };
+
+/// Whether launch_sparse_decode runs the tensor-tile kernel (v6) for this pool and these rows, or
+/// falls back to v3: pages other than 64 tokens, or a layout the driver's tensor maps cannot
+/// describe. For tests and benchmarks that must know which kernel they ran.
+[[nodiscard]] bool sparse_decode_uses_tensor_tiles(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows);
 
 /// launch_sparse_decode with a chosen kernel version; cudaErrorInvalidValue for a variant
 /// that does not exist for the shape.

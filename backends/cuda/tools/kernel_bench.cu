@@ -322,10 +322,10 @@ struct Bench {
         {SparseDecodeVariant::kMmaSharedStages3, "v5 mma shared pages s3"},
         {SparseDecodeVariant::kMmaTensorStages2, "v6 mma tensor tiles s2"},
         {SparseDecodeVariant::kMmaTensorStages3, "v6 mma tensor tiles s3"},
-        {SparseDecodeVariant::kMmaTensorNoL2PromotionStages2, "v6 s2 no L2 promotion"},
+        {SparseDecodeVariant::kMmaTensorNoCacheHintStages2, "v6 s2 no evict-first"},
         {SparseDecodeVariant::kMmaTensorL2Promotion128Stages2, "v6 s2 L2 promotion 128B"},
-        {SparseDecodeVariant::kMmaTensorEvictFirstStages2, "v6 s2 evict-first"},
-        {SparseDecodeVariant::kMmaTensorNoL2PromotionEvictFirstStages2, "v6 s2 no promotion evict-first"},
+        {SparseDecodeVariant::kMmaTensorL2Promotion256Stages2, "v6 s2 L2 promotion 256B"},
+        {SparseDecodeVariant::kMmaTensorSerialReduceStages2, "v6 s2 serial reduction"},
     };
     const Point points[] = {{kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=1"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
@@ -490,10 +490,10 @@ int run(int argc, char** argv) {
                                                                 {"v5s3", SparseDecodeVariant::kMmaSharedStages3},
                                                                 {"v6s2", SparseDecodeVariant::kMmaTensorStages2},
                                                                 {"v6s3", SparseDecodeVariant::kMmaTensorStages3},
-                                                                {"v6s2np", SparseDecodeVariant::kMmaTensorNoL2PromotionStages2},
+                                                                {"v6s2nohint", SparseDecodeVariant::kMmaTensorNoCacheHintStages2},
                                                                 {"v6s2p128", SparseDecodeVariant::kMmaTensorL2Promotion128Stages2},
-                                                                {"v6s2ef", SparseDecodeVariant::kMmaTensorEvictFirstStages2},
-                                                                {"v6s2npef", SparseDecodeVariant::kMmaTensorNoL2PromotionEvictFirstStages2}};
+                                                                {"v6s2p256", SparseDecodeVariant::kMmaTensorL2Promotion256Stages2},
+                                                                {"v6s2serial", SparseDecodeVariant::kMmaTensorSerialReduceStages2}};
   std::string version_list;  // for the messages: "default|v3s2|..."
   for (const auto& [name, v] : kVersions) version_list += (version_list.empty() ? "" : "|") + name;
   for (int i = 1; i < argc; ++i) {

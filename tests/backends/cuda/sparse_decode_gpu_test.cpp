@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -77,6 +78,7 @@ struct Case {
   bool mass = true;
   uint32_t seed = 1;
   bool nan_tails = false;  // NaN in every token of a slot no row lists (a partial page's tail, spare slots)
+  std::optional<bool> tensor_tiles;  // if set: whether the default kernel must take v6's path here
 };
 
 /// Host problem in bf16 (what the device reads) and its float twin (what the reference reads).
@@ -226,6 +228,9 @@ double run_and_check(const HostProblem& p, SparseDecodeVariant variant = SparseD
   rows.summary_counts = cnt.ptr;
   SparseDecodeOutView outs{out.ptr, int64_t{c.group} * c.head_dim, c.mass ? page_mass.ptr : nullptr,
                            c.mass ? summary_mass.ptr : nullptr};
+  if (c.tensor_tiles.has_value()) {
+    EXPECT_EQ(sparse_decode_uses_tensor_tiles(pool, rows), *c.tensor_tiles) << "pages of " << c.page_tokens << " tokens";
+  }
   if (variant == SparseDecodeVariant::kDefault) {
     run_sparse_decode(pool, rows, outs, ws.view(), nullptr);
   } else {
@@ -355,9 +360,11 @@ void check_shared_page_edges(SparseDecodeVariant v, int hd, int g, uint32_t seed
   c.seed = seed;
   c.nan_tails = true;
   c.page_tokens = 64;
+  c.tensor_tiles = true;  // the tests' pools (16 bytes between slots) are ones v6 takes
   c.rows = {{3, 10, 0}, {2, 17, 0}, {4, 33, 70}, {1, 49, 0}, {1, 64, 129}, {2, 1, 0}, {0, 1, 3}, {1, 16, 1}};
   run_and_check(make_problem(c), v);
   c.page_tokens = 100;
+  c.tensor_tiles = false;  // v3 stands in
   c.seed = seed + 1;
   c.rows = {{5, 100, 0}, {3, 81, 7}, {1, 65, 0}, {2, 99, 230}};
   run_and_check(make_problem(c), v);
@@ -429,10 +436,10 @@ TEST(SparseDecodeSanitize, SixtyFourTokenPages) {
 }
 
 const SparseDecodeVariant kTensorTiles[] = {SparseDecodeVariant::kMmaTensorStages2, SparseDecodeVariant::kMmaTensorStages3,
-                                            SparseDecodeVariant::kMmaTensorNoL2PromotionStages2,
+                                            SparseDecodeVariant::kMmaTensorNoCacheHintStages2,
                                             SparseDecodeVariant::kMmaTensorL2Promotion128Stages2,
-                                            SparseDecodeVariant::kMmaTensorEvictFirstStages2,
-                                            SparseDecodeVariant::kMmaTensorNoL2PromotionEvictFirstStages2};
+                                            SparseDecodeVariant::kMmaTensorL2Promotion256Stages2,
+                                            SparseDecodeVariant::kMmaTensorSerialReduceStages2};
 
 TEST(SparseDecodeCandidate, TensorTilesWithMassMatchReference) {
   KVLAB_REQUIRE_CANDIDATES();
