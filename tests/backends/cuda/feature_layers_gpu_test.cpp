@@ -43,7 +43,8 @@ std::vector<LiveRequest> requests() {
   std::vector<LiveRequest> out;
   for (int i = 0; i < kRequests; ++i) {
     LiveRequest r;
-    r.info.id = "r" + std::to_string(i);
+    r.info.id = std::to_string(i);
+    r.info.id.insert(r.info.id.begin(), 'r');  // not "r" + ...: g++ 12 warns (-Wrestrict) on that inlined concatenation
     r.info.workload = "tiny";
     r.info.decode_steps = kSteps;
     r.prompt.resize(static_cast<size_t>(33 + 7 * i));
