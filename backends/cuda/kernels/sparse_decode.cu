@@ -1010,13 +1010,14 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
 }
 
 // The reduction's CTA size: 128 threads (one per output dim at head dim 128) for rows of few
-// items, 512 (4-8 threads a dim, each folding a share of the items) for long rows, so that a
-// row's ~100 partials are read with 16+ loads in flight per dim (128 threads took 18 µs at
-// 512K × 1 under Nsight Compute, a chain of loads; 512 took 12) while launches of many short
-// rows keep small CTAs that all fit one wave.
+// items, 1024 (8-16 threads a dim, each folding a share of the items, 8 at a time) for long
+// rows, so that a row's ~100 partials are read in a few rounds of loads rather than a chain
+// (at 512K × 1 under Nsight Compute: 128 threads took 18 µs, 512 threads with 4 loads at a
+// time 12.1-12.7 µs, device-2026-12-03b/f) while launches of many short rows keep small CTAs
+// that all fit one wave.
 constexpr int kReduceThreadsShort = 128;
-constexpr int kReduceThreadsLong = 512;
-constexpr int kLongRowItems = 24;  // mean items a row from which the 512-thread CTAs run
+constexpr int kReduceThreadsLong = 1024;
+constexpr int kLongRowItems = 24;  // mean items a row from which the long-row CTAs run
 
 /// The log2-sum-exp of every query head of row r over its partials, into lse_row[G]: each
 /// thread folds a strided share of the items, then warps and the CTA merge (the items of a
@@ -1086,7 +1087,7 @@ __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(Sp
   const int part = threadIdx.x / HD;
   const float lse = lse_row[head];
   float acc = 0.0F;
-#pragma unroll 4
+#pragma unroll 8
   for (int i = ib + part; i < ie; i += kParts) {
     const float w = exp2f(ws.partial_lse[int64_t{i} * G + head] - lse);
     acc += w * ws.partial_o[(int64_t{i} * G + head) * HD + d];

@@ -15,8 +15,11 @@
 // waves = 0 (the default) picks the waves from the row count: more, smaller items shorten the
 // last wave's tail, but every item of a row is one more partial its reduction folds, so a row
 // should not get many more than target_items_per_row items. Measured on the H200 (kernel NOTES,
-// run device-2026-12-02d): 1M x 8 (64 rows) 4.15 TB/s at 2 waves, 4.26 at 8 (50 items a row);
-// 512K x 1 (8 rows) 4.07 at 1 wave, 4.01 at 2, 3.75 at 8 (342 items a row).
+// run device-2026-12-02d, v3): 1M x 8 (64 rows) 4.15 TB/s at 2 waves, 4.26 at 8 (50 items a row);
+// 512K x 1 (8 rows) 4.07 at 1 wave, 4.01 at 2, 3.75 at 8 (342 items a row). With v6 (runs
+// device-2026-12-03e/f) 3 waves beat 8 at every many-row point (32K x 8 4.23 against 4.18,
+// 128K x 8 4.43 against 4.39, 1M x 8 4.53 against 4.51) and 1-3 waves tie at 512K x 1, so at
+// most 3.
 #pragma once
 
 #include <cstdint>
@@ -38,7 +41,7 @@ struct SparseDecodePlanOptions {
   int ctas_per_multiprocessor = 4;
   int waves = 0;                  // 0: automatic, in [min_waves, max_waves] (see above)
   int min_waves = 2;
-  int max_waves = 8;
+  int max_waves = 3;
   int target_items_per_row = 64;
   int warps_per_cta = 4;       // units_per_item is rounded up to a multiple of this
   int min_units_per_item = 4;

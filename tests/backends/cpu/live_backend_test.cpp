@@ -58,7 +58,8 @@ std::unique_ptr<LiveBackend> backend(int n_requests = 1, LiveOptions o = options
   std::vector<LiveRequest> requests;
   for (int i = 0; i < n_requests; ++i) {
     LiveRequest r;
-    r.info.id = "r" + std::to_string(i);
+    r.info.id = std::to_string(i);
+    r.info.id.insert(r.info.id.begin(), 'r');  // not "r" + ...: g++ 12 warns (-Wrestrict) on that inlined concatenation
     r.info.workload = "tiny";
     r.info.seed = static_cast<uint64_t>(i);
     r.info.decode_steps = steps;
@@ -431,7 +432,8 @@ std::string record_features(const std::string& name, int feature_layer, std::vec
   std::vector<LiveRequest> requests;
   for (int i = 0; i < 2; ++i) {
     LiveRequest r;
-    r.info.id = "r" + std::to_string(i);
+    r.info.id = std::to_string(i);
+    r.info.id.insert(r.info.id.begin(), 'r');  // not "r" + ...: g++ 12 warns (-Wrestrict) on that inlined concatenation
     r.info.workload = "tiny";
     r.info.decode_steps = 5;
     r.prompt = tokens(kPrompt + i, 100 + static_cast<uint32_t>(i));
