@@ -69,6 +69,13 @@ def pick_sdpa(q, k, v):
     return None, None
 
 
+def warmup_for(sets):
+    """Warm-up calls before timing: at least one on every rotated set. A set's first call is
+    slower (at 32K x 1, cuDNN's first calls on fresh buffers ran at under half its rate), and
+    with fewer warm-ups than sets, --quick's 5 timed calls were all first calls."""
+    return max(3, len(sets))
+
+
 def kv_sets(batch, ctx, layers=1):
     per = 2 * batch * KV_HEADS * ctx * HEAD_DIM * 2 * layers
     copies = max(1, min(math.ceil(ROTATE_BYTES / per), 8))
@@ -93,7 +100,7 @@ def dense_points(rows, reps):
             if call is None:
                 print(f"TABLE torch dense 1 layer {point:18s} no SDPA backend ran")
                 continue
-            ms = median_ms(lambda i: call(q, *sets[i % len(sets)][0]), 3, reps)
+            ms = median_ms(lambda i: call(q, *sets[i % len(sets)][0]), warmup_for(sets), reps)
             rows.append(("dense_layer", point, f"torch_sdpa_{name}", ms, nbytes))
             print(f"TABLE torch dense 1 layer {point:18s} sdpa[{name}] {ms:8.3f} ms {nbytes / ms / 1e9:5.2f} TB/s")
             del sets
@@ -110,7 +117,7 @@ def all_layers(rows, reps):
         def step(i):
             for k, v in sets[i % len(sets)]:
                 call(q, k, v)
-        ms = median_ms(step, 2, reps)
+        ms = median_ms(step, warmup_for(sets), reps)
         rows.append(("dense_all_layers", point, f"torch_sdpa_{name}", ms, nbytes))
         print(f"TABLE torch dense 32 layers (32 calls) {point:12s} sdpa[{name}] {ms:8.3f} ms {nbytes / ms / 1e9:5.2f} TB/s")
         del sets
