@@ -1484,6 +1484,23 @@ cudaError_t launch_sparse_decode_variant(const PagedKvPoolView& pool, const Spar
 
 namespace {
 
+/// Whether a variant's warps split every unit between them (v5, v6), so that items need not
+/// hold a multiple of the CTA's warps in units.
+bool shares_units(SparseDecodeVariant v) {
+  if (v == SparseDecodeVariant::kDefault) v = kDefaultVariant;
+  switch (v) {
+    case SparseDecodeVariant::kMmaSharedStages2:
+    case SparseDecodeVariant::kMmaSharedStages3:
+    case SparseDecodeVariant::kMmaTensorStages2:
+    case SparseDecodeVariant::kMmaTensorStages3:
+    case SparseDecodeVariant::kMmaTensorNoCacheHintStages2:
+    case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
+    case SparseDecodeVariant::kMmaTensorL2Promotion256Stages2:
+    case SparseDecodeVariant::kMmaTensorSerialReduceStages2: return true;
+    default: return false;
+  }
+}
+
 /// The split kernel a variant launches at a shape, and its dynamic shared memory.
 std::pair<const void*, size_t> split_kernel_of(SparseDecodeVariant v, int head_dim, int group) {
   const bool big = head_dim == 128;
@@ -1558,6 +1575,7 @@ SparseDecodePlanOptions sparse_decode_plan_options(int head_dim, int group, Spar
     return opt;
   }
   opt.multiprocessors = prop.multiProcessorCount;
+  if (shares_units(variant)) opt.warps_per_cta = 1;  // its warps split every unit: no need to round
   const auto [fn, smem] = split_kernel_of(variant, head_dim, group);
   int blocks = 0;
   if (fn != nullptr &&

@@ -8,18 +8,20 @@
 // row's units, processed by one CTA; rows with several items are merged by the reduction.
 //
 // Sizing: items are made about equal (units_per_item units each, the last of a row shorter),
-// with units_per_item a multiple of the CTA's warps and chosen so that the grid holds about
-// `waves` full waves of resident CTAs, but never fewer than min_units_per_item units per item
-// (each item pays a fixed cost: loading the query, merging warps, writing a partial).
+// with units_per_item the smallest multiple of warps_per_cta whose items fit `waves` full waves
+// of resident CTAs (each row rounds its item count up), but never fewer than
+// min_units_per_item units per item (each item pays a fixed cost: loading the query, merging
+// warps, writing a partial).
 //
-// waves = 0 (the default) picks the waves from the row count: more, smaller items shorten the
+// waves = 0 (the default) bounds the waves by the row count (plan_waves): more, smaller items shorten the
 // last wave's tail, but every item of a row is one more partial its reduction folds, so a row
 // should not get many more than target_items_per_row items. Measured on the H200 (kernel NOTES,
 // run device-2026-12-02d, v3): 1M x 8 (64 rows) 4.15 TB/s at 2 waves, 4.26 at 8 (50 items a row);
 // 512K x 1 (8 rows) 4.07 at 1 wave, 4.01 at 2, 3.75 at 8 (342 items a row). With v6 (runs
 // device-2026-12-03e/f) 3 waves beat 8 at every many-row point (32K x 8 4.23 against 4.18,
 // 128K x 8 4.43 against 4.39, 1M x 8 4.53 against 4.51) and 1-3 waves tie at 512K x 1, so at
-// most 3.
+// most 3. Within that bound it takes the wave count whose items fill their last wave best:
+// 32K x 1 (8 rows of 512 pages, 396 resident CTAs) made 512 items, a second wave 29% full.
 #pragma once
 
 #include <cstdint>
@@ -43,7 +45,8 @@ struct SparseDecodePlanOptions {
   int min_waves = 2;
   int max_waves = 3;
   int target_items_per_row = 64;
-  int warps_per_cta = 4;       // units_per_item is rounded up to a multiple of this
+  int warps_per_cta = 4;       // units_per_item is rounded up to a multiple of this (1 for kernels
+                               // whose warps share each unit, as v6's do)
   int min_units_per_item = 4;
 };
 
@@ -59,8 +62,10 @@ struct SparseDecodePlan {
   [[nodiscard]] int32_t n_items() const { return static_cast<int32_t>(items.size()); }
 };
 
-/// The waves a plan of n_rows rows is sized for: options.waves if set, else
-/// target_items_per_row × n_rows / resident CTAs, clamped to [min_waves, max_waves].
+/// The most waves a plan of n_rows rows is sized for: options.waves if set, else
+/// target_items_per_row × n_rows / resident CTAs, clamped to [min_waves, max_waves]. With
+/// options.waves = 0, plan_sparse_decode takes the count in 1 .. this whose items fill their last
+/// wave best (ties to more waves), and the fewest units per item whose items fit it.
 [[nodiscard]] int plan_waves(const SparseDecodePlanOptions& options, int64_t n_rows);
 
 /// Summary blocks of a row with `n_summaries` entries: ceil(n_summaries / page_tokens).

@@ -348,7 +348,9 @@ struct Bench {
   /// The default kernel under plans of 1-8 waves of resident CTAs: whether item size (fixed
   /// cost per item against the tail of the last wave) is what holds the large points back.
   void waves_sweep(const Pool& pool) {
-    const Point points[] = {{8 * kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=8"},
+    const Point points[] = {{kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=1"},
+                            {8 * kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=8"},
+                            {kKvHeads, int64_t{128} << 10, "1 layer ctx=128K batch=1"},
                             {8 * kKvHeads, int64_t{128} << 10, "1 layer ctx=128K batch=8"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
                             {8 * kKvHeads, int64_t{1} << 20, "1 layer ctx=1M batch=8"}};

@@ -87,6 +87,36 @@ TEST(SparseDecodePlan, AutomaticWavesFollowTheRowCount) {
   EXPECT_THROW((void)plan_sparse_decode(indptr_of({4}), {}, 64, bad), UsageError);
 }
 
+TEST(SparseDecodePlan, ItemsFitWholeWavesAndFillTheLastOne) {
+  SparseDecodePlanOptions opt;
+  opt.ctas_per_multiprocessor = 3;  // 396 resident CTAs, as v6 on the H200
+  opt.warps_per_cta = 1;
+  const auto eight_rows = indptr_of(std::vector<int32_t>(8, 512));  // 32K x 1: 8 rows of 512 pages
+  // Two waves fixed: the fewest units per item whose items fit 792 (5 units would make 824).
+  opt.waves = 2;
+  const SparseDecodePlan two = plan_sparse_decode(eight_rows, {}, 64, opt);
+  EXPECT_EQ(two.units_per_item, 6);
+  EXPECT_EQ(two.n_items(), 8 * 86);
+  expect_exact_cover(two);
+  // Rounded to 4 warps, as v3 wants, 8 units: 512 items, a second wave 29% full.
+  opt.warps_per_cta = 4;
+  EXPECT_EQ(plan_sparse_decode(eight_rows, {}, 64, opt).n_items(), 512);
+  // Automatic: the row-count rule allows 2 waves, whose last is 87% full (688 of 792); one wave
+  // of 376 items (11 units each) is 95% full, so the plan takes it.
+  opt.warps_per_cta = 1;
+  opt.waves = 0;
+  ASSERT_EQ(plan_waves(opt, 8), 2);
+  const SparseDecodePlan automatic = plan_sparse_decode(eight_rows, {}, 64, opt);
+  EXPECT_EQ(automatic.units_per_item, 11);
+  EXPECT_EQ(automatic.n_items(), 8 * 47);
+  expect_exact_cover(automatic);
+  // Many rows (32K x 8, 64 rows): 1, 2 and 3 waves fill alike (97%), so the most, 3.
+  const SparseDecodePlan many = plan_sparse_decode(indptr_of(std::vector<int32_t>(64, 512)), {}, 64, opt);
+  EXPECT_EQ(many.units_per_item, 29);
+  EXPECT_EQ(many.n_items(), 64 * 18);
+  expect_exact_cover(many);
+}
+
 TEST(SparseDecodePlan, RandomRowsAreCoveredExactly) {
   std::mt19937 rng(5);
   std::uniform_int_distribution<int32_t> pages(0, 3000), sums(0, 300);
