@@ -20,7 +20,8 @@
 // 512K x 1 (8 rows) 4.07 at 1 wave, 4.01 at 2, 3.75 at 8 (342 items a row). With v6 (runs
 // device-2026-12-03e/f) 3 waves beat 8 at every many-row point (32K x 8 4.23 against 4.18,
 // 128K x 8 4.43 against 4.39, 1M x 8 4.53 against 4.51) and 1-3 waves tie at 512K x 1, so at
-// most 3. Within that bound it takes the wave count whose items fill their last wave best:
+// most 3. Within that bound it takes the wave count whose items fill their last wave best (the
+// fewest of those within 3%):
 // 32K x 1 (8 rows of 512 pages, 396 resident CTAs) made 512 items, a second wave 29% full.
 #pragma once
 
