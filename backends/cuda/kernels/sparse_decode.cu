@@ -1272,14 +1272,20 @@ struct TmaLoadOptions {
   bool evict_first = true;
 };
 
-/// v6 where it applies: 64-token pages and a pool layout the tensor maps can describe; v3 of the
-/// same stages otherwise (so every shape runs).
+/// Whether v6 applies to this pool and these rows (64-token pages, a layout the tensor maps can
+/// describe), and if so its maps.
+bool tensor_tiles_apply(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, const TmaLoadOptions& load,
+                        TileMaps& maps) {
+  return pool.page_tokens == kTmaTokens && encode_tile_maps(pool, rows, load.promotion, maps);
+}
+
+/// v6 where it applies; v3 of the same stages otherwise (so every shape runs).
 template <int HD, int STAGES>
 cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                              const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream,
                              TmaLoadOptions load = {}) {
   TileMaps maps{};
-  if (pool.page_tokens != kTmaTokens || !encode_tile_maps(pool, rows, load.promotion, maps)) {
+  if (!tensor_tiles_apply(pool, rows, load, maps)) {
     return launch_split_mma<HD, STAGES>(pool, rows, ws, want_mass, stream);
   }
   constexpr size_t smem = tma_smem_bytes<HD, STAGES>();
@@ -1289,11 +1295,6 @@ cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRows
   sparse_decode_split_tma_kernel<HD, STAGES><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws, want_mass,
                                                                                              load.evict_first);
   return cudaGetLastError();
-}
-
-bool tensor_tiles_apply(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows, const TmaLoadOptions& load) {
-  TileMaps maps{};
-  return pool.page_tokens == kTmaTokens && encode_tile_maps(pool, rows, load.promotion, maps);
 }
 
 /// The reduction after a split kernel. `overlap`: launched as a programmatic dependent launch,
@@ -1464,7 +1465,8 @@ bool sparse_decode_uses_tensor_tiles(const PagedKvPoolView& pool, const SparseDe
   static_assert(kDefaultVariant == SparseDecodeVariant::kMmaTensorStages2 ||
                     kDefaultVariant == SparseDecodeVariant::kMmaTensorStages3,
                 "the default kernel is v6 with the default load options");
-  return tensor_tiles_apply(pool, rows, TmaLoadOptions{});
+  TileMaps maps{};
+  return tensor_tiles_apply(pool, rows, TmaLoadOptions{}, maps);
 }
 
 cudaError_t launch_sparse_decode_variant(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,

@@ -59,14 +59,14 @@ int64_t units_per_item_for(std::span<const int32_t> row_unit_indptr, int64_t tar
   return hi;
 }
 
-/// Of the whole waves 1..most, the one whose items fill their last wave best (a launch of
+/// Units per item for the whole wave count of 1..most whose items fill their last wave best (a launch of
 /// 512 items on 396 resident CTAs runs its second wave at 29%); within kWaveTie of the best,
 /// the fewest waves (device-2026-12-03i, v6: at equal fill 1 wave is as fast as 2-3 or faster,
 /// 3.97 against 3.90 TB/s at 128K x 1, and every item is one partial less to reduce).
-int64_t best_wave_count(std::span<const int32_t> row_unit_indptr, int64_t resident, int most,
-                        const SparseDecodePlanOptions& options) {
+int64_t units_per_item_of_best_waves(std::span<const int32_t> row_unit_indptr, int64_t resident, int most,
+                                     const SparseDecodePlanOptions& options) {
   constexpr double kWaveTie = 0.03;
-  int best = 1;
+  int64_t best = 0;
   double best_fill = -1.0;
   for (int w = 1; w <= most; ++w) {
     const int64_t per_item =
@@ -75,7 +75,7 @@ int64_t best_wave_count(std::span<const int32_t> row_unit_indptr, int64_t reside
     const int64_t waves_run = (items + resident - 1) / resident;
     const double fill = static_cast<double>(items) / static_cast<double>(waves_run * resident);
     if (fill > best_fill + kWaveTie) {
-      best = w;
+      best = per_item;
       best_fill = fill;
     }
   }
@@ -128,11 +128,11 @@ SparseDecodePlan plan_sparse_decode(std::span<const int32_t> page_indptr,
   // A fixed wave count is taken as given; the automatic one is the best-filled of 1 .. the
   // row-count rule's (plan_waves).
   const int64_t resident = int64_t{options.multiprocessors} * options.ctas_per_multiprocessor;
-  const int64_t waves = options.waves > 0 ? options.waves
-                                          : best_wave_count(plan.row_unit_indptr, resident,
-                                                            plan_waves(options, plan.n_rows), options);
   const int64_t per_item =
-      units_per_item_for(plan.row_unit_indptr, waves * resident, options.min_units_per_item, options.warps_per_cta);
+      options.waves > 0 ? units_per_item_for(plan.row_unit_indptr, options.waves * resident, options.min_units_per_item,
+                                             options.warps_per_cta)
+                        : units_per_item_of_best_waves(plan.row_unit_indptr, resident, plan_waves(options, plan.n_rows),
+                                                       options);
   plan.units_per_item = static_cast<int32_t>(per_item);
 
   plan.row_item_indptr.assign(n_rows + 1, 0);
