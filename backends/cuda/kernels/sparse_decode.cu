@@ -960,53 +960,61 @@ __global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(Sp
 }
 
 /// The fused variant's reduction of row r by the split kernel's last CTA of that row: the same
-/// function as sparse_decode_reduce_kernel, but one CTA does every query head at once (thread
-/// d accumulates dim d of all G heads, so G·(items) loads are in flight instead of a chain per
-/// head). Reads partials through L2: the row's other CTAs wrote them in this grid.
+/// function as sparse_decode_reduce_kernel, by one CTA for every query head. Each thread owns a
+/// slot of 4 output dims (one float4 of a partial; G·HD/4 slots), and when there are fewer slots
+/// than threads, `parts` threads share a slot's items, so a thread issues items/parts
+/// independent 16-byte loads rather than a chain per head and dim (a scalar loop here cost
+/// ~1 µs an item, device-2026-12-04). Reads go through L2: the row's other CTAs wrote them.
 template <int HD>
 __device__ __forceinline__ void reduce_row_in_cta(const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,
                                                   const SparseDecodeWorkspaceView& ws, int r) {
-  static_assert(kThreads % HD == 0, "whole dims per thread group");
-  constexpr int kParts = kThreads / HD;
+  constexpr int kVec = 4;
+  constexpr int kSlotsPerHead = HD / kVec;
   const int G = rows.group;
   const int ib = ws.row_item_indptr[r];
   const int ie = ws.row_item_indptr[r + 1];
   __shared__ float lse_row[kSparseDecodeMaxGroup];
+  __shared__ float4 part_acc[kThreads];
   row_lse<kThreads>(ws, ib, ie, G, lse_row);
-  const int d = threadIdx.x % HD;
-  const int part = threadIdx.x / HD;
-  float acc[kSparseDecodeMaxGroup];
-#pragma unroll
-  for (int h = 0; h < kSparseDecodeMaxGroup; ++h) acc[h] = 0.0F;
-#pragma unroll 2
-  for (int i = ib + part; i < ie; i += kParts) {
-#pragma unroll
-    for (int h = 0; h < kSparseDecodeMaxGroup; ++h) {
-      if (h < G) {
+  const int slots = G * kSlotsPerHead;
+  const int per_pass = min(slots, kThreads);
+  const int parts = kThreads / per_pass;
+  const int slot_in_pass = static_cast<int>(threadIdx.x) % per_pass;
+  const int part = static_cast<int>(threadIdx.x) / per_pass;
+  const auto* partial_o = reinterpret_cast<const float4*>(ws.partial_o);
+  for (int pass = 0; pass * per_pass < slots; ++pass) {
+    const int slot = pass * per_pass + slot_in_pass;
+    const bool active = slot < slots && part < parts;
+    const int h = slot / kSlotsPerHead;
+    const int d4 = slot % kSlotsPerHead;
+    float4 acc = make_float4(0.0F, 0.0F, 0.0F, 0.0F);
+    if (active) {
+      const float lse = lse_row[h];
+#pragma unroll 8
+      for (int i = ib + part; i < ie; i += parts) {
         const int64_t ih = int64_t{i} * G + h;
-        acc[h] += exp2f(__ldcg(&ws.partial_lse[ih]) - lse_row[h]) * __ldcg(&ws.partial_o[ih * HD + d]);
+        const float w = exp2f(__ldcg(&ws.partial_lse[ih]) - lse);
+        const float4 o = __ldcg(&partial_o[ih * kSlotsPerHead + d4]);
+        acc.x += w * o.x, acc.y += w * o.y, acc.z += w * o.z, acc.w += w * o.w;
       }
     }
-  }
-  if constexpr (kParts > 1) {
-    __shared__ float acc_part[kParts - 1][kSparseDecodeMaxGroup][HD];
-    if (part > 0) {
-#pragma unroll
-      for (int h = 0; h < kSparseDecodeMaxGroup; ++h) acc_part[part - 1][h][d] = acc[h];
-    }
-    __syncthreads();
-    if (part == 0) {
-#pragma unroll
-      for (int q = 0; q < kParts - 1; ++q) {
-#pragma unroll
-        for (int h = 0; h < kSparseDecodeMaxGroup; ++h) acc[h] += acc_part[q][h][d];
+    if (parts > 1) {
+      part_acc[threadIdx.x] = acc;
+      __syncthreads();
+      if (active && part == 0) {
+        for (int q = 1; q < parts; ++q) {
+          const float4 o = part_acc[q * per_pass + slot_in_pass];
+          acc.x += o.x, acc.y += o.y, acc.z += o.z, acc.w += o.w;
+        }
       }
+      __syncthreads();  // part_acc is rewritten by the next pass
     }
-  }
-  if (part == 0) {
-#pragma unroll
-    for (int h = 0; h < kSparseDecodeMaxGroup; ++h) {
-      if (h < G) out.out[r * out.out_row_stride + h * HD + d] = __float2bfloat16(acc[h]);
+    if (active && part == 0) {
+      __nv_bfloat16* dst = out.out + r * out.out_row_stride + h * HD + d4 * kVec;
+      dst[0] = __float2bfloat16(acc.x);
+      dst[1] = __float2bfloat16(acc.y);
+      dst[2] = __float2bfloat16(acc.z);
+      dst[3] = __float2bfloat16(acc.w);
     }
   }
   if (out.page_mass == nullptr && out.summary_mass == nullptr) return;
