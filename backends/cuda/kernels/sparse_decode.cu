@@ -824,225 +824,6 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_mma_kernel(Paged
   merge_warps_to_partials<HD>(mma_pipe, st.o, st.m, st.l, G, ws);
 }
 
-// ---- the reduction: a row's partials into its output and per-page mass --------------------
-
-// The reduction's CTA size: 128 threads (one per output dim at head dim 128) for rows of few
-// items, 1024 (8-16 threads a dim, each folding a share of the items, 8 at a time) for long
-// rows, so that a row's ~100 partials are read in a few rounds of loads rather than a chain
-// (at 512K × 1 under Nsight Compute: 128 threads took 18 µs, 512 threads with 4 loads at a
-// time 12.1-12.7 µs, device-2026-12-03b/f) while launches of many short rows keep small CTAs
-// that all fit one wave.
-constexpr int kReduceThreadsShort = 128;
-constexpr int kReduceThreadsLong = 1024;
-constexpr int kLongRowItems = 24;  // mean items a row from which the long-row CTAs run
-
-/// The log2-sum-exp of every query head of row r over its partials, into lse_row[G]: each
-/// thread folds a strided share of the items, then warps and the CTA merge (the items of a
-/// long row are many: 100+ at 512K, so a serial loop here would cost tens of µs).
-template <int kReduceThreads>
-__device__ __forceinline__ void row_lse(const SparseDecodeWorkspaceView& ws, int ib, int ie, int G, float* lse_row) {
-  __shared__ float part_m[kReduceThreads / 32][kSparseDecodeMaxGroup];
-  __shared__ float part_s[kReduceThreads / 32][kSparseDecodeMaxGroup];
-  float m[kSparseDecodeMaxGroup], s[kSparseDecodeMaxGroup];
-#pragma unroll
-  for (int h = 0; h < kSparseDecodeMaxGroup; ++h) m[h] = kNegInf, s[h] = 0.0F;
-  for (int i = ib + static_cast<int>(threadIdx.x); i < ie; i += kReduceThreads) {
-#pragma unroll
-    for (int h = 0; h < kSparseDecodeMaxGroup; ++h) {
-      if (h < G) merge_lse(m[h], s[h], __ldcg(&ws.partial_lse[int64_t{i} * G + h]), 1.0F);
-    }
-  }
-#pragma unroll
-  for (int h = 0; h < kSparseDecodeMaxGroup; ++h) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      const float m2 = __shfl_xor_sync(0xffffffffU, m[h], off);
-      const float s2 = __shfl_xor_sync(0xffffffffU, s[h], off);
-      merge_lse(m[h], s[h], m2, s2);
-    }
-  }
-  const int warp = threadIdx.x >> 5;
-  if ((threadIdx.x & 31) == 0) {
-#pragma unroll
-    for (int h = 0; h < kSparseDecodeMaxGroup; ++h) part_m[warp][h] = m[h], part_s[warp][h] = s[h];
-  }
-  __syncthreads();
-  if (threadIdx.x < G) {
-    const int h = threadIdx.x;
-    float mm = kNegInf, ss = 0.0F;
-    for (int w = 0; w < kReduceThreads / 32; ++w) merge_lse(mm, ss, part_m[w][h], part_s[w][h]);
-    lse_row[h] = mm + log2f(ss);
-  }
-  __syncthreads();
-}
-
-/// The per-page mass of row r (and, with `with_summary`, its summary mass) from the per-unit
-/// log-sum-exps: thread share `first`, `first + stride`, ... of the row's pages. Every thread of
-/// the CTA must call it (the summary sum ends in a CTA barrier). Loads go through L2: in the
-/// fused variant other CTAs of the same grid wrote the unit log-sum-exps.
-template <int kThreads_>
-__device__ __forceinline__ void write_row_mass(const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,
-                                               const SparseDecodeWorkspaceView& ws, int r, const float* lse_row,
-                                               int first, int stride, bool with_summary) {
-  __shared__ float warp_part[kThreads_ / 32];
-  const int G = rows.group;
-  const float inv_group = 1.0F / static_cast<float>(G);
-  const int32_t ub = ws.row_unit_indptr[r];
-  const int32_t n_units = ws.row_unit_indptr[r + 1] - ub;
-  const int32_t pb = rows.page_indptr[r];
-  const int32_t n_pages = rows.page_indptr[r + 1] - pb;
-  auto unit_mass = [&](int32_t u) {
-    float mass = 0.0F;
-    for (int h = 0; h < G; ++h) mass += exp2f(__ldcg(&ws.unit_lse[int64_t{ub + u} * G + h]) - lse_row[h]);
-    return mass * inv_group;
-  };
-  if (out.page_mass != nullptr) {
-    for (int32_t u = first; u < n_pages; u += stride) out.page_mass[pb + u] = unit_mass(u);
-  }
-  if (out.summary_mass == nullptr || !with_summary) return;
-  float summary = 0.0F;
-  for (int32_t u = n_pages + static_cast<int>(threadIdx.x); u < n_units; u += kThreads_) summary += unit_mass(u);
-  summary = warp_sum_xor<32>(summary, 1);
-  if ((threadIdx.x & 31) == 0) warp_part[threadIdx.x >> 5] = summary;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.0F;
-    for (int w = 0; w < kThreads_ / 32; ++w) total += warp_part[w];
-    out.summary_mass[r] = total;
-  }
-}
-
-/// One CTA per (row, query head): the row's log-sum-exps, then this head's output from the
-/// row's partials (weights 2^(lse_i − LSE)), and a 1/G share of the per-page mass from the
-/// per-unit log-sum-exps (head 0's CTA also sums the summary units). A grid of rows × G keeps
-/// the reduction short when a step has few rows with many items (one layer, batch 1).
-template <int HD, int kReduceThreads>
-__global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(SparseDecodeRowsView rows,
-                                                                              SparseDecodeOutView out,
-                                                                              SparseDecodeWorkspaceView ws) {
-  static_assert(kReduceThreads % HD == 0, "whole dims per thread group");
-  constexpr int kParts = kReduceThreads / HD;  // threads per output dim, each a share of the items
-  const int r = blockIdx.x;
-  const int head = blockIdx.y;
-  const int G = rows.group;
-  // Launched as a programmatic dependent of the split kernel: its CTAs may be resident before
-  // the split grid is done; this waits for that grid's completion and its writes (a no-op for
-  // a launch without the attribute).
-  grid_dependency_wait();
-  const int ib = ws.row_item_indptr[r];
-  const int ie = ws.row_item_indptr[r + 1];
-  __shared__ float lse_row[kSparseDecodeMaxGroup];
-  __shared__ float acc_part[kParts][HD];
-  row_lse<kReduceThreads>(ws, ib, ie, G, lse_row);
-
-  const int d = threadIdx.x % HD;
-  const int part = threadIdx.x / HD;
-  const float lse = lse_row[head];
-  float acc = 0.0F;
-#pragma unroll 8
-  for (int i = ib + part; i < ie; i += kParts) {
-    const float w = exp2f(ws.partial_lse[int64_t{i} * G + head] - lse);
-    acc += w * ws.partial_o[(int64_t{i} * G + head) * HD + d];
-  }
-  if constexpr (kParts > 1) {
-    acc_part[part][d] = acc;
-    __syncthreads();
-    if (part == 0) {
-#pragma unroll
-      for (int q = 1; q < kParts; ++q) acc += acc_part[q][d];
-    }
-  }
-  if (part == 0) out.out[r * out.out_row_stride + head * HD + d] = __float2bfloat16(acc);
-
-  if (out.page_mass == nullptr && out.summary_mass == nullptr) return;
-  write_row_mass<kReduceThreads>(rows, out, ws, r, lse_row, head * kReduceThreads + static_cast<int>(threadIdx.x),
-                                 G * kReduceThreads, head == 0);
-}
-
-/// The fused variant's reduction of row r by the split kernel's last CTA of that row: the same
-/// function as sparse_decode_reduce_kernel, by one CTA for every query head. Each thread owns a
-/// slot of 4 output dims (one float4 of a partial; G·HD/4 slots), and when there are fewer slots
-/// than threads, `parts` threads share a slot's items, so a thread issues items/parts
-/// independent 16-byte loads rather than a chain per head and dim (a scalar loop here cost
-/// ~1 µs an item, device-2026-12-04). Reads go through L2: the row's other CTAs wrote them.
-template <int HD>
-__device__ __forceinline__ void reduce_row_in_cta(const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,
-                                                  const SparseDecodeWorkspaceView& ws, int r) {
-  constexpr int kVec = 4;
-  constexpr int kSlotsPerHead = HD / kVec;
-  const int G = rows.group;
-  const int ib = ws.row_item_indptr[r];
-  const int ie = ws.row_item_indptr[r + 1];
-  __shared__ float lse_row[kSparseDecodeMaxGroup];
-  __shared__ float4 part_acc[kThreads];
-  row_lse<kThreads>(ws, ib, ie, G, lse_row);
-  const int slots = G * kSlotsPerHead;
-  const int per_pass = min(slots, kThreads);
-  const int parts = kThreads / per_pass;
-  const int slot_in_pass = static_cast<int>(threadIdx.x) % per_pass;
-  const int part = static_cast<int>(threadIdx.x) / per_pass;
-  const auto* partial_o = reinterpret_cast<const float4*>(ws.partial_o);
-  for (int pass = 0; pass * per_pass < slots; ++pass) {
-    const int slot = pass * per_pass + slot_in_pass;
-    const bool active = slot < slots && part < parts;
-    const int h = slot / kSlotsPerHead;
-    const int d4 = slot % kSlotsPerHead;
-    float4 acc = make_float4(0.0F, 0.0F, 0.0F, 0.0F);
-    if (active) {
-      const float lse = lse_row[h];
-#pragma unroll 8
-      for (int i = ib + part; i < ie; i += parts) {
-        const int64_t ih = int64_t{i} * G + h;
-        const float w = exp2f(__ldcg(&ws.partial_lse[ih]) - lse);
-        const float4 o = __ldcg(&partial_o[ih * kSlotsPerHead + d4]);
-        acc.x += w * o.x, acc.y += w * o.y, acc.z += w * o.z, acc.w += w * o.w;
-      }
-    }
-    if (parts > 1) {
-      part_acc[threadIdx.x] = acc;
-      __syncthreads();
-      if (active && part == 0) {
-        for (int q = 1; q < parts; ++q) {
-          const float4 o = part_acc[q * per_pass + slot_in_pass];
-          acc.x += o.x, acc.y += o.y, acc.z += o.z, acc.w += o.w;
-        }
-      }
-      __syncthreads();  // part_acc is rewritten by the next pass
-    }
-    if (active && part == 0) {
-      __nv_bfloat16* dst = out.out + r * out.out_row_stride + h * HD + d4 * kVec;
-      dst[0] = __float2bfloat16(acc.x);
-      dst[1] = __float2bfloat16(acc.y);
-      dst[2] = __float2bfloat16(acc.z);
-      dst[3] = __float2bfloat16(acc.w);
-    }
-  }
-  if (out.page_mass == nullptr && out.summary_mass == nullptr) return;
-  write_row_mass<kThreads>(rows, out, ws, r, lse_row, static_cast<int>(threadIdx.x), kThreads, true);
-}
-
-/// Fused variant: after this CTA wrote its partials, count it done for its row; the row's last
-/// CTA (the count reaching the row's items) reduces the row and sets the count back to 0 for
-/// the next launch. The fence before the count makes every thread's partials visible to
-/// whichever CTA turns out last (the threadFenceReduction pattern of the CUDA samples).
-template <int HD>
-__device__ __forceinline__ void count_and_maybe_reduce(const SparseDecodeRowsView& rows, const SparseDecodeOutView& out,
-                                                       const SparseDecodeWorkspaceView& ws, int r) {
-  __shared__ int is_last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const int items = ws.row_item_indptr[r + 1] - ws.row_item_indptr[r];
-    const bool last = atomicAdd(&ws.row_done[r], 1) == items - 1;
-    if (last) ws.row_done[r] = 0;  // every other CTA of the row has counted itself
-    is_last = last ? 1 : 0;
-  }
-  __syncthreads();
-  if (is_last == 0) return;
-  __threadfence();
-  reduce_row_in_cta<HD>(rows, out, ws, r);
-}
-
 // ---- v6: whole tiles by tensor copies (TMA) into 128-byte-swizzled shared memory -----------
 // v3's math over one 64-token tile per stage that the CTA's 4 warps share (warp w takes rows
 // 16w .. 16w + 15, as v5 does), but a stage is filled by one thread with HD/64 tensor copies of
@@ -1076,11 +857,11 @@ struct TileMaps {
 /// Byte offset in a tile of the 16-byte piece c (8 dims) of row (token) t: box c / 8, swizzled.
 __device__ __forceinline__ int tile_offset(int t, int c) { return (c >> 3) * kTmaBoxBytes + swizzle128_offset(t, c & 7); }
 
-template <int HD, int STAGES, bool FUSED = false>
+template <int HD, int STAGES>
 __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const __grid_constant__ TileMaps maps,
                                                                            PagedKvPoolView pool, SparseDecodeRowsView rows,
-                                                                           SparseDecodeWorkspaceView ws, SparseDecodeOutView out,
-                                                                           bool want_mass, bool evict_first) {
+                                                                           SparseDecodeWorkspaceView ws, bool want_mass,
+                                                                           bool evict_first) {
   constexpr int kChunks = HD / 16;
   constexpr int kBoxes = HD / kTmaBoxDims;
   constexpr int kTile = tma_tile_bytes<HD>();
@@ -1226,7 +1007,128 @@ __global__ void __launch_bounds__(kThreads) sparse_decode_split_tma_kernel(const
   // Every stage produced was waited for, so no copy is in flight: the tiles are free.
   static_assert(merge_smem_bytes<HD>() <= 2 * tma_tile_bytes<HD>(), "the merge reuses the tiles");
   merge_warps_to_partials<HD>(pipe, st.o, st.m, st.l, G, ws);
-  if constexpr (FUSED) count_and_maybe_reduce<HD>(rows, out, ws, r);
+}
+
+// The reduction's CTA size: 128 threads (one per output dim at head dim 128) for rows of few
+// items, 1024 (8-16 threads a dim, each folding a share of the items, 8 at a time) for long
+// rows, so that a row's ~100 partials are read in a few rounds of loads rather than a chain
+// (at 512K × 1 under Nsight Compute: 128 threads took 18 µs, 512 threads with 4 loads at a
+// time 12.1-12.7 µs, device-2026-12-03b/f) while launches of many short rows keep small CTAs
+// that all fit one wave.
+constexpr int kReduceThreadsShort = 128;
+constexpr int kReduceThreadsLong = 1024;
+constexpr int kLongRowItems = 24;  // mean items a row from which the long-row CTAs run
+
+/// The log2-sum-exp of every query head of row r over its partials, into lse_row[G]: each
+/// thread folds a strided share of the items, then warps and the CTA merge (the items of a
+/// long row are many: 100+ at 512K, so a serial loop here would cost tens of µs).
+template <int kReduceThreads>
+__device__ __forceinline__ void row_lse(const SparseDecodeWorkspaceView& ws, int ib, int ie, int G, float* lse_row) {
+  __shared__ float part_m[kReduceThreads / 32][kSparseDecodeMaxGroup];
+  __shared__ float part_s[kReduceThreads / 32][kSparseDecodeMaxGroup];
+  float m[kSparseDecodeMaxGroup], s[kSparseDecodeMaxGroup];
+#pragma unroll
+  for (int h = 0; h < kSparseDecodeMaxGroup; ++h) m[h] = kNegInf, s[h] = 0.0F;
+  for (int i = ib + static_cast<int>(threadIdx.x); i < ie; i += kReduceThreads) {
+#pragma unroll
+    for (int h = 0; h < kSparseDecodeMaxGroup; ++h) {
+      if (h < G) merge_lse(m[h], s[h], ws.partial_lse[int64_t{i} * G + h], 1.0F);
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < kSparseDecodeMaxGroup; ++h) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float m2 = __shfl_xor_sync(0xffffffffU, m[h], off);
+      const float s2 = __shfl_xor_sync(0xffffffffU, s[h], off);
+      merge_lse(m[h], s[h], m2, s2);
+    }
+  }
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+    for (int h = 0; h < kSparseDecodeMaxGroup; ++h) part_m[warp][h] = m[h], part_s[warp][h] = s[h];
+  }
+  __syncthreads();
+  if (threadIdx.x < G) {
+    const int h = threadIdx.x;
+    float mm = kNegInf, ss = 0.0F;
+    for (int w = 0; w < kReduceThreads / 32; ++w) merge_lse(mm, ss, part_m[w][h], part_s[w][h]);
+    lse_row[h] = mm + log2f(ss);
+  }
+  __syncthreads();
+}
+
+/// One CTA per (row, query head): the row's log-sum-exps, then this head's output from the
+/// row's partials (weights 2^(lse_i − LSE)), and a 1/G share of the per-page mass from the
+/// per-unit log-sum-exps (head 0's CTA also sums the summary units). A grid of rows × G keeps
+/// the reduction short when a step has few rows with many items (one layer, batch 1).
+template <int HD, int kReduceThreads>
+__global__ void __launch_bounds__(kReduceThreads) sparse_decode_reduce_kernel(SparseDecodeRowsView rows,
+                                                                              SparseDecodeOutView out,
+                                                                              SparseDecodeWorkspaceView ws) {
+  static_assert(kReduceThreads % HD == 0, "whole dims per thread group");
+  constexpr int kParts = kReduceThreads / HD;  // threads per output dim, each a share of the items
+  const int r = blockIdx.x;
+  const int head = blockIdx.y;
+  const int G = rows.group;
+  // Launched as a programmatic dependent of the split kernel: its CTAs may be resident before
+  // the split grid is done; this waits for that grid's completion and its writes (a no-op for
+  // a launch without the attribute).
+  grid_dependency_wait();
+  const int ib = ws.row_item_indptr[r];
+  const int ie = ws.row_item_indptr[r + 1];
+  __shared__ float lse_row[kSparseDecodeMaxGroup];
+  __shared__ float acc_part[kParts][HD];
+  __shared__ float warp_part[kReduceThreads / 32];
+  row_lse<kReduceThreads>(ws, ib, ie, G, lse_row);
+
+  const int d = threadIdx.x % HD;
+  const int part = threadIdx.x / HD;
+  const float lse = lse_row[head];
+  float acc = 0.0F;
+#pragma unroll 8
+  for (int i = ib + part; i < ie; i += kParts) {
+    const float w = exp2f(ws.partial_lse[int64_t{i} * G + head] - lse);
+    acc += w * ws.partial_o[(int64_t{i} * G + head) * HD + d];
+  }
+  if constexpr (kParts > 1) {
+    acc_part[part][d] = acc;
+    __syncthreads();
+    if (part == 0) {
+#pragma unroll
+      for (int q = 1; q < kParts; ++q) acc += acc_part[q][d];
+    }
+  }
+  if (part == 0) out.out[r * out.out_row_stride + head * HD + d] = __float2bfloat16(acc);
+
+  if (out.page_mass == nullptr && out.summary_mass == nullptr) return;
+  const float inv_group = 1.0F / static_cast<float>(G);
+  const int32_t ub = ws.row_unit_indptr[r];
+  const int32_t n_units = ws.row_unit_indptr[r + 1] - ub;
+  const int32_t pb = rows.page_indptr[r];
+  const int32_t n_pages = rows.page_indptr[r + 1] - pb;
+  auto unit_mass = [&](int32_t u) {
+    float mass = 0.0F;
+    for (int h = 0; h < G; ++h) mass += exp2f(ws.unit_lse[int64_t{ub + u} * G + h] - lse_row[h]);
+    return mass * inv_group;
+  };
+  if (out.page_mass != nullptr) {
+    for (int32_t u = head * kReduceThreads + static_cast<int>(threadIdx.x); u < n_pages; u += G * kReduceThreads) {
+      out.page_mass[pb + u] = unit_mass(u);
+    }
+  }
+  if (out.summary_mass == nullptr || head != 0) return;
+  float summary = 0.0F;
+  for (int32_t u = n_pages + static_cast<int>(threadIdx.x); u < n_units; u += kReduceThreads) summary += unit_mass(u);
+  summary = warp_sum_xor<32>(summary, 1);
+  if ((threadIdx.x & 31) == 0) warp_part[threadIdx.x >> 5] = summary;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0F;
+    for (int w = 0; w < kReduceThreads / 32; ++w) total += warp_part[w];
+    out.summary_mass[r] = total;
+  }
 }
 
 /// What launch_sparse_decode runs (NOTES.md: why).
@@ -1378,35 +1280,21 @@ bool tensor_tiles_apply(const PagedKvPoolView& pool, const SparseDecodeRowsView&
 }
 
 /// v6 where it applies; v3 of the same stages otherwise (so every shape runs).
-bool wants_mass(const SparseDecodeOutView& out) { return out.page_mass != nullptr || out.summary_mass != nullptr; }
-
-template <int HD, int STAGES, bool FUSED = false>
+template <int HD, int STAGES>
 cudaError_t launch_split_tma(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
                              const SparseDecodeWorkspaceView& ws, bool want_mass, cudaStream_t stream,
-                             TmaLoadOptions load = {}, const SparseDecodeOutView& out = {}) {
+                             TmaLoadOptions load = {}) {
   TileMaps maps{};
   if (!tensor_tiles_apply(pool, rows, load, maps)) {
     return launch_split_mma<HD, STAGES>(pool, rows, ws, want_mass, stream);
   }
   constexpr size_t smem = tma_smem_bytes<HD, STAGES>();
-  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_tma_kernel<HD, STAGES, FUSED>,
+  static const cudaError_t raised = cudaFuncSetAttribute(sparse_decode_split_tma_kernel<HD, STAGES>,
                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (raised != cudaSuccess) return raised;
-  sparse_decode_split_tma_kernel<HD, STAGES, FUSED><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws, out, want_mass,
-                                                                                                    load.evict_first);
+  sparse_decode_split_tma_kernel<HD, STAGES><<<ws.n_items, kThreads, smem, stream>>>(maps, pool, rows, ws, want_mass,
+                                                                                             load.evict_first);
   return cudaGetLastError();
-}
-
-/// The fused variant (v6 s2 reducing in its last CTA per row), where the tensor tiles apply;
-/// `launched` says whether it ran (else nothing was launched and the caller runs the default).
-template <int HD>
-cudaError_t launch_split_tma_fused(const PagedKvPoolView& pool, const SparseDecodeRowsView& rows,
-                                   const SparseDecodeOutView& out, const SparseDecodeWorkspaceView& ws, cudaStream_t stream,
-                                   bool& launched) {
-  TileMaps maps{};
-  launched = ws.row_done != nullptr && tensor_tiles_apply(pool, rows, TmaLoadOptions{}, maps);
-  if (!launched) return cudaSuccess;
-  return launch_split_tma<HD, 2, true>(pool, rows, ws, wants_mass(out), stream, TmaLoadOptions{}, out);
 }
 
 /// The reduction after a split kernel. `overlap`: launched as a programmatic dependent launch,
@@ -1429,6 +1317,7 @@ cudaError_t launch_reduce(const SparseDecodeRowsView& rows, const SparseDecodeOu
                    : cudaLaunchKernelEx(&config, sparse_decode_reduce_kernel<HD, kReduceThreadsShort>, rows, out, ws);
 }
 
+bool wants_mass(const SparseDecodeOutView& out) { return out.page_mass != nullptr || out.summary_mass != nullptr; }
 
 /// The one place run-time head_dim and group become template arguments: the split kernel of
 /// a variant. Tensor-core variants and kAsyncUnroll4Stages4 exist for every supported shape;
@@ -1585,13 +1474,6 @@ cudaError_t launch_sparse_decode_variant(const PagedKvPoolView& pool, const Spar
                                          SparseDecodeVariant variant, cudaStream_t stream) {
   if (!sparse_decode_invalid(pool, rows, out, ws).empty()) return cudaErrorInvalidValue;
   if (variant == SparseDecodeVariant::kDefault) return dispatch_sparse_decode(pool, rows, out, ws, stream);
-  if (variant == SparseDecodeVariant::kMmaTensorFusedReduceStages2) {
-    bool launched = false;
-    const cudaError_t err = rows.head_dim == 128 ? launch_split_tma_fused<128>(pool, rows, out, ws, stream, launched)
-                                                 : launch_split_tma_fused<64>(pool, rows, out, ws, stream, launched);
-    if (err != cudaSuccess || launched) return err;
-    return dispatch_sparse_decode(pool, rows, out, ws, stream);
-  }
   const SparseDecodeVariant split = variant == SparseDecodeVariant::kMmaTensorSerialReduceStages2
                                         ? SparseDecodeVariant::kMmaTensorStages2
                                         : variant;
@@ -1616,8 +1498,7 @@ bool shares_units(SparseDecodeVariant v) {
     case SparseDecodeVariant::kMmaTensorNoCacheHintStages2:
     case SparseDecodeVariant::kMmaTensorL2Promotion128Stages2:
     case SparseDecodeVariant::kMmaTensorL2Promotion256Stages2:
-    case SparseDecodeVariant::kMmaTensorSerialReduceStages2:
-    case SparseDecodeVariant::kMmaTensorFusedReduceStages2: return true;
+    case SparseDecodeVariant::kMmaTensorSerialReduceStages2: return true;
     default: return false;
   }
 }
@@ -1668,9 +1549,6 @@ std::pair<const void*, size_t> split_kernel_of(SparseDecodeVariant v, int head_d
     case SparseDecodeVariant::kMmaTensorL2Promotion256Stages2:
     case SparseDecodeVariant::kMmaTensorSerialReduceStages2:
       return split_kernel_of(SparseDecodeVariant::kMmaTensorStages2, head_dim, group);
-    case SparseDecodeVariant::kMmaTensorFusedReduceStages2:
-      return {big ? fn(sparse_decode_split_tma_kernel<128, 2, true>) : fn(sparse_decode_split_tma_kernel<64, 2, true>),
-              big ? tma_smem_bytes<128, 2>() : tma_smem_bytes<64, 2>()};
     case SparseDecodeVariant::kRegistersUnroll4: return {fn(sparse_decode_split_kernel<128, 4, 4>), 0};
     case SparseDecodeVariant::kAsyncUnroll4Stages3:
       return {fn(sparse_decode_split_async_kernel<128, 4, 4, 3>), async_smem_bytes<4, 3>()};
@@ -1753,15 +1631,13 @@ void SparseDecodeWorkspace::upload(const SparseDecodePlan& plan, int group, int 
   auto* d_po = static_cast<float*>(reserve(3, items * group * head_dim * sizeof(float)));
   auto* d_pl = static_cast<float*>(reserve(4, items * group * sizeof(float)));
   auto* d_ul = static_cast<float*>(reserve(5, static_cast<size_t>(plan.n_units()) * group * sizeof(float)));
-  auto* d_done = static_cast<int32_t*>(reserve(6, rows * sizeof(int32_t)));
-  KVLAB_CUDA_CHECK(cudaMemsetAsync(d_done, 0, rows * sizeof(int32_t), stream));
   KVLAB_CUDA_CHECK(cudaMemcpyAsync(d_items, plan.items.data(), items * sizeof(DecodeWorkItem), cudaMemcpyHostToDevice, stream));
   KVLAB_CUDA_CHECK(cudaMemcpyAsync(d_units, plan.row_unit_indptr.data(), rows * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
   KVLAB_CUDA_CHECK(cudaMemcpyAsync(d_item_ptr, plan.row_item_indptr.data(), rows * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
   // Pageable sources: the copies are staged before cudaMemcpyAsync returns, but synchronise
   // anyway so that the caller may free or edit the plan at once.
   KVLAB_CUDA_CHECK(cudaStreamSynchronize(stream));
-  view_ = {d_items, d_units, d_item_ptr, plan.n_items(), d_po, d_pl, d_ul, d_done};
+  view_ = {d_items, d_units, d_item_ptr, plan.n_items(), d_po, d_pl, d_ul};
 }
 
 }  // namespace kvlab::cuda

@@ -86,9 +86,6 @@ struct SparseDecodeWorkspaceView {
   float* partial_o = nullptr;    // [n_items × group × head_dim]
   float* partial_lse = nullptr;  // [n_items × group], log2 domain
   float* unit_lse = nullptr;     // [n_units × group], log2 domain
-  /// [n_rows]: items of a row done in this launch, for the variant that reduces in the split
-  /// kernel (the last CTA of a row merges it and sets the count back to 0); zero after upload.
-  int32_t* row_done = nullptr;
 };
 
 /// Owns the device side of a plan; buffers grow as needed and are reused.
@@ -107,8 +104,8 @@ class SparseDecodeWorkspace {
 
  private:
   void* reserve(int slot, size_t bytes);
-  void* buffers_[7] = {};
-  size_t capacity_[7] = {};
+  void* buffers_[6] = {};
+  size_t capacity_[6] = {};
   SparseDecodeWorkspaceView view_;
 };
 
@@ -155,8 +152,6 @@ enum class SparseDecodeVariant {
   kMmaTensorL2Promotion256Stages2,  // v6 s2 with 256-byte L2 promotion, no policy (the default until 2026-12-03e)
   kMmaTensorSerialReduceStages2,    // v6 s2 with the reduction launched after the split grid, not as
                                     // a programmatic dependent (every other version overlaps it)
-  kMmaTensorFusedReduceStages2,     // v6 s2 with no reduction kernel: the last CTA of each row to
-                                    // finish merges the row (a per-row counter in the workspace)
 };
 
 /// Whether launch_sparse_decode runs the tensor-tile kernel (v6) for this pool and these rows, or

@@ -329,7 +329,6 @@ struct Bench {
         {SparseDecodeVariant::kMmaTensorL2Promotion128Stages2, "v6 s2 L2 promotion 128B"},
         {SparseDecodeVariant::kMmaTensorL2Promotion256Stages2, "v6 s2 L2 promotion 256B"},
         {SparseDecodeVariant::kMmaTensorSerialReduceStages2, "v6 s2 serial reduction"},
-        {SparseDecodeVariant::kMmaTensorFusedReduceStages2, "v6 s2 fused reduction"},
     };
     const Point points[] = {{kKvHeads, int64_t{32} << 10, "1 layer ctx=32K batch=1"},
                             {kKvHeads, int64_t{512} << 10, "1 layer ctx=512K batch=1"},
@@ -499,8 +498,7 @@ int run(int argc, char** argv) {
                                                                 {"v6s2nohint", SparseDecodeVariant::kMmaTensorNoCacheHintStages2},
                                                                 {"v6s2p128", SparseDecodeVariant::kMmaTensorL2Promotion128Stages2},
                                                                 {"v6s2p256", SparseDecodeVariant::kMmaTensorL2Promotion256Stages2},
-                                                                {"v6s2serial", SparseDecodeVariant::kMmaTensorSerialReduceStages2},
-                                                                {"v6s2fused", SparseDecodeVariant::kMmaTensorFusedReduceStages2}};
+                                                                {"v6s2serial", SparseDecodeVariant::kMmaTensorSerialReduceStages2}};
   std::string version_list;  // for the messages: "default|v3s2|..."
   for (const auto& [name, v] : kVersions) version_list += (version_list.empty() ? "" : "|") + name;
   for (int i = 1; i < argc; ++i) {
