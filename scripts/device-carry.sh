@@ -7,13 +7,13 @@
 #   scripts/device-carry.sh [DEST]        (DEST defaults to .carry/pack/kvlab.tar.xz; BUILD_DIR=build)
 #   BINS="kvlab kvlab_cuda_agreement" scripts/device-carry.sh DEST
 #                                         a lighter pack (~6 MB) that fits one call beside the
-#                                         model's first half, for visits that only run the model
+#                                         model's first piece, for visits that only run the model
 #
 # In the device call: carry [".carry/pack"], then
 #   mkdir -p /tmp/kv && tar xJf .carry/pack/kvlab.tar.xz -C /tmp/kv && cd /tmp/kv && scripts/device-check.sh --only tests
 # /tmp/kv stays while the machine is warm. The binaries find libkvlab_core through
 # LD_LIBRARY_PATH (the scripts set it). The model (98 MB) does not fit one call's 64 MiB beside
-# this: scripts/device-model.sh splits it for two calls.
+# this: scripts/device-model.sh splits it for three calls.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 dest="${1:-.carry/pack/kvlab.tar.xz}"
