@@ -27,7 +27,7 @@ class AdaKvPolicy final : public BudgetedPolicy {
   static constexpr const char* kDescription =
       "Ada-KV: SnapKV scores with each layer's budget spread across its heads by need (pooled top entries)";
   static constexpr bool kOracle = false;
-  static PolicyTraits traits() { return {{PolicyNeed::PrefillObservation}, false}; }
+  static PolicyTraits traits() { return {{PolicyNeed::PrefillObservation}, false, {}}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
             ParamSpec{"floor", ParamType::Float, "0", "share of the even per-head budget each head is guaranteed"}

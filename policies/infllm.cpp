@@ -31,7 +31,7 @@ class InfLlmPolicy final : public BudgetedPolicy {
   static constexpr const char* kDescription =
       "InfLLM: sinks + window + per step the chunks whose representative keys best match the query";
   static constexpr bool kOracle = false;
-  static PolicyTraits traits() { return {{PolicyNeed::QueryKeyVectors}, true}; }
+  static PolicyTraits traits() { return {{PolicyNeed::QueryKeyVectors}, true, {}}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
             sinks_param("128", "initial tokens always attended (paper: 128)"),

@@ -44,7 +44,7 @@ class LsaPolicyBase : public BudgetedPolicy {
   /// Parameters both variants take.
   static std::vector<ParamSpec> common_params();
   /// Both variants keep a summary tier (and `lsa` an index tier).
-  static PolicyTraits traits() { return {{}, true}; }
+  static PolicyTraits traits() { return {{}, true, {}}; }
 
   void check_request(const RequestContext& request) const override;
   void on_request(const RequestContext& request, Plan& plan) override;

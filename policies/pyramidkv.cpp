@@ -25,7 +25,7 @@ class PyramidKvPolicy final : public BudgetedPolicy {
   static constexpr const char* kDescription =
       "PyramidKV: SnapKV with per-layer budgets shrinking linearly with depth (same total)";
   static constexpr bool kOracle = false;
-  static PolicyTraits traits() { return {{PolicyNeed::PrefillObservation}, false}; }
+  static PolicyTraits traits() { return {{PolicyNeed::PrefillObservation}, false, {}}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
             ParamSpec{"beta", ParamType::Float, "20", "the top layer keeps 1/beta of the average layer budget (paper: 20)"}

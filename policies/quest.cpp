@@ -33,7 +33,7 @@ class QuestPolicy final : public BudgetedPolicy {
   static constexpr const char* kDescription =
       "Quest: per step, the chunks with the largest query-key upper bound from per-chunk key min/max (index tier)";
   static constexpr bool kOracle = false;
-  static PolicyTraits traits() { return {{PolicyNeed::QueryKeyVectors}, true}; }
+  static PolicyTraits traits() { return {{PolicyNeed::QueryKeyVectors}, true, {}}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
             {"mode", ParamType::String, "host", "host: unselected chunks on host, fetched per step; resident: all in HBM (paper)"}};

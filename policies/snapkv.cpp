@@ -27,7 +27,7 @@ class SnapKvPolicy final : public BudgetedPolicy {
   static constexpr const char* kDescription =
       "SnapKV: per head, the prompt chunks the prefill observation window attends most, plus the window and new tokens";
   static constexpr bool kOracle = false;
-  static PolicyTraits traits() { return {{PolicyNeed::PrefillObservation}, false}; }
+  static PolicyTraits traits() { return {{PolicyNeed::PrefillObservation}, false, {}}; }
   static std::vector<ParamSpec> param_specs() {
     return {budget_param("0.1"),
             pool_kernel_param()};

@@ -518,7 +518,7 @@ std::vector<Cell> expand_cells(const StudyConfig& study) {
         } catch (const std::exception& e) {
           std::string what = e.what();
           // The registry's messages start with the flag or the policy they name.
-          for (const std::string prefix : {std::string("--policy: "), "policy " + g.name + ": "}) {
+          for (const std::string& prefix : {std::string("--policy: "), "policy " + g.name + ": "}) {
             if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
           }
           fail_at(study.file, g.line, "policy " + g.name, what);

@@ -33,14 +33,6 @@ int default_thread_count() {
 #endif
 }
 
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 /// One product of a fused matvec: y = W x.
 struct MatVec {
   const RowMatrix* w;

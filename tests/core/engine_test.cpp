@@ -88,7 +88,9 @@ TEST(Engine, SpySeesHooksInLifecycleOrderAndOnlyCausalData) {
   // request, then per step: [refresh if t % 4 == 0], step, attention.
   size_t i = 1;
   for (int64_t t = 0; t < info.decode_steps; ++t) {
-    if (t % 4 == 0) EXPECT_EQ(log.calls[i++], "refresh:" + std::to_string(t));
+    if (t % 4 == 0) {
+      EXPECT_EQ(log.calls[i++], "refresh:" + std::to_string(t));
+    }
     EXPECT_EQ(log.calls[i++], "step:" + std::to_string(t));
     EXPECT_EQ(log.calls[i++], "attention:" + std::to_string(t));
   }

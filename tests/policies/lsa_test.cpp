@@ -485,7 +485,9 @@ TEST(Lsa, PerLayerSelectionKeepsTheContractAndTheSharedFootprint) {
     EXPECT_LE(b.footprint(), static_cast<int64_t>(0.1 * static_cast<double>(n)) * bpt) << "step " << t;
     EXPECT_EQ(b.hbm_summary, shared.bytes.at({0, t}).hbm_summary) << "step " << t;
     // Just before a refresh every fetch has landed: each layer holds as many tokens as the shared set.
-    if (t % 8 == 7) EXPECT_EQ(b.hbm_kv, shared.bytes.at({0, t}).hbm_kv) << "step " << t;
+    if (t % 8 == 7) {
+      EXPECT_EQ(b.hbm_kv, shared.bytes.at({0, t}).hbm_kv) << "step " << t;
+    }
     const Residency& held = per_layer.resident.at({0, t});
     rows_differ = rows_differ || held.row(0) != held.row(1);
   }

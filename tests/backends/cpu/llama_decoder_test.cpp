@@ -242,9 +242,13 @@ void check_restricted_step(bool uniform, bool summaries) {
     EXPECT_NEAR(r.chunk_mass.row(row).sum() + r.summary_mass(row), 1.0, 1e-5);
     EXPECT_NEAR(r.full_mass.row(row).sum(), 1.0, 1e-5);
     for (int64_t c = 0; c + 1 < r.chunk_mass.cols(); ++c) {
-      if (!masks.resident(static_cast<int>(row), c)) EXPECT_EQ(r.chunk_mass(row, c), 0.0F);
+      if (!masks.resident(static_cast<int>(row), c)) {
+        EXPECT_EQ(r.chunk_mass(row, c), 0.0F);
+      }
     }
-    if (summaries) EXPECT_GT(r.summary_mass(row), 0.0F);
+    if (summaries) {
+      EXPECT_GT(r.summary_mass(row), 0.0F);
+    }
   }
   // Restriction changed the output: the reference mass is not the restricted one.
   EXPECT_GT((r.full_mass - r.chunk_mass).cwiseAbs().maxCoeff(), 1e-3);

@@ -290,7 +290,9 @@ TEST_P(RecordedZoo, EveryZooPolicyRunsLiveAndOnReplayOfARecording) {
       EXPECT_EQ(r->steps, 20) << policies[k].label;
       EXPECT_GT(r->critical_recall, 0.0) << policies[k].label;
       EXPECT_LE(r->critical_recall, 1.0 + 1e-12) << policies[k].label;
-      if (k > 0) EXPECT_LT(r->footprint_mean_ratio, 0.95) << policies[k].label;
+      if (k > 0) {
+        EXPECT_LT(r->footprint_mean_ratio, 0.95) << policies[k].label;
+      }
     }
   }
   EXPECT_NEAR(replayed[0].critical_recall, 1.0, 1e-12);
@@ -384,7 +386,9 @@ TEST(LivePolicyInputs, RecordAndRunCoverTheSameStepsWithTheSameFiguresForFullAtt
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [key, s] : a) {
     EXPECT_EQ(s.hbm_kv, b.at(key).hbm_kv);  // sliding_window's footprint depends on the step alone
-    if (key.policy == 0) EXPECT_NEAR(s.mass, b.at(key).mass, 1e-6);
+    if (key.policy == 0) {
+      EXPECT_NEAR(s.mass, b.at(key).mass, 1e-6);
+    }
   }
   std::filesystem::remove(path);
   std::filesystem::remove(fixed);

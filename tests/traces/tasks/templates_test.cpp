@@ -209,7 +209,9 @@ TEST(TemplateSetTest, SamplesNameTheirSetAndAreDeterministic) {
       EXPECT_EQ(a.answer_prefix, b.answer_prefix) << task;
       EXPECT_EQ(a.template_variants, b.template_variants) << task;
       // Train keeps the default wording among its cwe and fwe templates; heldout has none of it.
-      if (set == TemplateSet::Heldout) EXPECT_NE(a.prompt_user_text, d.prompt_user_text) << task;
+      if (set == TemplateSet::Heldout) {
+        EXPECT_NE(a.prompt_user_text, d.prompt_user_text) << task;
+      }
     }
   }
 }
