@@ -89,12 +89,12 @@ const CommandSpec kTrainSpec{
     "lsa_oracle (the true labels ranked first)."};
 
 const CommandSpec kEvalSpec{
-    "kvlab indexer eval --indexer FILE --trace FILE [options]",
-    "Ranking quality of an indexer alone: at every refresh point of the trace, the fraction of lookahead-critical "
-    "chunks that fall in its top k, for several k. The labels use the options the indexer was trained with unless "
-    "given here.",
+    "kvlab indexer eval --indexer FILE --trace FILE [--trace FILE ...] [options]",
+    "Ranking quality of an indexer alone: at every refresh point of the traces, the fraction of lookahead-critical "
+    "chunks that fall in its top k, for several k (over several traces: pooled, every critical chunk counted once). "
+    "The labels use the options the indexer was trained with unless given here.",
     {{"indexer", "FILE", "indexer checkpoint", "", false, true},
-     {"trace", "FILE", "trace to evaluate on (held out from training)", "", false, true},
+     {"trace", "FILE", "trace to evaluate on (held out from training); repeat for several", "", true, true},
      {"k", "LIST", "comma-separated k values", "8,16,32,64,128,256"},
      {"tau", "N", "lookahead horizon (default: the indexer's)", ""},
      {"window", "N", "recent tokens never candidates (default: the indexer's)", ""},
@@ -351,12 +351,12 @@ int eval(const Argv& argv) {
   labels.validate();
   TraceDatasetSummary summary;
   // The layers the indexer reads (its first, or only, layer when it names none).
-  const std::vector<IndexerRequest> data =
-      load_indexer_data({args.get("trace")}, labels, &summary, indexer.feature_layers);
+  const std::vector<std::string> traces = args.get_all("trace");
+  const std::vector<IndexerRequest> data = load_indexer_data(traces, labels, &summary, indexer.feature_layers);
   const auto& c = indexer.model.config();
   if (summary.d_query != c.d_query || summary.d_key != c.d_key) {
     throw InputError("--indexer: " + args.get("indexer") + " expects d_query=" + std::to_string(c.d_query) +
-                     ", d_key=" + std::to_string(c.d_key) + " but " + args.get("trace") + " has d_query=" +
+                     ", d_key=" + std::to_string(c.d_key) + " but " + traces.front() + " has d_query=" +
                      std::to_string(summary.d_query) + ", d_key=" + std::to_string(summary.d_key));
   }
   const std::vector<int> ks = parse_ks(args.get("k"));
@@ -364,7 +364,9 @@ int eval(const Argv& argv) {
       evaluate_indexer(indexer.model, data, {}, ks, threads);
   json out = recall_json(counts);
   out["indexer"] = args.get("indexer");
-  out["trace"] = args.get("trace");
+  // "trace" as before for one file; "traces" always lists what was pooled.
+  if (traces.size() == 1) out["trace"] = traces.front();
+  out["traces"] = traces;
   out["tau"] = labels.tau;
   out["window"] = labels.window;
   out["candidates_per_group"] =
@@ -373,7 +375,8 @@ int eval(const Argv& argv) {
     std::cout << out.dump(2) << "\n";
     return 0;
   }
-  std::cout << "indexer " << args.get("indexer") << " on " << args.get("trace") << ": " << counts.groups
+  const std::string on = traces.size() == 1 ? traces.front() : std::to_string(traces.size()) + " traces";
+  std::cout << "indexer " << args.get("indexer") << " on " << on << ": " << counts.groups
             << " refresh points, " << counts.positives << " lookahead-critical chunks, "
             << std::setprecision(0) << std::fixed << out["candidates_per_group"].get<double>()
             << " candidates per refresh\n";

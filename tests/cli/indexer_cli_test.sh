@@ -61,6 +61,23 @@ cmp -s "${work}/eval.json" "${work}/eval_again.json" || fail "indexer train is n
 json_check "${work}/eval.json" 'd["tau"] == 32 and d["window"] == 4096 and 0 <= d["recall@1"] <= d["recall@4"] <= d["recall@16"] <= 1'
 json_check "${work}/eval.json" 'd["positives"] > 0 and d["groups"] == 2 * 3'
 expect 0 "recall@16" -- indexer eval --indexer "${idx}" --trace "${held_out}"
+# Several traces pool their refresh points: positives and groups add, and recall@k is the
+# positives-weighted mean of each trace's own.
+expect 0 "" -- indexer eval --indexer "${idx}" --trace "${train}" --json --k 1,4,16
+cp "${work}/out.txt" "${work}/eval_train.json"
+expect 0 "" -- indexer eval --indexer "${idx}" --trace "${held_out}" --trace "${train}" --json --k 1,4,16
+cp "${work}/out.txt" "${work}/eval_both.json"
+checks=$((checks + 1))
+python3 - "${work}/eval.json" "${work}/eval_train.json" "${work}/eval_both.json" <<'PY' || fail "indexer eval over two traces is not the pooled figure"
+import json, sys
+a, b, both = (json.load(open(p)) for p in sys.argv[1:])
+assert both["positives"] == a["positives"] + b["positives"] and both["groups"] == a["groups"] + b["groups"]
+assert "trace" not in both and len(both["traces"]) == 2 and a["traces"] == [a["trace"]]
+for k in ("recall@1", "recall@4", "recall@16"):
+    pooled = (a[k] * a["positives"] + b[k] * b["positives"]) / both["positives"]
+    assert abs(both[k] - pooled) < 1e-9, (k, both[k], pooled)
+PY
+expect 0 "on 2 traces" -- indexer eval --indexer "${idx}" --trace "${held_out}" --trace "${train}"
 
 # Bad options name the flag (exit 2); bad files name the file (exit 1).
 expect 2 "--tau" -- indexer train --traces "${train}" --out "${work}/x.h5" --tau 0

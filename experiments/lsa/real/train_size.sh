@@ -59,12 +59,11 @@ policies=(--policy "sliding_window:window=$(python3 -c "print(int($context * $bu
 for name in "${names[@]}"; do
   "$K" indexer train --traces "$work/$name"/*.h5 "${labels[@]}" --threads "$threads" --out "$work/indexer_$name.h5" \
     >"$out/logs/train_$name.log" 2>&1 || { echo "train_size: training $name failed" >&2; exit 1; }
-  mkdir -p "$out/eval/$name"
-  for f in "$work/eval"/*.h5; do
-    "$K" indexer eval --indexer "$work/indexer_$name.h5" --trace "$f" --k 8,16,32,64 --json --threads "$threads" \
-      >"$out/eval/$name/$(basename "$f" .h5).json" 2>"$out/logs/eval_$name.log" ||
-      { echo "train_size: eval $name on $f failed: $(tail -n 1 "$out/logs/eval_$name.log")" >&2; exit 1; }
-  done
+  eval_traces=()
+  for f in "$work/eval"/*.h5; do eval_traces+=(--trace "$f"); done
+  "$K" indexer eval --indexer "$work/indexer_$name.h5" "${eval_traces[@]}" --k 8,16,32,64 --json --threads "$threads" \
+    >"$out/eval/$name.json" 2>"$out/logs/eval_$name.log" ||
+    { echo "train_size: eval $name failed: $(tail -n 1 "$out/logs/eval_$name.log")" >&2; exit 1; }
   policies+=(--policy "lsa:indexer=$work/indexer_$name.h5,window=$window,sinks=64,budget=$budget,tau=16")
   el "trained and evaluated $name"
 done
@@ -88,10 +87,8 @@ replays = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "repla
 def replay_mean(pred):
     xs = [r["critical_recall"] for rs in replays for r in rs if pred(r["policy"])]
     return f"{sum(xs) / len(xs):.3f}" if xs else "n/a"
-def held_out(name):  # recall@16 over the held-out files, weighted by their positives
-    evs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "eval", name, "*.json")))]
-    pos = sum(e["positives"] for e in evs)
-    return f"{sum(e['recall@16'] * e['positives'] for e in evs) / pos:.3f}" if pos else "n/a"
+def held_out(name):  # recall@16 pooled over the held-out files (kvlab indexer eval)
+    return f"{json.load(open(os.path.join(out, 'eval', f'{name}.json')))['recall@16']:.3f}"
 for name in names:
     print(f"| {name[1:]} | {train_line(name, 'trained')} | {train_line(name, 'bilinear')} | {train_line(name, 'lsa_oracle')} | "
           f"{held_out(name)} | {replay_mean(lambda p, n=name: p.startswith('lsa:') and f'indexer_{n}.h5' in p)} |")
