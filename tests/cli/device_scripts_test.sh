@@ -69,6 +69,36 @@ if [[ -f "${root}/models/${gguf}" ]]; then
   fi
   check "the refusal names the hash" grep -q "hash" "${work}/bad.txt"
   check "no model is left behind" bash -c "[[ ! -e '${there}/models/${gguf}' && ! -e '${there}/models/${gguf}.tmp' ]]"
+
+  # ---- a visit in three calls (scripts/device-visit.sh): the pack and piece a, then b, then c
+  fake="${work}/fake_pack" visit="${work}/visit_dir"
+  mkdir -p "${fake}/build/bin" "${fake}/build/lib" "${fake}/scripts"
+  echo '#!/bin/sh' >"${fake}/build/bin/kvlab"
+  cp "${root}/scripts/device-model.sh" "${root}/scripts/fetch-model.sh" "${fake}/scripts/"
+  echo "0123abc" >"${fake}/REVISION"
+  for call in 1 2 3; do
+    mkdir -p "${work}/call${call}/.carry/gguf" "${work}/out${call}"
+    ln -s "${root}/scripts" "${work}/call${call}/scripts"
+  done
+  mkdir -p "${work}/call1/.carry/pack"
+  tar cJf "${work}/call1/.carry/pack/kvlab.tar.xz" -C "${fake}" .
+  cp "${here}/.carry/gguf/a" "${work}/call1/.carry/gguf/"
+  cp "${here}/.carry/gguf/b" "${work}/call2/.carry/gguf/"
+  cp "${here}/.carry/gguf/c" "${work}/call3/.carry/gguf/"
+  for call in 1 2 3; do
+    check "visit call ${call}" env OUT="${work}/out${call}" KVLAB_VISIT_DIR="${visit}" KVLAB_MODEL_STASH="${work}/visit_stash" \
+      bash -c "cd '${work}/call${call}' && source scripts/device-visit.sh v && pwd >\"\$O/where.txt\" && el done"
+    check "call ${call} packs its outputs" bash -c "tar xzf '${work}/out${call}/v.tgz' -C '${work}/out${call}' &&
+      grep -qx '${visit}' '${work}/out${call}/v/where.txt' && grep -qx 0123abc '${work}/out${call}/v/revision.txt'"
+  done
+  check "the model is joined after the third piece" cmp "${visit}/models/${gguf}" "${root}/models/${gguf}"
+  checks=$((checks + 1))
+  if (cd "${work}/call2" && OUT="${work}/out2" KVLAB_VISIT_DIR="${work}/nowhere" bash -c "source scripts/device-visit.sh v" \
+      >"${work}/nopack.txt" 2>&1); then
+    failures=$((failures + 1))
+    echo "FAIL: a visit without binaries went on"
+  fi
+  check "a visit without binaries says so" grep -q "holds no binaries" "${work}/nopack.txt"
 else
   echo "device_scripts_test: ${root}/models/${gguf} absent: the split is not checked"
 fi
