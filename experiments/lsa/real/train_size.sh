@@ -8,11 +8,11 @@
 # (trained, closed-form bilinear, lsa_oracle), `kvlab indexer eval` on the held-out recordings,
 # and a replay of lsa beside lsa_oracle and sliding_window at BUDGET (15%). OUT/summary.md is the table.
 #
-#   experiments/lsa/real/train_size.sh [OUT]      (on the H200: ~4 min; BACKEND=cpu works, slowly)
+#   experiments/lsa/real/train_size.sh [OUT]      (on the H200: ~4 min, estimated; BACKEND=cpu works, slowly)
 # Environment: BACKEND (cuda), CONTEXT (4096), SIZES ("4 17 50 167"), EVAL (16), STEPS (32),
 # BATCH (64), THREADS (all cores), TASKS (the six), WINDOW (256) and BUDGET (0.15) for the labels
 # and the replayed policies. Not yet run: the 2026-12-04 visit was refused
-# for lack of a device, and the CPU records ~10-20 s a request at 1K here.
+# for lack of a device, and the CPU here recorded 19 s a request at 1K (cores shared with CI).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../gpu/live_env.sh"
 out="${1:-${OUT:-results/lsa_train_size_real}}"
@@ -56,11 +56,11 @@ for per_task in $sizes; do
 done
 policies=(--policy "sliding_window:window=$(python3 -c "print(int($context * $budget) - 64)"),sinks=64"
           --policy "lsa_oracle:window=$window,sinks=64,budget=$budget,tau=16")
+eval_traces=()
+for f in "$work/eval"/*.h5; do eval_traces+=(--trace "$f"); done
 for name in "${names[@]}"; do
   "$K" indexer train --traces "$work/$name"/*.h5 "${labels[@]}" --threads "$threads" --out "$work/indexer_$name.h5" \
     >"$out/logs/train_$name.log" 2>&1 || { echo "train_size: training $name failed" >&2; exit 1; }
-  eval_traces=()
-  for f in "$work/eval"/*.h5; do eval_traces+=(--trace "$f"); done
   "$K" indexer eval --indexer "$work/indexer_$name.h5" "${eval_traces[@]}" --k 8,16,32,64 --json --threads "$threads" \
     >"$out/eval/$name.json" 2>"$out/logs/eval_$name.log" ||
     { echo "train_size: eval $name failed: $(tail -n 1 "$out/logs/eval_$name.log")" >&2; exit 1; }
