@@ -46,7 +46,9 @@ class LsaPolicy final : public LsaPolicyBase {
             .at_least(1));
     return specs;
   }
-  static PolicyTraits traits() { return {{PolicyNeed::QueryFeatures, PolicyNeed::ChunkFeatures}, true, {}}; }
+  static PolicyTraits traits() {
+    return {{PolicyNeed::QueryFeatures, PolicyNeed::ChunkFeatures}, true, {{"prompt_prior", PolicyNeed::PrefillObservation}}};
+  }
 
   explicit LsaPolicy(const Params& p)
       : LsaPolicyBase(p, "lsa"), path_(p.get_string("indexer")), element_bytes_(p.get_int("index_dtype_bytes")) {

@@ -44,7 +44,7 @@ class LsaPolicyBase : public BudgetedPolicy {
   /// Parameters both variants take.
   static std::vector<ParamSpec> common_params();
   /// Both variants keep a summary tier (and `lsa` an index tier).
-  static PolicyTraits traits() { return {{}, true, {}}; }
+  static PolicyTraits traits() { return {{}, true, {{"prompt_prior", PolicyNeed::PrefillObservation}}}; }
 
   void check_request(const RequestContext& request) const override;
   void on_request(const RequestContext& request, Plan& plan) override;
@@ -92,6 +92,11 @@ class LsaPolicyBase : public BudgetedPolicy {
   /// Whole pages, best page first, while they fit in `allowance` tokens.
   void add_whole_pages(const StepContext& step, const std::vector<int64_t>& candidates,
                        const std::vector<double>& scores, int64_t allowance, ChunkMask& selected);
+  /// prompt_prior: per score group, the pooled prefill observation score of each prompt chunk.
+  [[nodiscard]] std::vector<std::vector<double>> prompt_prior_by_group(const RequestContext& request, int groups) const;
+  /// prompt_prior: the best prompt candidates by `prior`, within prior_share of `allowance`.
+  void add_prompt_prior(const StepContext& step, const std::vector<int64_t>& candidates, const std::vector<double>& prior,
+                        int64_t allowance, ChunkMask& selected);
   /// share=layer: sinks, window and each row's layer's selection.
   void plan_per_layer(const StepContext& step, Plan& plan);
 
@@ -100,6 +105,9 @@ class LsaPolicyBase : public BudgetedPolicy {
   Share share_ = Share::Request;
   double threshold_ = 0.5;
   int64_t page_chunks_ = 16;
+  bool prompt_prior_ = false;
+  double prior_share_ = 0.5;
+  std::vector<std::vector<double>> prior_;  // prompt_prior: per score group, per prompt chunk
   int64_t tau_;
   int64_t window_;
   int64_t sinks_;

@@ -6,6 +6,7 @@
 #include "core/lookahead.hpp"
 #include "indexer/inference/label_options.hpp"
 #include "policies/lsa.hpp"
+#include "policies/prefill_scores.hpp"
 
 namespace kvlab {
 
@@ -37,6 +38,15 @@ std::vector<ParamSpec> LsaPolicyBase::common_params() {
           ParamSpec{"share", ParamType::String, "request",
                     "request: one selection every layer holds; layer: each model layer its own, from its own "
                     "scores, with the same tokens per layer (the same footprint)"}
+              .omitted_at_default(),
+          ParamSpec{"prompt_prior", ParamType::Bool, "false",
+                    "reserve prior_share of each refresh's selection for the prompt chunks the prefill observation "
+                    "attends most (SnapKV's scores, pooled over 7 tokens), the rest by the policy's ranking"}
+              .omitted_at_default(),
+          ParamSpec{"prior_share", ParamType::Float, "0.5",
+                    "prompt_prior=true: the share of the selection allowance the prompt prior fills first"}
+              .at_least(0)
+              .at_most(1)
               .omitted_at_default()};
 }
 
@@ -67,6 +77,11 @@ LsaPolicyBase::LsaPolicyBase(const Params& p, std::string name)
   }
   threshold_ = p.get_float("threshold");
   page_chunks_ = p.get_int("page_chunks");
+  prompt_prior_ = p.get_bool("prompt_prior");
+  prior_share_ = p.get_float("prior_share");
+  if (prompt_prior_ && select_ == Select::Pages) {
+    throw UsageError("policy " + name_ + ": parameter 'prompt_prior' works with select=topk or threshold, not pages");
+  }
 }
 
 bool LsaPolicyBase::passes_threshold(double score) const { return 1.0 / (1.0 + std::exp(-score)) > threshold_; }
@@ -127,6 +142,7 @@ void LsaPolicyBase::on_request(const RequestContext& request, Plan& plan) {
   const int groups = *std::max_element(group_of_layer_.begin(), group_of_layer_.end()) + 1;
   selected_.assign(static_cast<size_t>(groups), ChunkMask());
   scores_.resize(static_cast<size_t>(groups));
+  if (prompt_prior_) prior_ = prompt_prior_by_group(request, groups);
   plan.tiers.summary_ratio = summary_ratio_;
   plan.tiers.index_bytes_per_chunk = index_bytes_per_chunk();
 }
@@ -160,7 +176,41 @@ void LsaPolicyBase::on_refresh(const StepContext& step, Plan&) {
   if (candidates.empty()) return;
   score(step, candidates, scores_);
   const int64_t allowance = selection_allowance(step);
-  for (size_t g = 0; g < selected_.size(); ++g) select_group(step, candidates, scores_[g], allowance, selected_[g]);
+  for (size_t g = 0; g < selected_.size(); ++g) {
+    if (prompt_prior_) add_prompt_prior(step, candidates, prior_[g], allowance, selected_[g]);
+    select_group(step, candidates, scores_[g], allowance, selected_[g]);
+  }
+}
+
+std::vector<std::vector<double>> LsaPolicyBase::prompt_prior_by_group(const RequestContext& request, int groups) const {
+  // SnapKV's pooled observation scores per row, averaged over each group's rows: one ranking per
+  // selection (the request's, or a layer's). The observation window's own chunks score +inf.
+  constexpr int64_t kPoolTokens = 7;  // SnapKV's kernel (paper §4)
+  const std::vector<std::vector<double>> rows = prefill_chunk_scores(request, kPoolTokens);
+  const int64_t chunks = request.geometry->chunks_for(request.prompt_tokens);
+  std::vector<std::vector<double>> prior(static_cast<size_t>(groups), std::vector<double>(static_cast<size_t>(chunks), 0.0));
+  std::vector<int> rows_in_group(static_cast<size_t>(groups), 0);
+  for (int r = 0; r < request.rows.rows(); ++r) {
+    const int g = group_of_layer_[static_cast<size_t>(request.rows.layer_of(r))];
+    ++rows_in_group[static_cast<size_t>(g)];
+    for (int64_t c = 0; c < chunks; ++c) prior[static_cast<size_t>(g)][c] += rows[static_cast<size_t>(r)][c];
+  }
+  for (int g = 0; g < groups; ++g) {
+    for (double& v : prior[static_cast<size_t>(g)]) v /= std::max(1, rows_in_group[static_cast<size_t>(g)]);
+  }
+  return prior;
+}
+
+void LsaPolicyBase::add_prompt_prior(const StepContext& step, const std::vector<int64_t>& candidates,
+                                     const std::vector<double>& prior, int64_t allowance, ChunkMask& selected) {
+  // Prompt chunks only (the prior knows nothing of decoded tokens), best prefill score first.
+  ranked_.clear();
+  for (const int64_t c : candidates) {
+    if (c < static_cast<int64_t>(prior.size())) ranked_.push_back(c);
+  }
+  std::stable_sort(ranked_.begin(), ranked_.end(), [&](int64_t a, int64_t b) { return prior[a] > prior[b]; });
+  const auto share = static_cast<int64_t>(std::floor(prior_share_ * static_cast<double>(allowance)));
+  add_within_budget(step, ranked_, share, selected);
 }
 
 void LsaPolicyBase::select_group(const StepContext& step, const std::vector<int64_t>& candidates,

@@ -353,6 +353,61 @@ TEST(Lsa, SelectionModes) {
   EXPECT_TRUE(selected_after_first_refresh(base + ",select=pages,page_chunks=8").empty());
 }
 
+namespace {
+
+/// needle_at_chunk_5 with a prefill observation (last 64 prompt tokens) that looks elsewhere:
+/// chunks 20, 21, 22, 23 get 0.4, 0.3, 0.2, 0.05, the rest (chunk 5 too) almost nothing.
+std::vector<int64_t> selected_with_prompt_prior(const std::string& spec) {
+  ConformanceData data = needle_at_chunk_5();
+  attach_prefill(data, 64, [](int) {
+    std::vector<float> obs(40, 0.001F);
+    obs[20] = 0.4F;
+    obs[21] = 0.3F;
+    obs[22] = 0.2F;
+    obs[23] = 0.05F;
+    return obs;
+  });
+  const auto run = record(spec, data);
+  std::vector<int64_t> held = members(run.resident.at({0, 1}));
+  std::erase_if(held, [](int64_t c) { return c == 0 || c >= 40 - 10; });
+  return held;
+}
+
+}  // namespace
+
+TEST(Lsa, PromptPriorReservesItsShareForTheChunksThePrefillObservationAttends) {
+  const std::string base = "lsa_oracle:tau=8,window=512,sinks=64,budget=1024";  // room for 4 chunks
+  // Without the prior the oracle's critical chunk leads the selection.
+  const std::vector<int64_t> plain = selected_with_prompt_prior(base);
+  ASSERT_EQ(plain.size(), 4U);
+  EXPECT_TRUE(std::find(plain.begin(), plain.end(), 5) != plain.end());
+  // Half the room (2 chunks) goes to the prefill's two best chunks, the rest to the oracle's ranking.
+  const std::vector<int64_t> half = selected_with_prompt_prior(base + ",prompt_prior=true");
+  ASSERT_EQ(half.size(), 4U);
+  for (const int64_t c : {5, 20, 21}) EXPECT_TRUE(std::find(half.begin(), half.end(), c) != half.end()) << c;
+  // All of it: the prefill's four best, and the needle is not held.
+  EXPECT_EQ(selected_with_prompt_prior(base + ",prompt_prior=true,prior_share=1"), (std::vector<int64_t>{20, 21, 22, 23}));
+  // With a threshold, the prior's share stays and the ranking adds only what passes.
+  EXPECT_EQ(selected_with_prompt_prior(base + ",prompt_prior=true,select=threshold"), (std::vector<int64_t>{5, 20, 21}));
+  // share 0 is the plain policy.
+  EXPECT_EQ(selected_with_prompt_prior(base + ",prompt_prior=true,prior_share=0"), plain);
+}
+
+TEST(Lsa, PromptPriorNeedsThePrefillObservationAndStaysOutOfTheSpecWhenOff) {
+  const auto& registry = PolicyRegistry::instance();
+  EXPECT_EQ(registry.resolve("lsa_oracle:budget=0.1,prompt_prior=false").label, registry.resolve("lsa_oracle:budget=0.1").label);
+  EXPECT_EQ(registry.resolve("lsa_oracle:budget=0.1").needs().count(PolicyNeed::PrefillObservation), 0U);
+  EXPECT_EQ(registry.resolve("lsa_oracle:budget=0.1,prompt_prior=true").needs().count(PolicyNeed::PrefillObservation), 1U);
+  EXPECT_THROW((void)registry.resolve("lsa_oracle:prior_share=1.5"), UsageError);
+  try {
+    (void)registry.resolve("lsa_oracle:prompt_prior=true,select=pages").instantiate();
+    FAIL() << "prompt_prior with select=pages was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("parameter 'prompt_prior' works with select=topk or threshold"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Lsa, SelectionOptionsStayOutOfTheCanonicalSpecAtTheirDefaults) {
   const auto& registry = PolicyRegistry::instance();
   EXPECT_EQ(registry.resolve("lsa_oracle:budget=0.1").label,
