@@ -26,7 +26,7 @@ if [[ -x "${build}/bin/kvlab_gpu_tests" ]]; then
   check "device-carry.sh packs" env BUILD_DIR="${build}" bash "${root}/scripts/device-carry.sh" "${pack}"
   check "the pack lists its binaries and scripts" bash -c "tar tJf '${pack}' > '${work}/pack.txt'"
   for f in ./build/bin/kvlab ./build/bin/kvlab_gpu_tests ./build/lib/libkvlab_core.so.0 ./scripts/device-check.sh \
-           ./experiments/gpu/live_table.sh ./experiments/lsa/real/record_train.sh ./experiments/lsa/real/train_size.sh \
+           ./experiments/gpu/live_table.sh ./experiments/lsa/real/record_train.sh ./experiments/lsa/real/train_size.sh ./experiments/lsa/real/prompt_prior.sh \
            ./experiments/lsa/real/results/indexer_real_1008.h5 ./REVISION; do
     check "the pack holds ${f}" grep -qx "${f}" "${work}/pack.txt"
   done

@@ -32,8 +32,8 @@ zoo_budget="${ZOO_BUDGET:-0.15}"
 indexer="${INDEXER:-$here/results/indexer_real_1008.h5}"
 threads="${THREADS:-$(nproc)}"
 [[ -x "$K" ]] || { echo "prompt_prior: $K missing" >&2; exit 1; }
-[[ -f "$model" ]] || { echo "prompt_prior: $model missing (scripts/fetch-model.sh)" >&2; exit 1; }
 [[ -f "$indexer" ]] || { echo "prompt_prior: INDEXER $indexer missing" >&2; exit 1; }
+[[ -f "$model" ]] || { echo "prompt_prior: $model missing (scripts/fetch-model.sh)" >&2; exit 1; }
 mkdir -p "$out/logs" "$out/replay" "$work"
 t0=$(date +%s)
 el() { echo "[$(($(date +%s) - t0)) s] $*"; }
