@@ -73,6 +73,7 @@ const CommandSpec kTrainSpec{
       std::to_string(kDefaultQueryPool)},
      {"negatives", "N", "negatives kept per training refresh point, sampled (0 = all)", "512"},
      {"val-fraction", "X", "share of requests held out for validation", "0.1"},
+     {"requests-per-trace", "N", "read only the first N requests of each trace (nested training sets); 0 = all", "0"},
      {"reference", "on|off",
       "after training, fit the closed-form bilinear reference and report it and lsa_oracle on the validation set",
       "on"},
@@ -232,7 +233,9 @@ int train(const Argv& argv) {
   const auto t0 = std::chrono::steady_clock::now();
   TraceDatasetSummary summary;
   const std::vector<std::string> traces = args.get_all("traces");
-  const std::vector<IndexerRequest> data = load_indexer_data(traces, labels, &summary, layers);
+  const int64_t requests_per_trace = args.get_int("requests-per-trace");
+  if (requests_per_trace < 0) throw UsageError("--requests-per-trace must be >= 0, got " + std::to_string(requests_per_trace));
+  const std::vector<IndexerRequest> data = load_indexer_data(traces, labels, &summary, layers, requests_per_trace);
   if (summary.groups == 0) throw InputError(no_refresh_points(traces, labels));
   opt.layers = summary.layers;
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -312,6 +315,7 @@ int train(const Argv& argv) {
                          {"weight_decay", opt.weight_decay}};
   json provenance = {{"traces", traces}, {"fingerprints", summary.fingerprints},
                      {"kvlab", std::string(kVersion) + " (" + kGitRevision + ")"}};
+  if (requests_per_trace > 0) provenance["requests_per_trace"] = requests_per_trace;
   // Like every other output, --out may name a folder that does not exist yet.
   const std::filesystem::path out_parent = std::filesystem::path(args.get("out")).parent_path();
   if (!out_parent.empty()) std::filesystem::create_directories(out_parent);

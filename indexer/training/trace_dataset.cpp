@@ -155,7 +155,8 @@ IndexerRequest load_request(const TraceReader& trace, int64_t index, const Label
 }  // namespace
 
 std::vector<IndexerRequest> load_indexer_data(const std::vector<std::string>& traces, const LabelOptions& labels,
-                                              TraceDatasetSummary* summary, const std::optional<std::vector<int>>& layers) {
+                                              TraceDatasetSummary* summary, const std::optional<std::vector<int>>& layers,
+                                              int64_t requests_per_trace) {
   labels.validate();
   if (traces.empty()) throw UsageError("--traces: give at least one trace file");
   TraceDatasetSummary local;
@@ -163,7 +164,8 @@ std::vector<IndexerRequest> load_indexer_data(const std::vector<std::string>& tr
   std::vector<IndexerRequest> data;
   for (const auto& path : traces) {
     const auto trace = TraceReader::open(path);
-    for (int64_t i = 0; i < trace->request_count(); ++i) data.push_back(load_request(*trace, i, labels, s, layers));
+    const int64_t n = requests_per_trace > 0 ? std::min(requests_per_trace, trace->request_count()) : trace->request_count();
+    for (int64_t i = 0; i < n; ++i) data.push_back(load_request(*trace, i, labels, s, layers));
     s.fingerprints.push_back(file_fingerprint(path));
   }
   return data;

@@ -32,9 +32,11 @@ struct TraceDatasetSummary {
 /// it for an indexer that names none), or without `layers` every feature layer it has. Throws
 /// InputError naming the file when it has no `query` or `chunk_features`, lacks one of `layers`
 /// (indexer/inference/feature_layers.hpp), or when widths or feature layers differ between
-/// requests.
+/// requests. requests_per_trace > 0 reads only the first that many requests of each trace (nested
+/// training sets from one recording); 0 reads them all.
 std::vector<IndexerRequest> load_indexer_data(const std::vector<std::string>& traces, const LabelOptions& labels,
                                               TraceDatasetSummary* summary = nullptr,
-                                              const std::optional<std::vector<int>>& layers = std::nullopt);
+                                              const std::optional<std::vector<int>>& layers = std::nullopt,
+                                              int64_t requests_per_trace = 0);
 
 }  // namespace kvlab

@@ -50,6 +50,12 @@ checks=$((checks + 1))
 grep -Eq "[0-9]+ refresh points/s" "${work}/out.txt" || fail "indexer train reports no samples per second"
 checks=$((checks + 1))
 ls "${work}" | grep -q '\.tmp' && fail "indexer train left a temporary file: $(ls "${work}")"
+# Nested training sets: --requests-per-trace N reads the first N requests of each trace.
+expect 0 "wrote" -- indexer train --traces "${train}" --out "${work}/idx_first.h5" "${train_flags[@]}" --requests-per-trace 1 \
+  --reference off --threads 2
+checks=$((checks + 1))
+grep -q "^indexer: 1 requests," "${work}/err.txt" || fail "--requests-per-trace 1 did not read one request: $(head -n 1 "${work}/err.txt")"
+expect 2 "--requests-per-trace must be >= 0" -- indexer train --traces "${train}" --out "${work}/x.h5" --requests-per-trace -1
 # Deterministic for a seed, whatever the thread count: the same scores on held-out data.
 expect 0 "wrote" -- indexer train --traces "${train}" --out "${work}/idx_again.h5" "${train_flags[@]}" --threads 1
 expect 0 "" -- indexer eval --indexer "${idx}" --trace "${held_out}" --json --k 1,4,16

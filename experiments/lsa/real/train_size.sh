@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Indexer recall against training-set size on real recordings (issue #11, item 1: 20, 100, 300,
 # 1000 requests): record SmolLM2 over the six RULER-style tasks at CONTEXT tokens, one training
-# set per size (SIZES per task: 4, 17, 50, 167 → 24, 102, 300, 1002 requests; seeds 3000, 3001,
-# ...) and EVAL (16) held-out requests per task (seed 0, the live tables' prompts), train one
-# indexer per size with experiments/lsa/real's labels (tau 16, window 256, sinks 64, stride 16;
+# recording of the largest size (SIZES per task: 4, 17, 50, 167 → 24, 102, 300, 1002 requests;
+# seed 3000) whose first 4, 17, ... requests per task are the smaller sets (nested, so the sizes
+# differ only in how much was seen), and EVAL (16) held-out requests per task (seed 0, the live
+# tables' prompts), train one indexer per size with experiments/lsa/real's labels (tau 16, window 256, sinks 64, stride 16;
 # otherwise `kvlab indexer train`'s defaults), then per size: the training's own validation line
 # (trained, closed-form bilinear, lsa_oracle), `kvlab indexer eval` on the held-out recordings,
 # and a replay of lsa beside lsa_oracle and sliding_window at BUDGET (15%). OUT/summary.md is the table.
@@ -46,20 +47,22 @@ record() {  # SET SEED SAMPLES
 }
 
 record eval 0 "$n_eval" || exit 1
-seed=3000
+largest=$(tr ' ' '\n' <<<"$sizes" | sort -n | tail -n 1)
+record train 3000 "$largest" || exit 1
 names=()
+declare -A per_task_of
 for per_task in $sizes; do
   n=$((per_task * $(wc -w <<<"$tasks")))
-  record "n$n" "$seed" "$per_task" || exit 1
   names+=("n$n")
-  seed=$((seed + 1))
+  per_task_of["n$n"]=$per_task
 done
 policies=(--policy "sliding_window:window=$(python3 -c "print(int($context * $budget) - 64)"),sinks=64"
           --policy "lsa_oracle:window=$window,sinks=64,budget=$budget,tau=16")
 eval_traces=()
 for f in "$work/eval"/*.h5; do eval_traces+=(--trace "$f"); done
 for name in "${names[@]}"; do
-  "$K" indexer train --traces "$work/$name"/*.h5 "${labels[@]}" --threads "$threads" --out "$work/indexer_$name.h5" \
+  "$K" indexer train --traces "$work/train"/*.h5 --requests-per-trace "${per_task_of[$name]}" "${labels[@]}" \
+    --threads "$threads" --out "$work/indexer_$name.h5" \
     >"$out/logs/train_$name.log" 2>&1 || { echo "train_size: training $name failed" >&2; exit 1; }
   "$K" indexer eval --indexer "$work/indexer_$name.h5" "${eval_traces[@]}" --k 8,16,32,64 --json --threads "$threads" \
     >"$out/eval/$name.json" 2>"$out/logs/eval_$name.log" ||

@@ -88,6 +88,13 @@ TEST(TraceDataset, NeedleChunksArePositiveDuringTheirStretch) {
   EXPECT_EQ(summary.d_query, cfg.d_query);
   EXPECT_EQ(summary.d_key, cfg.d_key);
   EXPECT_EQ(summary.fingerprints.size(), 1U);
+  // The first N requests of each trace, for nested training sets; more than it has reads them all.
+  TraceDatasetSummary first;
+  const auto one = load_indexer_data({path}, labels, &first, std::nullopt, 1);
+  ASSERT_EQ(one.size(), 1U);
+  EXPECT_EQ(first.requests, 1);
+  EXPECT_EQ(one[0].groups.size(), data[0].groups.size());
+  EXPECT_EQ(load_indexer_data({path, path}, labels, nullptr, std::nullopt, 5).size(), 4U);
 
   for (int r = 0; r < 2; ++r) {
     const SyntheticRequest truth = generate_request(cfg, r);
