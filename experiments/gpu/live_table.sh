@@ -14,7 +14,8 @@
 # and prefill observation) and h2o and tova without prompt scores (prompt_scores=false, the
 # ablation; the tables before 2026-12-02 ran them so), and lsa at 15% with the indexer INDEXER (an
 # indexer checkpoint, e.g. one trained by experiments/lsa/real/record_train.sh on real GPU
-# recordings; without it, one trained here on the shipped 2K trace). The prompts use seed SEED
+# recordings; without it, and without POLICIES, one trained here on the shipped 2K trace). With
+# several lsa settings in POLICIES, the claim table names each and sums it up on its own line. The prompts use seed SEED
 # (default 0; the recordings that train indexers use seeds 1000 and 2000).
 #
 #   experiments/gpu/live_table.sh [OUT]     (OUT defaults to $OUT, else results/live_table)
@@ -63,21 +64,31 @@ for cell in sorted(os.listdir(work)):
         print(f"| {task} | {ctx} | {p['policy']} | {f(p['accuracy'], 2)} | {f(p['footprint_mean_ratio'])} | "
               f"{f(p['critical_recall'])} | {f(p['kl_mean'], 4)} | {f(p['top1_agreement'])} | {f(rate, 0)} |")
         if p['policy'].startswith('lsa:') and full and p['accuracy'] is not None and full['accuracy'] is not None:
-            best = max((q['accuracy'] for q in r if q['policy'] not in ('full', p['policy'])
+            # Other lsa settings of the run are not the policies the claim compares against.
+            best = max((q['accuracy'] for q in r if q['policy'] != 'full' and not q['policy'].startswith('lsa:')
                         and q['accuracy'] is not None), default=None)
             claim.append((task, ctx, p['footprint_mean_ratio'], p['accuracy'] - full['accuracy'],
-                          None if best is None else best - p['accuracy']))
+                          None if best is None else best - p['accuracy'], p['policy']))
 if claim:
+    # Several lsa settings in one run: a column names each (its spec without the indexer's path),
+    # and each gets its own summary line.
+    specs = list(dict.fromkeys(c[5] for c in claim))
+    def short(spec):
+        return ",".join(kv for kv in spec.split(":", 1)[1].split(",") if not kv.startswith("indexer="))
+    several = len(specs) > 1
     print()
-    print("| task | context | lsa footprint | lsa accuracy − full | best other policy's accuracy − lsa's |")
-    print("|---|---|---|---|---|")
-    for task, ctx, fp, delta, best in claim:
-        print(f"| {task} | {ctx} | {f(fp)} | {delta:+.3f} | "
+    print("| task | context |" + (" lsa setting |" if several else "") +
+          " lsa footprint | lsa accuracy − full | best other policy's accuracy − lsa's |")
+    print("|---|---|" + ("---|" if several else "") + "---|---|---|")
+    for task, ctx, fp, delta, best, spec in claim:
+        print(f"| {task} | {ctx} |" + (f" {short(spec)} |" if several else "") + f" {f(fp)} | {delta:+.3f} | "
               f"{'n/a' if best is None else f'{best:+.3f}'} |")
-    n = len(claim)
-    print(f"\nLSA over {n} cells: mean footprint {sum(c[2] for c in claim) / n:.3f}, "
-          f"mean accuracy delta vs full {sum(c[3] for c in claim) / n:+.4f}; "
-          f"cells within 0.02 of full: {sum(1 for c in claim if round(c[3], 9) >= -0.02)}/{n}")
+    for spec in specs:
+        cells = [c for c in claim if c[5] == spec]
+        n = len(cells)
+        print(f"\nLSA{' (' + short(spec) + ')' if several else ''} over {n} cells: mean footprint "
+              f"{sum(c[2] for c in cells) / n:.3f}, mean accuracy delta vs full {sum(c[3] for c in cells) / n:+.4f}; "
+              f"cells within 0.02 of full: {sum(1 for c in cells if round(c[3], 9) >= -0.02)}/{n}")
 PY
   tar czf "$out/live_table.tgz.tmp" --exclude='*.h5' -C "$(dirname "$work")" "$(basename "$work")" &&
     mv "$out/live_table.tgz.tmp" "$out/live_table.tgz"
@@ -85,7 +96,7 @@ PY
 }
 
 indexer="${INDEXER:-}"
-if [[ -z "$indexer" ]]; then
+if [[ -z "$indexer" && -z "${POLICIES:-}" ]]; then  # POLICIES names its own indexers
   indexer="$work/indexer_real_2k.h5"
   "$K" indexer train --traces "$root/traces/data/smollm2_niah_single_2k.h5" --window 256 --sinks 64 --tau 16 \
     --stride 4 --out "$indexer" --threads 4 >"$work/indexer.log" 2>&1 ||
