@@ -185,8 +185,7 @@ void LsaPolicyBase::on_refresh(const StepContext& step, Plan&) {
 std::vector<std::vector<double>> LsaPolicyBase::prompt_prior_by_group(const RequestContext& request, int groups) const {
   // SnapKV's pooled observation scores per row, averaged over each group's rows: one ranking per
   // selection (the request's, or a layer's). The observation window's own chunks score +inf.
-  constexpr int64_t kPoolTokens = 7;  // SnapKV's kernel (paper §4)
-  const std::vector<std::vector<double>> rows = prefill_chunk_scores(request, kPoolTokens);
+  const std::vector<std::vector<double>> rows = prefill_chunk_scores(request, kSnapKvPoolTokens);
   const int64_t chunks = request.geometry->chunks_for(request.prompt_tokens);
   std::vector<std::vector<double>> prior(static_cast<size_t>(groups), std::vector<double>(static_cast<size_t>(chunks), 0.0));
   std::vector<int> rows_in_group(static_cast<size_t>(groups), 0);

@@ -25,9 +25,13 @@ namespace kvlab {
 
 inline constexpr double kKeepScore = std::numeric_limits<double>::infinity();
 
+/// SnapKV's max-pooling kernel over prompt positions, in tokens (paper §4).
+inline constexpr int64_t kSnapKvPoolTokens = 7;
+
 /// The pooling kernel parameter the three policies share.
 inline ParamSpec pool_kernel_param() {
-  return ParamSpec{"kernel", ParamType::Int, "7", "max-pooling kernel over prompt positions, in tokens (paper: 7)"}
+  return ParamSpec{"kernel", ParamType::Int, std::to_string(kSnapKvPoolTokens),
+                   "max-pooling kernel over prompt positions, in tokens (paper: 7)"}
       .at_least(1);
 }
 
